@@ -1,0 +1,47 @@
+//! Croupier's protocol: the generated message types and gRPC stubs for `ControlService`,
+//! `FunctionService` and `RegistryService`, plus small conversions between
+//! `google.protobuf.Struct` and `serde_json::Value`.
+//!
+//! Layout:
+//! - [`common`], [`control`], [`function`], [`registry`]: generated code, one module per package.
+//! - [`json`]: `Struct` ⇄ JSON conversions.
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
+
+#![allow(missing_docs)] // generated code carries the proto comments; helpers below are documented
+
+pub mod json;
+
+/// `croupier.common.v1`: descriptors and node states.
+pub mod common {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("croupier.common.v1");
+    }
+}
+
+/// `croupier.function.v1`: invocation and jobs.
+pub mod function {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("croupier.function.v1");
+    }
+}
+
+/// `croupier.control.v1`: agent registration, liveness and the tunnel.
+pub mod control {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("croupier.control.v1");
+    }
+}
+
+/// `croupier.registry.v1`: discovery and watches.
+pub mod registry {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("croupier.registry.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of all Croupier protos, for `grpc.reflection`.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("croupier_descriptor");
