@@ -1,1 +1,20 @@
-//! placeholder
+//! The Croupier control plane: agents register, heartbeat and hold a `Connect` tunnel through
+//! which the server sends them work. It also owns liveness (offline after missed heartbeats) and
+//! node states.
+//!
+//! Layout:
+//! - [`plane`]: [`ControlPlane`], the sessions and everything they do.
+//! - [`link`]: the [`AgentLink`] trait the function router uses to reach agents.
+//! - [`service`]: the `ControlService` handler.
+//! - [`error`]: [`ControlError`] and its gRPC mapping.
+//! - [`audit`]: the audit log of invocations and admin actions.
+
+pub mod audit;
+pub mod error;
+pub mod link;
+pub mod plane;
+pub mod service;
+
+pub use error::ControlError;
+pub use link::{AgentLink, LinkError};
+pub use plane::{ControlConfig, ControlPlane};

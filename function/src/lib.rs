@@ -1,1 +1,18 @@
-//! placeholder
+//! Croupier functions: find the agents that provide a function, pick one (or all) by the
+//! routing mode, enforce deadlines, idempotency and payload schemas, and answer callers.
+//!
+//! Layout:
+//! - [`router`]: routing modes over candidate agents (pure, unit-tested).
+//! - [`invoke`]: [`Invoker`], one invocation from request to response.
+//! - [`idempotency`]: idempotency records in the store, across replicas.
+//! - [`service`]: the `FunctionService` handler.
+//! - [`error`]: [`FunctionError`] and its gRPC mapping.
+
+pub mod error;
+pub mod idempotency;
+pub mod invoke;
+pub mod router;
+pub mod service;
+
+pub use error::FunctionError;
+pub use invoke::{InvokeConfig, Invoker};

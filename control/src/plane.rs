@@ -1,0 +1,803 @@
+//! [`ControlPlane`]: agent sessions, heartbeats and liveness, the tunnel, node states.
+//!
+//! A session is created by `RegisterAgent` and lives while heartbeats arrive: after
+//! `missed_heartbeats` intervals without one, the session is expired, its lease revoked and its
+//! registration disappears (watchers see `REMOVED`). Work reaches the agent only through its
+//! `Connect` tunnel; an agent whose tunnel is down is registered but not routable.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use croupier_proto::common::v1 as common;
+use croupier_proto::control::v1::{
+    self as pb, agent_frame, server_frame, AgentFrame, InvokeResult, ServerFrame,
+};
+use croupier_registry::identity::{Identity, Role};
+use croupier_registry::ids::check_id;
+use croupier_registry::keys;
+use croupier_registry::model::{
+    now_ms, AgentRecord, DescriptorRecord, DescriptorSource, NodeRecord, NodeState,
+    ProvidedFunction,
+};
+use croupier_registry::service::{Presence, PresenceSource};
+use croupier_registry::store::{LeaseId, Store};
+use croupier_registry::view::RegistryView;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Status, Streaming};
+
+use crate::audit::{AuditLog, AuditRecord};
+use crate::error::ControlError;
+use crate::link::{AgentLink, LinkError};
+
+/// Control-plane settings.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// This server's id (recorded as the owner of the agents it holds).
+    pub server_id: String,
+    /// How often agents heartbeat. Default 15 s.
+    pub heartbeat_interval: Duration,
+    /// Heartbeats an agent may miss before it is offline. Default 3.
+    pub missed_heartbeats: u32,
+    /// Most labels an agent may carry. Default 64.
+    pub max_labels: usize,
+    /// Most functions an agent may provide. Default 1024.
+    pub max_functions: usize,
+    /// Frames queued towards one agent before senders wait. Default 1024.
+    pub tunnel_queue: usize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            server_id: "server".into(),
+            heartbeat_interval: Duration::from_secs(15),
+            missed_heartbeats: 3,
+            max_labels: 64,
+            max_functions: 1024,
+            tunnel_queue: 1024,
+        }
+    }
+}
+
+impl ControlConfig {
+    /// Time without heartbeat after which an agent is offline.
+    pub fn offline_after(&self) -> Duration {
+        self.heartbeat_interval * self.missed_heartbeats.max(1)
+    }
+}
+
+type FrameTx = mpsc::Sender<Result<ServerFrame, Status>>;
+
+#[derive(Clone)]
+struct Tunnel {
+    generation: u64,
+    tx: FrameTx,
+}
+
+struct Pending {
+    generation: u64,
+    tx: oneshot::Sender<Result<InvokeResult, LinkError>>,
+}
+
+struct Session {
+    agent_id: String,
+    session_id: String,
+    key: String,
+    lease: LeaseId,
+    last_heartbeat: Mutex<Instant>,
+    last_heartbeat_ms: AtomicI64,
+    status: Mutex<HashMap<String, String>>,
+    tunnel: Mutex<Option<Tunnel>>,
+    pending: Mutex<HashMap<String, Pending>>,
+    in_flight: AtomicI64,
+}
+
+impl Session {
+    fn tunnel(&self) -> Option<Tunnel> {
+        lock(&self.tunnel).clone()
+    }
+
+    fn touch(&self) {
+        *lock(&self.last_heartbeat) = Instant::now();
+        self.last_heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Fails every pending invocation sent over `generation` (or all, with None).
+    fn fail_pending(&self, generation: Option<u64>) {
+        let failed: Vec<Pending> = {
+            let mut pending = lock(&self.pending);
+            let ids: Vec<String> = pending
+                .iter()
+                .filter(|(_, p)| generation.is_none_or(|g| p.generation == g))
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter().filter_map(|id| pending.remove(id)).collect()
+        };
+        for p in failed {
+            let _ = p.tx.send(Err(LinkError::Lost(self.agent_id.clone())));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The control plane. Share it as `Arc<ControlPlane>`.
+pub struct ControlPlane {
+    cfg: ControlConfig,
+    store: Arc<dyn Store>,
+    view: Arc<RegistryView>,
+    sessions: RwLock<HashMap<String, Arc<Session>>>,
+    audit: AuditLog,
+    draining: AtomicBool,
+    generations: AtomicU64,
+}
+
+impl ControlPlane {
+    /// Builds the control plane and starts its liveness task, which ends with `shutdown`.
+    pub fn start(
+        cfg: ControlConfig,
+        store: Arc<dyn Store>,
+        view: Arc<RegistryView>,
+        audit: AuditLog,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let plane = Arc::new(ControlPlane {
+            cfg,
+            store,
+            view,
+            sessions: RwLock::new(HashMap::new()),
+            audit,
+            draining: AtomicBool::new(false),
+            generations: AtomicU64::new(1),
+        });
+        let task = plane.clone();
+        tokio::spawn(async move { task.run_liveness(shutdown).await });
+        plane
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ControlConfig {
+        &self.cfg
+    }
+
+    /// The registry view.
+    pub fn view(&self) -> &Arc<RegistryView> {
+        &self.view
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    fn session(&self, agent_id: &str) -> Option<Arc<Session>> {
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(agent_id)
+            .cloned()
+    }
+
+    fn require_agent(who: &Identity, agent_id: &str, action: &str) -> Result<(), ControlError> {
+        match who.role {
+            Role::Agent if who.name == agent_id => Ok(()),
+            Role::Agent => Err(ControlError::PermissionDenied(format!(
+                "identity {who} may only {action} as agent {:?}, not {agent_id:?}",
+                who.name
+            ))),
+            _ => Err(ControlError::PermissionDenied(format!(
+                "identity {who} may not {action}: only an agent certificate \
+                 (spiffe://croupier/agent/{agent_id}) may"
+            ))),
+        }
+    }
+
+    /// Handles `RegisterAgent`.
+    #[tracing::instrument(skip_all, fields(agent_id = %req.agent_id))]
+    pub async fn register(
+        &self,
+        who: &Identity,
+        req: pb::RegisterAgentRequest,
+        addr: Option<SocketAddr>,
+    ) -> Result<pb::RegisterAgentResponse, ControlError> {
+        check_id("agent_id", &req.agent_id).map_err(ControlError::InvalidArgument)?;
+        Self::require_agent(who, &req.agent_id, "register")?;
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(ControlError::Unavailable(
+                "server is shutting down; register with another server or retry".into(),
+            ));
+        }
+        check_id("game_id", &req.game_id).map_err(ControlError::InvalidArgument)?;
+        check_id("env", &req.env).map_err(ControlError::InvalidArgument)?;
+        self.check_limits(&req)?;
+        let node = self.view.node(&req.agent_id);
+        if node.state == NodeState::Disabled {
+            return Err(ControlError::FailedPrecondition(format!(
+                "node {} is disabled (by {} : {:?}); an admin must set it back with \
+                 `croupier node state {} normal` before it can register",
+                req.agent_id, node.actor, node.reason, req.agent_id
+            )));
+        }
+
+        let mut functions: Vec<ProvidedFunction> = Vec::new();
+        let mut descriptors: HashMap<String, common::FunctionDescriptor> = HashMap::new();
+        for d in &req.descriptors {
+            check_id("descriptor id", &d.id).map_err(ControlError::InvalidArgument)?;
+            descriptors.insert(d.id.clone(), d.clone());
+        }
+        for f in req.functions.iter().chain(req.descriptors.iter().map(|d| &d.id)) {
+            check_id("function id", f).map_err(ControlError::InvalidArgument)?;
+            if !functions.iter().any(|p| &p.id == f) {
+                let version = descriptors.get(f).map(|d| d.version.clone()).unwrap_or_default();
+                functions.push(ProvidedFunction {
+                    id: f.clone(),
+                    version,
+                });
+            }
+        }
+
+        // Resume the same session when asked and still alive here.
+        let existing = self.session(&req.agent_id);
+        let resumed = existing
+            .as_ref()
+            .is_some_and(|s| !req.session_id.is_empty() && s.session_id == req.session_id)
+            && existing.as_ref().is_some_and(|s| {
+                s.key == keys::agent(&req.game_id, &req.env, &req.agent_id)
+            });
+        let (session_id, lease) = match (&existing, resumed) {
+            (Some(s), true) => (s.session_id.clone(), s.lease),
+            _ => {
+                if let Some(old) = &existing {
+                    // A new session replaces the old one (the agent restarted).
+                    self.expire(old, "replaced by a new registration").await;
+                }
+                let lease = self
+                    .store
+                    .grant_lease(self.cfg.offline_after() + Duration::from_secs(1))
+                    .await
+                    .map_err(ControlError::store("granting the agent's lease"))?;
+                (uuid::Uuid::new_v4().to_string(), lease)
+            }
+        };
+
+        let record = AgentRecord {
+            agent_id: req.agent_id.clone(),
+            game_id: req.game_id.clone(),
+            env: req.env.clone(),
+            version: req.version.clone(),
+            functions: functions.clone(),
+            labels: req.labels.clone().into_iter().collect(),
+            owner: self.cfg.server_id.clone(),
+            addr: addr.map(|a| a.to_string()).unwrap_or_default(),
+            session_id: session_id.clone(),
+            registered_at: now_ms(),
+        };
+        self.store_descriptors(&req, &functions, &descriptors).await?;
+        let key = keys::agent(&req.game_id, &req.env, &req.agent_id);
+        let value = serde_json::to_vec(&record).map_err(|e| {
+            ControlError::InvalidArgument(format!("agent record cannot be encoded: {e}"))
+        })?;
+        let rev = self
+            .store
+            .put(&key, value, Some(lease))
+            .await
+            .map_err(ControlError::store("storing the agent registration"))?;
+
+        let session = match existing.filter(|_| resumed) {
+            Some(s) => s,
+            None => {
+                let s = Arc::new(Session {
+                    agent_id: req.agent_id.clone(),
+                    session_id: session_id.clone(),
+                    key,
+                    lease,
+                    last_heartbeat: Mutex::new(Instant::now()),
+                    last_heartbeat_ms: AtomicI64::new(now_ms()),
+                    status: Mutex::new(HashMap::new()),
+                    tunnel: Mutex::new(None),
+                    pending: Mutex::new(HashMap::new()),
+                    in_flight: AtomicI64::new(0),
+                });
+                self.sessions
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(req.agent_id.clone(), s.clone());
+                s
+            }
+        };
+        session.touch();
+        self.view.wait_for(rev, Duration::from_secs(5)).await;
+        tracing::info!(
+            agent_id = %req.agent_id,
+            game_id = %req.game_id,
+            env = %req.env,
+            functions = functions.len(),
+            resumed,
+            "agent registered"
+        );
+        self.audit.record(AuditRecord {
+            at: now_ms(),
+            who: who.uri(),
+            action: "register_agent",
+            target: req.agent_id.clone(),
+            outcome: "ok".into(),
+            details: serde_json::json!({"game_id": req.game_id, "env": req.env, "resumed": resumed}),
+        });
+        Ok(pb::RegisterAgentResponse {
+            success: true,
+            agent_id: req.agent_id,
+            heartbeat_interval: self.cfg.heartbeat_interval.as_secs().max(1) as i64,
+            session_id,
+            resumed,
+            node_state: common::NodeState::from(node.state) as i32,
+        })
+    }
+
+    fn check_limits(&self, req: &pb::RegisterAgentRequest) -> Result<(), ControlError> {
+        if req.labels.len() > self.cfg.max_labels {
+            return Err(ControlError::ResourceExhausted(format!(
+                "agent {} has {} labels; at most {} are allowed",
+                req.agent_id,
+                req.labels.len(),
+                self.cfg.max_labels
+            )));
+        }
+        for (k, v) in &req.labels {
+            if k.is_empty() || k.len() > 128 || v.len() > 256 {
+                return Err(ControlError::InvalidArgument(format!(
+                    "label {k:?}: keys must be 1-128 characters and values at most 256"
+                )));
+            }
+        }
+        let n = req.functions.len() + req.descriptors.len();
+        if n > self.cfg.max_functions {
+            return Err(ControlError::ResourceExhausted(format!(
+                "agent {} declares {n} functions; at most {} are allowed",
+                req.agent_id, self.cfg.max_functions
+            )));
+        }
+        Ok(())
+    }
+
+    async fn store_descriptors(
+        &self,
+        req: &pb::RegisterAgentRequest,
+        functions: &[ProvidedFunction],
+        descriptors: &HashMap<String, common::FunctionDescriptor>,
+    ) -> Result<(), ControlError> {
+        for f in functions {
+            let fk = croupier_registry::view::FnKey::new(&req.game_id, &req.env, &f.id);
+            let current = self.view.descriptor(&fk);
+            if current
+                .as_ref()
+                .is_some_and(|c| c.source == DescriptorSource::Admin)
+            {
+                continue; // an admin's descriptor wins over what agents declare
+            }
+            let proposed = match descriptors.get(&f.id) {
+                Some(d) => DescriptorRecord::from_proto(&req.game_id, &req.env, d, DescriptorSource::Agent),
+                None if current.is_some() => continue,
+                None => DescriptorRecord {
+                    game_id: req.game_id.clone(),
+                    env: req.env.clone(),
+                    id: f.id.clone(),
+                    name: f.id.clone(),
+                    ..Default::default()
+                },
+            };
+            if current.as_deref() == Some(&proposed) {
+                continue;
+            }
+            let value = serde_json::to_vec(&proposed).map_err(|e| {
+                ControlError::InvalidArgument(format!("descriptor {} cannot be encoded: {e}", f.id))
+            })?;
+            self.store
+                .put(&keys::function(&req.game_id, &req.env, &f.id), value, None)
+                .await
+                .map_err(ControlError::store(format!("storing descriptor {}", f.id)))?;
+        }
+        Ok(())
+    }
+
+    /// Handles `Heartbeat`.
+    pub async fn heartbeat(
+        &self,
+        who: &Identity,
+        req: pb::HeartbeatRequest,
+    ) -> Result<pb::HeartbeatResponse, ControlError> {
+        Self::require_agent(who, &req.agent_id, "heartbeat")?;
+        let session = self
+            .session(&req.agent_id)
+            .filter(|s| req.session_id.is_empty() || s.session_id == req.session_id)
+            .ok_or_else(|| expired(&req.agent_id))?;
+        if let Err(e) = self.store.keep_alive(session.lease).await {
+            if matches!(e, croupier_registry::store::StoreError::LeaseNotFound(_)) {
+                self.expire(&session, "lease ended").await;
+                return Err(expired(&req.agent_id));
+            }
+            return Err(ControlError::store("refreshing the agent's lease")(e));
+        }
+        session.touch();
+        *lock(&session.status) = req.status;
+        Ok(pb::HeartbeatResponse {
+            success: true,
+            node_state: common::NodeState::from(self.view.node(&req.agent_id).state) as i32,
+        })
+    }
+
+    /// Handles `Connect`: validates the Hello, attaches the tunnel to the session and returns
+    /// the stream of frames for the agent.
+    pub async fn connect(
+        self: &Arc<Self>,
+        who: &Identity,
+        mut inbound: Streaming<AgentFrame>,
+    ) -> Result<ReceiverStream<Result<ServerFrame, Status>>, ControlError> {
+        let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
+            .await
+            .map_err(|_| {
+                ControlError::InvalidArgument("no Hello frame within 10 s of Connect".into())
+            })?
+            .map_err(|e| ControlError::InvalidArgument(format!("reading Hello: {e}")))?;
+        let hello = match first.and_then(|f| f.frame) {
+            Some(agent_frame::Frame::Hello(h)) => h,
+            _ => {
+                return Err(ControlError::InvalidArgument(
+                    "the first frame on Connect must be Hello{agent_id, session_id}".into(),
+                ));
+            }
+        };
+        Self::require_agent(who, &hello.agent_id, "connect")?;
+        let session = self
+            .session(&hello.agent_id)
+            .filter(|s| s.session_id == hello.session_id)
+            .ok_or_else(|| expired(&hello.agent_id))?;
+        let (tx, rx) = mpsc::channel(self.cfg.tunnel_queue);
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+        let welcome = ServerFrame {
+            frame: Some(server_frame::Frame::Welcome(pb::Welcome {
+                session_id: session.session_id.clone(),
+                node_state: common::NodeState::from(self.view.node(&hello.agent_id).state) as i32,
+            })),
+        };
+        tx.send(Ok(welcome))
+            .await
+            .map_err(|_| ControlError::Unavailable("tunnel closed during setup".into()))?;
+        let previous = lock(&session.tunnel).replace(Tunnel {
+            generation,
+            tx: tx.clone(),
+        });
+        if let Some(prev) = previous {
+            session.fail_pending(Some(prev.generation));
+        }
+        tracing::info!(agent_id = %hello.agent_id, generation, "tunnel open");
+        let plane = self.clone();
+        tokio::spawn(async move {
+            plane.read_tunnel(session, generation, inbound).await;
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+
+    async fn read_tunnel(
+        self: Arc<Self>,
+        session: Arc<Session>,
+        generation: u64,
+        mut inbound: Streaming<AgentFrame>,
+    ) {
+        loop {
+            let frame = match inbound.message().await {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(agent_id = %session.agent_id, error = %e, "tunnel read failed");
+                    break;
+                }
+            };
+            match frame.frame {
+                Some(agent_frame::Frame::Result(r)) => {
+                    let pending = lock(&session.pending).remove(&r.request_id);
+                    if let Some(p) = pending {
+                        let _ = p.tx.send(Ok(r));
+                    }
+                }
+                Some(agent_frame::Frame::Goodbye(g)) => {
+                    tracing::info!(agent_id = %session.agent_id, reason = %g.reason, "agent said goodbye");
+                    self.expire(&session, "agent said goodbye").await;
+                    break;
+                }
+                Some(agent_frame::Frame::JobEvent(_)) | Some(agent_frame::Frame::JobsReport(_)) => {
+                    tracing::debug!(agent_id = %session.agent_id, "job frames are not handled by this server");
+                }
+                Some(agent_frame::Frame::Hello(_)) | None => {}
+            }
+        }
+        let mut tunnel = lock(&session.tunnel);
+        if tunnel.as_ref().is_some_and(|t| t.generation == generation) {
+            *tunnel = None;
+            drop(tunnel);
+            tracing::info!(agent_id = %session.agent_id, generation, "tunnel closed");
+        } else {
+            drop(tunnel);
+        }
+        session.fail_pending(Some(generation));
+    }
+
+    /// Ends a session: forgets it, revokes its lease (its registration disappears), closes its
+    /// tunnel and fails its pending invocations.
+    async fn expire(&self, session: &Arc<Session>, reason: &str) {
+        {
+            let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+            if sessions
+                .get(&session.agent_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
+                sessions.remove(&session.agent_id);
+            }
+        }
+        lock(&session.tunnel).take();
+        session.fail_pending(None);
+        if let Err(e) = self.store.revoke_lease(session.lease).await {
+            tracing::warn!(agent_id = %session.agent_id, error = %e, "revoking lease failed; it will expire");
+        }
+        tracing::info!(agent_id = %session.agent_id, reason, "agent session ended");
+    }
+
+    async fn run_liveness(self: Arc<Self>, shutdown: CancellationToken) {
+        let period = (self.cfg.heartbeat_interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let limit = self.cfg.offline_after();
+            let stale: Vec<Arc<Session>> = self
+                .sessions
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .filter(|s| lock(&s.last_heartbeat).elapsed() > limit)
+                .cloned()
+                .collect();
+            for s in stale {
+                tracing::warn!(agent_id = %s.agent_id, missed = self.cfg.missed_heartbeats, "agent offline: heartbeats missed");
+                self.expire(&s, "heartbeats missed").await;
+            }
+        }
+    }
+
+    /// Handles `SetNodeState` (admin only).
+    pub async fn set_node_state(
+        &self,
+        who: &Identity,
+        req: pb::SetNodeStateRequest,
+    ) -> Result<pb::SetNodeStateResponse, ControlError> {
+        if who.role != Role::Admin {
+            return Err(ControlError::PermissionDenied(format!(
+                "identity {who} may not set node states: an admin certificate is required"
+            )));
+        }
+        check_id("agent_id", &req.agent_id).map_err(ControlError::InvalidArgument)?;
+        let state = common::NodeState::try_from(req.state).map_err(|_| {
+            ControlError::InvalidArgument(format!(
+                "state {} is not a node state (0 normal, 1 maintenance, 2 disabled)",
+                req.state
+            ))
+        })?;
+        let record = NodeRecord {
+            agent_id: req.agent_id.clone(),
+            state: state.into(),
+            reason: req.reason.clone(),
+            actor: who.uri(),
+            changed_at: now_ms(),
+        };
+        let value = serde_json::to_vec(&record)
+            .map_err(|e| ControlError::InvalidArgument(format!("node record: {e}")))?;
+        let rev = self
+            .store
+            .put(&keys::node(&req.agent_id), value, None)
+            .await
+            .map_err(ControlError::store("storing the node state"))?;
+        self.view.wait_for(rev, Duration::from_secs(5)).await;
+        let pb_record = common::NodeStateRecord::from(&record);
+        if let Some(t) = self.session(&req.agent_id).and_then(|s| s.tunnel()) {
+            let _ = t.tx.try_send(Ok(ServerFrame {
+                frame: Some(server_frame::Frame::StateChange(pb::StateChange {
+                    record: Some(pb_record.clone()),
+                })),
+            }));
+        }
+        tracing::info!(agent_id = %req.agent_id, state = record.state.as_str(), actor = %record.actor, reason = %record.reason, "node state changed");
+        self.audit.record(AuditRecord {
+            at: record.changed_at,
+            who: who.uri(),
+            action: "set_node_state",
+            target: req.agent_id,
+            outcome: "ok".into(),
+            details: serde_json::json!({"state": record.state.as_str(), "reason": record.reason}),
+        });
+        Ok(pb::SetNodeStateResponse {
+            success: true,
+            record: Some(pb_record),
+        })
+    }
+
+    /// Handles `GetAssignments`.
+    pub async fn assignments(
+        &self,
+        who: &Identity,
+        req: pb::GetAssignmentsRequest,
+    ) -> Result<pb::GetAssignmentsResponse, ControlError> {
+        if who.role != Role::Admin {
+            Self::require_agent(who, &req.agent_id, "read assignments")?;
+        }
+        let agent = self.view.agent(&req.agent_id).ok_or_else(|| {
+            ControlError::NotFound(format!("agent {:?} is not registered", req.agent_id))
+        })?;
+        let node = self.view.node(&req.agent_id);
+        let game = if req.game_id.is_empty() { &agent.game_id } else { &req.game_id };
+        let env = if req.env.is_empty() { &agent.env } else { &req.env };
+        let assignments = agent
+            .functions
+            .iter()
+            .map(|f| {
+                let d = self
+                    .view
+                    .descriptor(&croupier_registry::view::FnKey::new(game, env, &f.id));
+                let mut config: HashMap<String, String> = HashMap::new();
+                if let Some(d) = &d {
+                    if d.timeout_secs > 0 {
+                        config.insert("timeout".into(), d.timeout_secs.to_string());
+                    }
+                    config.insert("kind".into(), if d.kind.is_empty() { "command".into() } else { d.kind.clone() });
+                }
+                pb::FunctionAssignment {
+                    function_id: f.id.clone(),
+                    enabled: node.state == NodeState::Normal,
+                    config,
+                }
+            })
+            .collect();
+        Ok(pb::GetAssignmentsResponse {
+            assignments,
+            version: self.view.revision(),
+        })
+    }
+
+    /// Begins shutdown: refuses new registrations, tells every agent to go away, waits up to
+    /// `grace` for in-flight invocations, then closes the tunnels.
+    pub async fn drain(&self, grace: Duration) {
+        self.draining.store(true, Ordering::Relaxed);
+        let sessions: Vec<Arc<Session>> = self
+            .sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for s in &sessions {
+            if let Some(t) = s.tunnel() {
+                let _ = t.tx.try_send(Ok(ServerFrame {
+                    frame: Some(server_frame::Frame::Goaway(pb::Goaway {
+                        reason: "server shutting down".into(),
+                    })),
+                }));
+            }
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline
+            && sessions.iter().any(|s| !lock(&s.pending).is_empty())
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for s in &sessions {
+            lock(&s.tunnel).take();
+            s.fail_pending(None);
+        }
+    }
+
+    /// Number of agents with a session on this server.
+    pub fn session_count(&self) -> usize {
+        self.sessions.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+fn expired(agent_id: &str) -> ControlError {
+    ControlError::NotFound(format!(
+        "agent {agent_id:?} has no live session on this server (expired or never registered); \
+         call RegisterAgent again"
+    ))
+}
+
+impl PresenceSource for ControlPlane {
+    fn presence(&self, agent_id: &str) -> Option<Presence> {
+        let s = self.session(agent_id)?;
+        Some(Presence {
+            online: s.tunnel().is_some(),
+            last_heartbeat: s.last_heartbeat_ms.load(Ordering::Relaxed),
+            in_flight: s.in_flight.load(Ordering::Relaxed),
+            status: lock(&s.status).clone(),
+        })
+    }
+}
+
+/// Removes a pending invocation when its future is dropped before completion, and tells the
+/// agent to cancel it.
+struct InFlight<'a> {
+    session: &'a Session,
+    request_id: String,
+    tx: FrameTx,
+    done: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.session.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.done {
+            return;
+        }
+        if lock(&self.session.pending).remove(&self.request_id).is_some() {
+            let _ = self.tx.try_send(Ok(ServerFrame {
+                frame: Some(server_frame::Frame::Cancel(pb::Cancel {
+                    request_id: std::mem::take(&mut self.request_id),
+                    reason: "caller gave up (deadline passed or call cancelled)".into(),
+                })),
+            }));
+        }
+    }
+}
+
+#[async_trait]
+impl AgentLink for ControlPlane {
+    fn is_connected(&self, agent_id: &str) -> bool {
+        self.session(agent_id).is_some_and(|s| s.tunnel().is_some())
+    }
+
+    fn in_flight(&self, agent_id: &str) -> i64 {
+        self.session(agent_id)
+            .map(|s| s.in_flight.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+
+    async fn invoke(&self, agent_id: &str, invoke: pb::Invoke) -> Result<InvokeResult, LinkError> {
+        let not_connected = || LinkError::NotConnected(agent_id.to_string());
+        let session = self.session(agent_id).ok_or_else(not_connected)?;
+        let tunnel = session.tunnel().ok_or_else(not_connected)?;
+        let (tx, rx) = oneshot::channel();
+        let request_id = invoke.request_id.clone();
+        lock(&session.pending).insert(
+            request_id.clone(),
+            Pending {
+                generation: tunnel.generation,
+                tx,
+            },
+        );
+        session.in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut guard = InFlight {
+            session: &session,
+            request_id,
+            tx: tunnel.tx.clone(),
+            done: false,
+        };
+        let frame = ServerFrame {
+            frame: Some(server_frame::Frame::Invoke(invoke)),
+        };
+        if tunnel.tx.send(Ok(frame)).await.is_err() {
+            lock(&session.pending).remove(&guard.request_id);
+            guard.done = true;
+            return Err(not_connected());
+        }
+        let outcome = rx.await;
+        guard.done = true;
+        outcome.unwrap_or_else(|_| Err(LinkError::Lost(agent_id.to_string())))
+    }
+}

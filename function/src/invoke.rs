@@ -1,0 +1,648 @@
+//! [`Invoker`]: one invocation from request to response — resolve the function, authorise the
+//! caller, validate the payload, apply idempotency, route, enforce the deadline, retry only
+//! when it is safe, and answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use croupier_control::audit::{mask, AuditLog, AuditRecord};
+use croupier_control::{AgentLink, LinkError};
+use croupier_proto::common::v1::FunctionDescriptor;
+use croupier_proto::control::v1::{Invoke, InvokeResult};
+use croupier_proto::function::v1::{AgentResult, InvokeFunctionRequest, InvokeFunctionResponse};
+use croupier_proto::json::opt_struct_to_json;
+use croupier_registry::identity::{Identity, Role};
+use croupier_registry::ids::check_id;
+use croupier_registry::keys;
+use croupier_registry::model::{now_ms, DescriptorRecord, DescriptorSource, NodeState};
+use croupier_registry::schema::{check, compile, SchemaCache};
+use croupier_registry::store::Store;
+use croupier_registry::view::{Candidate, FnKey, RegistryView};
+use tokio::time::Instant;
+
+use crate::error::FunctionError;
+use crate::idempotency::{payload_hash, Begin, Idempotency};
+use crate::router::{rendezvous, Mode, Rotation, Slot};
+
+/// Invocation settings.
+#[derive(Clone, Debug)]
+pub struct InvokeConfig {
+    /// Deadline when neither the call nor the descriptor sets one. Default 30 s.
+    pub default_timeout: Duration,
+    /// Longest deadline accepted. Default 1 h.
+    pub max_timeout: Duration,
+    /// How long idempotent outcomes are kept. Default 24 h.
+    pub idempotency_retention: Duration,
+}
+
+impl Default for InvokeConfig {
+    fn default() -> Self {
+        InvokeConfig {
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(3600),
+            idempotency_retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Runs invocations. Share it as `Arc<Invoker>`.
+pub struct Invoker {
+    cfg: InvokeConfig,
+    store: Arc<dyn Store>,
+    view: Arc<RegistryView>,
+    link: Arc<dyn AgentLink>,
+    idem: Idempotency,
+    schemas: SchemaCache,
+    rotation: Rotation,
+    audit: AuditLog,
+}
+
+/// A call, resolved and checked, ready to route.
+struct Call<'a> {
+    who: &'a Identity,
+    key: FnKey,
+    req: &'a InvokeFunctionRequest,
+    deadline: Instant,
+    timeout: Duration,
+    retry_safe: bool,
+}
+
+impl Invoker {
+    /// Builds an invoker over the registry `view`, reaching agents through `link`.
+    pub fn new(
+        cfg: InvokeConfig,
+        store: Arc<dyn Store>,
+        view: Arc<RegistryView>,
+        link: Arc<dyn AgentLink>,
+        audit: AuditLog,
+    ) -> Self {
+        let idem = Idempotency::new(store.clone(), cfg.idempotency_retention);
+        Invoker {
+            cfg,
+            store,
+            view,
+            link,
+            idem,
+            schemas: SchemaCache::default(),
+            rotation: Rotation::default(),
+            audit,
+        }
+    }
+
+    /// The idempotency records (for the periodic sweep).
+    pub fn idempotency(&self) -> &Idempotency {
+        &self.idem
+    }
+
+    /// Invokes a function for `who`. `caller_timeout` is the gRPC deadline the caller sent.
+    #[tracing::instrument(skip_all, fields(function = %req.function_id, caller = %who))]
+    pub async fn invoke(
+        &self,
+        who: &Identity,
+        req: InvokeFunctionRequest,
+        caller_timeout: Option<Duration>,
+    ) -> Result<InvokeFunctionResponse, FunctionError> {
+        let started = Instant::now();
+        let result = self.invoke_inner(who, &req, caller_timeout, started).await;
+        if self.audit.enabled() {
+            let descriptor = self
+                .view
+                .descriptor(&FnKey::new(&req.game_id, &req.env, &req.function_id));
+            let sensitive = descriptor.map(|d| d.sensitive_fields.clone()).unwrap_or_default();
+            let outcome = match &result {
+                Ok(r) if r.success => "ok".to_string(),
+                Ok(r) => format!("handler error: {}", r.error_code),
+                Err(e) => e.code_name().to_string(),
+            };
+            self.audit.record(AuditRecord {
+                at: now_ms(),
+                who: who.uri(),
+                action: "invoke",
+                target: format!("{}/{}/{}", req.game_id, req.env, req.function_id),
+                outcome,
+                details: serde_json::json!({
+                    "agent": result.as_ref().map(|r| r.agent_id.clone()).unwrap_or_default(),
+                    "payload": mask(&opt_struct_to_json(req.payload.as_ref()), &sensitive),
+                    "millis": started.elapsed().as_millis() as u64,
+                }),
+            });
+        }
+        result
+    }
+
+    async fn invoke_inner(
+        &self,
+        who: &Identity,
+        req: &InvokeFunctionRequest,
+        caller_timeout: Option<Duration>,
+        started: Instant,
+    ) -> Result<InvokeFunctionResponse, FunctionError> {
+        check_id("game_id", &req.game_id).map_err(FunctionError::InvalidArgument)?;
+        check_id("env", &req.env).map_err(FunctionError::InvalidArgument)?;
+        check_id("function_id", &req.function_id).map_err(FunctionError::InvalidArgument)?;
+        let opts = req.options.clone().unwrap_or_default();
+        let mode = Mode::parse(&opts.routing_mode)?;
+        let key = FnKey::new(&req.game_id, &req.env, &req.function_id);
+        let descriptor = self.view.descriptor(&key);
+        if descriptor.is_none() && self.view.candidates(&key).is_empty() {
+            return Err(FunctionError::NotFound(format!(
+                "function {} is not registered in game {:?} env {:?}; `croupier functions` lists \
+                 what is",
+                req.function_id, req.game_id, req.env
+            )));
+        }
+        if let Some(d) = &descriptor {
+            authorize(who, d)?;
+        }
+        let idem_key = (!opts.idempotency_key.is_empty()).then_some(opts.idempotency_key.as_str());
+        let payload_json = if idem_key.is_some() || descriptor.as_ref().is_some_and(|d| !d.params_schema.is_null()) {
+            Some(opt_struct_to_json(req.payload.as_ref()))
+        } else {
+            None
+        };
+        if let (Some(d), Some(p)) = (&descriptor, &payload_json)
+            && let Some(v) = self.schemas.validator(&key, d).map_err(|e| {
+                FunctionError::FailedPrecondition(format!(
+                    "the params_schema of {} is not a valid JSON Schema ({e}); fix its descriptor",
+                    req.function_id
+                ))
+            })?
+        {
+            check(&v, p).map_err(|e| {
+                FunctionError::InvalidArgument(format!(
+                    "payload does not match the params schema of {}: {e}",
+                    req.function_id
+                ))
+            })?;
+        }
+        let timeout = self.timeout(opts.timeout, descriptor.as_deref(), caller_timeout)?;
+        let call = Call {
+            who,
+            key,
+            retry_safe: idem_key.is_some() || descriptor.as_ref().is_some_and(|d| d.idempotent),
+            req,
+            deadline: started + timeout,
+            timeout,
+        };
+        let Some(idem_key) = idem_key else {
+            return self.route(&call, mode, &opts).await;
+        };
+        let record = Idempotency::record_key(&req.game_id, &req.env, &req.function_id, idem_key);
+        let hash = payload_hash(payload_json.as_ref().unwrap_or(&serde_json::Value::Null));
+        match self.idem.begin(record, hash, timeout).await? {
+            Begin::Replay(resp) => Ok(resp),
+            Begin::Execute(ticket) => match self.route(&call, mode, &opts).await {
+                Ok(resp) => {
+                    self.idem.finish(ticket, &resp).await;
+                    Ok(resp)
+                }
+                Err(e) => {
+                    self.idem.abandon(ticket).await;
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    fn timeout(
+        &self,
+        requested_secs: i32,
+        d: Option<&DescriptorRecord>,
+        caller: Option<Duration>,
+    ) -> Result<Duration, FunctionError> {
+        if requested_secs < 0 {
+            return Err(FunctionError::InvalidArgument(format!(
+                "options.timeout is {requested_secs}; give seconds > 0, or 0 for the default"
+            )));
+        }
+        let chosen = if requested_secs > 0 {
+            Duration::from_secs(requested_secs as u64)
+        } else if let Some(t) = d.map(|d| d.timeout_secs).filter(|t| *t > 0) {
+            Duration::from_secs(t as u64)
+        } else {
+            self.cfg.default_timeout
+        };
+        let chosen = chosen.min(self.cfg.max_timeout);
+        Ok(caller.map_or(chosen, |c| c.min(chosen)))
+    }
+
+    async fn route(
+        &self,
+        call: &Call<'_>,
+        mode: Mode,
+        opts: &croupier_proto::function::v1::InvokeOptions,
+    ) -> Result<InvokeFunctionResponse, FunctionError> {
+        let all = self.view.candidates(&call.key);
+        let usable = |c: &Candidate| {
+            c.state == NodeState::Normal
+                && c.agent.matches(&opts.selector)
+                && (opts.version.is_empty()
+                    || c.agent
+                        .provides(&call.key.function_id)
+                        .is_some_and(|f| f.version == opts.version))
+                && self.link.is_connected(&c.agent.agent_id)
+        };
+        match mode {
+            Mode::Broadcast => {
+                let targets: Vec<&Candidate> = all.iter().filter(|c| usable(c)).collect();
+                if targets.is_empty() {
+                    return Err(self.unavailable(call, &all, opts));
+                }
+                Ok(self.broadcast(call, &targets).await)
+            }
+            Mode::Targeted => {
+                if opts.target_agent.is_empty() {
+                    return Err(FunctionError::InvalidArgument(
+                        "routing_mode targeted needs options.target_agent".into(),
+                    ));
+                }
+                let Some(c) = all.iter().find(|c| c.agent.agent_id == opts.target_agent) else {
+                    return Err(FunctionError::NotFound(format!(
+                        "agent {:?} does not provide {} in game {:?} env {:?}",
+                        opts.target_agent, call.key.function_id, call.key.game_id, call.key.env
+                    )));
+                };
+                if !usable(c) {
+                    return Err(FunctionError::Unavailable(format!(
+                        "agent {:?} cannot take {} now: {}",
+                        opts.target_agent,
+                        call.key.function_id,
+                        self.why_not(c, opts, &call.key.function_id)
+                    )));
+                }
+                self.single(call, std::slice::from_ref(c), mode, opts).await
+            }
+            _ => {
+                if mode == Mode::Hash && opts.hash_key.is_empty() {
+                    return Err(FunctionError::InvalidArgument(
+                        "routing_mode hash needs options.hash_key".into(),
+                    ));
+                }
+                let usable: Vec<Candidate> = all.iter().filter(|c| usable(c)).cloned().collect();
+                if usable.is_empty() {
+                    return Err(self.unavailable(call, &all, opts));
+                }
+                self.single(call, &usable, mode, opts).await
+            }
+        }
+    }
+
+    /// Runs the call on one agent picked by `mode`, moving to another agent only when the first
+    /// was never reached, or was lost and the call is safe to repeat.
+    async fn single(
+        &self,
+        call: &Call<'_>,
+        candidates: &[Candidate],
+        mode: Mode,
+        opts: &croupier_proto::function::v1::InvokeOptions,
+    ) -> Result<InvokeFunctionResponse, FunctionError> {
+        let mut excluded: Vec<&str> = Vec::new();
+        let mut lost: Option<String> = None;
+        loop {
+            let slots: Vec<Slot<'_>> = candidates
+                .iter()
+                .filter(|c| !excluded.contains(&c.agent.agent_id.as_str()))
+                .map(|c| Slot {
+                    agent_id: &c.agent.agent_id,
+                    in_flight: self.link.in_flight(&c.agent.agent_id),
+                })
+                .collect();
+            let pick = match mode {
+                Mode::RoundRobin => self.rotation.round_robin(&call.key.function_id, &slots),
+                Mode::Hash => rendezvous(&opts.hash_key, &slots),
+                _ => self.rotation.least_loaded(&slots),
+            };
+            let Some(i) = pick else {
+                return Err(FunctionError::Unavailable(match lost {
+                    Some(a) => format!(
+                        "agent {a} was lost before it answered {} and no other agent could take \
+                         the retry",
+                        call.key.function_id
+                    ),
+                    None => format!(
+                        "no agent could be reached for {} (all disconnected)",
+                        call.key.function_id
+                    ),
+                }));
+            };
+            let agent = slots[i].agent_id;
+            match self.send(call, agent).await {
+                Ok(r) => return Ok(response(r, agent)),
+                Err(Sent::DeadlinePassed) => return Err(self.deadline(call, agent)),
+                Err(Sent::Link(LinkError::NotConnected(_)))
+                | Err(Sent::Link(LinkError::Overloaded(_))) => {
+                    excluded.push(agent);
+                }
+                Err(Sent::Link(LinkError::Lost(_))) if call.retry_safe && mode != Mode::Targeted => {
+                    tracing::warn!(agent_id = agent, "agent lost mid-call; retrying on another agent");
+                    excluded.push(agent);
+                    lost = Some(agent.to_string());
+                }
+                Err(Sent::Link(LinkError::Lost(_))) => {
+                    return Err(FunctionError::Unavailable(format!(
+                        "agent {agent} was lost before it answered {}; the call may or may not \
+                         have run, so it was not retried{}",
+                        call.key.function_id,
+                        if call.retry_safe {
+                            String::new()
+                        } else {
+                            " (the function is not idempotent and the call has no idempotency key)"
+                                .into()
+                        }
+                    )));
+                }
+            }
+            if Instant::now() >= call.deadline {
+                return Err(self.deadline(call, agent));
+            }
+        }
+    }
+
+    async fn broadcast(&self, call: &Call<'_>, targets: &[&Candidate]) -> InvokeFunctionResponse {
+        let runs = targets.iter().map(|c| async move {
+            let agent = c.agent.agent_id.as_str();
+            match self.send(call, agent).await {
+                Ok(r) => AgentResult {
+                    agent_id: agent.to_string(),
+                    success: r.success,
+                    result: r.result,
+                    error: r.error,
+                    error_code: r.error_code,
+                },
+                Err(Sent::DeadlinePassed) => AgentResult {
+                    agent_id: agent.to_string(),
+                    success: false,
+                    result: None,
+                    error: self.deadline(call, agent).to_string(),
+                    error_code: "DEADLINE_EXCEEDED".into(),
+                },
+                Err(Sent::Link(e)) => AgentResult {
+                    agent_id: agent.to_string(),
+                    success: false,
+                    result: None,
+                    error: e.to_string(),
+                    error_code: "UNAVAILABLE".into(),
+                },
+            }
+        });
+        let results: Vec<AgentResult> = futures::future::join_all(runs).await;
+        let failed = results.iter().filter(|r| !r.success).count();
+        InvokeFunctionResponse {
+            success: failed == 0,
+            result: None,
+            error: if failed == 0 {
+                String::new()
+            } else {
+                format!("{failed} of {} agents failed", results.len())
+            },
+            error_code: if failed == 0 { String::new() } else { "PARTIAL_FAILURE".into() },
+            agent_id: String::new(),
+            results,
+            request_id: String::new(),
+        }
+    }
+
+    /// Sends the call to one agent within the remaining deadline. When the deadline passes the
+    /// invocation future is dropped, which cancels the call on the agent.
+    async fn send(&self, call: &Call<'_>, agent: &str) -> Result<InvokeResult, Sent> {
+        let remaining = call.deadline.saturating_duration_since(Instant::now());
+        let invoke = Invoke {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            function_id: call.key.function_id.clone(),
+            payload: call.req.payload.clone(),
+            timeout_ms: remaining.as_millis().max(1) as i64,
+            game_id: call.key.game_id.clone(),
+            env: call.key.env.clone(),
+            caller: call.who.uri(),
+            idempotency_key: call
+                .req
+                .options
+                .as_ref()
+                .map(|o| o.idempotency_key.clone())
+                .unwrap_or_default(),
+            job_id: String::new(),
+        };
+        let request_id = invoke.request_id.clone();
+        match tokio::time::timeout(remaining, self.link.invoke(agent, invoke)).await {
+            Ok(Ok(mut r)) => {
+                r.request_id = request_id;
+                Ok(r)
+            }
+            Ok(Err(e)) => Err(Sent::Link(e)),
+            Err(_) => Err(Sent::DeadlinePassed),
+        }
+    }
+
+    fn deadline(&self, call: &Call<'_>, agent: &str) -> FunctionError {
+        FunctionError::DeadlineExceeded(format!(
+            "agent {agent} did not answer {} within {:?}; the call was cancelled on the agent",
+            call.key.function_id, call.timeout
+        ))
+    }
+
+    fn why_not(
+        &self,
+        c: &Candidate,
+        opts: &croupier_proto::function::v1::InvokeOptions,
+        function_id: &str,
+    ) -> String {
+        let node = self.view.node(&c.agent.agent_id);
+        match c.state {
+            NodeState::Maintenance => {
+                return format!("in maintenance ({:?} by {})", node.reason, node.actor);
+            }
+            NodeState::Disabled => return format!("disabled ({:?} by {})", node.reason, node.actor),
+            NodeState::Normal => {}
+        }
+        if !c.agent.matches(&opts.selector) {
+            return "labels do not match the selector".into();
+        }
+        if !opts.version.is_empty() {
+            let v = c.agent.provides(function_id).map(|f| f.version.as_str()).unwrap_or("");
+            if v != opts.version {
+                return format!("provides version {v:?}, not {:?}", opts.version);
+            }
+        }
+        "not connected (tunnel down)".into()
+    }
+
+    fn unavailable(
+        &self,
+        call: &Call<'_>,
+        all: &[Candidate],
+        opts: &croupier_proto::function::v1::InvokeOptions,
+    ) -> FunctionError {
+        let f = &call.key.function_id;
+        if all.is_empty() {
+            return FunctionError::Unavailable(format!(
+                "no agent provides {f} in game {:?} env {:?} right now (the function is \
+                 registered, but its agents are offline)",
+                call.key.game_id, call.key.env
+            ));
+        }
+        let reasons: Vec<String> = all
+            .iter()
+            .take(5)
+            .map(|c| format!("{}: {}", c.agent.agent_id, self.why_not(c, opts, f)))
+            .collect();
+        let more = all.len().saturating_sub(5);
+        FunctionError::Unavailable(format!(
+            "no agent can take {f} now ({}{})",
+            reasons.join("; "),
+            if more > 0 { format!("; {more} more") } else { String::new() }
+        ))
+    }
+
+    /// Registers (or overrides) a descriptor. Admins may register anything (their descriptor
+    /// wins over what agents declare); an agent may register functions in its own game and env
+    /// unless an admin's descriptor exists.
+    pub async fn register_function(
+        &self,
+        who: &Identity,
+        game_id: &str,
+        env: &str,
+        d: &FunctionDescriptor,
+    ) -> Result<i64, FunctionError> {
+        check_id("game_id", game_id).map_err(FunctionError::InvalidArgument)?;
+        check_id("env", env).map_err(FunctionError::InvalidArgument)?;
+        check_id("descriptor.id", &d.id).map_err(FunctionError::InvalidArgument)?;
+        let key = FnKey::new(game_id, env, &d.id);
+        let source = match who.role {
+            Role::Admin => DescriptorSource::Admin,
+            Role::Agent => {
+                let registered_here = self
+                    .view
+                    .agent(&who.name)
+                    .is_some_and(|a| a.game_id == game_id && a.env == env);
+                if !registered_here {
+                    return Err(FunctionError::PermissionDenied(format!(
+                        "identity {who} may only register functions in the game and env it is \
+                         registered in"
+                    )));
+                }
+                if self
+                    .view
+                    .descriptor(&key)
+                    .is_some_and(|c| c.source == DescriptorSource::Admin)
+                {
+                    return Err(FunctionError::PermissionDenied(format!(
+                        "identity {who} may not override {}: an admin registered its descriptor",
+                        d.id
+                    )));
+                }
+                DescriptorSource::Agent
+            }
+            _ => {
+                return Err(FunctionError::PermissionDenied(format!(
+                    "identity {who} may not register functions: an admin or agent certificate is \
+                     required"
+                )));
+            }
+        };
+        let record = DescriptorRecord::from_proto(game_id, env, d, source);
+        if !record.params_schema.is_null() {
+            compile(&record.params_schema).map_err(|e| {
+                FunctionError::InvalidArgument(format!(
+                    "descriptor.params_schema is not a valid JSON Schema: {e}"
+                ))
+            })?;
+        }
+        let value = serde_json::to_vec(&record)
+            .map_err(|e| FunctionError::Internal(format!("encoding descriptor: {e}")))?;
+        let rev = self
+            .store
+            .put(&keys::function(game_id, env, &d.id), value, None)
+            .await
+            .map_err(FunctionError::store("storing the descriptor"))?;
+        self.view.wait_for(rev, Duration::from_secs(5)).await;
+        self.audit.record(AuditRecord {
+            at: now_ms(),
+            who: who.uri(),
+            action: "register_function",
+            target: format!("{game_id}/{env}/{}", d.id),
+            outcome: "ok".into(),
+            details: serde_json::Value::Null,
+        });
+        Ok(rev)
+    }
+}
+
+/// Why a send did not produce a result.
+enum Sent {
+    /// The agent could not be reached or was lost.
+    Link(LinkError),
+    /// The deadline passed first.
+    DeadlinePassed,
+}
+
+fn response(r: InvokeResult, agent: &str) -> InvokeFunctionResponse {
+    InvokeFunctionResponse {
+        success: r.success,
+        result: r.result,
+        error: r.error,
+        error_code: r.error_code,
+        agent_id: agent.to_string(),
+        results: Vec::new(),
+        request_id: r.request_id,
+    }
+}
+
+fn authorize(who: &Identity, d: &DescriptorRecord) -> Result<(), FunctionError> {
+    let role_ok =
+        d.allowed_roles.is_empty() || d.allowed_roles.iter().any(|r| r == who.role.as_str());
+    let id_ok = d.allowed_identities.is_empty()
+        || d.allowed_identities.iter().any(|i| *i == who.uri());
+    if role_ok && id_ok {
+        return Ok(());
+    }
+    Err(FunctionError::PermissionDenied(format!(
+        "identity {who} may not invoke {} (allowed roles: {:?}, allowed identities: {:?})",
+        d.id, d.allowed_roles, d.allowed_identities
+    )))
+}
+
+/// Parses a `grpc-timeout` header value ("100m", "5S", "1H"…).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 {
+        return None;
+    }
+    let (num, unit) = v.split_at(v.len() - 1);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_grpc_timeouts() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("x"), None);
+        assert_eq!(parse_grpc_timeout("10q"), None);
+    }
+
+    #[test]
+    fn authorizes_by_role_and_identity() {
+        let d = DescriptorRecord {
+            id: "player.ban".into(),
+            allowed_roles: vec!["admin".into()],
+            ..Default::default()
+        };
+        let admin = Identity { role: Role::Admin, name: "ops".into() };
+        let client = Identity { role: Role::Client, name: "c1".into() };
+        assert!(authorize(&admin, &d).is_ok());
+        let err = authorize(&client, &d).unwrap_err().to_string();
+        assert!(err.contains("spiffe://croupier/client/c1") && err.contains("player.ban"), "{err}");
+    }
+}

@@ -1,0 +1,326 @@
+//! Registry records as stored (JSON) and their conversions to and from the protos.
+
+use std::collections::BTreeMap;
+
+use croupier_proto::common::v1 as pb;
+use croupier_proto::json::{json_to_struct, struct_to_json};
+use serde::{Deserialize, Serialize};
+
+/// A function an agent provides, with the version it implements.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProvidedFunction {
+    /// Function id.
+    pub id: String,
+    /// Version the agent implements ("" when unversioned).
+    #[serde(default)]
+    pub version: String,
+}
+
+/// An agent registration (`/croupier/agents/{game}/{env}/{agent_id}`, lease-attached).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// Agent id.
+    pub agent_id: String,
+    /// Game.
+    pub game_id: String,
+    /// Environment.
+    pub env: String,
+    /// Agent version.
+    #[serde(default)]
+    pub version: String,
+    /// Functions provided.
+    pub functions: Vec<ProvidedFunction>,
+    /// Labels for selector routing.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Server holding the agent's tunnel.
+    #[serde(default)]
+    pub owner: String,
+    /// Address the agent connected from.
+    #[serde(default)]
+    pub addr: String,
+    /// Current session id.
+    #[serde(default)]
+    pub session_id: String,
+    /// Registration time, Unix milliseconds.
+    #[serde(default)]
+    pub registered_at: i64,
+}
+
+impl AgentRecord {
+    /// The version of `function_id` this agent provides, if it provides it.
+    pub fn provides(&self, function_id: &str) -> Option<&ProvidedFunction> {
+        self.functions.iter().find(|f| f.id == function_id)
+    }
+
+    /// True when every selector pair is among the labels.
+    pub fn matches(&self, selector: &std::collections::HashMap<String, String>) -> bool {
+        selector
+            .iter()
+            .all(|(k, v)| self.labels.get(k).is_some_and(|l| l == v))
+    }
+}
+
+/// Administrative node state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Takes work.
+    #[default]
+    Normal,
+    /// No new work; running jobs continue.
+    Maintenance,
+    /// No work; running jobs cancelled; registration refused.
+    Disabled,
+}
+
+impl NodeState {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Normal => "normal",
+            NodeState::Maintenance => "maintenance",
+            NodeState::Disabled => "disabled",
+        }
+    }
+}
+
+impl From<pb::NodeState> for NodeState {
+    fn from(s: pb::NodeState) -> Self {
+        match s {
+            pb::NodeState::Normal => NodeState::Normal,
+            pb::NodeState::Maintenance => NodeState::Maintenance,
+            pb::NodeState::Disabled => NodeState::Disabled,
+        }
+    }
+}
+
+impl From<NodeState> for pb::NodeState {
+    fn from(s: NodeState) -> Self {
+        match s {
+            NodeState::Normal => pb::NodeState::Normal,
+            NodeState::Maintenance => pb::NodeState::Maintenance,
+            NodeState::Disabled => pb::NodeState::Disabled,
+        }
+    }
+}
+
+/// A node state with who set it and why (`/croupier/nodes/{agent_id}`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Agent id.
+    pub agent_id: String,
+    /// State.
+    pub state: NodeState,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+    /// Who (spiffe URI).
+    #[serde(default)]
+    pub actor: String,
+    /// When, Unix milliseconds.
+    #[serde(default)]
+    pub changed_at: i64,
+}
+
+impl From<&NodeRecord> for pb::NodeStateRecord {
+    fn from(r: &NodeRecord) -> Self {
+        pb::NodeStateRecord {
+            agent_id: r.agent_id.clone(),
+            state: pb::NodeState::from(r.state) as i32,
+            reason: r.reason.clone(),
+            actor: r.actor.clone(),
+            changed_at: r.changed_at,
+        }
+    }
+}
+
+/// Who registered a descriptor.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DescriptorSource {
+    /// Registered by an agent along with its registration; later agents may refresh it.
+    #[default]
+    Agent,
+    /// Registered with RegisterFunction by an admin; agents cannot override it.
+    Admin,
+}
+
+/// A function descriptor as stored (`/croupier/functions/{game}/{env}/{function_id}`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DescriptorRecord {
+    /// Game.
+    pub game_id: String,
+    /// Environment.
+    pub env: String,
+    /// Function id.
+    pub id: String,
+    /// Name.
+    #[serde(default)]
+    pub name: String,
+    /// Category.
+    #[serde(default)]
+    pub category: String,
+    /// Description.
+    #[serde(default)]
+    pub description: String,
+    /// Version.
+    #[serde(default)]
+    pub version: String,
+    /// JSON Schema of the params (null: any payload).
+    #[serde(default)]
+    pub params_schema: serde_json::Value,
+    /// JSON Schema of the result.
+    #[serde(default)]
+    pub result_schema: serde_json::Value,
+    /// Roles allowed to invoke (empty: all).
+    #[serde(default)]
+    pub allowed_roles: Vec<String>,
+    /// Identities allowed to invoke (empty: all).
+    #[serde(default)]
+    pub allowed_identities: Vec<String>,
+    /// Payload fields masked in the audit log.
+    #[serde(default)]
+    pub sensitive_fields: Vec<String>,
+    /// "query" or "command".
+    #[serde(default)]
+    pub kind: String,
+    /// Safe to execute twice.
+    #[serde(default)]
+    pub idempotent: bool,
+    /// Default timeout in seconds (0: server default).
+    #[serde(default)]
+    pub timeout_secs: i32,
+    /// Meant to run as a job.
+    #[serde(default)]
+    pub job: bool,
+    /// UI display name.
+    #[serde(default)]
+    pub display_name: String,
+    /// UI icon.
+    #[serde(default)]
+    pub icon: String,
+    /// UI hints.
+    #[serde(default)]
+    pub hints: BTreeMap<String, String>,
+    /// Who registered it.
+    #[serde(default)]
+    pub source: DescriptorSource,
+}
+
+impl DescriptorRecord {
+    /// Builds a record from a proto descriptor.
+    pub fn from_proto(
+        game_id: &str,
+        env: &str,
+        d: &pb::FunctionDescriptor,
+        source: DescriptorSource,
+    ) -> Self {
+        let auth = d.auth.clone().unwrap_or_default();
+        let sem = d.semantics.clone().unwrap_or_default();
+        let ui = d.ui.clone().unwrap_or_default();
+        DescriptorRecord {
+            game_id: game_id.to_string(),
+            env: env.to_string(),
+            id: d.id.clone(),
+            name: d.name.clone(),
+            category: d.category.clone(),
+            description: d.description.clone(),
+            version: d.version.clone(),
+            params_schema: d
+                .params_schema
+                .as_ref()
+                .map(struct_to_json)
+                .unwrap_or(serde_json::Value::Null),
+            result_schema: d
+                .result_schema
+                .as_ref()
+                .map(struct_to_json)
+                .unwrap_or(serde_json::Value::Null),
+            allowed_roles: auth.allowed_roles,
+            allowed_identities: auth.allowed_identities,
+            sensitive_fields: auth.sensitive_fields,
+            kind: sem.kind,
+            idempotent: sem.idempotent,
+            timeout_secs: sem.timeout,
+            job: sem.job,
+            display_name: ui.display_name,
+            icon: ui.icon,
+            hints: ui.hints.into_iter().collect(),
+            source,
+        }
+    }
+
+    /// The proto descriptor.
+    pub fn to_proto(&self) -> pb::FunctionDescriptor {
+        let schema = |v: &serde_json::Value| (!v.is_null()).then(|| json_to_struct(v));
+        pb::FunctionDescriptor {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            category: self.category.clone(),
+            params_schema: schema(&self.params_schema),
+            result_schema: schema(&self.result_schema),
+            auth: Some(pb::AuthConfig {
+                allowed_roles: self.allowed_roles.clone(),
+                allowed_identities: self.allowed_identities.clone(),
+                sensitive_fields: self.sensitive_fields.clone(),
+            }),
+            semantics: Some(pb::Semantics {
+                kind: self.kind.clone(),
+                idempotent: self.idempotent,
+                timeout: self.timeout_secs,
+                job: self.job,
+            }),
+            ui: Some(pb::UiConfig {
+                display_name: self.display_name.clone(),
+                icon: self.icon.clone(),
+                hints: self.hints.clone().into_iter().collect(),
+            }),
+            version: self.version.clone(),
+            description: self.description.clone(),
+        }
+    }
+
+    /// True for functions that only read ("query"), which callers may safely repeat.
+    pub fn is_query(&self) -> bool {
+        self.kind == "query"
+    }
+}
+
+/// Current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn descriptor_round_trips_through_proto() {
+        let d = pb::FunctionDescriptor {
+            id: "player.ban".into(),
+            name: "Ban".into(),
+            params_schema: Some(json_to_struct(&json!({"type": "object", "required": ["id"]}))),
+            semantics: Some(pb::Semantics {
+                kind: "command".into(),
+                idempotent: true,
+                timeout: 5,
+                job: false,
+            }),
+            ..Default::default()
+        };
+        let r = DescriptorRecord::from_proto("g", "e", &d, DescriptorSource::Agent);
+        assert_eq!(r.params_schema["required"], json!(["id"]));
+        let back = r.to_proto();
+        assert_eq!(back.params_schema, d.params_schema);
+        assert_eq!(back.semantics, d.semantics);
+        let encoded = serde_json::to_vec(&r).unwrap();
+        let decoded: DescriptorRecord = serde_json::from_slice(&encoded).unwrap();
+        assert_eq!(decoded, r);
+    }
+}
