@@ -1,1 +1,123 @@
-fn main() {}
+//! `croupier`: one binary for the server, the agent, dev mode and the CLI.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use croupier::cli::{self, BenchCommand, CertsCommand, Cli, Command, NodeCommand};
+use croupier::config::ServerConfig;
+use croupier_sdk::{ProviderConfig, TlsFiles};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    // tonic and rustls both can use ring; installing it explicitly makes the process-wide
+    // choice unambiguous should another provider be compiled in by a dependency.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits at once.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        wait_signal().await;
+        tracing::info!("signal received: shutting down (send another to exit now)");
+        t.cancel();
+        wait_signal().await;
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    async move { token.cancelled().await }
+}
+
+async fn wait_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Server(args) => {
+            let cfg = ServerConfig::load(args.config.as_deref(), &args)?;
+            let listener = tokio::net::TcpListener::bind(&cfg.listen)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding {}: {e}", cfg.listen))?;
+            croupier::server::serve(cfg, listener, shutdown_signal()).await?;
+        }
+        Command::Agent(args) => {
+            let tls_dir = match &args.tls_dir {
+                Some(d) => d.clone(),
+                None => cli::dev_dir().join("certs"),
+            };
+            let stem = args.identity.clone().unwrap_or_else(|| format!("agent-{}", args.id));
+            let mut provider =
+                ProviderConfig::new(args.server.clone(), &args.id, TlsFiles::from_dir(&tls_dir, &stem));
+            provider.game_id = args.game_id.clone();
+            provider.env = args.env.clone();
+            provider.labels = args.labels.iter().cloned().collect();
+            let stop = CancellationToken::new();
+            let s = stop.clone();
+            let signal = shutdown_signal();
+            tokio::spawn(async move {
+                signal.await;
+                s.cancel();
+            });
+            croupier_agent::run(croupier_agent::AgentConfig { provider }, stop).await?;
+        }
+        Command::Dev(args) => croupier::dev::run(args, shutdown_signal()).await?,
+        Command::Invoke(args) => return cli::invoke(args).await,
+        Command::Agents(args) => cli::agents(args).await?,
+        Command::Functions(args) => cli::functions(args).await?,
+        Command::Watch(args) => {
+            tokio::select! {
+                r = cli::watch(args) => r?,
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Command::Node(NodeCommand::State { agent, state, reason, conn }) => {
+            cli::node_state(&agent, &state, &reason, &conn).await?
+        }
+        Command::Certs(CertsCommand::Init { dir, agents, clients, admins, servers, hosts, force }) => {
+            let written = croupier::certs::init(&croupier::certs::CertsInit {
+                dir: dir.clone(),
+                agents,
+                clients,
+                admins,
+                servers,
+                hosts,
+                force,
+            })?;
+            for f in &written {
+                println!("wrote {}", f.display());
+            }
+            if written.is_empty() {
+                println!("nothing to do: every certificate already exists in {}", dir.display());
+            }
+        }
+        Command::Bench(BenchCommand::Invoke(args)) => croupier::bench::invoke(args).await?,
+    }
+    Ok(0)
+}

@@ -509,9 +509,10 @@ impl ControlPlane {
                     }
                 }
                 Some(agent_frame::Frame::Goodbye(g)) => {
+                    // The agent takes no new work; keep reading so the answers of calls already
+                    // running still arrive, until the agent closes the stream.
                     tracing::info!(agent_id = %session.agent_id, reason = %g.reason, "agent said goodbye");
-                    self.expire(&session, "agent said goodbye").await;
-                    break;
+                    self.forget(&session, "agent said goodbye").await;
                 }
                 Some(agent_frame::Frame::JobEvent(_)) | Some(agent_frame::Frame::JobsReport(_)) => {
                     tracing::debug!(agent_id = %session.agent_id, "job frames are not handled by this server");
@@ -530,9 +531,17 @@ impl ControlPlane {
         session.fail_pending(Some(generation));
     }
 
-    /// Ends a session: forgets it, revokes its lease (its registration disappears), closes its
-    /// tunnel and fails its pending invocations.
+    /// Ends a session: closes its tunnel, fails its pending invocations, forgets it and revokes
+    /// its lease (its registration disappears).
     async fn expire(&self, session: &Arc<Session>, reason: &str) {
+        lock(&session.tunnel).take();
+        session.fail_pending(None);
+        self.forget(session, reason).await;
+    }
+
+    /// Forgets a session and revokes its lease (its registration disappears) without touching
+    /// its tunnel.
+    async fn forget(&self, session: &Arc<Session>, reason: &str) {
         {
             let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
             if sessions
@@ -542,8 +551,6 @@ impl ControlPlane {
                 sessions.remove(&session.agent_id);
             }
         }
-        lock(&session.tunnel).take();
-        session.fail_pending(None);
         if let Err(e) = self.store.revoke_lease(session.lease).await {
             tracing::warn!(agent_id = %session.agent_id, error = %e, "revoking lease failed; it will expire");
         }

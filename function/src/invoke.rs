@@ -2,7 +2,8 @@
 //! caller, validate the payload, apply idempotency, route, enforce the deadline, retry only
 //! when it is safe, and answer.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use croupier_control::audit::{mask, AuditLog, AuditRecord};
@@ -18,6 +19,7 @@ use croupier_registry::model::{now_ms, DescriptorRecord, DescriptorSource, NodeS
 use croupier_registry::schema::{check, compile, SchemaCache};
 use croupier_registry::store::Store;
 use croupier_registry::view::{Candidate, FnKey, RegistryView};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::FunctionError;
@@ -33,6 +35,8 @@ pub struct InvokeConfig {
     pub max_timeout: Duration,
     /// How long idempotent outcomes are kept. Default 24 h.
     pub idempotency_retention: Duration,
+    /// Most calls one caller identity may have in flight. Default 1024.
+    pub max_concurrent_per_caller: usize,
 }
 
 impl Default for InvokeConfig {
@@ -41,6 +45,7 @@ impl Default for InvokeConfig {
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(3600),
             idempotency_retention: Duration::from_secs(24 * 3600),
+            max_concurrent_per_caller: 1024,
         }
     }
 }
@@ -55,6 +60,7 @@ pub struct Invoker {
     schemas: SchemaCache,
     rotation: Rotation,
     audit: AuditLog,
+    per_caller: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 /// A call, resolved and checked, ready to route.
@@ -86,6 +92,7 @@ impl Invoker {
             schemas: SchemaCache::default(),
             rotation: Rotation::default(),
             audit,
+            per_caller: Mutex::new(HashMap::new()),
         }
     }
 
@@ -103,6 +110,7 @@ impl Invoker {
         caller_timeout: Option<Duration>,
     ) -> Result<InvokeFunctionResponse, FunctionError> {
         let started = Instant::now();
+        let _permit = self.admit(who)?;
         let result = self.invoke_inner(who, &req, caller_timeout, started).await;
         if self.audit.enabled() {
             let descriptor = self
@@ -128,6 +136,26 @@ impl Invoker {
             });
         }
         result
+    }
+
+    /// Takes one of the caller's concurrency slots.
+    fn admit(&self, who: &Identity) -> Result<OwnedSemaphorePermit, FunctionError> {
+        let limit = self.cfg.max_concurrent_per_caller;
+        let sem = {
+            let mut map = self.per_caller.lock().unwrap_or_else(|e| e.into_inner());
+            if map.len() > 10_000 {
+                map.retain(|_, s| s.available_permits() < limit);
+            }
+            map.entry(who.uri())
+                .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+                .clone()
+        };
+        sem.try_acquire_owned().map_err(|_| {
+            FunctionError::ResourceExhausted(format!(
+                "identity {who} already has {limit} calls in flight (the per-caller limit); \
+                 wait for some to finish"
+            ))
+        })
     }
 
     async fn invoke_inner(

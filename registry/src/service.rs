@@ -12,6 +12,7 @@ use croupier_proto::registry::v1::{
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::identity::caller;
@@ -40,12 +41,22 @@ pub trait PresenceSource: Send + Sync + 'static {
 pub struct RegistryServer {
     view: Arc<RegistryView>,
     presence: Arc<dyn PresenceSource>,
+    shutdown: CancellationToken,
 }
 
 impl RegistryServer {
-    /// Serves registrations from `view`, with presence from `presence`.
-    pub fn new(view: Arc<RegistryView>, presence: Arc<dyn PresenceSource>) -> Self {
-        RegistryServer { view, presence }
+    /// Serves registrations from `view`, with presence from `presence`. Watches end (with
+    /// `UNAVAILABLE`, so watchers resume elsewhere) when `shutdown` is cancelled.
+    pub fn new(
+        view: Arc<RegistryView>,
+        presence: Arc<dyn PresenceSource>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        RegistryServer {
+            view,
+            presence,
+            shutdown,
+        }
     }
 
     fn overlay(&self, reg: &mut pb::FunctionRegistration) {
@@ -139,6 +150,7 @@ impl RegistryService for RegistryServer {
             });
             (initial, cursor)
         };
+        let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             for ev in initial {
                 if tx.send(Ok(ev)).await.is_err() {
@@ -148,6 +160,14 @@ impl RegistryService for RegistryServer {
             loop {
                 let changes = tokio::select! {
                     _ = tx.closed() => return,
+                    _ = shutdown.cancelled() => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(
+                                "server shutting down; watch again (resume with start_revision)",
+                            )))
+                            .await;
+                        return;
+                    }
                     c = cursor.next() => c,
                 };
                 match changes {

@@ -1,0 +1,100 @@
+//! Built-in `agent.*` functions, present on every agent: `agent.ping` answers with the agent's
+//! id, the payload it got and how many pings it has served; `agent.sleep` waits `ms`
+//! milliseconds (honouring deadline and cancellation), useful for testing timeouts and load.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use croupier_proto::common::v1::{FunctionDescriptor, Semantics};
+use croupier_proto::json::json_to_struct;
+use croupier_sdk::{HandlerError, Provider};
+use serde_json::json;
+
+/// Longest `agent.sleep` accepted, in milliseconds (one hour).
+pub const MAX_SLEEP_MS: u64 = 3_600_000;
+
+fn descriptor(
+    id: &str,
+    description: &str,
+    kind: &str,
+    params: serde_json::Value,
+    result: serde_json::Value,
+) -> FunctionDescriptor {
+    FunctionDescriptor {
+        id: id.into(),
+        name: id.into(),
+        category: "agent".into(),
+        description: description.into(),
+        params_schema: Some(json_to_struct(&params)),
+        result_schema: Some(json_to_struct(&result)),
+        semantics: Some(Semantics {
+            kind: kind.into(),
+            idempotent: kind == "query",
+            timeout: 0,
+            job: false,
+        }),
+        version: "1".into(),
+        ..Default::default()
+    }
+}
+
+/// Adds the built-in functions to `provider`.
+pub fn register(provider: Provider, agent_id: &str) -> Provider {
+    let pings = Arc::new(AtomicU64::new(0));
+    let id = agent_id.to_string();
+    let ping = descriptor(
+        "agent.ping",
+        "Answers with the agent id, the payload it got and how many pings it has served.",
+        // Counted per execution, so it is a command: repeats are not silently retried.
+        "command",
+        json!({"type": "object"}),
+        json!({
+            "type": "object",
+            "properties": {
+                "agent_id": {"type": "string"},
+                "payload": {"type": "object"},
+                "calls": {"type": "integer"}
+            },
+            "required": ["agent_id", "payload", "calls"]
+        }),
+    );
+    let sleep = descriptor(
+        "agent.sleep",
+        "Waits `ms` milliseconds, then answers; cancelled with the call.",
+        "query",
+        json!({
+            "type": "object",
+            "properties": {"ms": {"type": "integer", "minimum": 0, "maximum": MAX_SLEEP_MS}},
+            "required": ["ms"],
+            "additionalProperties": false
+        }),
+        json!({
+            "type": "object",
+            "properties": {"agent_id": {"type": "string"}, "slept_ms": {"type": "integer"}}
+        }),
+    );
+    let sleep_id = id.clone();
+    provider
+        .function(ping, move |call| {
+            let calls = pings.fetch_add(1, Ordering::Relaxed) + 1;
+            let id = id.clone();
+            async move { Ok(json!({"agent_id": id, "payload": call.payload, "calls": calls})) }
+        })
+        .function(sleep, move |call| {
+            let id = sleep_id.clone();
+            async move {
+                let ms = call.payload["ms"]
+                    .as_u64()
+                    .ok_or_else(|| HandlerError::new("INVALID_ARGUMENT", "ms must be an integer"))?;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => {
+                        Ok(json!({"agent_id": id, "slept_ms": ms}))
+                    }
+                    _ = call.cancel.cancelled() => {
+                        Err(HandlerError::new("CANCELLED", format!("sleep cancelled on {id}")))
+                    }
+                }
+            }
+        })
+}

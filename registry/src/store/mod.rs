@@ -1,0 +1,169 @@
+//! The `Store` trait: a small key-value interface with etcd's semantics (revisions, leases,
+//! compare-and-set, watch from a revision), and its backends.
+//!
+//! Layout:
+//! - [`embedded`]: the in-process backend (default), persisting non-lease keys in a data dir.
+//! - [`conformance`] (feature `test-util`): the suite every backend must pass.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::Stream;
+
+pub mod embedded;
+#[cfg(any(test, feature = "test-util"))]
+pub mod conformance;
+
+/// A store revision: increases by one with every change (put or delete) in the whole store.
+pub type Revision = i64;
+
+/// A lease id; keys attached to a lease are deleted when it expires or is revoked.
+pub type LeaseId = i64;
+
+/// A key with its value and revisions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyValue {
+    /// The key, e.g. `/croupier/agents/g/e/a1`.
+    pub key: String,
+    /// The value bytes.
+    pub value: Vec<u8>,
+    /// Revision at which the key was created (since its last deletion).
+    pub create_revision: Revision,
+    /// Revision of the last change to the key.
+    pub mod_revision: Revision,
+    /// Lease the key is attached to; 0 for none.
+    pub lease: LeaseId,
+}
+
+/// What happened to a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// Created or updated.
+    Put,
+    /// Deleted (explicitly, or because its lease ended).
+    Delete,
+}
+
+/// One change seen by a watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// Put or delete.
+    pub kind: EventKind,
+    /// For a put: the new key-value. For a delete: the key, an empty value and
+    /// `mod_revision` = the revision of the deletion.
+    pub kv: KeyValue,
+    /// The key-value before the change, when the backend knows it.
+    pub prev: Option<KeyValue>,
+}
+
+impl WatchEvent {
+    /// The revision of the change.
+    pub fn revision(&self) -> Revision {
+        self.kv.mod_revision
+    }
+}
+
+/// Keys under a prefix, as of a revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RangeResult {
+    /// The keys, sorted by key.
+    pub kvs: Vec<KeyValue>,
+    /// The store revision the answer reflects.
+    pub revision: Revision,
+}
+
+/// The condition of a compare-and-set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// The key must not exist.
+    Absent,
+    /// The key must exist with exactly this `mod_revision`.
+    ModRevision(Revision),
+}
+
+/// The outcome of a compare-and-set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The condition held and the write happened at this revision.
+    Done(Revision),
+    /// The condition failed; the key's current value (None when absent).
+    Conflict(Option<KeyValue>),
+}
+
+/// A stream of changes, in revision order.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send>>;
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached (etcd down, no quorum). Transient.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A watch asked for a revision the store no longer keeps.
+    #[error("revision {requested} has been compacted (oldest kept: {oldest}); resync from the current state")]
+    Compacted {
+        /// The revision asked for.
+        requested: Revision,
+        /// The oldest revision still available.
+        oldest: Revision,
+    },
+    /// A watcher fell too far behind and was dropped; resync from the current state.
+    #[error("watcher fell behind and was dropped; resync from the current state")]
+    Lagged,
+    /// The lease does not exist (expired or revoked).
+    #[error("lease {0} not found (expired or revoked)")]
+    LeaseNotFound(LeaseId),
+    /// Reading or writing the data dir failed.
+    #[error("store data dir: {0}")]
+    Io(#[from] std::io::Error),
+    /// The persisted data could not be read back.
+    #[error("store data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A key-value store with etcd's semantics. Keys are strings; values are bytes.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reads one key.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+    /// Reads every key starting with `prefix`, sorted by key.
+    async fn range(&self, prefix: &str) -> Result<RangeResult, StoreError>;
+    /// Writes a key, optionally attached to a lease. Returns the revision of the write.
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<Revision, StoreError>;
+    /// Deletes a key. Returns the revision of the deletion, or None when the key did not exist.
+    async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError>;
+    /// Writes a key only if `expect` holds.
+    async fn compare_and_put(
+        &self,
+        key: &str,
+        expect: Expect,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<CasOutcome, StoreError>;
+    /// Deletes a key only if it exists with `mod_revision`.
+    async fn compare_and_delete(
+        &self,
+        key: &str,
+        mod_revision: Revision,
+    ) -> Result<CasOutcome, StoreError>;
+    /// Grants a lease that ends `ttl` after its last keep-alive.
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError>;
+    /// Refreshes a lease. `LeaseNotFound` when it already ended.
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError>;
+    /// Ends a lease now, deleting its keys. Revoking an unknown lease is not an error.
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError>;
+    /// Watches keys starting with `prefix`. With `from_revision` > 0, first replays every change
+    /// with revision >= `from_revision` (or fails with `Compacted`), then follows live changes.
+    /// With 0, follows changes after the current revision.
+    async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError>;
+    /// The current store revision.
+    async fn current_revision(&self) -> Result<Revision, StoreError>;
+    /// Forgets history before `revision`: watches from an older revision fail with `Compacted`.
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
+}

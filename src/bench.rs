@@ -1,0 +1,276 @@
+//! `croupier bench invoke`: the cost of the mesh. In one process and one run it measures the
+//! same handler reached two ways, both over mTLS on loopback:
+//! - direct: client → a tonic `FunctionService` that calls the handler itself;
+//! - mesh: client → croupier server → agent tunnel → handler → back.
+//!
+//! For each it reports latency at concurrency 1 and throughput and latency at concurrency N
+//! (default 64), then the ratios the project tracks (mesh/direct throughput, mesh/direct p50 at
+//! concurrency 1).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use croupier_proto::function::v1::{
+    self as pb, function_service_server::FunctionService, function_service_server::FunctionServiceServer,
+};
+use croupier_proto::json::{json_to_struct, opt_struct_to_json};
+use croupier_sdk::{CallOptions, Client, HandlerError, Provider, ProviderConfig, TlsFiles};
+use hdrhistogram::Histogram;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::certs::{CertsInit, init};
+use crate::config::ServerConfig;
+
+/// Arguments of `croupier bench invoke`.
+#[derive(Args, Debug, Clone)]
+pub struct InvokeBenchArgs {
+    /// How long each measured phase runs (e.g. "5s").
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Concurrency of the throughput phase.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Payload size in bytes (JSON-encoded).
+    #[arg(long, default_value_t = 64)]
+    pub payload_bytes: usize,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The handler both paths run: echoes the payload.
+fn echo(payload: serde_json::Value) -> serde_json::Value {
+    payload
+}
+
+/// A `FunctionService` that runs the handler in-process: the "direct" baseline.
+struct Direct;
+
+#[tonic::async_trait]
+impl FunctionService for Direct {
+    async fn invoke_function(
+        &self,
+        request: Request<pb::InvokeFunctionRequest>,
+    ) -> Result<Response<pb::InvokeFunctionResponse>, Status> {
+        let req = request.into_inner();
+        let out = echo(opt_struct_to_json(req.payload.as_ref()));
+        Ok(Response::new(pb::InvokeFunctionResponse {
+            success: true,
+            result: Some(json_to_struct(&out)),
+            agent_id: "direct".into(),
+            ..Default::default()
+        }))
+    }
+    async fn invoke_job(&self, _: Request<pb::InvokeJobRequest>) -> Result<Response<pb::InvokeJobResponse>, Status> {
+        Err(Status::unimplemented("the direct baseline serves InvokeFunction only"))
+    }
+    type StreamJobEventsStream = futures::stream::Empty<Result<pb::JobEvent, Status>>;
+    async fn stream_job_events(&self, _: Request<pb::StreamJobEventsRequest>) -> Result<Response<Self::StreamJobEventsStream>, Status> {
+        Err(Status::unimplemented("the direct baseline serves InvokeFunction only"))
+    }
+    async fn cancel_job(&self, _: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
+        Err(Status::unimplemented("the direct baseline serves InvokeFunction only"))
+    }
+    async fn register_function(&self, _: Request<pb::RegisterFunctionRequest>) -> Result<Response<pb::RegisterFunctionResponse>, Status> {
+        Err(Status::unimplemented("the direct baseline serves InvokeFunction only"))
+    }
+    async fn get_job(&self, _: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
+        Err(Status::unimplemented("the direct baseline serves InvokeFunction only"))
+    }
+    async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        Err(Status::unimplemented("the direct baseline serves InvokeFunction only"))
+    }
+}
+
+/// Figures of one phase.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Phase {
+    /// "direct" or "mesh".
+    pub path: &'static str,
+    /// Concurrent callers.
+    pub concurrency: usize,
+    /// Completed calls.
+    pub calls: u64,
+    /// Calls per second.
+    pub per_second: f64,
+    /// Median latency, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile latency, microseconds.
+    pub p99_us: u64,
+}
+
+async fn phase(
+    path: &'static str,
+    client: &Client,
+    payload: &serde_json::Value,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Phase> {
+    let stop_at = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let opts = CallOptions::default();
+            while Instant::now() < stop_at {
+                let t = Instant::now();
+                let r = client.invoke("bench.echo", payload.clone(), &opts).await?;
+                anyhow::ensure!(r.success, "bench.echo failed: {} {}", r.error_code, r.error);
+                h.record(t.elapsed().as_micros().max(1) as u64)?;
+            }
+            Ok::<_, anyhow::Error>(h)
+        }));
+    }
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for t in tasks {
+        all.add(t.await??)?;
+    }
+    Ok(Phase {
+        path,
+        concurrency,
+        calls: all.len(),
+        per_second: all.len() as f64 / duration.as_secs_f64(),
+        p50_us: all.value_at_quantile(0.5),
+        p99_us: all.value_at_quantile(0.99),
+    })
+}
+
+/// Runs the benchmark and prints the figures.
+pub async fn invoke(args: InvokeBenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile_dir()?;
+    let certs = dir.join("certs");
+    init(&CertsInit {
+        dir: certs.clone(),
+        agents: vec!["bench-agent".into()],
+        clients: vec!["bench".into()],
+        admins: vec![],
+        servers: vec![],
+        hosts: vec![],
+        force: false,
+    })?;
+    let stop = CancellationToken::new();
+
+    // The mesh: server + agent.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let mesh_url = format!("https://{}", listener.local_addr()?);
+    let cfg = ServerConfig {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.join("data"),
+        tls_dir: certs.clone(),
+        audit_log: false,
+        ..ServerConfig::default()
+    };
+    let s = stop.clone();
+    let server = tokio::spawn(crate::server::serve(cfg, listener, async move { s.cancelled().await }));
+    let provider = Provider::new(ProviderConfig::new(
+        vec![mesh_url.clone()],
+        "bench-agent",
+        TlsFiles::from_dir(&certs, "agent-bench-agent"),
+    ))
+    .function(
+        croupier_proto::common::v1::FunctionDescriptor {
+            id: "bench.echo".into(),
+            ..Default::default()
+        },
+        |call| async move { Ok::<_, HandlerError>(echo(call.payload)) },
+    );
+    let mut state = provider.state();
+    let agent = tokio::spawn(provider.run(stop.clone()));
+    tokio::time::timeout(Duration::from_secs(20), state.wait_for(|s| s.connected))
+        .await
+        .context("the bench agent did not connect")??;
+
+    // The direct baseline: same handler behind a tonic server with the same mTLS.
+    let direct_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let direct_url = format!("https://{}", direct_listener.local_addr()?);
+    let d = stop.clone();
+    let direct = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(crate::server::server_tls(&certs)?)?
+            .tcp_nodelay(true)
+            .add_service(FunctionServiceServer::new(Direct))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(direct_listener),
+                async move { d.cancelled().await },
+            ),
+    );
+
+    let tls = TlsFiles::from_dir(&certs, "client-bench");
+    let mesh = Client::connect(&mesh_url, &tls).await?;
+    let direct_client = Client::connect(&direct_url, &tls).await?;
+    let filler = "x".repeat(args.payload_bytes.saturating_sub(10));
+    let payload = serde_json::json!({ "d": filler });
+
+    let warm = Duration::from_millis(500);
+    phase("direct", &direct_client, &payload, 8, warm).await?;
+    phase("mesh", &mesh, &payload, 8, warm).await?;
+    let mut phases = Vec::new();
+    for c in [1, args.concurrency] {
+        phases.push(phase("direct", &direct_client, &payload, c, args.duration).await?);
+        phases.push(phase("mesh", &mesh, &payload, c, args.duration).await?);
+    }
+    let find = |path: &str, c: usize| phases.iter().find(|p| p.path == path && p.concurrency == c).cloned();
+    let (d1, m1) = (find("direct", 1).unwrap(), find("mesh", 1).unwrap());
+    let (dn, mn) = (
+        find("direct", args.concurrency).unwrap(),
+        find("mesh", args.concurrency).unwrap(),
+    );
+    let throughput_ratio = mn.per_second / dn.per_second;
+    let p50_ratio = m1.p50_us as f64 / d1.p50_us as f64;
+
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "payload_bytes": args.payload_bytes,
+                "phases": phases,
+                "mesh_over_direct_throughput": throughput_ratio,
+                "mesh_over_direct_p50_c1": p50_ratio,
+            })
+        );
+    } else {
+        println!(
+            "croupier bench invoke: {}-byte payload, {:?} per phase, mTLS on loopback, one process\n",
+            args.payload_bytes, args.duration
+        );
+        let rows: Vec<Vec<String>> = phases
+            .iter()
+            .map(|p| {
+                vec![
+                    p.path.into(),
+                    p.concurrency.to_string(),
+                    p.calls.to_string(),
+                    format!("{:.0}", p.per_second),
+                    format!("{:.3}", p.p50_us as f64 / 1000.0),
+                    format!("{:.3}", p.p99_us as f64 / 1000.0),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            crate::output::table(&["PATH", "CONCURRENCY", "CALLS", "CALLS/S", "P50 MS", "P99 MS"], &rows)
+        );
+        println!(
+            "\nmesh/direct throughput at concurrency {}: {:.2} (target >= 0.50)\n\
+             mesh/direct p50 at concurrency 1: {:.2} (target <= 2.50)",
+            args.concurrency, throughput_ratio, p50_ratio
+        );
+    }
+    stop.cancel();
+    let _ = agent.await;
+    let _ = direct.await;
+    server.await??;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("croupier-bench-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+

@@ -1,0 +1,206 @@
+//! Server configuration: typed, layered defaults → TOML file (`--config`) → `CROUPIER_*`
+//! environment (`__` for nesting, e.g. `CROUPIER_LIMITS__MAX_LABELS`) → command-line flags,
+//! then [`ServerConfig::validate`]. `deploy/croupier.toml` shows every field.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Settings of `croupier server`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the one mTLS port. Default `127.0.0.1:8443`.
+    pub listen: String,
+    /// Where the embedded store and the audit log live. Default `./croupier-data`.
+    pub data_dir: PathBuf,
+    /// Directory with `ca.pem`, `server.pem`, `server.key`. Default `./certs`.
+    pub tls_dir: PathBuf,
+    /// This server's id in the mesh. Default `server`.
+    pub server_id: String,
+    /// How often agents heartbeat. Default `15s`.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Heartbeats an agent may miss before it is offline. Default 3.
+    pub missed_heartbeats: u32,
+    /// Deadline of a call when neither the call nor the descriptor sets one. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub default_timeout: Duration,
+    /// Longest deadline a call may ask for. Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub max_timeout: Duration,
+    /// How long shutdown waits for in-flight calls. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// How long idempotent outcomes are kept. Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_retention: Duration,
+    /// Write the audit log to `<data_dir>/audit.log`. Default true.
+    pub audit_log: bool,
+    /// Input limits.
+    pub limits: Limits,
+}
+
+/// Limits on what callers and agents may send.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest gRPC message accepted or sent, in bytes. Default 10 MiB.
+    pub max_message_bytes: usize,
+    /// Most labels per agent. Default 64.
+    pub max_labels: usize,
+    /// Most functions per agent. Default 1024.
+    pub max_functions_per_agent: usize,
+    /// Most calls one caller identity may have in flight. Default 1024.
+    pub max_concurrent_calls_per_caller: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 10 * 1024 * 1024,
+            max_labels: 64,
+            max_functions_per_agent: 1024,
+            max_concurrent_calls_per_caller: 1024,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8443".into(),
+            data_dir: PathBuf::from("croupier-data"),
+            tls_dir: PathBuf::from("certs"),
+            server_id: "server".into(),
+            heartbeat_interval: Duration::from_secs(15),
+            missed_heartbeats: 3,
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(3600),
+            shutdown_grace: Duration::from_secs(10),
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            audit_log: true,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Top-level keys the environment layer may set (other `CROUPIER_*` variables belong to other
+/// commands and are ignored here).
+const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "tls_dir",
+    "server_id",
+    "heartbeat_interval",
+    "missed_heartbeats",
+    "default_timeout",
+    "max_timeout",
+    "shutdown_grace",
+    "idempotency_retention",
+    "audit_log",
+    "limits",
+];
+
+impl ServerConfig {
+    /// Loads defaults, then `file` (if any), then `CROUPIER_*` variables, then `overrides`
+    /// (command-line flags, serialised; absent flags are skipped), and validates.
+    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> anyhow::Result<ServerConfig> {
+        let mut fig = Figment::from(Serialized::defaults(ServerConfig::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                bail!("config file {} does not exist", f.display());
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig
+            .merge(
+                Env::prefixed("CROUPIER_")
+                    .split("__")
+                    .filter(|k| ENV_KEYS.contains(&k.as_str().split('.').next().unwrap_or(""))),
+            )
+            .merge(Serialized::defaults(overrides));
+        let cfg: ServerConfig = fig.extract().context("reading the server configuration")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            bail!("heartbeat_interval must be at least 100ms");
+        }
+        if self.missed_heartbeats == 0 {
+            bail!("missed_heartbeats must be at least 1");
+        }
+        if self.default_timeout.is_zero() || self.default_timeout > self.max_timeout {
+            bail!("default_timeout must be > 0 and at most max_timeout");
+        }
+        if self.limits.max_message_bytes < 4096 {
+            bail!("limits.max_message_bytes must be at least 4096");
+        }
+        if self.limits.max_concurrent_calls_per_caller == 0 {
+            bail!("limits.max_concurrent_calls_per_caller must be at least 1");
+        }
+        croupier_registry::ids::check_id("server_id", &self.server_id)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize, Default)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        listen: Option<String>,
+    }
+
+    #[test]
+    fn layers_file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:9000\"\nheartbeat_interval = \"2s\"\n[limits]\nmax_labels = 8\n",
+        )
+        .unwrap();
+        let cfg = ServerConfig::load(Some(&file), Flags::default()).unwrap();
+        assert_eq!(cfg.listen, "0.0.0.0:9000");
+        assert_eq!(cfg.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(cfg.limits.max_labels, 8);
+        assert_eq!(cfg.missed_heartbeats, 3);
+        let cfg = ServerConfig::load(
+            Some(&file),
+            Flags {
+                listen: Some("127.0.0.1:1".into()),
+            },
+        )
+        .unwrap();
+        assert_eq!(cfg.listen, "127.0.0.1:1");
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        let err = format!("{:#}", ServerConfig::load(Some(&file), Flags::default()).unwrap_err());
+        assert!(err.contains("lisen"), "{err}");
+        std::fs::write(&file, "missed_heartbeats = 0\n").unwrap();
+        assert!(ServerConfig::load(Some(&file), Flags::default()).is_err());
+    }
+
+    #[test]
+    fn example_config_in_deploy_is_valid() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/croupier.toml");
+        let cfg = ServerConfig::load(Some(&file), Flags::default()).unwrap();
+        assert_eq!(cfg.listen, "0.0.0.0:8443");
+    }
+}

@@ -1,0 +1,19 @@
+//! The `croupier` binary's library: configuration, server assembly on one mTLS port, the CLI,
+//! `dev` mode, certificates and benchmarks.
+//!
+//! Layout:
+//! - [`config`]: layered server configuration.
+//! - [`server`]: [`server::serve`], the control plane on one TLS listener.
+//! - [`certs`]: `croupier certs init`.
+//! - [`cli`]: arguments and the client commands.
+//! - [`dev`]: `croupier dev`.
+//! - [`bench`]: `croupier bench`.
+//! - [`output`]: tables.
+
+pub mod bench;
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod dev;
+pub mod output;
+pub mod server;

@@ -1,0 +1,207 @@
+//! Assembles the control plane on one mTLS port: `ControlService`, `FunctionService`,
+//! `RegistryService`, `grpc.health.v1` and server reflection, with the caller's identity taken
+//! from its certificate by an interceptor.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use croupier_control::audit::AuditLog;
+use croupier_control::service::ControlServer;
+use croupier_control::{AgentLink, ControlConfig, ControlPlane};
+use croupier_function::service::FunctionServer;
+use croupier_function::{InvokeConfig, Invoker};
+use croupier_proto::control::v1::control_service_server::ControlServiceServer;
+use croupier_proto::function::v1::function_service_server::FunctionServiceServer;
+use croupier_proto::registry::v1::registry_service_server::RegistryServiceServer;
+use croupier_registry::identity::IdentityResolver;
+use croupier_registry::service::RegistryServer;
+use croupier_registry::store::Store;
+use croupier_registry::store::embedded::EmbeddedStore;
+use croupier_registry::view::RegistryView;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+
+use crate::config::ServerConfig;
+
+/// Service names reported by `grpc.health.v1`.
+const SERVICES: &[&str] = &[
+    "croupier.control.v1.ControlService",
+    "croupier.function.v1.FunctionService",
+    "croupier.registry.v1.RegistryService",
+];
+
+/// How often expired idempotency records are swept.
+const IDEM_SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// Server TLS from `ca.pem`, `server.pem` and `server.key` in `dir`. Clients must present a
+/// certificate signed by the CA: plaintext and unknown-CA clients fail the handshake.
+pub fn server_tls(dir: &std::path::Path) -> anyhow::Result<ServerTlsConfig> {
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).with_context(|| {
+            format!(
+                "reading {} (make certificates with `croupier certs init --dir {}`)",
+                p.display(),
+                dir.display()
+            )
+        })
+    };
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(read("server.pem")?, read("server.key")?))
+        .client_ca_root(Certificate::from_pem(read("ca.pem")?)))
+}
+
+/// Runs the server on `listener` until `shutdown` resolves, then drains: health goes
+/// NOT_SERVING, new registrations are refused, agents are told to go away, in-flight calls get
+/// up to `shutdown_grace` to finish, watches end, and the listener closes.
+pub async fn serve(
+    cfg: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let tls = server_tls(&cfg.tls_dir)?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(&cfg.data_dir.join("store"))
+            .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
+    );
+    let background = CancellationToken::new();
+    let view = RegistryView::start(store.clone(), background.child_token())
+        .await
+        .context("loading the registry")?;
+    let audit = if cfg.audit_log {
+        AuditLog::to_file(&cfg.data_dir.join("audit.log"))
+            .await
+            .context("opening the audit log")?
+    } else {
+        AuditLog::disabled()
+    };
+    let control = ControlPlane::start(
+        ControlConfig {
+            server_id: cfg.server_id.clone(),
+            heartbeat_interval: cfg.heartbeat_interval,
+            missed_heartbeats: cfg.missed_heartbeats,
+            max_labels: cfg.limits.max_labels,
+            max_functions: cfg.limits.max_functions_per_agent,
+            tunnel_queue: 1024,
+        },
+        store.clone(),
+        view.clone(),
+        audit.clone(),
+        background.child_token(),
+    );
+    let invoker = Arc::new(Invoker::new(
+        InvokeConfig {
+            default_timeout: cfg.default_timeout,
+            max_timeout: cfg.max_timeout,
+            idempotency_retention: cfg.idempotency_retention,
+            max_concurrent_per_caller: cfg.limits.max_concurrent_calls_per_caller,
+        },
+        store.clone(),
+        view.clone(),
+        control.clone() as Arc<dyn AgentLink>,
+        audit,
+    ));
+    spawn_idempotency_sweep(invoker.clone(), background.child_token());
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    for s in SERVICES {
+        health.set_service_status(*s, ServingStatus::Serving).await;
+    }
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(croupier_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building server reflection")?;
+
+    let resolver = IdentityResolver::new();
+    let ident = move |req| resolver.intercept(req);
+    let max = cfg.limits.max_message_bytes;
+    let watches = CancellationToken::new();
+    let control_svc = ControlServiceServer::new(ControlServer::new(control.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let function_svc = FunctionServiceServer::new(FunctionServer::new(invoker))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let registry_svc = RegistryServiceServer::new(RegistryServer::new(
+        view.clone(),
+        control.clone(),
+        watches.clone(),
+    ))
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+
+    let addr: SocketAddr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = Server::builder()
+        .tls_config(tls)
+        .context("configuring TLS")?
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(InterceptedService::new(control_svc, ident.clone()))
+        .add_service(InterceptedService::new(function_svc, ident.clone()))
+        .add_service(InterceptedService::new(registry_svc, ident));
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(
+        TcpListenerStream::new(listener),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    tracing::info!(%addr, server_id = %cfg.server_id, "croupier server listening");
+    println!("croupier server listening on https://{addr}");
+
+    let mut server = server;
+    tokio::select! {
+        _ = shutdown => {}
+        r = &mut server => {
+            background.cancel();
+            return r.context("server task")?.context("serving");
+        }
+    }
+    tracing::info!(grace = ?cfg.shutdown_grace, "shutting down: draining");
+    for s in SERVICES {
+        health.set_service_status(*s, ServingStatus::NotServing).await;
+    }
+    control.drain(cfg.shutdown_grace).await;
+    watches.cancel();
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(cfg.shutdown_grace, &mut server).await {
+        Ok(r) => r.context("server task")?.context("serving")?,
+        Err(_) => {
+            tracing::warn!("connections still open after the grace period; closing them");
+            server.abort();
+        }
+    }
+    background.cancel();
+    tracing::info!("server stopped");
+    Ok(())
+}
+
+fn spawn_idempotency_sweep(invoker: Arc<Invoker>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(IDEM_SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match invoker.idempotency().sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "expired idempotency records swept"),
+                Err(e) => tracing::warn!(error = %e, "idempotency sweep failed"),
+            }
+        }
+    });
+}
