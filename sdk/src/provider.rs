@@ -358,7 +358,9 @@ impl Provider {
                     }
                 }
                 Some(server_frame::Frame::Goaway(g)) => {
-                    break Ended::Reconnect(format!("server going away: {}", g.reason));
+                    // Keep serving: the server closes the tunnel once calls in flight are done,
+                    // and the next session goes to the next server.
+                    tracing::info!(reason = %g.reason, "server going away");
                 }
                 Some(server_frame::Frame::Ack(_)) | Some(server_frame::Frame::Welcome(_)) | None => {}
             }
@@ -379,6 +381,13 @@ impl Provider {
             for t in lock(&running).values() {
                 t.cancel();
             }
+            // Close our side and wait (briefly) for the server to close its side, so the
+            // goodbye and the last results are delivered before the process exits.
+            drop(out_tx);
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Ok(Some(_)) = inbound.message().await {}
+            })
+            .await;
             tracing::info!(agent_id = %self.cfg.agent_id, "said goodbye");
         }
         ended

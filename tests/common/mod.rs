@@ -1,0 +1,216 @@
+//! Test bed for end-to-end tests: real `croupier server` and `croupier agent` processes with
+//! certificates from `croupier certs init`, on loopback ports picked by the OS.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use croupier_sdk::{Client, TlsFiles};
+
+/// The `croupier` binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_croupier")
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    /// Sends a signal (libc::SIGTERM, SIGKILL…).
+    pub fn signal(&self, sig: i32) {
+        // SAFETY-free: `kill` via the command line keeps the tests free of unsafe code.
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status();
+    }
+
+    /// Waits for the process to exit, at most `timeout`; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server with its certificates and data in a temporary directory.
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    pub server: Option<Proc>,
+    pub url: String,
+    pub heartbeat: Duration,
+}
+
+/// Writes certificates into `dir` with the given agents, clients `c1`, and admin `ops`.
+pub fn certs(dir: &Path, agents: &[&str]) {
+    let mut cmd = Command::new(bin());
+    cmd.args(["certs", "init", "--dir"]).arg(dir);
+    for a in agents {
+        cmd.args(["--agent", a]);
+    }
+    cmd.args(["--client", "c1", "--admin", "ops"]);
+    let out = cmd.output().expect("running croupier certs init");
+    assert!(out.status.success(), "certs init failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Mesh {
+    /// Starts a server with heartbeat interval `heartbeat`; certificates for `agents`.
+    pub fn start(agents: &[&str], heartbeat: Duration) -> Mesh {
+        let dir = tempfile::tempdir().unwrap();
+        certs(&dir.path().join("certs"), agents);
+        let mut mesh = Mesh {
+            dir,
+            server: None,
+            url: String::new(),
+            heartbeat,
+        };
+        mesh.start_server("127.0.0.1:0");
+        mesh
+    }
+
+    /// Path of the certificate directory.
+    pub fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// (Re)starts the server on `listen`, waiting for its "listening" line.
+    pub fn start_server(&mut self, listen: &str) {
+        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
+        let mut child = Command::new(bin())
+            .args(["server", "--listen", listen, "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .arg("--tls-dir")
+            .arg(self.certs())
+            .args([
+                "--heartbeat-interval",
+                &format!("{}ms", self.heartbeat.as_millis()),
+                "--shutdown-grace",
+                "5s",
+            ])
+            .env("CROUPIER_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("starting croupier server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("croupier server listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("server did not start: {}", self.server_log()));
+        self.url = url;
+        self.server = Some(Proc {
+            child,
+            name: "server".into(),
+        });
+    }
+
+    /// The server's log so far.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Starts an agent process (game "g", env "e") with labels.
+    pub fn agent(&self, id: &str, labels: &[&str]) -> Proc {
+        self.agent_with(id, labels, &[])
+    }
+
+    /// Starts an agent process with extra arguments.
+    pub fn agent_with(&self, id: &str, labels: &[&str], extra: &[&str]) -> Proc {
+        let log = std::fs::File::create(self.dir.path().join(format!("agent-{id}.log"))).unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(["agent", "--server", &self.url, "--id", id, "--game-id", "g", "--env", "e"])
+            .arg("--tls-dir")
+            .arg(self.certs());
+        for l in labels {
+            cmd.args(["--label", l]);
+        }
+        cmd.args(extra);
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting croupier agent");
+        Proc {
+            child,
+            name: id.to_string(),
+        }
+    }
+
+    /// An agent's log so far.
+    pub fn agent_log(&self, id: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("agent-{id}.log"))).unwrap_or_default()
+    }
+
+    /// A client with certificate `stem` (client-c1, admin-ops, agent-a1…).
+    pub async fn client(&self, stem: &str) -> Client {
+        Client::connect(&self.url, &TlsFiles::from_dir(&self.certs(), stem))
+            .await
+            .expect("client connects")
+    }
+
+    /// Waits until the named agents are registered and online.
+    pub async fn wait_online(&self, ids: &[&str]) {
+        let client = self.client("client-c1").await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let agents = client.agents("", "").await.unwrap();
+            if ids
+                .iter()
+                .all(|id| agents.iter().any(|a| a.agent_id == *id && a.online))
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agents {ids:?} did not come online; have {:?}\n{}",
+                agents.iter().map(|a| (&a.agent_id, a.online)).collect::<Vec<_>>(),
+                self.server_log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `id` is no longer registered.
+    pub async fn wait_gone(&self, id: &str, timeout: Duration) {
+        let client = self.client("client-c1").await;
+        let deadline = Instant::now() + timeout;
+        while client.agents("", "").await.unwrap().iter().any(|a| a.agent_id == id) {
+            assert!(Instant::now() < deadline, "agent {id} still registered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Call options for game "g", env "e".
+pub fn opts() -> croupier_sdk::CallOptions {
+    croupier_sdk::CallOptions {
+        game_id: "g".into(),
+        env: "e".into(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,248 @@
+//! End-to-end: invocation through real server and agent processes — round trip, every routing
+//! mode, idempotency, payload validation and the error statuses.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::{Mesh, opts};
+use croupier_proto::json::opt_struct_to_json;
+use serde_json::json;
+use tonic::Code;
+
+const HB: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_and_errors() {
+    let mesh = Mesh::start(&["a1"], HB);
+    let _a1 = mesh.agent("a1", &[]);
+    mesh.wait_online(&["a1"]).await;
+    let c = mesh.client("client-c1").await;
+
+    let r = c.invoke("agent.ping", json!({"hello": "world"}), &opts()).await.unwrap();
+    assert!(r.success, "{r:?}");
+    assert_eq!(r.agent_id, "a1");
+    let out = opt_struct_to_json(r.result.as_ref());
+    assert_eq!(out["agent_id"], "a1");
+    assert_eq!(out["payload"], json!({"hello": "world"}));
+
+    // Invalid payload: INVALID_ARGUMENT naming the field.
+    let e = c.invoke("agent.sleep", json!({"ms": "abc"}), &opts()).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("/ms"), "{}", e.message());
+    let e = c.invoke("agent.sleep", json!({}), &opts()).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("\"ms\""), "{}", e.message());
+
+    // Unknown function: NOT_FOUND.
+    let e = c.invoke("no.such.function", json!({}), &opts()).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    assert!(e.message().contains("no.such.function"));
+
+    // Malformed ids and routing modes: INVALID_ARGUMENT saying what to fix.
+    let e = c.invoke("bad/id", json!({}), &opts()).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("function_id"), "{}", e.message());
+    let mut o = opts();
+    o.routing = "nearest".into();
+    let e = c.invoke("agent.ping", json!({}), &o).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("nearest"));
+
+    // Deadline: DEADLINE_EXCEEDED; the agent's handler is cancelled and the mesh carries on.
+    let mut o = opts();
+    o.timeout = Some(Duration::from_secs(1));
+    let t = std::time::Instant::now();
+    let e = c.invoke("agent.sleep", json!({"ms": 10_000}), &o).await.unwrap_err();
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    let r = c.invoke("agent.sleep", json!({"ms": 10}), &opts()).await.unwrap();
+    assert!(r.success);
+
+    // A function registered by an admin but provided by no agent: UNAVAILABLE.
+    let admin = mesh.client("admin-ops").await;
+    admin
+        .function_service()
+        .register_function(croupier_proto::function::v1::RegisterFunctionRequest {
+            game_id: "g".into(),
+            env: "e".into(),
+            function_descriptor: Some(croupier_proto::common::v1::FunctionDescriptor {
+                id: "player.ban".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let e = c.invoke("player.ban", json!({}), &opts()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains("no agent provides player.ban"), "{}", e.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_modes() {
+    let mesh = Mesh::start(&["a1", "a2", "a3"], HB);
+    let _a1 = mesh.agent("a1", &["region=eu"]);
+    let _a2 = mesh.agent("a2", &["region=eu"]);
+    let _a3 = mesh.agent("a3", &["region=us"]);
+    mesh.wait_online(&["a1", "a2", "a3"]).await;
+    let c = mesh.client("client-c1").await;
+    let ping = |o: croupier_sdk::CallOptions| {
+        let c = c.clone();
+        async move {
+            let r = c.invoke("agent.ping", json!({}), &o).await.unwrap();
+            assert!(r.success, "{r:?}");
+            r.agent_id
+        }
+    };
+
+    // hash: a key keeps its agent; different keys spread.
+    let mut o = opts();
+    o.routing = "hash".into();
+    o.hash_key = "player-42".into();
+    let first = ping(o.clone()).await;
+    for _ in 0..10 {
+        assert_eq!(ping(o.clone()).await, first);
+    }
+    let mut seen = HashSet::new();
+    for k in 0..30 {
+        o.hash_key = format!("player-{k}");
+        seen.insert(ping(o.clone()).await);
+    }
+    assert!(seen.len() >= 2, "30 keys all went to {seen:?}");
+    o.hash_key.clear();
+    let e = c.invoke("agent.ping", json!({}), &o).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("hash_key"));
+
+    // round_robin: strict rotation.
+    let mut o = opts();
+    o.routing = "round_robin".into();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..9 {
+        *counts.entry(ping(o.clone()).await).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 3), "{counts:?}");
+
+    // lb (default): idle agents share the work.
+    let mut seen = HashSet::new();
+    for _ in 0..9 {
+        seen.insert(ping(opts()).await);
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+
+    // targeted: always the named agent; an unknown one is NOT_FOUND.
+    let mut o = opts();
+    o.routing = "targeted".into();
+    o.target = "a2".into();
+    for _ in 0..5 {
+        assert_eq!(ping(o.clone()).await, "a2");
+    }
+    o.target = "zz".into();
+    let e = c.invoke("agent.ping", json!({}), &o).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+
+    // selector: only matching agents.
+    let mut o = opts();
+    o.selector.insert("region".into(), "us".into());
+    for _ in 0..6 {
+        assert_eq!(ping(o.clone()).await, "a3");
+    }
+    o.selector.insert("region".into(), "eu".into());
+    for _ in 0..6 {
+        let a = ping(o.clone()).await;
+        assert!(a == "a1" || a == "a2", "{a}");
+    }
+    o.selector.insert("region".into(), "mars".into());
+    let e = c.invoke("agent.ping", json!({}), &o).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    assert!(e.message().contains("selector"), "{}", e.message());
+
+    // broadcast: one result per agent.
+    let mut o = opts();
+    o.routing = "broadcast".into();
+    let r = c.invoke("agent.ping", json!({"b": true}), &o).await.unwrap();
+    assert!(r.success, "{r:?}");
+    let agents: HashSet<String> = r.results.iter().map(|x| x.agent_id.clone()).collect();
+    assert_eq!(agents, HashSet::from(["a1".into(), "a2".into(), "a3".into()]));
+    for x in &r.results {
+        assert_eq!(opt_struct_to_json(x.result.as_ref())["agent_id"], json!(x.agent_id));
+    }
+    // broadcast with a selector.
+    o.selector.insert("region".into(), "eu".into());
+    let r = c.invoke("agent.ping", json!({}), &o).await.unwrap();
+    assert_eq!(r.results.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_key_executes_once() {
+    let mesh = Mesh::start(&["a1"], HB);
+    let _a1 = mesh.agent("a1", &[]);
+    mesh.wait_online(&["a1"]).await;
+    let c = mesh.client("client-c1").await;
+    let calls = |r: &croupier_proto::function::v1::InvokeFunctionResponse| {
+        opt_struct_to_json(r.result.as_ref())["calls"].as_i64().unwrap()
+    };
+
+    let mut o = opts();
+    o.idempotency_key = "order-7".into();
+    // Concurrent first calls: one executes, the others wait for its outcome.
+    let runs = (0..4).map(|_| {
+        let (c, o) = (c.clone(), o.clone());
+        async move { c.invoke("agent.ping", json!({"n": 1}), &o).await.unwrap() }
+    });
+    let first: Vec<_> = futures::future::join_all(runs).await;
+    let executed = calls(&first[0]);
+    for r in &first {
+        assert_eq!(calls(r), executed);
+        assert_eq!(r.request_id, first[0].request_id);
+    }
+    // A later repeat returns the stored outcome.
+    let again = c.invoke("agent.ping", json!({"n": 1}), &o).await.unwrap();
+    assert_eq!(calls(&again), executed);
+    // The handler ran once: the next unkeyed ping is the next execution.
+    let next = c.invoke("agent.ping", json!({"n": 1}), &opts()).await.unwrap();
+    assert_eq!(calls(&next), executed + 1);
+    // Same key, different payload: FAILED_PRECONDITION.
+    let e = c.invoke("agent.ping", json!({"n": 2}), &o).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("different payload"));
+    // The key is scoped to the function: another function with the same key executes.
+    let r = c.invoke("agent.sleep", json!({"ms": 1}), &o).await.unwrap();
+    assert!(r.success);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_message_is_refused_and_nothing_else_is_affected() {
+    let mesh = Mesh::start(&["a1"], HB);
+    let _a1 = mesh.agent("a1", &[]);
+    mesh.wait_online(&["a1"]).await;
+    let c = mesh.client("client-c1").await;
+    let channel = croupier_sdk::tls::connect(
+        &mesh.url,
+        &croupier_sdk::TlsFiles::from_dir(&mesh.certs(), "client-c1").load().unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut raw = croupier_proto::function::v1::function_service_client::FunctionServiceClient::new(channel)
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let big = "x".repeat(11 * 1024 * 1024);
+    let e = raw
+        .invoke_function(croupier_proto::function::v1::InvokeFunctionRequest {
+            game_id: "g".into(),
+            env: "e".into(),
+            function_id: "agent.ping".into(),
+            payload: Some(croupier_proto::json::json_to_struct(&json!({"big": big}))),
+            options: None,
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e.code(), Code::ResourceExhausted | Code::OutOfRange),
+        "{e:?}"
+    );
+    assert!(e.message().contains("too large") || e.message().contains("limit"), "{}", e.message());
+    let r = c.invoke("agent.ping", json!({}), &opts()).await.unwrap();
+    assert!(r.success);
+}
