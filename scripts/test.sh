@@ -255,8 +255,8 @@ export CROUPIER_REQUIRE_ETCD=1
 section "cargo fmt --all --check"
 cargo fmt --all --check
 
-section "cargo clippy --workspace --all-targets -- -D warnings"
-cargo clippy --workspace --all-targets -- -D warnings
+section "cargo clippy --workspace --all-targets --all-features -- -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-section "cargo test --workspace $*"
-cargo test --workspace "$@"
+section "cargo test --workspace --all-features $*"
+cargo test --workspace --all-features "$@"

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use croupier_proto::function::v1::{
-    self as pb, function_service_server::FunctionService, function_service_server::FunctionServiceServer,
+    self as pb, function_service_server::FunctionService,
+    function_service_server::FunctionServiceServer,
 };
 use croupier_proto::json::{json_to_struct, opt_struct_to_json};
 use croupier_sdk::{CallOptions, Client, HandlerError, Provider, ProviderConfig, TlsFiles};
@@ -63,24 +64,54 @@ impl FunctionService for Direct {
             ..Default::default()
         }))
     }
-    async fn invoke_job(&self, _: Request<pb::InvokeJobRequest>) -> Result<Response<pb::InvokeJobResponse>, Status> {
-        Err(Status::unimplemented("the direct baseline serves InvokeFunction only"))
+    async fn invoke_job(
+        &self,
+        _: Request<pb::InvokeJobRequest>,
+    ) -> Result<Response<pb::InvokeJobResponse>, Status> {
+        Err(Status::unimplemented(
+            "the direct baseline serves InvokeFunction only",
+        ))
     }
     type StreamJobEventsStream = futures::stream::Empty<Result<pb::JobEvent, Status>>;
-    async fn stream_job_events(&self, _: Request<pb::StreamJobEventsRequest>) -> Result<Response<Self::StreamJobEventsStream>, Status> {
-        Err(Status::unimplemented("the direct baseline serves InvokeFunction only"))
+    async fn stream_job_events(
+        &self,
+        _: Request<pb::StreamJobEventsRequest>,
+    ) -> Result<Response<Self::StreamJobEventsStream>, Status> {
+        Err(Status::unimplemented(
+            "the direct baseline serves InvokeFunction only",
+        ))
     }
-    async fn cancel_job(&self, _: Request<pb::CancelJobRequest>) -> Result<Response<pb::CancelJobResponse>, Status> {
-        Err(Status::unimplemented("the direct baseline serves InvokeFunction only"))
+    async fn cancel_job(
+        &self,
+        _: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        Err(Status::unimplemented(
+            "the direct baseline serves InvokeFunction only",
+        ))
     }
-    async fn register_function(&self, _: Request<pb::RegisterFunctionRequest>) -> Result<Response<pb::RegisterFunctionResponse>, Status> {
-        Err(Status::unimplemented("the direct baseline serves InvokeFunction only"))
+    async fn register_function(
+        &self,
+        _: Request<pb::RegisterFunctionRequest>,
+    ) -> Result<Response<pb::RegisterFunctionResponse>, Status> {
+        Err(Status::unimplemented(
+            "the direct baseline serves InvokeFunction only",
+        ))
     }
-    async fn get_job(&self, _: Request<pb::GetJobRequest>) -> Result<Response<pb::GetJobResponse>, Status> {
-        Err(Status::unimplemented("the direct baseline serves InvokeFunction only"))
+    async fn get_job(
+        &self,
+        _: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        Err(Status::unimplemented(
+            "the direct baseline serves InvokeFunction only",
+        ))
     }
-    async fn list_jobs(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
-        Err(Status::unimplemented("the direct baseline serves InvokeFunction only"))
+    async fn list_jobs(
+        &self,
+        _: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        Err(Status::unimplemented(
+            "the direct baseline serves InvokeFunction only",
+        ))
     }
 }
 
@@ -165,7 +196,9 @@ pub async fn invoke(args: InvokeBenchArgs) -> anyhow::Result<()> {
         ..ServerConfig::default()
     };
     let s = stop.clone();
-    let server = tokio::spawn(crate::server::serve(cfg, listener, async move { s.cancelled().await }));
+    let server = tokio::spawn(crate::server::serve(cfg, listener, async move {
+        s.cancelled().await
+    }));
     let provider = Provider::new(ProviderConfig::new(
         vec![mesh_url.clone()],
         "bench-agent",
@@ -213,7 +246,12 @@ pub async fn invoke(args: InvokeBenchArgs) -> anyhow::Result<()> {
         phases.push(phase("direct", &direct_client, &payload, c, args.duration).await?);
         phases.push(phase("mesh", &mesh, &payload, c, args.duration).await?);
     }
-    let find = |path: &str, c: usize| phases.iter().find(|p| p.path == path && p.concurrency == c).cloned();
+    let find = |path: &str, c: usize| {
+        phases
+            .iter()
+            .find(|p| p.path == path && p.concurrency == c)
+            .cloned()
+    };
     let (d1, m1) = (find("direct", 1).unwrap(), find("mesh", 1).unwrap());
     let (dn, mn) = (
         find("direct", args.concurrency).unwrap(),
@@ -252,7 +290,17 @@ pub async fn invoke(args: InvokeBenchArgs) -> anyhow::Result<()> {
             .collect();
         print!(
             "{}",
-            crate::output::table(&["PATH", "CONCURRENCY", "CALLS", "CALLS/S", "P50 MS", "P99 MS"], &rows)
+            crate::output::table(
+                &[
+                    "PATH",
+                    "CONCURRENCY",
+                    "CALLS",
+                    "CALLS/S",
+                    "P50 MS",
+                    "P99 MS"
+                ],
+                &rows
+            )
         );
         println!(
             "\nmesh/direct throughput at concurrency {}: {:.2} (target >= 0.50)\n\
@@ -273,4 +321,3 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
-

@@ -96,7 +96,12 @@ pub struct ServerArgs {
 #[derive(Args, Debug)]
 pub struct AgentArgs {
     /// Server URL(s), comma-separated; the agent fails over in order.
-    #[arg(long, env = "CROUPIER_SERVER", value_delimiter = ',', default_value = "https://127.0.0.1:8443")]
+    #[arg(
+        long,
+        env = "CROUPIER_SERVER",
+        value_delimiter = ',',
+        default_value = "https://127.0.0.1:8443"
+    )]
     pub server: Vec<String>,
     /// Agent id (must match the agent certificate).
     #[arg(long, env = "CROUPIER_AGENT_ID")]
@@ -136,7 +141,11 @@ pub struct DevArgs {
 #[derive(Args, Debug, Clone)]
 pub struct Conn {
     /// Server URL.
-    #[arg(long, env = "CROUPIER_SERVER", default_value = "https://127.0.0.1:8443")]
+    #[arg(
+        long,
+        env = "CROUPIER_SERVER",
+        default_value = "https://127.0.0.1:8443"
+    )]
     pub server: String,
     /// Directory with ca.pem and the identity's certificate (default: the dev certificates).
     #[arg(long, env = "CROUPIER_TLS_DIR")]
@@ -454,7 +463,11 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<i32> {
                 } else {
                     format!("{}: {}", r.error_code, r.error)
                 };
-                vec![r.agent_id.clone(), if r.success { "ok" } else { "failed" }.into(), out]
+                vec![
+                    r.agent_id.clone(),
+                    if r.success { "ok" } else { "failed" }.into(),
+                    out,
+                ]
             })
             .collect();
         print!("{}", table(&["AGENT", "STATUS", "RESULT"], &rows));
@@ -501,7 +514,8 @@ pub async fn agents(args: ListArgs) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = agents
         .iter()
         .map(|a| {
-            let mut labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let mut labels: Vec<String> =
+                a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             labels.sort();
             vec![
                 a.agent_id.clone(),
@@ -518,7 +532,16 @@ pub async fn agents(args: ListArgs) -> anyhow::Result<()> {
     print!(
         "{}",
         table(
-            &["AGENT", "GAME/ENV", "STATE", "TUNNEL", "HEARTBEAT", "FUNCTIONS", "IN-FLIGHT", "LABELS"],
+            &[
+                "AGENT",
+                "GAME/ENV",
+                "STATE",
+                "TUNNEL",
+                "HEARTBEAT",
+                "FUNCTIONS",
+                "IN-FLIGHT",
+                "LABELS"
+            ],
             &rows
         )
     );
@@ -541,8 +564,12 @@ pub async fn functions(args: ListArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| status_error(&s))?;
     if args.json {
-        let list: Vec<serde_json::Value> = regs.registrations.iter().map(registration_json).collect();
-        println!("{}", serde_json::json!({"revision": regs.revision, "registrations": list}));
+        let list: Vec<serde_json::Value> =
+            regs.registrations.iter().map(registration_json).collect();
+        println!(
+            "{}",
+            serde_json::json!({"revision": regs.revision, "registrations": list})
+        );
         return Ok(());
     }
     let rows: Vec<Vec<String>> = regs
@@ -550,18 +577,32 @@ pub async fn functions(args: ListArgs) -> anyhow::Result<()> {
         .iter()
         .map(|r| {
             let d = r.function_descriptor.clone().unwrap_or_default();
-            let kind = d.semantics.map(|s| s.kind).filter(|k| !k.is_empty()).unwrap_or("command".into());
+            let kind = d
+                .semantics
+                .map(|s| s.kind)
+                .filter(|k| !k.is_empty())
+                .unwrap_or("command".into());
             let agents: Vec<String> = r.agents.iter().map(|a| a.agent_id.clone()).collect();
             vec![
                 r.function_id.clone(),
                 format!("{}/{}", r.game_id, r.env),
                 kind,
-                if agents.is_empty() { "-".into() } else { agents.join(",") },
+                if agents.is_empty() {
+                    "-".into()
+                } else {
+                    agents.join(",")
+                },
                 d.description,
             ]
         })
         .collect();
-    print!("{}", table(&["FUNCTION", "GAME/ENV", "KIND", "AGENTS", "DESCRIPTION"], &rows));
+    print!(
+        "{}",
+        table(
+            &["FUNCTION", "GAME/ENV", "KIND", "AGENTS", "DESCRIPTION"],
+            &rows
+        )
+    );
     Ok(())
 }
 
@@ -598,9 +639,12 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             Ok(None) => return Ok(()),
             Err(s) => return Err(status_error(&s)),
         };
-        let kind = EventType::try_from(ev.r#type).unwrap_or(EventType::Updated).as_str_name();
+        let kind = EventType::try_from(ev.r#type)
+            .unwrap_or(EventType::Updated)
+            .as_str_name();
         if args.json {
-            let mut out = serde_json::json!({"type": kind, "revision": ev.revision, "agent_id": ev.agent_id});
+            let mut out =
+                serde_json::json!({"type": kind, "revision": ev.revision, "agent_id": ev.agent_id});
             if let Some(r) = &ev.registration {
                 out["registration"] = registration_json(r);
             }
@@ -614,7 +658,11 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
                 r.function_id,
                 r.game_id,
                 r.env,
-                if ev.agent_id.is_empty() { "-" } else { &ev.agent_id },
+                if ev.agent_id.is_empty() {
+                    "-"
+                } else {
+                    &ev.agent_id
+                },
                 agents.join(",")
             );
         } else {

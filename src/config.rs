@@ -191,7 +191,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "lisen = \"x\"\n").unwrap();
-        let err = format!("{:#}", ServerConfig::load(Some(&file), Flags::default()).unwrap_err());
+        let err = format!(
+            "{:#}",
+            ServerConfig::load(Some(&file), Flags::default()).unwrap_err()
+        );
         assert!(err.contains("lisen"), "{err}");
         std::fs::write(&file, "missed_heartbeats = 0\n").unwrap();
         assert!(ServerConfig::load(Some(&file), Flags::default()).is_err());

@@ -43,7 +43,12 @@ pub async fn run(
     };
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
-        .with_context(|| format!("binding {} (is another croupier running? try --listen)", cfg.listen))?;
+        .with_context(|| {
+            format!(
+                "binding {} (is another croupier running? try --listen)",
+                cfg.listen
+            )
+        })?;
     let addr = listener.local_addr()?;
     let url = format!("https://{addr}");
 

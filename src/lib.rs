@@ -2,13 +2,13 @@
 //! `dev` mode, certificates and benchmarks.
 //!
 //! Layout:
-//! - [`config`]: layered server configuration.
-//! - [`server`]: [`server::serve`], the control plane on one TLS listener.
-//! - [`certs`]: `croupier certs init`.
-//! - [`cli`]: arguments and the client commands.
-//! - [`dev`]: `croupier dev`.
-//! - [`bench`]: `croupier bench`.
-//! - [`output`]: tables.
+//! - [`config`] — layered server configuration.
+//! - [`server`] — [`server::serve`], the control plane on one TLS listener.
+//! - [`certs`] — `croupier certs init`.
+//! - [`cli`] — arguments and the client commands.
+//! - [`dev`] — `croupier dev`.
+//! - [`bench`] — `croupier bench`.
+//! - [`output`] — tables.
 
 pub mod bench;
 pub mod certs;

@@ -72,9 +72,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 Some(d) => d.clone(),
                 None => cli::dev_dir().join("certs"),
             };
-            let stem = args.identity.clone().unwrap_or_else(|| format!("agent-{}", args.id));
-            let mut provider =
-                ProviderConfig::new(args.server.clone(), &args.id, TlsFiles::from_dir(&tls_dir, &stem));
+            let stem = args
+                .identity
+                .clone()
+                .unwrap_or_else(|| format!("agent-{}", args.id));
+            let mut provider = ProviderConfig::new(
+                args.server.clone(),
+                &args.id,
+                TlsFiles::from_dir(&tls_dir, &stem),
+            );
             provider.game_id = args.game_id.clone();
             provider.env = args.env.clone();
             provider.labels = args.labels.iter().cloned().collect();
@@ -97,10 +103,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         }
-        Command::Node(NodeCommand::State { agent, state, reason, conn }) => {
-            cli::node_state(&agent, &state, &reason, &conn).await?
-        }
-        Command::Certs(CertsCommand::Init { dir, agents, clients, admins, servers, hosts, force }) => {
+        Command::Node(NodeCommand::State {
+            agent,
+            state,
+            reason,
+            conn,
+        }) => cli::node_state(&agent, &state, &reason, &conn).await?,
+        Command::Certs(CertsCommand::Init {
+            dir,
+            agents,
+            clients,
+            admins,
+            servers,
+            hosts,
+            force,
+        }) => {
             let written = croupier::certs::init(&croupier::certs::CertsInit {
                 dir: dir.clone(),
                 agents,
@@ -114,7 +131,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 println!("wrote {}", f.display());
             }
             if written.is_empty() {
-                println!("nothing to do: every certificate already exists in {}", dir.display());
+                println!(
+                    "nothing to do: every certificate already exists in {}",
+                    dir.display()
+                );
             }
         }
         Command::Bench(BenchCommand::Invoke(args)) => croupier::bench::invoke(args).await?,

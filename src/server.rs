@@ -172,7 +172,9 @@ pub async fn serve(
     }
     tracing::info!(grace = ?cfg.shutdown_grace, "shutting down: draining");
     for s in SERVICES {
-        health.set_service_status(*s, ServingStatus::NotServing).await;
+        health
+            .set_service_status(*s, ServingStatus::NotServing)
+            .await;
     }
     control.drain(cfg.shutdown_grace).await;
     watches.cancel();

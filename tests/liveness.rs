@@ -38,7 +38,10 @@ async fn until(
 fn is(ev: &RegistrationEvent, t: EventType, agent: &str, function: &str) -> bool {
     ev.r#type == t as i32
         && ev.agent_id == agent
-        && ev.registration.as_ref().is_some_and(|r| r.function_id == function)
+        && ev
+            .registration
+            .as_ref()
+            .is_some_and(|r| r.function_id == function)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,22 +60,50 @@ async fn killed_agent_disappears_and_restarted_agent_registers_again() {
         })
         .await
         .unwrap();
-    let initial = until(&mut watch, Duration::from_secs(5), |e| e.r#type == EventType::Added as i32).await;
-    let agents: Vec<_> = initial.registration.unwrap().agents.into_iter().map(|a| a.agent_id).collect();
+    let initial = until(&mut watch, Duration::from_secs(5), |e| {
+        e.r#type == EventType::Added as i32
+    })
+    .await;
+    let agents: Vec<_> = initial
+        .registration
+        .unwrap()
+        .agents
+        .into_iter()
+        .map(|a| a.agent_id)
+        .collect();
     assert_eq!(agents, vec!["a1", "a2"]);
-    let synced = until(&mut watch, Duration::from_secs(5), |e| e.r#type == EventType::Synced as i32).await;
+    let synced = until(&mut watch, Duration::from_secs(5), |e| {
+        e.r#type == EventType::Synced as i32
+    })
+    .await;
 
     // SIGKILL: no goodbye; the server notices the missed heartbeats (3 × 500 ms).
     a1.signal(9);
     let t = Instant::now();
-    let removed = until(&mut watch, Duration::from_secs(10), |e| is(e, EventType::Removed, "a1", "agent.ping")).await;
+    let removed = until(&mut watch, Duration::from_secs(10), |e| {
+        is(e, EventType::Removed, "a1", "agent.ping")
+    })
+    .await;
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(1000), "removed after {took:?}, before the offline timeout");
+    assert!(
+        took >= Duration::from_millis(1000),
+        "removed after {took:?}, before the offline timeout"
+    );
     assert!(removed.revision > synced.revision);
-    let left: Vec<_> = removed.registration.unwrap().agents.into_iter().map(|a| a.agent_id).collect();
+    let left: Vec<_> = removed
+        .registration
+        .unwrap()
+        .agents
+        .into_iter()
+        .map(|a| a.agent_id)
+        .collect();
     assert_eq!(left, vec!["a2"]);
     let regs = c.registrations("g", "e", "agent.ping").await.unwrap();
-    let ids: Vec<_> = regs.registrations[0].agents.iter().map(|a| a.agent_id.clone()).collect();
+    let ids: Vec<_> = regs.registrations[0]
+        .agents
+        .iter()
+        .map(|a| a.agent_id.clone())
+        .collect();
     assert_eq!(ids, vec!["a2"]);
     // Calls carry on, on the remaining agent; targeting the dead one says it is gone.
     let r = c.invoke("agent.ping", json!({}), &opts()).await.unwrap();
@@ -80,11 +111,20 @@ async fn killed_agent_disappears_and_restarted_agent_registers_again() {
     let mut o = opts();
     o.target = "a1".into();
     o.routing = "targeted".into();
-    assert_eq!(c.invoke("agent.ping", json!({}), &o).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        c.invoke("agent.ping", json!({}), &o)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
 
     // Restart: it registers again and the watch sees it ADDED.
     let _a1 = mesh.agent("a1", &[]);
-    until(&mut watch, Duration::from_secs(15), |e| is(e, EventType::Added, "a1", "agent.ping")).await;
+    until(&mut watch, Duration::from_secs(15), |e| {
+        is(e, EventType::Added, "a1", "agent.ping")
+    })
+    .await;
     mesh.wait_online(&["a1"]).await;
     let r = c.invoke("agent.ping", json!({}), &o).await.unwrap();
     assert_eq!(r.agent_id, "a1");
@@ -100,7 +140,10 @@ async fn killed_agent_disappears_and_restarted_agent_registers_again() {
         .unwrap();
     let ev = until(&mut resumed, Duration::from_secs(5), |e| e.agent_id == "a1").await;
     assert_eq!(ev.r#type, EventType::Removed as i32);
-    until(&mut resumed, Duration::from_secs(5), |e| is(e, EventType::Added, "a1", "agent.ping")).await;
+    until(&mut resumed, Duration::from_secs(5), |e| {
+        is(e, EventType::Added, "a1", "agent.ping")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,9 +154,17 @@ async fn last_agent_gone_makes_calls_unavailable_and_goodbye_is_immediate() {
     mesh.wait_online(&["a1"]).await;
     let c = mesh.client("client-c1").await;
     a1.signal(15);
-    assert_eq!(a1.wait_exit(Duration::from_secs(10)), Some(0), "{}", mesh.agent_log("a1"));
+    assert_eq!(
+        a1.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        mesh.agent_log("a1")
+    );
     mesh.wait_gone("a1", Duration::from_secs(3)).await;
-    let e = c.invoke("agent.ping", json!({}), &opts()).await.unwrap_err();
+    let e = c
+        .invoke("agent.ping", json!({}), &opts())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     // The function stays known, so this is not NOT_FOUND.
     let regs = c.registrations("g", "e", "agent.ping").await.unwrap();
@@ -134,9 +185,16 @@ async fn sigterm_drains_in_flight_calls() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let server = mesh.server.as_mut().unwrap();
     server.signal(15);
-    let r = call.await.unwrap().expect("in-flight call completes during the drain");
+    let r = call
+        .await
+        .unwrap()
+        .expect("in-flight call completes during the drain");
     assert!(r.success, "{r:?}");
-    let code = mesh.server.as_mut().unwrap().wait_exit(Duration::from_secs(10));
+    let code = mesh
+        .server
+        .as_mut()
+        .unwrap()
+        .wait_exit(Duration::from_secs(10));
     assert_eq!(code, Some(0), "{}", mesh.server_log());
     assert!(mesh.server_log().contains("draining"));
 }
@@ -148,13 +206,23 @@ async fn restart_keeps_descriptors_and_agents_come_back() {
     mesh.wait_online(&["a1"]).await;
     let addr = mesh.url.trim_start_matches("https://").to_string();
     mesh.server.as_mut().unwrap().signal(15);
-    mesh.server.as_mut().unwrap().wait_exit(Duration::from_secs(10));
+    mesh.server
+        .as_mut()
+        .unwrap()
+        .wait_exit(Duration::from_secs(10));
     mesh.start_server(&addr);
     // The embedded store kept the descriptor; the agent reconnects and registers again.
     let c = mesh.client("client-c1").await;
     let regs = c.registrations("g", "e", "agent.sleep").await.unwrap();
     assert_eq!(regs.registrations.len(), 1);
-    assert!(regs.registrations[0].function_descriptor.as_ref().unwrap().params_schema.is_some());
+    assert!(
+        regs.registrations[0]
+            .function_descriptor
+            .as_ref()
+            .unwrap()
+            .params_schema
+            .is_some()
+    );
     mesh.wait_online(&["a1"]).await;
     let r = c.invoke("agent.ping", json!({}), &opts()).await.unwrap();
     assert!(r.success);

@@ -23,12 +23,20 @@ async fn plaintext_and_unknown_ca_clients_are_refused() {
         .connect()
         .await;
     if let Ok(ch) = plain {
-        let mut reg = croupier_proto::registry::v1::registry_service_client::RegistryServiceClient::new(ch);
+        let mut reg =
+            croupier_proto::registry::v1::registry_service_client::RegistryServiceClient::new(ch);
         let e = reg
             .get_registrations(croupier_proto::registry::v1::GetRegistrationsRequest::default())
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        // The TLS port answers plaintext HTTP/2 with a protocol error and no data.
+        assert!(
+            matches!(
+                e.code(),
+                Code::Unavailable | Code::Cancelled | Code::Unknown
+            ),
+            "{e:?}"
+        );
     }
 
     // A client certificate from another CA (trusting the real server).
@@ -42,8 +50,16 @@ async fn plaintext_and_unknown_ca_clients_are_refused() {
     match croupier_sdk::Client::connect(&mesh.url, &tls).await {
         Err(e) => assert!(e.to_string().contains("connecting"), "{e}"),
         Ok(c) => {
+            // TLS 1.3: the server's refusal of the client certificate arrives after the
+            // client's handshake, as a closed connection on the first call.
             let e = c.agents("", "").await.unwrap_err();
-            assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+            assert!(
+                matches!(
+                    e.code(),
+                    Code::Unavailable | Code::Cancelled | Code::Unknown
+                ),
+                "{e:?}"
+            );
         }
     }
 
@@ -66,7 +82,11 @@ fn register(agent_id: &str) -> RegisterAgentRequest {
 async fn identities_are_enforced() {
     let mesh = Mesh::start(&["a1", "a2"], Duration::from_secs(5));
     let a1 = mesh.client("agent-a1").await;
-    let e = a1.control_service().register_agent(register("a2")).await.unwrap_err();
+    let e = a1
+        .control_service()
+        .register_agent(register("a2"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(
         e.message().contains("spiffe://croupier/agent/a1") && e.message().contains("\"a2\""),
@@ -74,19 +94,33 @@ async fn identities_are_enforced() {
         e.message()
     );
     let client = mesh.client("client-c1").await;
-    let e = client.control_service().register_agent(register("a1")).await.unwrap_err();
+    let e = client
+        .control_service()
+        .register_agent(register("a1"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
-    assert!(e.message().contains("spiffe://croupier/client/c1"), "{}", e.message());
+    assert!(
+        e.message().contains("spiffe://croupier/client/c1"),
+        "{}",
+        e.message()
+    );
     let e = client
         .set_node_state("a1", NodeState::Maintenance, "nope")
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     assert!(e.message().contains("admin"), "{}", e.message());
-    let e = a1.set_node_state("a1", NodeState::Disabled, "nope").await.unwrap_err();
+    let e = a1
+        .set_node_state("a1", NodeState::Disabled, "nope")
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied);
     // An agent registering as itself is fine; bad ids are INVALID_ARGUMENT.
-    a1.control_service().register_agent(register("a1")).await.unwrap();
+    a1.control_service()
+        .register_agent(register("a1"))
+        .await
+        .unwrap();
     let mut bad = register("a1");
     bad.game_id = "../etc".into();
     let e = a1.control_service().register_agent(bad).await.unwrap_err();
@@ -109,26 +143,55 @@ async fn node_states_gate_work() {
         .record
         .unwrap();
     assert_eq!(rec.actor, "spiffe://croupier/admin/ops");
-    let e = c.invoke("agent.ping", json!({}), &opts()).await.unwrap_err();
+    let e = c
+        .invoke("agent.ping", json!({}), &opts())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable);
-    assert!(e.message().contains("maintenance") && e.message().contains("kernel upgrade"), "{}", e.message());
+    assert!(
+        e.message().contains("maintenance") && e.message().contains("kernel upgrade"),
+        "{}",
+        e.message()
+    );
     let listed = c.agents("g", "e").await.unwrap();
     let node = listed[0].node_state.clone().unwrap();
     assert_eq!(node.state, NodeState::Maintenance as i32);
     assert_eq!(node.reason, "kernel upgrade");
 
-    admin.set_node_state("a1", NodeState::Normal, "done").await.unwrap();
-    assert!(c.invoke("agent.ping", json!({}), &opts()).await.unwrap().success);
+    admin
+        .set_node_state("a1", NodeState::Normal, "done")
+        .await
+        .unwrap();
+    assert!(
+        c.invoke("agent.ping", json!({}), &opts())
+            .await
+            .unwrap()
+            .success
+    );
 
     // Disabled: the agent's next registration is refused with a clear error.
-    admin.set_node_state("a1", NodeState::Disabled, "retired").await.unwrap();
+    admin
+        .set_node_state("a1", NodeState::Disabled, "retired")
+        .await
+        .unwrap();
     agent.signal(9);
     mesh.wait_gone("a1", Duration::from_secs(10)).await;
     let a1 = mesh.client("agent-a1").await;
-    let e = a1.control_service().register_agent(register("a1")).await.unwrap_err();
+    let e = a1
+        .control_service()
+        .register_agent(register("a1"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(e.message().contains("disabled") && e.message().contains("retired"), "{}", e.message());
-    admin.set_node_state("a1", NodeState::Normal, "back").await.unwrap();
+    assert!(
+        e.message().contains("disabled") && e.message().contains("retired"),
+        "{}",
+        e.message()
+    );
+    admin
+        .set_node_state("a1", NodeState::Normal, "back")
+        .await
+        .unwrap();
     let _agent = mesh.agent("a1", &[]);
     mesh.wait_online(&["a1"]).await;
 }

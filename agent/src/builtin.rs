@@ -84,9 +84,9 @@ pub fn register(provider: Provider, agent_id: &str) -> Provider {
         .function(sleep, move |call| {
             let id = sleep_id.clone();
             async move {
-                let ms = call.payload["ms"]
-                    .as_u64()
-                    .ok_or_else(|| HandlerError::new("INVALID_ARGUMENT", "ms must be an integer"))?;
+                let ms = call.payload["ms"].as_u64().ok_or_else(|| {
+                    HandlerError::new("INVALID_ARGUMENT", "ms must be an integer")
+                })?;
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(ms)) => {
                         Ok(json!({"agent_id": id, "slept_ms": ms}))

@@ -1,8 +1,8 @@
 //! The Croupier agent: the SDK provider runtime plus built-in functions.
 //!
 //! Layout:
-//! - [`builtin`]: the `agent.*` functions every agent carries (`agent.ping`, `agent.sleep`).
-//! - [`run`]: builds the provider from an [`AgentConfig`] and runs it.
+//! - [`builtin`] — the `agent.*` functions every agent carries (`agent.ping`, `agent.sleep`).
+//! - [`run`] — builds the provider from an [`AgentConfig`] and runs it.
 
 pub mod builtin;
 
@@ -23,6 +23,9 @@ pub fn provider(cfg: AgentConfig) -> Provider {
 }
 
 /// Runs the agent until `shutdown` is cancelled.
-pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), croupier_sdk::provider::ProviderError> {
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: CancellationToken,
+) -> Result<(), croupier_sdk::provider::ProviderError> {
     provider(cfg).run(shutdown).await
 }

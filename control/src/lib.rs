@@ -3,11 +3,11 @@
 //! node states.
 //!
 //! Layout:
-//! - [`plane`]: [`ControlPlane`], the sessions and everything they do.
-//! - [`link`]: the [`AgentLink`] trait the function router uses to reach agents.
-//! - [`service`]: the `ControlService` handler.
-//! - [`error`]: [`ControlError`] and its gRPC mapping.
-//! - [`audit`]: the audit log of invocations and admin actions.
+//! - [`plane`] — [`ControlPlane`], the sessions and everything they do.
+//! - [`link`] — the [`AgentLink`] trait the function router uses to reach agents.
+//! - [`service`] — the `ControlService` handler.
+//! - [`error`] — [`ControlError`] and its gRPC mapping.
+//! - [`audit`] — the audit log of invocations and admin actions.
 
 pub mod audit;
 pub mod error;

@@ -14,14 +14,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use croupier_proto::common::v1 as common;
 use croupier_proto::control::v1::{
-    self as pb, agent_frame, server_frame, AgentFrame, InvokeResult, ServerFrame,
+    self as pb, AgentFrame, InvokeResult, ServerFrame, agent_frame, server_frame,
 };
 use croupier_registry::identity::{Identity, Role};
 use croupier_registry::ids::check_id;
 use croupier_registry::keys;
 use croupier_registry::model::{
-    now_ms, AgentRecord, DescriptorRecord, DescriptorSource, NodeRecord, NodeState,
-    ProvidedFunction,
+    AgentRecord, DescriptorRecord, DescriptorSource, NodeRecord, NodeState, ProvidedFunction,
+    now_ms,
 };
 use croupier_registry::service::{Presence, PresenceSource};
 use croupier_registry::store::{LeaseId, Store};
@@ -234,10 +234,17 @@ impl ControlPlane {
             check_id("descriptor id", &d.id).map_err(ControlError::InvalidArgument)?;
             descriptors.insert(d.id.clone(), d.clone());
         }
-        for f in req.functions.iter().chain(req.descriptors.iter().map(|d| &d.id)) {
+        for f in req
+            .functions
+            .iter()
+            .chain(req.descriptors.iter().map(|d| &d.id))
+        {
             check_id("function id", f).map_err(ControlError::InvalidArgument)?;
             if !functions.iter().any(|p| &p.id == f) {
-                let version = descriptors.get(f).map(|d| d.version.clone()).unwrap_or_default();
+                let version = descriptors
+                    .get(f)
+                    .map(|d| d.version.clone())
+                    .unwrap_or_default();
                 functions.push(ProvidedFunction {
                     id: f.clone(),
                     version,
@@ -250,9 +257,9 @@ impl ControlPlane {
         let resumed = existing
             .as_ref()
             .is_some_and(|s| !req.session_id.is_empty() && s.session_id == req.session_id)
-            && existing.as_ref().is_some_and(|s| {
-                s.key == keys::agent(&req.game_id, &req.env, &req.agent_id)
-            });
+            && existing
+                .as_ref()
+                .is_some_and(|s| s.key == keys::agent(&req.game_id, &req.env, &req.agent_id));
         let (session_id, lease) = match (&existing, resumed) {
             (Some(s), true) => (s.session_id.clone(), s.lease),
             _ => {
@@ -281,7 +288,8 @@ impl ControlPlane {
             session_id: session_id.clone(),
             registered_at: now_ms(),
         };
-        self.store_descriptors(&req, &functions, &descriptors).await?;
+        self.store_descriptors(&req, &functions, &descriptors)
+            .await?;
         let key = keys::agent(&req.game_id, &req.env, &req.agent_id);
         let value = serde_json::to_vec(&record).map_err(|e| {
             ControlError::InvalidArgument(format!("agent record cannot be encoded: {e}"))
@@ -384,7 +392,9 @@ impl ControlPlane {
                 continue; // an admin's descriptor wins over what agents declare
             }
             let proposed = match descriptors.get(&f.id) {
-                Some(d) => DescriptorRecord::from_proto(&req.game_id, &req.env, d, DescriptorSource::Agent),
+                Some(d) => {
+                    DescriptorRecord::from_proto(&req.game_id, &req.env, d, DescriptorSource::Agent)
+                }
                 None if current.is_some() => continue,
                 None => DescriptorRecord {
                     game_id: req.game_id.clone(),
@@ -558,7 +568,8 @@ impl ControlPlane {
     }
 
     async fn run_liveness(self: Arc<Self>, shutdown: CancellationToken) {
-        let period = (self.cfg.heartbeat_interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let period = (self.cfg.heartbeat_interval / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -651,8 +662,16 @@ impl ControlPlane {
             ControlError::NotFound(format!("agent {:?} is not registered", req.agent_id))
         })?;
         let node = self.view.node(&req.agent_id);
-        let game = if req.game_id.is_empty() { &agent.game_id } else { &req.game_id };
-        let env = if req.env.is_empty() { &agent.env } else { &req.env };
+        let game = if req.game_id.is_empty() {
+            &agent.game_id
+        } else {
+            &req.game_id
+        };
+        let env = if req.env.is_empty() {
+            &agent.env
+        } else {
+            &req.env
+        };
         let assignments = agent
             .functions
             .iter()
@@ -665,7 +684,14 @@ impl ControlPlane {
                     if d.timeout_secs > 0 {
                         config.insert("timeout".into(), d.timeout_secs.to_string());
                     }
-                    config.insert("kind".into(), if d.kind.is_empty() { "command".into() } else { d.kind.clone() });
+                    config.insert(
+                        "kind".into(),
+                        if d.kind.is_empty() {
+                            "command".into()
+                        } else {
+                            d.kind.clone()
+                        },
+                    );
                 }
                 pb::FunctionAssignment {
                     function_id: f.id.clone(),
@@ -701,9 +727,7 @@ impl ControlPlane {
             }
         }
         let deadline = Instant::now() + grace;
-        while Instant::now() < deadline
-            && sessions.iter().any(|s| !lock(&s.pending).is_empty())
-        {
+        while Instant::now() < deadline && sessions.iter().any(|s| !lock(&s.pending).is_empty()) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for s in &sessions {
@@ -714,7 +738,10 @@ impl ControlPlane {
 
     /// Number of agents with a session on this server.
     pub fn session_count(&self) -> usize {
-        self.sessions.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 
@@ -752,7 +779,10 @@ impl Drop for InFlight<'_> {
         if self.done {
             return;
         }
-        if lock(&self.session.pending).remove(&self.request_id).is_some() {
+        if lock(&self.session.pending)
+            .remove(&self.request_id)
+            .is_some()
+        {
             let _ = self.tx.try_send(Ok(ServerFrame {
                 frame: Some(server_frame::Frame::Cancel(pb::Cancel {
                     request_id: std::mem::take(&mut self.request_id),

@@ -33,7 +33,10 @@ impl ControlService for ControlServer {
     ) -> Result<Response<pb::RegisterAgentResponse>, Status> {
         let who = caller(&request)?;
         let addr = request.remote_addr();
-        let resp = self.plane.register(&who, request.into_inner(), addr).await?;
+        let resp = self
+            .plane
+            .register(&who, request.into_inner(), addr)
+            .await?;
         Ok(Response::new(resp))
     }
 
@@ -42,7 +45,9 @@ impl ControlService for ControlServer {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let who = caller(&request)?;
-        Ok(Response::new(self.plane.heartbeat(&who, request.into_inner()).await?))
+        Ok(Response::new(
+            self.plane.heartbeat(&who, request.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all)]
@@ -51,7 +56,9 @@ impl ControlService for ControlServer {
         request: Request<pb::GetAssignmentsRequest>,
     ) -> Result<Response<pb::GetAssignmentsResponse>, Status> {
         let who = caller(&request)?;
-        Ok(Response::new(self.plane.assignments(&who, request.into_inner()).await?))
+        Ok(Response::new(
+            self.plane.assignments(&who, request.into_inner()).await?,
+        ))
     }
 
     type ConnectStream = FrameStream;
@@ -72,6 +79,10 @@ impl ControlService for ControlServer {
         request: Request<pb::SetNodeStateRequest>,
     ) -> Result<Response<pb::SetNodeStateResponse>, Status> {
         let who = caller(&request)?;
-        Ok(Response::new(self.plane.set_node_state(&who, request.into_inner()).await?))
+        Ok(Response::new(
+            self.plane
+                .set_node_state(&who, request.into_inner())
+                .await?,
+        ))
     }
 }

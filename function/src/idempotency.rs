@@ -77,7 +77,12 @@ impl Idempotency {
 
     /// Store key of an idempotency key; the user's key is hashed so it can hold any character.
     pub fn record_key(game: &str, env: &str, function: &str, key: &str) -> String {
-        keys::idem(game, env, function, &hex::encode(Sha256::digest(key.as_bytes())))
+        keys::idem(
+            game,
+            env,
+            function,
+            &hex::encode(Sha256::digest(key.as_bytes())),
+        )
     }
 
     /// Claims the key or finds its outcome; waits up to `wait` for a concurrent first call.
@@ -114,8 +119,9 @@ impl Idempotency {
                 CasOutcome::Conflict(None) => continue,
                 CasOutcome::Conflict(Some(kv)) => kv,
             };
-            let rec: Record = serde_json::from_slice(&current.value)
-                .map_err(|e| FunctionError::Internal(format!("idempotency record unreadable: {e}")))?;
+            let rec: Record = serde_json::from_slice(&current.value).map_err(|e| {
+                FunctionError::Internal(format!("idempotency record unreadable: {e}"))
+            })?;
             if rec.expires_at < now_ms() {
                 // Expired (retention over, or its executor died): take it over.
                 if let CasOutcome::Done(revision) = self
@@ -148,7 +154,8 @@ impl Idempotency {
                 return Ok(Begin::Replay(resp));
             }
             // Pending: wait for the first call to finish (or give up).
-            self.wait_change(&key, current.mod_revision, deadline).await?;
+            self.wait_change(&key, current.mod_revision, deadline)
+                .await?;
         }
     }
 
@@ -195,10 +202,17 @@ impl Idempotency {
             expires_at: now_ms() + self.retention.as_millis() as i64,
             response: base64::engine::general_purpose::STANDARD.encode(response.encode_to_vec()),
         };
-        let Ok(value) = serde_json::to_vec(&rec) else { return };
+        let Ok(value) = serde_json::to_vec(&rec) else {
+            return;
+        };
         match self
             .store
-            .compare_and_put(&ticket.key, Expect::ModRevision(ticket.revision), value, None)
+            .compare_and_put(
+                &ticket.key,
+                Expect::ModRevision(ticket.revision),
+                value,
+                None,
+            )
             .await
         {
             Ok(CasOutcome::Done(_)) => {}
@@ -234,8 +248,10 @@ impl Idempotency {
                 .map(|r| r.expires_at < now)
                 .unwrap_or(true);
             if expired
-                && let Ok(CasOutcome::Done(_)) =
-                    self.store.compare_and_delete(&kv.key, kv.mod_revision).await
+                && let Ok(CasOutcome::Done(_)) = self
+                    .store
+                    .compare_and_delete(&kv.key, kv.mod_revision)
+                    .await
             {
                 removed += 1;
             }

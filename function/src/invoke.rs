@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use croupier_control::audit::{mask, AuditLog, AuditRecord};
+use croupier_control::audit::{AuditLog, AuditRecord, mask};
 use croupier_control::{AgentLink, LinkError};
 use croupier_proto::common::v1::FunctionDescriptor;
 use croupier_proto::control::v1::{Invoke, InvokeResult};
@@ -15,16 +15,16 @@ use croupier_proto::json::opt_struct_to_json;
 use croupier_registry::identity::{Identity, Role};
 use croupier_registry::ids::check_id;
 use croupier_registry::keys;
-use croupier_registry::model::{now_ms, DescriptorRecord, DescriptorSource, NodeState};
-use croupier_registry::schema::{check, compile, SchemaCache};
+use croupier_registry::model::{DescriptorRecord, DescriptorSource, NodeState, now_ms};
+use croupier_registry::schema::{SchemaCache, check, compile};
 use croupier_registry::store::Store;
 use croupier_registry::view::{Candidate, FnKey, RegistryView};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::FunctionError;
-use crate::idempotency::{payload_hash, Begin, Idempotency};
-use crate::router::{rendezvous, Mode, Rotation, Slot};
+use crate::idempotency::{Begin, Idempotency, payload_hash};
+use crate::router::{Mode, Rotation, Slot, rendezvous};
 
 /// Invocation settings.
 #[derive(Clone, Debug)]
@@ -113,10 +113,12 @@ impl Invoker {
         let _permit = self.admit(who)?;
         let result = self.invoke_inner(who, &req, caller_timeout, started).await;
         if self.audit.enabled() {
-            let descriptor = self
-                .view
-                .descriptor(&FnKey::new(&req.game_id, &req.env, &req.function_id));
-            let sensitive = descriptor.map(|d| d.sensitive_fields.clone()).unwrap_or_default();
+            let descriptor =
+                self.view
+                    .descriptor(&FnKey::new(&req.game_id, &req.env, &req.function_id));
+            let sensitive = descriptor
+                .map(|d| d.sensitive_fields.clone())
+                .unwrap_or_default();
             let outcome = match &result {
                 Ok(r) if r.success => "ok".to_string(),
                 Ok(r) => format!("handler error: {}", r.error_code),
@@ -183,7 +185,11 @@ impl Invoker {
             authorize(who, d)?;
         }
         let idem_key = (!opts.idempotency_key.is_empty()).then_some(opts.idempotency_key.as_str());
-        let payload_json = if idem_key.is_some() || descriptor.as_ref().is_some_and(|d| !d.params_schema.is_null()) {
+        let payload_json = if idem_key.is_some()
+            || descriptor
+                .as_ref()
+                .is_some_and(|d| !d.params_schema.is_null())
+        {
             Some(opt_struct_to_json(req.payload.as_ref()))
         } else {
             None
@@ -361,8 +367,13 @@ impl Invoker {
                 | Err(Sent::Link(LinkError::Overloaded(_))) => {
                     excluded.push(agent);
                 }
-                Err(Sent::Link(LinkError::Lost(_))) if call.retry_safe && mode != Mode::Targeted => {
-                    tracing::warn!(agent_id = agent, "agent lost mid-call; retrying on another agent");
+                Err(Sent::Link(LinkError::Lost(_)))
+                    if call.retry_safe && mode != Mode::Targeted =>
+                {
+                    tracing::warn!(
+                        agent_id = agent,
+                        "agent lost mid-call; retrying on another agent"
+                    );
                     excluded.push(agent);
                     lost = Some(agent.to_string());
                 }
@@ -423,7 +434,11 @@ impl Invoker {
             } else {
                 format!("{failed} of {} agents failed", results.len())
             },
-            error_code: if failed == 0 { String::new() } else { "PARTIAL_FAILURE".into() },
+            error_code: if failed == 0 {
+                String::new()
+            } else {
+                "PARTIAL_FAILURE".into()
+            },
             agent_id: String::new(),
             results,
             request_id: String::new(),
@@ -479,14 +494,20 @@ impl Invoker {
             NodeState::Maintenance => {
                 return format!("in maintenance ({:?} by {})", node.reason, node.actor);
             }
-            NodeState::Disabled => return format!("disabled ({:?} by {})", node.reason, node.actor),
+            NodeState::Disabled => {
+                return format!("disabled ({:?} by {})", node.reason, node.actor);
+            }
             NodeState::Normal => {}
         }
         if !c.agent.matches(&opts.selector) {
             return "labels do not match the selector".into();
         }
         if !opts.version.is_empty() {
-            let v = c.agent.provides(function_id).map(|f| f.version.as_str()).unwrap_or("");
+            let v = c
+                .agent
+                .provides(function_id)
+                .map(|f| f.version.as_str())
+                .unwrap_or("");
             if v != opts.version {
                 return format!("provides version {v:?}, not {:?}", opts.version);
             }
@@ -517,7 +538,11 @@ impl Invoker {
         FunctionError::Unavailable(format!(
             "no agent can take {f} now ({}{})",
             reasons.join("; "),
-            if more > 0 { format!("; {more} more") } else { String::new() }
+            if more > 0 {
+                format!("; {more} more")
+            } else {
+                String::new()
+            }
         ))
     }
 
@@ -618,8 +643,8 @@ fn response(r: InvokeResult, agent: &str) -> InvokeFunctionResponse {
 fn authorize(who: &Identity, d: &DescriptorRecord) -> Result<(), FunctionError> {
     let role_ok =
         d.allowed_roles.is_empty() || d.allowed_roles.iter().any(|r| r == who.role.as_str());
-    let id_ok = d.allowed_identities.is_empty()
-        || d.allowed_identities.iter().any(|i| *i == who.uri());
+    let id_ok =
+        d.allowed_identities.is_empty() || d.allowed_identities.iter().any(|i| *i == who.uri());
     if role_ok && id_ok {
         return Ok(());
     }
@@ -667,10 +692,19 @@ mod tests {
             allowed_roles: vec!["admin".into()],
             ..Default::default()
         };
-        let admin = Identity { role: Role::Admin, name: "ops".into() };
-        let client = Identity { role: Role::Client, name: "c1".into() };
+        let admin = Identity {
+            role: Role::Admin,
+            name: "ops".into(),
+        };
+        let client = Identity {
+            role: Role::Client,
+            name: "c1".into(),
+        };
         assert!(authorize(&admin, &d).is_ok());
         let err = authorize(&client, &d).unwrap_err().to_string();
-        assert!(err.contains("spiffe://croupier/client/c1") && err.contains("player.ban"), "{err}");
+        assert!(
+            err.contains("spiffe://croupier/client/c1") && err.contains("player.ban"),
+            "{err}"
+        );
     }
 }

@@ -2,11 +2,11 @@
 //! routing mode, enforce deadlines, idempotency and payload schemas, and answer callers.
 //!
 //! Layout:
-//! - [`router`]: routing modes over candidate agents (pure, unit-tested).
-//! - [`invoke`]: [`Invoker`], one invocation from request to response.
-//! - [`idempotency`]: idempotency records in the store, across replicas.
-//! - [`service`]: the `FunctionService` handler.
-//! - [`error`]: [`FunctionError`] and its gRPC mapping.
+//! - [`router`] — routing modes over candidate agents (pure, unit-tested).
+//! - [`invoke`] — [`Invoker`], one invocation from request to response.
+//! - [`idempotency`] — idempotency records in the store, across replicas.
+//! - [`service`] — the `FunctionService` handler.
+//! - [`error`] — [`FunctionError`] and its gRPC mapping.
 
 pub mod error;
 pub mod idempotency;

@@ -58,7 +58,9 @@ impl Rotation {
     /// Picks with least outstanding requests; among equals, rotates.
     pub fn least_loaded(&self, slots: &[Slot<'_>]) -> Option<usize> {
         let min = slots.iter().map(|s| s.in_flight).min()?;
-        let ties: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].in_flight == min).collect();
+        let ties: Vec<usize> = (0..slots.len())
+            .filter(|&i| slots[i].in_flight == min)
+            .collect();
         let n = self.global.fetch_add(1, Ordering::Relaxed);
         Some(ties[n % ties.len()])
     }
@@ -88,7 +90,11 @@ pub fn rendezvous(key: &str, slots: &[Slot<'_>]) -> Option<usize> {
 
 fn score(key: &str, agent: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.bytes().chain(std::iter::once(0xff)).chain(agent.bytes()) {
+    for b in key
+        .bytes()
+        .chain(std::iter::once(0xff))
+        .chain(agent.bytes())
+    {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -103,7 +109,12 @@ mod tests {
     use super::*;
 
     fn slots<'a>(ids: &[&'a str]) -> Vec<Slot<'a>> {
-        ids.iter().map(|id| Slot { agent_id: id, in_flight: 0 }).collect()
+        ids.iter()
+            .map(|id| Slot {
+                agent_id: id,
+                in_flight: 0,
+            })
+            .collect()
     }
 
     #[test]
@@ -131,9 +142,18 @@ mod tests {
     fn least_loaded_prefers_idle_and_rotates_ties() {
         let r = Rotation::default();
         let s = vec![
-            Slot { agent_id: "a1", in_flight: 3 },
-            Slot { agent_id: "a2", in_flight: 0 },
-            Slot { agent_id: "a3", in_flight: 0 },
+            Slot {
+                agent_id: "a1",
+                in_flight: 3,
+            },
+            Slot {
+                agent_id: "a2",
+                in_flight: 0,
+            },
+            Slot {
+                agent_id: "a3",
+                in_flight: 0,
+            },
         ];
         let picks: Vec<usize> = (0..4).map(|_| r.least_loaded(&s).unwrap()).collect();
         assert!(picks.iter().all(|&p| p == 1 || p == 2));
@@ -153,6 +173,11 @@ mod tests {
     fn parses_modes() {
         assert_eq!(Mode::parse("").unwrap(), Mode::LeastLoaded);
         assert_eq!(Mode::parse("broadcast").unwrap(), Mode::Broadcast);
-        assert!(Mode::parse("nearest").unwrap_err().to_string().contains("nearest"));
+        assert!(
+            Mode::parse("nearest")
+                .unwrap_err()
+                .to_string()
+                .contains("nearest")
+        );
     }
 }

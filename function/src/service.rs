@@ -9,11 +9,10 @@ use croupier_registry::identity::caller;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::invoke::{parse_grpc_timeout, Invoker};
+use crate::invoke::{Invoker, parse_grpc_timeout};
 
 /// Message for the job rpcs until jobs are served.
-const JOBS_NOT_SERVED: &str =
-    "jobs (InvokeJob, StreamJobEvents, CancelJob, GetJob, ListJobs) are not served by this \
+const JOBS_NOT_SERVED: &str = "jobs (InvokeJob, StreamJobEvents, CancelJob, GetJob, ListJobs) are not served by this \
      server version; use InvokeFunction";
 
 /// The `FunctionService` implementation.

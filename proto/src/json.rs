@@ -97,6 +97,9 @@ mod tests {
 
     #[test]
     fn wraps_non_objects() {
-        assert_eq!(struct_to_json(&json_to_struct(&json!(7))), json!({"value": 7}));
+        assert_eq!(
+            struct_to_json(&json_to_struct(&json!(7))),
+            json!({"value": 7})
+        );
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Layout:
 //! - [`common`], [`control`], [`function`], [`registry`]: generated code, one module per package.
-//! - [`json`]: `Struct` ⇄ JSON conversions.
+//! - [`json`] — `Struct` ⇄ JSON conversions.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 
 #![allow(missing_docs)] // generated code carries the proto comments; helpers below are documented

@@ -16,7 +16,7 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 pub const URI_PREFIX: &str = "spiffe://croupier/";
 
 /// Longest name accepted in an identity.
-pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_NAME_LEN: usize = crate::ids::MAX_ID_LEN;
 
 /// How many certificates an [`IdentityResolver`] remembers before it starts over.
 const CACHE_CAPACITY: usize = 4096;
@@ -107,11 +107,7 @@ pub struct Identity {
 /// True when `name` is 1–128 characters from `[A-Za-z0-9._-]`, the rule for identity names
 /// (and every other Croupier id).
 pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    crate::ids::check_id("name", name).is_ok()
 }
 
 impl Identity {

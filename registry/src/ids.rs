@@ -33,7 +33,10 @@ mod tests {
     #[test]
     fn accepts_and_rejects() {
         assert!(check_id("agent_id", "node-1.eu_west").is_ok());
-        assert_eq!(check_id("agent_id", "").unwrap_err(), "agent_id is required");
+        assert_eq!(
+            check_id("agent_id", "").unwrap_err(),
+            "agent_id is required"
+        );
         assert!(check_id("agent_id", "a/b").unwrap_err().contains("'/'"));
         assert!(check_id("agent_id", &"x".repeat(129)).is_err());
         assert!(check_id("agent_id", &"x".repeat(128)).is_ok());

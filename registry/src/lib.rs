@@ -1,13 +1,13 @@
 //! The Croupier registry: where agents, function descriptors and node states live.
 //!
 //! Layout:
-//! - [`store`]: the `Store` trait (etcd semantics) and its backends.
-//! - [`keys`], [`ids`]: the key layout and the id rules that keep keys safe.
-//! - [`model`]: records as stored, with proto conversions.
-//! - [`view`]: the in-memory registry view fed by one watch; routing reads it.
-//! - [`schema`]: JSON Schema checks of payloads.
-//! - [`identity`]: caller identities from mTLS peer certificates.
-//! - [`service`]: the `RegistryService` handler.
+//! - [`store`] — the `Store` trait (etcd semantics) and its backends.
+//! - [`keys`], [`ids`] — the key layout and the id rules that keep keys safe.
+//! - [`model`] — records as stored, with proto conversions.
+//! - [`view`] — the in-memory registry view fed by one watch; routing reads it.
+//! - [`schema`] — JSON Schema checks of payloads.
+//! - [`identity`] — caller identities from mTLS peer certificates.
+//! - [`service`] — the `RegistryService` handler.
 
 pub mod identity;
 pub mod ids;

@@ -305,7 +305,9 @@ mod tests {
         let d = pb::FunctionDescriptor {
             id: "player.ban".into(),
             name: "Ban".into(),
-            params_schema: Some(json_to_struct(&json!({"type": "object", "required": ["id"]}))),
+            params_schema: Some(json_to_struct(
+                &json!({"type": "object", "required": ["id"]}),
+            )),
             semantics: Some(pb::Semantics {
                 kind: "command".into(),
                 idempotent: true,

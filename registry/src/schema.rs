@@ -25,17 +25,24 @@ pub fn check(validator: &jsonschema::Validator, payload: &serde_json::Value) -> 
         .take(MAX_LISTED)
         .map(|e| {
             let path = e.instance_path().to_string();
-            let at = if path.is_empty() { "/".to_string() } else { path };
+            let at = if path.is_empty() {
+                "/".to_string()
+            } else {
+                path
+            };
             format!("at {at}: {e}")
         })
         .collect();
     Err(errors.join("; "))
 }
 
+/// A descriptor with its compiled params validator (None: no params schema).
+type Compiled = (Arc<DescriptorRecord>, Option<Arc<jsonschema::Validator>>);
+
 /// Caches compiled params validators per function, recompiling when the descriptor changes.
 #[derive(Default)]
 pub struct SchemaCache {
-    entries: Mutex<HashMap<FnKey, (Arc<DescriptorRecord>, Option<Arc<jsonschema::Validator>>)>>,
+    entries: Mutex<HashMap<FnKey, Compiled>>,
 }
 
 impl SchemaCache {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use croupier_proto::common::v1::NodeStateRecord;
 use croupier_proto::registry::v1::{
-    self as pb, registry_service_server::RegistryService, EventType,
+    self as pb, EventType, registry_service_server::RegistryService,
 };
 use futures::Stream;
 use tokio::sync::mpsc;

@@ -251,11 +251,18 @@ impl RegistryView {
                     &mut changes,
                 );
             }
-            let fn_keys: HashSet<&FnKey> = old.functions.keys().chain(st.functions.keys()).collect();
+            let fn_keys: HashSet<&FnKey> =
+                old.functions.keys().chain(st.functions.keys()).collect();
             for key in fn_keys {
                 let (b, a) = (old.functions.get(key), st.functions.get(key));
                 if b != a {
-                    changes.push(descriptor_change(&st, revision, key, b.is_some(), a.is_some()));
+                    changes.push(descriptor_change(
+                        &st,
+                        revision,
+                        key,
+                        b.is_some(),
+                        a.is_some(),
+                    ));
                 }
             }
             self.push_changes(&mut st, changes);
@@ -403,10 +410,14 @@ impl RegistryView {
 
     /// An agent's node state record (default: normal).
     pub fn node(&self, agent_id: &str) -> NodeRecord {
-        self.read().nodes.get(agent_id).cloned().unwrap_or_else(|| NodeRecord {
-            agent_id: agent_id.to_string(),
-            ..Default::default()
-        })
+        self.read()
+            .nodes
+            .get(agent_id)
+            .cloned()
+            .unwrap_or_else(|| NodeRecord {
+                agent_id: agent_id.to_string(),
+                ..Default::default()
+            })
     }
 
     /// All agents matching a game/env filter, sorted by id.
@@ -420,10 +431,14 @@ impl RegistryView {
                     && (filter.env.is_empty() || filter.env == a.env)
             })
             .map(|a| {
-                let node = st.nodes.get(&a.agent_id).cloned().unwrap_or_else(|| NodeRecord {
-                    agent_id: a.agent_id.clone(),
-                    ..Default::default()
-                });
+                let node = st
+                    .nodes
+                    .get(&a.agent_id)
+                    .cloned()
+                    .unwrap_or_else(|| NodeRecord {
+                        agent_id: a.agent_id.clone(),
+                        ..Default::default()
+                    });
                 (a.clone(), node)
             })
             .collect();
@@ -587,7 +602,10 @@ fn agent_changes(
             .unwrap_or_default()
     };
     let (b, a) = (keyset(before), keyset(after));
-    let agent_id = after.or(before).map(|x| x.agent_id.clone()).unwrap_or_default();
+    let agent_id = after
+        .or(before)
+        .map(|x| x.agent_id.clone())
+        .unwrap_or_default();
     let details_changed = node_changed || before != after;
     for k in b.union(&a) {
         let kind = match (b.contains(k), a.contains(k)) {
@@ -606,7 +624,13 @@ fn agent_changes(
     }
 }
 
-fn descriptor_change(st: &State, rev: Revision, key: &FnKey, existed: bool, exists: bool) -> Change {
+fn descriptor_change(
+    st: &State,
+    rev: Revision,
+    key: &FnKey,
+    existed: bool,
+    exists: bool,
+) -> Change {
     let has_agents = st.providers.get(key).is_some_and(|s| !s.is_empty());
     let kind = match (existed, exists) {
         (false, true) if !has_agents => ChangeKind::Added,
@@ -650,7 +674,10 @@ fn agent_info(st: &State, a: &AgentRecord, function_id: &str) -> pb::AgentInfo {
         labels: a.labels.clone().into_iter().collect(),
         node_state: croupier_proto::common::v1::NodeState::from(node_state(st, &a.agent_id)) as i32,
         online: true,
-        version: a.provides(function_id).map(|f| f.version.clone()).unwrap_or_default(),
+        version: a
+            .provides(function_id)
+            .map(|f| f.version.clone())
+            .unwrap_or_default(),
     }
 }
 

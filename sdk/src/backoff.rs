@@ -53,10 +53,15 @@ mod tests {
     fn doubles_caps_and_jitters_within_bounds() {
         let mut b = Backoff::default();
         let delays: Vec<Duration> = (0..12).map(|_| b.next_delay()).collect();
-        let bases = [100u64, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000];
+        let bases = [
+            100u64, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000,
+        ];
         for (d, base) in delays.iter().zip(bases) {
             let ms = d.as_millis() as f64;
-            assert!(ms >= base as f64 * 0.8 - 1.0 && ms <= base as f64 * 1.2 + 1.0, "{ms} vs {base}");
+            assert!(
+                ms >= base as f64 * 0.8 - 1.0 && ms <= base as f64 * 1.2 + 1.0,
+                "{ms} vs {base}"
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(121));

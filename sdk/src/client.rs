@@ -5,21 +5,21 @@ use std::time::Duration;
 
 use croupier_proto::common::v1::NodeState;
 use croupier_proto::control::v1::{
-    control_service_client::ControlServiceClient, SetNodeStateRequest, SetNodeStateResponse,
+    SetNodeStateRequest, SetNodeStateResponse, control_service_client::ControlServiceClient,
 };
 use croupier_proto::function::v1::{
-    function_service_client::FunctionServiceClient, InvokeFunctionRequest, InvokeFunctionResponse,
-    InvokeOptions,
+    InvokeFunctionRequest, InvokeFunctionResponse, InvokeOptions,
+    function_service_client::FunctionServiceClient,
 };
 use croupier_proto::json::json_to_struct;
 use croupier_proto::registry::v1::{
-    registry_service_client::RegistryServiceClient, AgentDetail, GetRegistrationsRequest,
-    GetRegistrationsResponse, ListAgentsRequest, RegistrationEvent, WatchRegistrationsRequest,
+    AgentDetail, GetRegistrationsRequest, GetRegistrationsResponse, ListAgentsRequest,
+    RegistrationEvent, WatchRegistrationsRequest, registry_service_client::RegistryServiceClient,
 };
 use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
-use crate::tls::{connect, TlsError, TlsFiles};
+use crate::tls::{TlsError, TlsFiles, connect};
 
 /// Largest message the client sends or accepts (the server default).
 pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
@@ -49,11 +49,19 @@ pub struct CallOptions {
 
 impl CallOptions {
     fn game(&self) -> String {
-        if self.game_id.is_empty() { "default".into() } else { self.game_id.clone() }
+        if self.game_id.is_empty() {
+            "default".into()
+        } else {
+            self.game_id.clone()
+        }
     }
 
     fn env_or_default(&self) -> String {
-        if self.env.is_empty() { "dev".into() } else { self.env.clone() }
+        if self.env.is_empty() {
+            "dev".into()
+        } else {
+            self.env.clone()
+        }
     }
 }
 
@@ -113,7 +121,12 @@ impl Client {
             // A little over the server-side deadline, so the server's answer arrives first.
             req.set_timeout(t + Duration::from_secs(1));
         }
-        Ok(self.function.clone().invoke_function(req).await?.into_inner())
+        Ok(self
+            .function
+            .clone()
+            .invoke_function(req)
+            .await?
+            .into_inner())
     }
 
     /// Function registrations; empty arguments match everything.
@@ -128,7 +141,12 @@ impl Client {
             env: env.into(),
             function_id: function_id.into(),
         };
-        Ok(self.registry.clone().get_registrations(req).await?.into_inner())
+        Ok(self
+            .registry
+            .clone()
+            .get_registrations(req)
+            .await?
+            .into_inner())
     }
 
     /// Agents, sorted by id; empty arguments match everything.
@@ -137,7 +155,13 @@ impl Client {
             game_id: game_id.into(),
             env: env.into(),
         };
-        Ok(self.registry.clone().list_agents(req).await?.into_inner().agents)
+        Ok(self
+            .registry
+            .clone()
+            .list_agents(req)
+            .await?
+            .into_inner()
+            .agents)
     }
 
     /// Watches registrations: the current state (ADDED…, SYNCED), then changes.
@@ -145,7 +169,12 @@ impl Client {
         &self,
         req: WatchRegistrationsRequest,
     ) -> Result<Streaming<RegistrationEvent>, Status> {
-        Ok(self.registry.clone().watch_registrations(req).await?.into_inner())
+        Ok(self
+            .registry
+            .clone()
+            .watch_registrations(req)
+            .await?
+            .into_inner())
     }
 
     /// Sets a node's state (needs an admin certificate).

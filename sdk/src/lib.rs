@@ -8,10 +8,10 @@
 //!   session, and says goodbye on shutdown.
 //!
 //! Layout:
-//! - [`tls`]: mTLS files and channels.
-//! - [`client`]: [`Client`].
-//! - [`provider`]: [`Provider`], [`Invocation`], [`HandlerError`].
-//! - [`backoff`]: exponential backoff with jitter.
+//! - [`tls`] — mTLS files and channels.
+//! - [`client`] — the caller [`Client`].
+//! - [`provider`] — [`Provider`], [`Invocation`], [`HandlerError`].
+//! - [`backoff`] — exponential backoff with jitter.
 
 pub mod backoff;
 pub mod client;

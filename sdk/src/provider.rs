@@ -30,8 +30,8 @@ use std::time::Duration;
 
 use croupier_proto::common::v1::{FunctionDescriptor, NodeState};
 use croupier_proto::control::v1::{
-    agent_frame, control_service_client::ControlServiceClient, server_frame, AgentFrame, Goodbye,
-    HeartbeatRequest, Hello, Invoke, InvokeResult, RegisterAgentRequest,
+    AgentFrame, Goodbye, HeartbeatRequest, Hello, Invoke, InvokeResult, RegisterAgentRequest,
+    agent_frame, control_service_client::ControlServiceClient, server_frame,
 };
 use croupier_proto::json::{json_to_struct, opt_struct_to_json};
 use tokio::sync::{mpsc, watch};
@@ -42,7 +42,7 @@ use tonic::Code;
 
 use crate::backoff::Backoff;
 use crate::client::MAX_MESSAGE_BYTES;
-use crate::tls::{connect, error_chain, TlsError, TlsFiles};
+use crate::tls::{TlsError, TlsFiles, connect, error_chain};
 
 /// One call to a handler.
 #[derive(Clone, Debug)]
@@ -232,7 +232,9 @@ impl Provider {
         let mut server_index = 0usize;
         loop {
             let server = self.cfg.servers[server_index % self.cfg.servers.len()].clone();
-            let outcome = self.session(&server, &pem, &mut session_id, &mut backoff, &shutdown).await;
+            let outcome = self
+                .session(&server, &pem, &mut session_id, &mut backoff, &shutdown)
+                .await;
             self.state.send_modify(|s| s.connected = false);
             match outcome {
                 Ended::Shutdown => return Ok(()),
@@ -282,7 +284,10 @@ impl Provider {
         let registered = match control.register_agent(reg).await {
             Ok(r) => r.into_inner(),
             Err(s) => {
-                if matches!(s.code(), Code::PermissionDenied | Code::FailedPrecondition | Code::InvalidArgument) {
+                if matches!(
+                    s.code(),
+                    Code::PermissionDenied | Code::FailedPrecondition | Code::InvalidArgument
+                ) {
                     tracing::error!(code = ?s.code(), message = %s.message(), "registration refused");
                 }
                 return Ended::Reconnect(format!("RegisterAgent: {}", s.message()));
@@ -362,7 +367,9 @@ impl Provider {
                     // and the next session goes to the next server.
                     tracing::info!(reason = %g.reason, "server going away");
                 }
-                Some(server_frame::Frame::Ack(_)) | Some(server_frame::Frame::Welcome(_)) | None => {}
+                Some(server_frame::Frame::Ack(_))
+                | Some(server_frame::Frame::Welcome(_))
+                | None => {}
             }
         };
         session_over.cancel();
@@ -488,7 +495,10 @@ async fn heartbeat_loop(
             _ = tick.tick() => {}
         }
         let mut s = status.as_ref().map(|f| f()).unwrap_or_default();
-        s.insert("in_flight".into(), in_flight.load(Ordering::Relaxed).to_string());
+        s.insert(
+            "in_flight".into(),
+            in_flight.load(Ordering::Relaxed).to_string(),
+        );
         let req = HeartbeatRequest {
             agent_id: agent_id.clone(),
             timestamp: std::time::SystemTime::now()
@@ -506,7 +516,9 @@ async fn heartbeat_loop(
                 over.cancel();
                 return;
             }
-            Ok(Err(s)) => tracing::warn!(code = ?s.code(), message = %s.message(), "heartbeat failed"),
+            Ok(Err(s)) => {
+                tracing::warn!(code = ?s.code(), message = %s.message(), "heartbeat failed")
+            }
             Err(_) => tracing::warn!("heartbeat timed out"),
         }
     }

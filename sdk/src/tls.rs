@@ -29,9 +29,8 @@ impl TlsFiles {
 
     /// Reads the files into PEM strings.
     pub fn load(&self) -> Result<TlsPem, TlsError> {
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).map_err(|e| TlsError::Read(p.to_path_buf(), e))
-        };
+        let read =
+            |p: &Path| std::fs::read_to_string(p).map_err(|e| TlsError::Read(p.to_path_buf(), e));
         Ok(TlsPem {
             ca: read(&self.ca)?,
             cert: read(&self.cert)?,

@@ -68,7 +68,11 @@ pub fn certs(dir: &Path, agents: &[&str]) {
     }
     cmd.args(["--client", "c1", "--admin", "ops"]);
     let out = cmd.output().expect("running croupier certs init");
-    assert!(out.status.success(), "certs init failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "certs init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Mesh {
@@ -143,9 +147,19 @@ impl Mesh {
     pub fn agent_with(&self, id: &str, labels: &[&str], extra: &[&str]) -> Proc {
         let log = std::fs::File::create(self.dir.path().join(format!("agent-{id}.log"))).unwrap();
         let mut cmd = Command::new(bin());
-        cmd.args(["agent", "--server", &self.url, "--id", id, "--game-id", "g", "--env", "e"])
-            .arg("--tls-dir")
-            .arg(self.certs());
+        cmd.args([
+            "agent",
+            "--server",
+            &self.url,
+            "--id",
+            id,
+            "--game-id",
+            "g",
+            "--env",
+            "e",
+        ])
+        .arg("--tls-dir")
+        .arg(self.certs());
         for l in labels {
             cmd.args(["--label", l]);
         }
@@ -188,7 +202,10 @@ impl Mesh {
             assert!(
                 Instant::now() < deadline,
                 "agents {ids:?} did not come online; have {:?}\n{}",
-                agents.iter().map(|a| (&a.agent_id, a.online)).collect::<Vec<_>>(),
+                agents
+                    .iter()
+                    .map(|a| (&a.agent_id, a.online))
+                    .collect::<Vec<_>>(),
                 self.server_log()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -199,7 +216,13 @@ impl Mesh {
     pub async fn wait_gone(&self, id: &str, timeout: Duration) {
         let client = self.client("client-c1").await;
         let deadline = Instant::now() + timeout;
-        while client.agents("", "").await.unwrap().iter().any(|a| a.agent_id == id) {
+        while client
+            .agents("", "")
+            .await
+            .unwrap()
+            .iter()
+            .any(|a| a.agent_id == id)
+        {
             assert!(Instant::now() < deadline, "agent {id} still registered");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

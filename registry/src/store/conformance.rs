@@ -139,7 +139,9 @@ fn kv(key: &str, value: &[u8], create: Revision, modified: Revision) -> KeyValue
 fn done(outcome: CasOutcome) -> Revision {
     match outcome {
         CasOutcome::Done(revision) => revision,
-        CasOutcome::Conflict(current) => panic!("expected the write to happen, got a conflict with {current:?}"),
+        CasOutcome::Conflict(current) => {
+            panic!("expected the write to happen, got a conflict with {current:?}")
+        }
     }
 }
 
@@ -153,7 +155,10 @@ fn assert_put(event: &WatchEvent, key: &str, value: &[u8], revision: Revision) {
 fn assert_delete(event: &WatchEvent, key: &str) {
     assert_eq!(event.kind, EventKind::Delete, "event {event:?}");
     assert_eq!(event.kv.key, key, "event {event:?}");
-    assert!(event.kv.value.is_empty(), "a delete event carries no value: {event:?}");
+    assert!(
+        event.kv.value.is_empty(),
+        "a delete event carries no value: {event:?}"
+    );
 }
 
 /// put/get/delete: revisions rise, `create_revision` stays until the key is deleted,
@@ -164,18 +169,32 @@ pub async fn put_get_delete_revisions(store: Arc<dyn Store>) {
 
     let r1 = store.put("/t/a", b"one".to_vec(), None).await.unwrap();
     assert!(r1 > start, "put revision {r1} after start {start}");
-    assert_eq!(store.get("/t/a").await.unwrap(), Some(kv("/t/a", b"one", r1, r1)));
+    assert_eq!(
+        store.get("/t/a").await.unwrap(),
+        Some(kv("/t/a", b"one", r1, r1))
+    );
     assert!(store.current_revision().await.unwrap() >= r1);
 
     let r2 = store.put("/t/a", b"two".to_vec(), None).await.unwrap();
     assert!(r2 > r1);
-    assert_eq!(store.get("/t/a").await.unwrap(), Some(kv("/t/a", b"two", r1, r2)));
+    assert_eq!(
+        store.get("/t/a").await.unwrap(),
+        Some(kv("/t/a", b"two", r1, r2))
+    );
 
-    let r3 = store.delete("/t/a").await.unwrap().expect("the key existed");
+    let r3 = store
+        .delete("/t/a")
+        .await
+        .unwrap()
+        .expect("the key existed");
     assert!(r3 > r2);
     assert_eq!(store.get("/t/a").await.unwrap(), None);
     assert!(store.current_revision().await.unwrap() >= r3);
-    assert_eq!(store.delete("/t/a").await.unwrap(), None, "deleting a missing key");
+    assert_eq!(
+        store.delete("/t/a").await.unwrap(),
+        None,
+        "deleting a missing key"
+    );
 
     let r4 = store.put("/t/a", b"again".to_vec(), None).await.unwrap();
     assert!(r4 > r3);
@@ -204,7 +223,11 @@ pub async fn range_by_prefix_sorted(store: Arc<dyn Store>) {
             kv("/r/c/x", b"cx", rcx, rcx),
         ]
     );
-    assert!(got.revision >= rq, "range revision {} after the last write {rq}", got.revision);
+    assert!(
+        got.revision >= rq,
+        "range revision {} after the last write {rq}",
+        got.revision
+    );
 
     let keys = |kvs: Vec<KeyValue>| kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
     assert_eq!(
@@ -221,10 +244,16 @@ pub async fn range_by_prefix_sorted(store: Arc<dyn Store>) {
     assert!(empty.kvs.is_empty());
     assert!(empty.revision >= rq);
 
-    assert_eq!(store.range("/rb").await.unwrap().kvs, vec![kv("/rb", b"rb", rrb, rrb)]);
+    assert_eq!(
+        store.range("/rb").await.unwrap().kvs,
+        vec![kv("/rb", b"rb", rrb, rrb)]
+    );
 
     store.delete("/r/b").await.unwrap();
-    assert_eq!(keys(store.range("/r/").await.unwrap().kvs), ["/r/a", "/r/c/x"]);
+    assert_eq!(
+        keys(store.range("/r/").await.unwrap().kvs),
+        ["/r/a", "/r/c/x"]
+    );
 }
 
 /// compare_and_put with `Expect::Absent`: writes once, then conflicts with the current value.
@@ -235,13 +264,19 @@ pub async fn cas_absent(store: Arc<dyn Store>) {
             .await
             .unwrap(),
     );
-    assert_eq!(store.get("/cas/a").await.unwrap(), Some(kv("/cas/a", b"first", r1, r1)));
+    assert_eq!(
+        store.get("/cas/a").await.unwrap(),
+        Some(kv("/cas/a", b"first", r1, r1))
+    );
 
     let again = store
         .compare_and_put("/cas/a", Expect::Absent, b"second".to_vec(), None)
         .await
         .unwrap();
-    assert_eq!(again, CasOutcome::Conflict(Some(kv("/cas/a", b"first", r1, r1))));
+    assert_eq!(
+        again,
+        CasOutcome::Conflict(Some(kv("/cas/a", b"first", r1, r1)))
+    );
     assert_eq!(store.get("/cas/a").await.unwrap().unwrap().value, b"first");
 
     store.delete("/cas/a").await.unwrap();
@@ -265,13 +300,19 @@ pub async fn cas_mod_revision(store: Arc<dyn Store>) {
             .unwrap(),
     );
     assert!(r2 > r1);
-    assert_eq!(store.get("/cas/m").await.unwrap(), Some(kv("/cas/m", b"v2", r1, r2)));
+    assert_eq!(
+        store.get("/cas/m").await.unwrap(),
+        Some(kv("/cas/m", b"v2", r1, r2))
+    );
 
     let stale = store
         .compare_and_put("/cas/m", Expect::ModRevision(r1), b"v3".to_vec(), None)
         .await
         .unwrap();
-    assert_eq!(stale, CasOutcome::Conflict(Some(kv("/cas/m", b"v2", r1, r2))));
+    assert_eq!(
+        stale,
+        CasOutcome::Conflict(Some(kv("/cas/m", b"v2", r1, r2)))
+    );
 
     let missing = store
         .compare_and_put("/cas/none", Expect::ModRevision(r1), b"x".to_vec(), None)
@@ -284,7 +325,10 @@ pub async fn cas_mod_revision(store: Arc<dyn Store>) {
         .compare_and_put("/cas/m", Expect::Absent, b"x".to_vec(), None)
         .await
         .unwrap();
-    assert_eq!(exists, CasOutcome::Conflict(Some(kv("/cas/m", b"v2", r1, r2))));
+    assert_eq!(
+        exists,
+        CasOutcome::Conflict(Some(kv("/cas/m", b"v2", r1, r2)))
+    );
 }
 
 /// compare_and_delete: deletes on the current revision only.
@@ -293,7 +337,10 @@ pub async fn compare_and_delete(store: Arc<dyn Store>) {
     let r2 = store.put("/cad/a", b"v2".to_vec(), None).await.unwrap();
 
     let stale = store.compare_and_delete("/cad/a", r1).await.unwrap();
-    assert_eq!(stale, CasOutcome::Conflict(Some(kv("/cad/a", b"v2", r1, r2))));
+    assert_eq!(
+        stale,
+        CasOutcome::Conflict(Some(kv("/cad/a", b"v2", r1, r2)))
+    );
     assert!(store.get("/cad/a").await.unwrap().is_some());
 
     let r3 = done(store.compare_and_delete("/cad/a", r2).await.unwrap());
@@ -330,14 +377,21 @@ pub async fn concurrent_cas_absent_one_winner(store: Arc<dyn Store>) {
             CasOutcome::Conflict(current) => losers.push(current.expect("the winner's key exists")),
         }
     }
-    assert_eq!(winners.len(), 1, "exactly one Absent-put wins, got {winners:?}");
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one Absent-put wins, got {winners:?}"
+    );
     let (value, revision) = winners.pop().unwrap();
     assert_eq!(losers.len(), TASKS - 1);
     for current in &losers {
         assert_eq!(current.value, value, "a loser sees the winner's value");
         assert_eq!(current.mod_revision, revision);
     }
-    assert_eq!(store.get("/race/leader").await.unwrap().unwrap().value, value);
+    assert_eq!(
+        store.get("/race/leader").await.unwrap().unwrap().value,
+        value
+    );
 }
 
 /// Many tasks increment one counter with get + `compare_and_put(ModRevision)`, retrying on
@@ -345,7 +399,10 @@ pub async fn concurrent_cas_absent_one_winner(store: Arc<dyn Store>) {
 pub async fn concurrent_cas_counter(store: Arc<dyn Store>) {
     const TASKS: usize = 8;
     const INCREMENTS: usize = 10;
-    store.put("/race/counter", b"0".to_vec(), None).await.unwrap();
+    store
+        .put("/race/counter", b"0".to_vec(), None)
+        .await
+        .unwrap();
     let tasks: Vec<_> = (0..TASKS)
         .map(|_| {
             let store = store.clone();
@@ -408,15 +465,28 @@ pub async fn lease_expiry_deletes_keys(store: Arc<dyn Store>) {
     for event in [&first, &second] {
         assert_eq!(event.kind, EventKind::Delete, "event {event:?}");
         assert!(event.kv.value.is_empty());
-        assert!(event.revision() > rk, "delete at {} after the last put {rk}", event.revision());
+        assert!(
+            event.revision() > rk,
+            "delete at {} after the last put {rk}",
+            event.revision()
+        );
         deleted.insert(event.kv.key.clone());
     }
-    assert!(first.revision() <= second.revision(), "events in revision order");
-    assert_eq!(deleted, BTreeSet::from(["/l/a".to_owned(), "/l/b".to_owned()]));
+    assert!(
+        first.revision() <= second.revision(),
+        "events in revision order"
+    );
+    assert_eq!(
+        deleted,
+        BTreeSet::from(["/l/a".to_owned(), "/l/b".to_owned()])
+    );
 
     assert_eq!(store.get("/l/a").await.unwrap(), None);
     assert_eq!(store.get("/l/b").await.unwrap(), None);
-    assert_eq!(store.get("/l/keep").await.unwrap(), Some(kv("/l/keep", b"k", rk, rk)));
+    assert_eq!(
+        store.get("/l/keep").await.unwrap(),
+        Some(kv("/l/keep", b"k", rk, rk))
+    );
     assert!(matches!(
         store.keep_alive(lease).await,
         Err(StoreError::LeaseNotFound(id)) if id == lease
@@ -499,10 +569,16 @@ pub async fn revoke_deletes_at_once(store: Arc<dyn Store>) {
 /// A put without a lease detaches the key from its old lease: ending that lease leaves it.
 pub async fn put_without_lease_detaches(store: Arc<dyn Store>) {
     let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
-    let r1 = store.put("/d/a", b"leased".to_vec(), Some(lease)).await.unwrap();
+    let r1 = store
+        .put("/d/a", b"leased".to_vec(), Some(lease))
+        .await
+        .unwrap();
     let r2 = store.put("/d/a", b"free".to_vec(), None).await.unwrap();
     store.revoke_lease(lease).await.unwrap();
-    assert_eq!(store.get("/d/a").await.unwrap(), Some(kv("/d/a", b"free", r1, r2)));
+    assert_eq!(
+        store.get("/d/a").await.unwrap(),
+        Some(kv("/d/a", b"free", r1, r2))
+    );
 }
 
 /// A watch from revision 0 sees only changes made after it started, puts and deletes.
@@ -526,12 +602,22 @@ pub async fn watch_from_zero_sees_only_new(store: Arc<dyn Store>) {
 pub async fn watch_replays_then_follows(store: Arc<dyn Store>) {
     let mut revs = Vec::new();
     for i in 0..5 {
-        revs.push(store.put(&format!("/h/k{i}"), vec![b'0' + i], None).await.unwrap());
+        revs.push(
+            store
+                .put(&format!("/h/k{i}"), vec![b'0' + i], None)
+                .await
+                .unwrap(),
+        );
     }
     let rd = store.delete("/h/k0").await.unwrap().unwrap();
     let mut watch = store.watch("/h/", revs[2]).await.unwrap();
-    for i in 2..5 {
-        assert_put(&next_event(&mut watch).await, &format!("/h/k{i}"), &[b'0' + i as u8], revs[i]);
+    for (i, &revision) in (0u8..).zip(&revs).skip(2) {
+        assert_put(
+            &next_event(&mut watch).await,
+            &format!("/h/k{i}"),
+            &[b'0' + i],
+            revision,
+        );
     }
     let delete = next_event(&mut watch).await;
     assert_delete(&delete, "/h/k0");
@@ -551,7 +637,10 @@ pub async fn watch_replay_races_writer(store: Arc<dyn Store>) {
         let store = store.clone();
         tokio::spawn(async move {
             for i in 1..WRITES {
-                store.put("/x/n", i.to_string().into_bytes(), None).await.unwrap();
+                store
+                    .put("/x/n", i.to_string().into_bytes(), None)
+                    .await
+                    .unwrap();
                 if i % 16 == 0 {
                     tokio::task::yield_now().await;
                 }
@@ -567,7 +656,11 @@ pub async fn watch_replay_races_writer(store: Arc<dyn Store>) {
     for i in 0..WRITES {
         let event = next_event(&mut watch).await;
         assert_put(&event, "/x/n", i.to_string().as_bytes(), event.revision());
-        assert!(event.revision() > last, "revisions rise: {} after {last}", event.revision());
+        assert!(
+            event.revision() > last,
+            "revisions rise: {} after {last}",
+            event.revision()
+        );
         last = event.revision();
     }
     writer.await.unwrap();

@@ -127,8 +127,10 @@ impl EmbeddedOptions {
 
 /// The in-process [`Store`] backend. See the module docs for its semantics.
 ///
-/// Dropping it closes the store: the data dir is unlocked, the lease task ends and every watch
-/// stream ends (after the events already queued for it).
+/// Constructing one needs no runtime; its methods run on a tokio runtime (the first
+/// [`Store::grant_lease`] spawns the lease task there). Dropping it closes the store: the data dir
+/// is unlocked, the lease task ends and every watch stream ends (after the events already queued
+/// for it).
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
 }
@@ -409,7 +411,7 @@ impl State {
                 break id;
             }
         };
-        let deadline = now + ttl;
+        let deadline = deadline_after(now, ttl);
         self.leases.insert(
             id,
             Lease {
@@ -428,7 +430,7 @@ impl State {
             .get_mut(&id)
             .ok_or(StoreError::LeaseNotFound(id))?;
         self.deadlines.remove(&(lease.deadline, id));
-        lease.deadline = now + lease.ttl;
+        lease.deadline = deadline_after(now, lease.ttl);
         self.deadlines.insert((lease.deadline, id));
         Ok(())
     }
@@ -564,9 +566,7 @@ impl State {
         let Some(log) = self.log.as_mut() else {
             return;
         };
-        if log.records <= log.compaction_min_records
-            || log.records <= 2 * log.persisted_keys + 2
-        {
+        if log.records <= log.compaction_min_records || log.records <= 2 * log.persisted_keys + 2 {
             return;
         }
         let before = log.records;
@@ -582,6 +582,13 @@ impl State {
             }
         }
     }
+}
+
+/// `now + ttl`, saturating at a century for absurd TTLs instead of overflowing.
+fn deadline_after(now: Instant, ttl: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(ttl.min(CENTURY))
+        .unwrap_or_else(|| now + Duration::from_secs(24 * 3600))
 }
 
 fn delete_event(revision: Revision, prev: KeyValue) -> WatchEvent {
@@ -739,7 +746,9 @@ impl Store for EmbeddedStore {
         if let Err(conflict) = st.compare(key, &Expect::ModRevision(mod_revision)) {
             return Ok(conflict);
         }
-        let revision = st.delete(key)?.expect("the key exists: the comparison held");
+        let revision = st
+            .delete(key)?
+            .expect("the key exists: the comparison held");
         Ok(CasOutcome::Done(revision))
     }
 
@@ -769,7 +778,11 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 
-    async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError> {
+    async fn watch(
+        &self,
+        prefix: &str,
+        from_revision: Revision,
+    ) -> Result<WatchStream, StoreError> {
         let sub = self.state().watch(prefix, from_revision)?;
         Ok(Box::pin(EmbeddedWatch {
             replay: sub.replay,
@@ -894,7 +907,9 @@ impl Log {
 
         let tmp_path = dir.join(LOG_TMP_FILE);
         match fs::remove_file(&tmp_path) {
-            Ok(()) => tracing::warn!(path = %tmp_path.display(), "embedded store: removed an unfinished log rewrite"),
+            Ok(()) => {
+                tracing::warn!(path = %tmp_path.display(), "embedded store: removed an unfinished log rewrite")
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_context(e, "removing", &tmp_path)),
         }
@@ -1099,8 +1114,12 @@ impl Loaded {
             let line = &bytes[pos..pos + newline];
             let next = pos + newline + 1;
             if !line.iter().all(u8::is_ascii_whitespace) {
-                if let Err(reason) = loaded.apply(line) {
-                    if bytes[next..].contains(&b'\n') {
+                if let Err(bad) = loaded.apply(line) {
+                    let (reason, fatal) = match bad {
+                        BadLine::Unreadable(reason) => (reason, false),
+                        BadLine::Unsupported(reason) => (reason, true),
+                    };
+                    if fatal || bytes[next..].contains(&b'\n') {
                         return Err(StoreError::Corrupt(format!(
                             "{} line {line_no}: {reason}",
                             path.display()
@@ -1116,15 +1135,23 @@ impl Loaded {
         Ok(loaded)
     }
 
-    fn apply(&mut self, line: &[u8]) -> Result<(), String> {
-        let record: Record = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    fn apply(&mut self, line: &[u8]) -> Result<(), BadLine> {
+        let record: Record = serde_json::from_slice(line).map_err(|e| {
+            // A header this build cannot read (another format version) is never a torn line.
+            let value = serde_json::from_slice::<serde_json::Value>(line).ok();
+            if value.as_ref().and_then(|v| v.get("op")) == Some(&"header".into()) {
+                BadLine::Unsupported(format!("unsupported log header: {e}"))
+            } else {
+                BadLine::Unreadable(e.to_string())
+            }
+        })?;
         let revision = record.revision();
         match record {
             Record::Header { format, version } => {
                 if format != LOG_FORMAT || version != LOG_VERSION {
-                    return Err(format!(
+                    return Err(BadLine::Unsupported(format!(
                         "unsupported log format {format:?} version {version} (this build reads {LOG_FORMAT:?} version {LOG_VERSION})"
-                    ));
+                    )));
                 }
             }
             Record::Put {
@@ -1133,9 +1160,9 @@ impl Loaded {
                 create_revision,
                 mod_revision,
             } => {
-                let value = BASE64
-                    .decode(value)
-                    .map_err(|e| format!("value of {key:?} is not base64: {e}"))?;
+                let value = BASE64.decode(value).map_err(|e| {
+                    BadLine::Unreadable(format!("value of {key:?} is not base64: {e}"))
+                })?;
                 self.kvs.insert(
                     key.clone(),
                     KeyValue {
@@ -1156,6 +1183,14 @@ impl Loaded {
         self.records += 1;
         Ok(())
     }
+}
+
+/// Why a log line could not be applied.
+enum BadLine {
+    /// Garbage, e.g. a torn write: tolerated as the last line.
+    Unreadable(String),
+    /// A valid record this build must not skip (another format version): always an error.
+    Unsupported(String),
 }
 
 fn io_context(err: io::Error, action: &str, path: &Path) -> StoreError {

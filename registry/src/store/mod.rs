@@ -2,7 +2,7 @@
 //! compare-and-set, watch from a revision), and its backends.
 //!
 //! Layout:
-//! - [`embedded`]: the in-process backend (default), persisting non-lease keys in a data dir.
+//! - [`embedded`] — the in-process backend (default), persisting non-lease keys in a data dir.
 //! - [`conformance`] (feature `test-util`): the suite every backend must pass.
 
 use std::pin::Pin;
@@ -11,9 +11,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::Stream;
 
-pub mod embedded;
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
+pub mod embedded;
 
 /// A store revision: increases by one with every change (put or delete) in the whole store.
 pub type Revision = i64;
@@ -101,7 +101,9 @@ pub enum StoreError {
     #[error("store unavailable: {0}")]
     Unavailable(String),
     /// A watch asked for a revision the store no longer keeps.
-    #[error("revision {requested} has been compacted (oldest kept: {oldest}); resync from the current state")]
+    #[error(
+        "revision {requested} has been compacted (oldest kept: {oldest}); resync from the current state"
+    )]
     Compacted {
         /// The revision asked for.
         requested: Revision,
@@ -161,7 +163,8 @@ pub trait Store: Send + Sync + 'static {
     /// Watches keys starting with `prefix`. With `from_revision` > 0, first replays every change
     /// with revision >= `from_revision` (or fails with `Compacted`), then follows live changes.
     /// With 0, follows changes after the current revision.
-    async fn watch(&self, prefix: &str, from_revision: Revision) -> Result<WatchStream, StoreError>;
+    async fn watch(&self, prefix: &str, from_revision: Revision)
+    -> Result<WatchStream, StoreError>;
     /// The current store revision.
     async fn current_revision(&self) -> Result<Revision, StoreError>;
     /// Forgets history before `revision`: watches from an older revision fail with `Compacted`.
