@@ -47,7 +47,11 @@ fn dev_mode_serves_the_cli() {
     let mut banner = String::new();
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
         if let Some(rest) = line.trim_start().strip_prefix("server:") {
-            url = rest.split_whitespace().next().unwrap_or_default().to_string();
+            url = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
         }
         banner.push_str(&line);
         banner.push('\n');

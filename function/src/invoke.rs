@@ -451,7 +451,9 @@ impl Invoker {
         let remaining = call.deadline.saturating_duration_since(Instant::now());
         let invoke = Invoke {
             // Random v4 id from the thread-local generator: no system call per call.
-            request_id: uuid::Builder::from_random_bytes(rand::random()).into_uuid().to_string(),
+            request_id: uuid::Builder::from_random_bytes(rand::random())
+                .into_uuid()
+                .to_string(),
             function_id: call.key.function_id.clone(),
             payload: call.req.payload.clone(),
             timeout_ms: remaining.as_millis().max(1) as i64,
