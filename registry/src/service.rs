@@ -98,11 +98,7 @@ impl RegistryService for RegistryServer {
     ) -> Result<Response<pb::GetRegistrationsResponse>, Status> {
         caller(&request)?;
         let r = request.into_inner();
-        let filter = Filter {
-            game_id: r.game_id,
-            env: r.env,
-            function_id: r.function_id,
-        };
+        let filter = Filter::new(r.game_id, r.env, r.function_id);
         let (mut registrations, revision) = self.view.registrations(&filter);
         registrations.iter_mut().for_each(|reg| self.overlay(reg));
         Ok(Response::new(pb::GetRegistrationsResponse {
@@ -120,11 +116,7 @@ impl RegistryService for RegistryServer {
     ) -> Result<Response<Self::WatchRegistrationsStream>, Status> {
         caller(&request)?;
         let r = request.into_inner();
-        let filter = Filter {
-            game_id: r.game_id,
-            env: r.env,
-            function_id: r.function_id,
-        };
+        let filter = Filter::new(r.game_id, r.env, r.function_id);
         let (tx, rx) = mpsc::channel(256);
         let (initial, mut cursor) = if r.start_revision > 0 {
             (Vec::new(), self.view.follow_from(r.start_revision)?)
@@ -201,11 +193,7 @@ impl RegistryService for RegistryServer {
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         caller(&request)?;
         let r = request.into_inner();
-        let filter = Filter {
-            game_id: r.game_id,
-            env: r.env,
-            function_id: String::new(),
-        };
+        let filter = Filter::new(r.game_id, r.env, String::new());
         let agents = self
             .view
             .agents(&filter)

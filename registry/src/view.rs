@@ -90,6 +90,15 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// A filter from request fields.
+    pub fn new(game_id: String, env: String, function_id: String) -> Self {
+        Filter {
+            game_id,
+            env,
+            function_id,
+        }
+    }
+
     /// True when the key passes the filter.
     pub fn matches(&self, key: &FnKey) -> bool {
         (self.game_id.is_empty() || self.game_id == key.game_id)
