@@ -35,6 +35,13 @@ async fn until(
     }
 }
 
+/// Agent ids of the registration an event carries.
+fn agent_ids(ev: RegistrationEvent) -> Vec<String> {
+    ev.registration
+        .map(|r| r.agents.into_iter().map(|a| a.agent_id).collect())
+        .unwrap_or_default()
+}
+
 fn is(ev: &RegistrationEvent, t: EventType, agent: &str, function: &str) -> bool {
     ev.r#type == t as i32
         && ev.agent_id == agent
@@ -64,14 +71,7 @@ async fn killed_agent_disappears_and_restarted_agent_registers_again() {
         e.r#type == EventType::Added as i32
     })
     .await;
-    let agents: Vec<_> = initial
-        .registration
-        .unwrap()
-        .agents
-        .into_iter()
-        .map(|a| a.agent_id)
-        .collect();
-    assert_eq!(agents, vec!["a1", "a2"]);
+    assert_eq!(agent_ids(initial), vec!["a1", "a2"]);
     let synced = until(&mut watch, Duration::from_secs(5), |e| {
         e.r#type == EventType::Synced as i32
     })
@@ -90,14 +90,7 @@ async fn killed_agent_disappears_and_restarted_agent_registers_again() {
         "removed after {took:?}, before the offline timeout"
     );
     assert!(removed.revision > synced.revision);
-    let left: Vec<_> = removed
-        .registration
-        .unwrap()
-        .agents
-        .into_iter()
-        .map(|a| a.agent_id)
-        .collect();
-    assert_eq!(left, vec!["a2"]);
+    assert_eq!(agent_ids(removed), vec!["a2"]);
     let regs = c.registrations("g", "e", "agent.ping").await.unwrap();
     let ids: Vec<_> = regs.registrations[0]
         .agents
@@ -202,27 +195,42 @@ async fn sigterm_drains_in_flight_calls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_descriptors_and_agents_come_back() {
     let mut mesh = Mesh::start(&["a1"], Duration::from_millis(500));
-    let _a1 = mesh.agent("a1", &[]);
+    let a1 = mesh.agent("a1", &[]);
     mesh.wait_online(&["a1"]).await;
+    // Stop the agent first, so only the store can bring the descriptor back.
+    drop(a1);
     let addr = mesh.url.trim_start_matches("https://").to_string();
     mesh.server.as_mut().unwrap().signal(15);
-    mesh.server
-        .as_mut()
-        .unwrap()
-        .wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        mesh.server
+            .as_mut()
+            .unwrap()
+            .wait_exit(Duration::from_secs(10)),
+        Some(0)
+    );
     mesh.start_server(&addr);
-    // The embedded store kept the descriptor; the agent reconnects and registers again.
     let c = mesh.client("client-c1").await;
     let regs = c.registrations("g", "e", "agent.sleep").await.unwrap();
-    assert_eq!(regs.registrations.len(), 1);
-    assert!(
-        regs.registrations[0]
-            .function_descriptor
-            .as_ref()
-            .unwrap()
-            .params_schema
-            .is_some()
+    assert_eq!(
+        regs.registrations.len(),
+        1,
+        "descriptor lost across restart"
     );
+    let reg = &regs.registrations[0];
+    assert!(
+        reg.agents.is_empty(),
+        "lease-attached agent record must not persist"
+    );
+    let schema = reg
+        .function_descriptor
+        .as_ref()
+        .unwrap()
+        .params_schema
+        .as_ref()
+        .unwrap();
+    assert!(schema.fields.contains_key("required"));
+    // A new agent process registers again and serves.
+    let _a1 = mesh.agent("a1", &[]);
     mesh.wait_online(&["a1"]).await;
     let r = c.invoke("agent.ping", json!({}), &opts()).await.unwrap();
     assert!(r.success);

@@ -254,12 +254,10 @@ impl ControlPlane {
 
         // Resume the same session when asked and still alive here.
         let existing = self.session(&req.agent_id);
-        let resumed = existing
-            .as_ref()
-            .is_some_and(|s| !req.session_id.is_empty() && s.session_id == req.session_id)
-            && existing
-                .as_ref()
-                .is_some_and(|s| s.key == keys::agent(&req.game_id, &req.env, &req.agent_id));
+        let key = keys::agent(&req.game_id, &req.env, &req.agent_id);
+        let resumed = existing.as_ref().is_some_and(|s| {
+            !req.session_id.is_empty() && s.session_id == req.session_id && s.key == key
+        });
         let (session_id, lease) = match (&existing, resumed) {
             (Some(s), true) => (s.session_id.clone(), s.lease),
             _ => {
@@ -290,7 +288,6 @@ impl ControlPlane {
         };
         self.store_descriptors(&req, &functions, &descriptors)
             .await?;
-        let key = keys::agent(&req.game_id, &req.env, &req.agent_id);
         let value = serde_json::to_vec(&record).map_err(|e| {
             ControlError::InvalidArgument(format!("agent record cannot be encoded: {e}"))
         })?;
@@ -734,14 +731,6 @@ impl ControlPlane {
             lock(&s.tunnel).take();
             s.fail_pending(None);
         }
-    }
-
-    /// Number of agents with a session on this server.
-    pub fn session_count(&self) -> usize {
-        self.sessions
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
     }
 }
 

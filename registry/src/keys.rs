@@ -33,8 +33,3 @@ pub fn node(agent_id: &str) -> String {
 pub fn idem(game: &str, env: &str, function_id: &str, key: &str) -> String {
     format!("{IDEM}{game}/{env}/{function_id}/{key}")
 }
-
-/// `/croupier/servers/{server_id}`.
-pub fn server(server_id: &str) -> String {
-    format!("{SERVERS}{server_id}")
-}

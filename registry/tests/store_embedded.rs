@@ -10,7 +10,7 @@ use std::time::Duration;
 use croupier_registry::store::conformance::run_all;
 use croupier_registry::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use croupier_registry::store::{
-    CasOutcome, EventKind, Expect, KeyValue, Store, StoreError, WatchEvent, WatchStream,
+    CasOutcome, EventKind, Expect, Store, StoreError, WatchEvent, WatchStream,
 };
 use futures::StreamExt;
 
@@ -38,15 +38,7 @@ async fn conformance_with_data_dir() {
     .await;
 }
 
-fn kv(key: &str, value: &[u8], create: i64, modified: i64) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: value.to_vec(),
-        create_revision: create,
-        mod_revision: modified,
-        lease: 0,
-    }
-}
+use croupier_registry::store::conformance::kv;
 
 /// The next item of a watch, failing on a timeout or the end of the stream.
 async fn next_item(watch: &mut WatchStream) -> Result<WatchEvent, StoreError> {

@@ -126,7 +126,8 @@ pub async fn assert_quiet(watch: &mut WatchStream) {
     }
 }
 
-fn kv(key: &str, value: &[u8], create: Revision, modified: Revision) -> KeyValue {
+/// A lease-less key-value with the given revisions (for comparing results).
+pub fn kv(key: &str, value: &[u8], create: Revision, modified: Revision) -> KeyValue {
     KeyValue {
         key: key.to_owned(),
         value: value.to_vec(),
