@@ -170,52 +170,91 @@ async fn phase(
     })
 }
 
+/// A server and one in-process agent on loopback, with fresh certificates in a temp dir.
+struct BenchMesh {
+    dir: std::path::PathBuf,
+    certs: std::path::PathBuf,
+    url: String,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    agent: tokio::task::JoinHandle<Result<(), croupier_sdk::provider::ProviderError>>,
+}
+
+impl BenchMesh {
+    /// Starts the server and an agent whose functions `add` registers.
+    async fn start(add: impl FnOnce(Provider) -> Provider) -> anyhow::Result<BenchMesh> {
+        let dir = tempfile_dir()?;
+        let certs = dir.join("certs");
+        init(&CertsInit {
+            dir: certs.clone(),
+            agents: vec!["bench-agent".into()],
+            clients: vec!["bench".into()],
+            admins: vec![],
+            servers: vec![],
+            hosts: vec![],
+            force: false,
+        })?;
+        let stop = CancellationToken::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("https://{}", listener.local_addr()?);
+        let cfg = ServerConfig {
+            listen: "127.0.0.1:0".into(),
+            data_dir: dir.join("data"),
+            tls_dir: certs.clone(),
+            audit_log: false,
+            ..ServerConfig::default()
+        };
+        let s = stop.clone();
+        let server = tokio::spawn(crate::server::serve(cfg, listener, async move {
+            s.cancelled().await
+        }));
+        let provider = add(Provider::new(ProviderConfig::new(
+            vec![url.clone()],
+            "bench-agent",
+            TlsFiles::from_dir(&certs, "agent-bench-agent"),
+        )));
+        let mut state = provider.state();
+        let agent = tokio::spawn(provider.run(stop.clone()));
+        tokio::time::timeout(Duration::from_secs(20), state.wait_for(|s| s.connected))
+            .await
+            .context("the bench agent did not connect")??;
+        Ok(BenchMesh {
+            dir,
+            certs,
+            url,
+            stop,
+            server,
+            agent,
+        })
+    }
+
+    async fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.url, &TlsFiles::from_dir(&self.certs, "client-bench")).await?)
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        let _ = self.agent.await;
+        self.server.await??;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(())
+    }
+}
+
 /// Runs the benchmark and prints the figures.
 pub async fn invoke(args: InvokeBenchArgs) -> anyhow::Result<()> {
-    let dir = tempfile_dir()?;
-    let certs = dir.join("certs");
-    init(&CertsInit {
-        dir: certs.clone(),
-        agents: vec!["bench-agent".into()],
-        clients: vec!["bench".into()],
-        admins: vec![],
-        servers: vec![],
-        hosts: vec![],
-        force: false,
-    })?;
-    let stop = CancellationToken::new();
-
-    // The mesh: server + agent.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let mesh_url = format!("https://{}", listener.local_addr()?);
-    let cfg = ServerConfig {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.join("data"),
-        tls_dir: certs.clone(),
-        audit_log: false,
-        ..ServerConfig::default()
-    };
-    let s = stop.clone();
-    let server = tokio::spawn(crate::server::serve(cfg, listener, async move {
-        s.cancelled().await
-    }));
-    let provider = Provider::new(ProviderConfig::new(
-        vec![mesh_url.clone()],
-        "bench-agent",
-        TlsFiles::from_dir(&certs, "agent-bench-agent"),
-    ))
-    .function(
-        croupier_proto::common::v1::FunctionDescriptor {
-            id: "bench.echo".into(),
-            ..Default::default()
-        },
-        |call| async move { Ok::<_, HandlerError>(echo(call.payload)) },
-    );
-    let mut state = provider.state();
-    let agent = tokio::spawn(provider.run(stop.clone()));
-    tokio::time::timeout(Duration::from_secs(20), state.wait_for(|s| s.connected))
-        .await
-        .context("the bench agent did not connect")??;
+    let mesh_env = BenchMesh::start(|p| {
+        p.function(
+            croupier_proto::common::v1::FunctionDescriptor {
+                id: "bench.echo".into(),
+                ..Default::default()
+            },
+            |call| async move { Ok::<_, HandlerError>(echo(call.payload)) },
+        )
+    })
+    .await?;
+    let certs = mesh_env.certs.clone();
+    let stop = mesh_env.stop.clone();
 
     // The direct baseline: same handler behind a tonic server with the same mTLS.
     let direct_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -233,7 +272,7 @@ pub async fn invoke(args: InvokeBenchArgs) -> anyhow::Result<()> {
     );
 
     let tls = TlsFiles::from_dir(&certs, "client-bench");
-    let mesh = Client::connect(&mesh_url, &tls).await?;
+    let mesh = mesh_env.client().await?;
     let direct_client = Client::connect(&direct_url, &tls).await?;
     let filler = "x".repeat(args.payload_bytes.saturating_sub(10));
     let payload = serde_json::json!({ "d": filler });
@@ -309,15 +348,137 @@ pub async fn invoke(args: InvokeBenchArgs) -> anyhow::Result<()> {
         );
     }
     stop.cancel();
-    let _ = agent.await;
     let _ = direct.await;
-    server.await??;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    mesh_env.stop().await
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("croupier-bench-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+/// Arguments of `croupier bench jobs`.
+#[derive(Args, Debug, Clone)]
+pub struct JobsBenchArgs {
+    /// Events one job emits in the throughput phase.
+    #[arg(long, default_value_t = 200_000)]
+    pub events: u64,
+    /// Jobs started one after another in the latency phase.
+    #[arg(long, default_value_t = 300)]
+    pub starts: u32,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Figures of `croupier bench jobs`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobsFigures {
+    /// Events the subscriber received (seq-checked: consecutive, none twice).
+    pub events: u64,
+    /// Events per second from the job's first event to its last, at the subscriber.
+    pub events_per_second: f64,
+    /// Jobs started in the latency phase.
+    pub starts: u32,
+    /// Median time from sending InvokeJob to receiving the job's first event, microseconds.
+    pub first_event_p50_us: u64,
+    /// 99th percentile of the same, microseconds.
+    pub first_event_p99_us: u64,
+}
+
+/// `croupier bench jobs`: one job emitting `events` log events as fast as it may, followed by
+/// one subscriber through the server; then `starts` jobs one after another, each timed from
+/// `InvokeJob` to its first event.
+pub async fn jobs(args: JobsBenchArgs) -> anyhow::Result<()> {
+    use croupier_proto::function::v1::EventType;
+    let mesh_env = BenchMesh::start(|p| {
+        p.job(
+            croupier_proto::common::v1::FunctionDescriptor {
+                id: "bench.flood".into(),
+                ..Default::default()
+            },
+            |job| async move {
+                let n = job.payload()["events"].as_u64().unwrap_or(0);
+                for i in 0..n {
+                    job.log(format!("event {i}")).await;
+                }
+                Ok::<_, HandlerError>(serde_json::json!({ "events": n }))
+            },
+        )
+    })
+    .await?;
+    let client = mesh_env.client().await?;
+    let opts = CallOptions::default();
+
+    // Throughput: one job, one subscriber.
+    let job = client
+        .start_job(
+            "bench.flood",
+            serde_json::json!({ "events": args.events }),
+            &opts,
+        )
+        .await?;
+    let mut stream = job.events(0).await?;
+    let mut received = 0u64;
+    let mut expected_seq = 1;
+    let mut first_at: Option<Instant> = None;
+    let mut last_at = Instant::now();
+    while let Some(ev) = stream.message().await? {
+        anyhow::ensure!(
+            ev.seq == expected_seq,
+            "seq {} arrived, {expected_seq} expected",
+            ev.seq
+        );
+        expected_seq += 1;
+        received += 1;
+        let now = Instant::now();
+        first_at.get_or_insert(now);
+        last_at = now;
+        if ev.r#type == EventType::Error as i32 {
+            anyhow::bail!("the flood job failed: {}", ev.message);
+        }
+    }
+    let span = last_at.duration_since(first_at.unwrap_or(last_at));
+    let events_per_second = received as f64 / span.as_secs_f64().max(1e-9);
+
+    // Latency: InvokeJob → first event, one job at a time.
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for _ in 0..args.starts {
+        let t = Instant::now();
+        let job = client
+            .start_job("bench.flood", serde_json::json!({ "events": 0 }), &opts)
+            .await?;
+        let mut stream = job.events(0).await?;
+        let first = stream
+            .message()
+            .await?
+            .context("job stream ended without an event")?;
+        anyhow::ensure!(first.seq == 1, "first event has seq {}", first.seq);
+        h.record(t.elapsed().as_micros().max(1) as u64)?;
+        while stream.message().await?.is_some() {}
+    }
+    let figures = JobsFigures {
+        events: received,
+        events_per_second,
+        starts: args.starts,
+        first_event_p50_us: h.value_at_quantile(0.5),
+        first_event_p99_us: h.value_at_quantile(0.99),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&figures)?);
+    } else {
+        println!(
+            "croupier bench jobs: mTLS on loopback, one process, embedded store\n\n\
+             events from one job to one subscriber: {} events in {:.2}s = {:.0} events/s\n\
+             InvokeJob to first event ({} jobs): p50 {:.3} ms, p99 {:.3} ms",
+            figures.events,
+            span.as_secs_f64(),
+            figures.events_per_second,
+            figures.starts,
+            figures.first_event_p50_us as f64 / 1000.0,
+            figures.first_event_p99_us as f64 / 1000.0,
+        );
+    }
+    mesh_env.stop().await
 }

@@ -44,6 +44,9 @@ pub enum Command {
     Functions(ListArgs),
     /// Watch registrations change.
     Watch(WatchArgs),
+    /// Jobs: start, watch, cancel, get, list.
+    #[command(subcommand)]
+    Job(crate::job::JobCommand),
     /// Node administration.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -160,6 +163,20 @@ pub struct Conn {
 pub struct InvokeArgs {
     /// Function id, e.g. agent.ping.
     pub function: String,
+    /// Payload, routing, deadline, idempotency.
+    #[command(flatten)]
+    pub call: CallArgs,
+    /// Print the whole response as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+/// Payload and options of a call or job.
+#[derive(Args, Debug, Clone)]
+pub struct CallArgs {
     /// JSON payload (an object), or @FILE to read it from a file.
     #[arg(long, default_value = "{}")]
     pub payload: String,
@@ -190,12 +207,44 @@ pub struct InvokeArgs {
     /// Deadline in seconds.
     #[arg(long)]
     pub timeout: Option<u64>,
-    /// Print the whole response as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// Connection.
-    #[command(flatten)]
-    pub conn: Conn,
+}
+
+impl CallArgs {
+    /// The payload: JSON text or @FILE, which must hold a JSON object.
+    pub fn payload(&self) -> anyhow::Result<serde_json::Value> {
+        let text = match self.payload.strip_prefix('@') {
+            Some(path) => {
+                std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
+            }
+            None => self.payload.clone(),
+        };
+        let payload: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("--payload is not valid JSON: {text}"))?;
+        if !payload.is_object() {
+            bail!("--payload must be a JSON object, e.g. '{{\"ms\": 100}}'");
+        }
+        Ok(payload)
+    }
+
+    /// The call options.
+    pub fn options(&self) -> CallOptions {
+        let route = if self.target.is_some() && self.route == "lb" {
+            "targeted".to_string()
+        } else {
+            self.route.clone()
+        };
+        CallOptions {
+            game_id: self.game_id.clone(),
+            env: self.env.clone(),
+            routing: route,
+            hash_key: self.hash_key.clone().unwrap_or_default(),
+            target: self.target.clone().unwrap_or_default(),
+            selector: self.selector.iter().cloned().collect::<HashMap<_, _>>(),
+            version: self.version.clone().unwrap_or_default(),
+            idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
+            timeout: self.timeout.map(Duration::from_secs),
+        }
+    }
 }
 
 /// `croupier agents` / `croupier functions`.
@@ -290,6 +339,8 @@ pub enum CertsCommand {
 pub enum BenchCommand {
     /// Invocations through the mesh vs. the same handler called directly over mTLS.
     Invoke(crate::bench::InvokeBenchArgs),
+    /// Job events per second from one job to one subscriber, and time to the first event.
+    Jobs(crate::bench::JobsBenchArgs),
 }
 
 /// Parses "k=v".
@@ -382,39 +433,17 @@ fn pick_identity(dir: &Path, default_stem: &str) -> anyhow::Result<String> {
     }
 }
 
-fn status_error(s: &tonic::Status) -> anyhow::Error {
+/// A gRPC status as an error: its code and message.
+pub fn status_error(s: &tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", s.code(), s.message())
 }
 
 /// Runs `croupier invoke`; returns the process exit code: 0 on success, 1 when the handler
 /// failed, 2 on a gRPC error.
 pub async fn invoke(args: InvokeArgs) -> anyhow::Result<i32> {
-    let payload_text = match args.payload.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
-        None => args.payload.clone(),
-    };
-    let payload: serde_json::Value = serde_json::from_str(&payload_text)
-        .with_context(|| format!("--payload is not valid JSON: {payload_text}"))?;
-    if !payload.is_object() {
-        bail!("--payload must be a JSON object, e.g. '{{\"ms\": 100}}'");
-    }
+    let payload = args.call.payload()?;
     let client = args.conn.client("client-dev").await?;
-    let route = if args.target.is_some() && args.route == "lb" {
-        "targeted".to_string()
-    } else {
-        args.route.clone()
-    };
-    let opts = CallOptions {
-        game_id: args.game_id.clone(),
-        env: args.env.clone(),
-        routing: route,
-        hash_key: args.hash_key.clone().unwrap_or_default(),
-        target: args.target.clone().unwrap_or_default(),
-        selector: args.selector.iter().cloned().collect::<HashMap<_, _>>(),
-        version: args.version.clone().unwrap_or_default(),
-        idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
-        timeout: args.timeout.map(Duration::from_secs),
-    };
+    let opts = args.call.options();
     let resp = match client.invoke(&args.function, payload, &opts).await {
         Ok(r) => r,
         Err(s) => {

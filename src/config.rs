@@ -43,6 +43,43 @@ pub struct ServerConfig {
     pub audit_log: bool,
     /// Input limits.
     pub limits: Limits,
+    /// Job retention and deadlines.
+    pub jobs: Jobs,
+}
+
+/// Job retention and deadlines.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Jobs {
+    /// Events kept per job (older ones are dropped; a subscriber asking for them is told).
+    /// Default 10000.
+    pub max_events: usize,
+    /// Events older than this are dropped; a finished job's events go this long after it
+    /// ended. Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub max_event_age: Duration,
+    /// How long finished job records are kept. Default `7d`.
+    #[serde(with = "humantime_serde")]
+    pub record_retention: Duration,
+    /// Deadline of a job that sets none, and the longest one allowed. Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
+    /// How long a finished job stays in memory for fast replay. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+}
+
+impl Default for Jobs {
+    fn default() -> Self {
+        let d = croupier_function::JobConfig::default();
+        Jobs {
+            max_events: d.max_events,
+            max_event_age: d.max_event_age,
+            record_retention: d.record_retention,
+            max_duration: d.max_duration,
+            linger: d.linger,
+        }
+    }
 }
 
 /// Limits on what callers and agents may send.
@@ -85,6 +122,7 @@ impl Default for ServerConfig {
             idempotency_retention: Duration::from_secs(24 * 3600),
             audit_log: true,
             limits: Limits::default(),
+            jobs: Jobs::default(),
         }
     }
 }
@@ -104,6 +142,7 @@ const ENV_KEYS: &[&str] = &[
     "idempotency_retention",
     "audit_log",
     "limits",
+    "jobs",
 ];
 
 impl ServerConfig {
@@ -136,6 +175,12 @@ impl ServerConfig {
         }
         if self.missed_heartbeats == 0 {
             bail!("missed_heartbeats must be at least 1");
+        }
+        if self.jobs.max_events == 0 {
+            bail!("jobs.max_events must be at least 1");
+        }
+        if self.jobs.max_duration.is_zero() {
+            bail!("jobs.max_duration must be > 0");
         }
         if self.default_timeout.is_zero() || self.default_timeout > self.max_timeout {
             bail!("default_timeout must be > 0 and at most max_timeout");

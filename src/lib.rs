@@ -6,6 +6,7 @@
 //! - [`server`] — [`server::serve`], the control plane on one TLS listener.
 //! - [`certs`] — `croupier certs init`.
 //! - [`cli`] — arguments and the client commands.
+//! - [`job`] — `croupier job …`.
 //! - [`dev`] — `croupier dev`.
 //! - [`bench`] — `croupier bench`.
 //! - [`output`] — tables.
@@ -15,5 +16,6 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod job;
 pub mod output;
 pub mod server;

@@ -12,7 +12,7 @@ use croupier_control::audit::AuditLog;
 use croupier_control::service::ControlServer;
 use croupier_control::{AgentLink, ControlConfig, ControlPlane};
 use croupier_function::service::FunctionServer;
-use croupier_function::{InvokeConfig, Invoker};
+use croupier_function::{InvokeConfig, Invoker, JobConfig, JobManager};
 use croupier_proto::control::v1::control_service_server::ControlServiceServer;
 use croupier_proto::function::v1::function_service_server::FunctionServiceServer;
 use croupier_proto::registry::v1::registry_service_server::RegistryServiceServer;
@@ -98,18 +98,38 @@ pub async fn serve(
         audit.clone(),
         background.child_token(),
     );
-    let invoker = Arc::new(Invoker::new(
-        InvokeConfig {
-            default_timeout: cfg.default_timeout,
-            max_timeout: cfg.max_timeout,
-            idempotency_retention: cfg.idempotency_retention,
-            max_concurrent_per_caller: cfg.limits.max_concurrent_calls_per_caller,
+    let jobs = JobManager::start(
+        JobConfig {
+            max_events: cfg.jobs.max_events,
+            max_event_age: cfg.jobs.max_event_age,
+            record_retention: cfg.jobs.record_retention,
+            max_duration: cfg.jobs.max_duration,
+            linger: cfg.jobs.linger,
+            orphan_after: control.config().offline_after(),
+            ..JobConfig::default()
         },
         store.clone(),
-        view.clone(),
         control.clone() as Arc<dyn AgentLink>,
-        audit,
-    ));
+        background.child_token(),
+    )
+    .await
+    .context("loading jobs")?;
+    control.set_job_sink(jobs.clone());
+    let invoker = Arc::new(
+        Invoker::new(
+            InvokeConfig {
+                default_timeout: cfg.default_timeout,
+                max_timeout: cfg.max_timeout,
+                idempotency_retention: cfg.idempotency_retention,
+                max_concurrent_per_caller: cfg.limits.max_concurrent_calls_per_caller,
+            },
+            store.clone(),
+            view.clone(),
+            control.clone() as Arc<dyn AgentLink>,
+            audit,
+        )
+        .with_jobs(jobs),
+    );
     spawn_idempotency_sweep(invoker.clone(), background.child_token());
 
     let (health, health_service) = tonic_health::server::health_reporter();

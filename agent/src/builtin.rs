@@ -1,6 +1,8 @@
 //! Built-in `agent.*` functions, present on every agent: `agent.ping` answers with the agent's
 //! id, the payload it got and how many pings it has served; `agent.sleep` waits `ms`
-//! milliseconds (honouring deadline and cancellation), useful for testing timeouts and load.
+//! milliseconds (honouring deadline and cancellation), useful for testing timeouts and load;
+//! `agent.countdown` is its job form: `steps` steps of `ms` milliseconds, each reported as
+//! progress and a log line, stopping cleanly when cancelled.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,11 +10,13 @@ use std::time::Duration;
 
 use croupier_proto::common::v1::{FunctionDescriptor, Semantics};
 use croupier_proto::json::json_to_struct;
-use croupier_sdk::{HandlerError, Provider};
+use croupier_sdk::{HandlerError, JobContext, Provider};
 use serde_json::json;
 
 /// Longest `agent.sleep` accepted, in milliseconds (one hour).
 pub const MAX_SLEEP_MS: u64 = 3_600_000;
+/// Most steps of `agent.countdown`.
+pub const MAX_COUNTDOWN_STEPS: u64 = 1_000_000;
 
 fn descriptor(
     id: &str,
@@ -74,7 +78,27 @@ pub fn register(provider: Provider, agent_id: &str) -> Provider {
             "properties": {"agent_id": {"type": "string"}, "slept_ms": {"type": "integer"}}
         }),
     );
+    let countdown = descriptor(
+        "agent.countdown",
+        "A job: counts `steps` steps down, `ms` milliseconds each, reporting progress and a log \
+         line per step; stops cleanly when cancelled.",
+        "query",
+        json!({
+            "type": "object",
+            "properties": {
+                "steps": {"type": "integer", "minimum": 0, "maximum": MAX_COUNTDOWN_STEPS},
+                "ms": {"type": "integer", "minimum": 0, "maximum": MAX_SLEEP_MS}
+            },
+            "required": ["steps"],
+            "additionalProperties": false
+        }),
+        json!({
+            "type": "object",
+            "properties": {"agent_id": {"type": "string"}, "steps": {"type": "integer"}}
+        }),
+    );
     let sleep_id = id.clone();
+    let countdown_id = id.clone();
     provider
         .function(ping, move |call| {
             let calls = pings.fetch_add(1, Ordering::Relaxed) + 1;
@@ -97,4 +121,37 @@ pub fn register(provider: Provider, agent_id: &str) -> Provider {
                 }
             }
         })
+        .job(countdown, move |job| {
+            countdown_job(job, countdown_id.clone())
+        })
+}
+
+async fn countdown_job(
+    job: JobContext,
+    agent_id: String,
+) -> Result<serde_json::Value, HandlerError> {
+    let steps = job.payload()["steps"]
+        .as_u64()
+        .ok_or_else(|| HandlerError::new("INVALID_ARGUMENT", "steps must be an integer"))?;
+    let ms = job.payload()["ms"].as_u64().unwrap_or(0);
+    for step in 1..=steps {
+        if ms > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                _ = job.cancel().cancelled() => {}
+            }
+        }
+        if job.cancel().is_cancelled() {
+            job.log(format!(
+                "countdown cancelled at step {step} of {steps}; cleaning up"
+            ))
+            .await;
+            return Err(HandlerError::new("CANCELLED", "countdown cancelled"));
+        }
+        let left = steps - step;
+        job.progress(step as f64 / steps as f64, format!("{left} to go"))
+            .await;
+        job.log(format!("step {step}/{steps}")).await;
+    }
+    Ok(json!({"agent_id": agent_id, "steps": steps}))
 }

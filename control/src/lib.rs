@@ -4,7 +4,8 @@
 //!
 //! Layout:
 //! - [`plane`] — [`ControlPlane`], the sessions and everything they do.
-//! - [`link`] — the [`AgentLink`] trait the function router uses to reach agents.
+//! - [`link`] — the [`AgentLink`] trait the function router and jobs use to reach agents, and
+//!   the [`JobSink`] trait through which job frames from agents reach the job manager.
 //! - [`service`] — the `ControlService` handler.
 //! - [`error`] — [`ControlError`] and its gRPC mapping.
 //! - [`audit`] — the audit log of invocations and admin actions.
@@ -16,5 +17,5 @@ pub mod plane;
 pub mod service;
 
 pub use error::ControlError;
-pub use link::{AgentLink, LinkError};
+pub use link::{AgentLink, JobSink, LinkError};
 pub use plane::{ControlConfig, ControlPlane};

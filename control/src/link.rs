@@ -1,7 +1,9 @@
-//! How the function router reaches agents: a small trait so routing can be tested with a fake.
+//! How the function router and the job manager reach agents, and how job traffic from agents
+//! reaches the job manager: two small traits, so each side can be tested with a fake.
 
 use async_trait::async_trait;
-use croupier_proto::control::v1::{Invoke, InvokeResult};
+use croupier_proto::control::v1::{Invoke, InvokeResult, RunningJob, ServerFrame};
+use croupier_proto::function::v1::JobEvent;
 
 /// Why an invocation did not come back from an agent.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -27,4 +29,25 @@ pub trait AgentLink: Send + Sync + 'static {
     /// Sends an invocation and waits for its result. Dropping the future cancels the invocation
     /// on the agent (a `Cancel` frame is sent).
     async fn invoke(&self, agent_id: &str, invoke: Invoke) -> Result<InvokeResult, LinkError>;
+    /// Sends the `Invoke` of a job without waiting: the job's outcome arrives as job events.
+    /// Returns the generation of the tunnel it went down (see [`JobSink::report`]).
+    async fn start_job(&self, agent_id: &str, invoke: Invoke) -> Result<u64, LinkError>;
+    /// Queues a frame (`Cancel`, `Ack`) to the agent without waiting. False when the agent is
+    /// not connected or its queue is full; the caller tries again later.
+    fn send_frame(&self, agent_id: &str, frame: ServerFrame) -> bool;
+    /// True when the agent has a live session on this server (its tunnel may be down).
+    fn has_session(&self, agent_id: &str) -> bool;
+}
+
+/// Receives the job traffic of agents' tunnels (the job manager implements it). Calls come from
+/// the task reading one tunnel, in the order the agent sent its frames, and must not block.
+pub trait JobSink: Send + Sync + 'static {
+    /// A job event arrived from `agent_id` over the tunnel of `generation`.
+    fn event(&self, agent_id: &str, generation: u64, event: JobEvent);
+    /// The agent listed the jobs it still runs; it sends this whenever a tunnel opens. A job
+    /// sent over an older tunnel that is missing from the list was lost by the agent.
+    fn report(&self, agent_id: &str, generation: u64, jobs: Vec<RunningJob>);
+    /// The agent is gone (offline after missed heartbeats, replaced by a new registration, or
+    /// shut down): its unfinished jobs are lost.
+    fn agent_gone(&self, agent_id: &str, reason: &str);
 }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,7 +34,7 @@ use tonic::{Status, Streaming};
 
 use crate::audit::{AuditLog, AuditRecord};
 use crate::error::ControlError;
-use crate::link::{AgentLink, LinkError};
+use crate::link::{AgentLink, JobSink, LinkError};
 
 /// Control-plane settings.
 #[derive(Clone, Debug)]
@@ -139,6 +139,7 @@ pub struct ControlPlane {
     audit: AuditLog,
     draining: AtomicBool,
     generations: AtomicU64,
+    jobs: OnceLock<Arc<dyn JobSink>>,
 }
 
 impl ControlPlane {
@@ -158,6 +159,7 @@ impl ControlPlane {
             audit,
             draining: AtomicBool::new(false),
             generations: AtomicU64::new(1),
+            jobs: OnceLock::new(),
         });
         let task = plane.clone();
         tokio::spawn(async move { task.run_liveness(shutdown).await });
@@ -177,6 +179,12 @@ impl ControlPlane {
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// Hands job frames from agents (events, reports) and lost agents to `sink`. Set once,
+    /// before agents connect; later calls are ignored.
+    pub fn set_job_sink(&self, sink: Arc<dyn JobSink>) {
+        let _ = self.jobs.set(sink);
     }
 
     fn session(&self, agent_id: &str) -> Option<Arc<Session>> {
@@ -499,6 +507,7 @@ impl ControlPlane {
         generation: u64,
         mut inbound: Streaming<AgentFrame>,
     ) {
+        let mut said_goodbye = false;
         loop {
             let frame = match inbound.message().await {
                 Ok(Some(f)) => f,
@@ -519,10 +528,19 @@ impl ControlPlane {
                     // The agent takes no new work; keep reading so the answers of calls already
                     // running still arrive, until the agent closes the stream.
                     tracing::info!(agent_id = %session.agent_id, reason = %g.reason, "agent said goodbye");
+                    said_goodbye = true;
                     self.forget(&session, "agent said goodbye").await;
                 }
-                Some(agent_frame::Frame::JobEvent(_)) | Some(agent_frame::Frame::JobsReport(_)) => {
-                    tracing::debug!(agent_id = %session.agent_id, "job frames are not handled by this server");
+                Some(agent_frame::Frame::JobEvent(e)) => match (self.jobs.get(), e.event) {
+                    (Some(sink), Some(ev)) => sink.event(&session.agent_id, generation, ev),
+                    _ => {
+                        tracing::debug!(agent_id = %session.agent_id, "job event dropped: jobs are not served")
+                    }
+                },
+                Some(agent_frame::Frame::JobsReport(r)) => {
+                    if let Some(sink) = self.jobs.get() {
+                        sink.report(&session.agent_id, generation, r.jobs);
+                    }
                 }
                 Some(agent_frame::Frame::Hello(_)) | None => {}
             }
@@ -536,6 +554,10 @@ impl ControlPlane {
             drop(tunnel);
         }
         session.fail_pending(Some(generation));
+        if said_goodbye && let Some(sink) = self.jobs.get() {
+            // Jobs the agent did not finish before it left are lost.
+            sink.agent_gone(&session.agent_id, "the agent shut down");
+        }
     }
 
     /// Ends a session: closes its tunnel, fails its pending invocations, forgets it and revokes
@@ -544,6 +566,9 @@ impl ControlPlane {
         lock(&session.tunnel).take();
         session.fail_pending(None);
         self.forget(session, reason).await;
+        if let Some(sink) = self.jobs.get() {
+            sink.agent_gone(&session.agent_id, reason);
+        }
     }
 
     /// Forgets a session and revokes its lease (its registration disappears) without touching
@@ -825,5 +850,32 @@ impl AgentLink for ControlPlane {
         let outcome = rx.await;
         guard.done = true;
         outcome.unwrap_or_else(|_| Err(LinkError::Lost(agent_id.to_string())))
+    }
+
+    async fn start_job(&self, agent_id: &str, invoke: pb::Invoke) -> Result<u64, LinkError> {
+        let not_connected = || LinkError::NotConnected(agent_id.to_string());
+        let tunnel = self
+            .session(agent_id)
+            .and_then(|s| s.tunnel())
+            .ok_or_else(not_connected)?;
+        let frame = ServerFrame {
+            frame: Some(server_frame::Frame::Invoke(invoke)),
+        };
+        tunnel
+            .tx
+            .send(Ok(frame))
+            .await
+            .map_err(|_| not_connected())?;
+        Ok(tunnel.generation)
+    }
+
+    fn send_frame(&self, agent_id: &str, frame: ServerFrame) -> bool {
+        self.session(agent_id)
+            .and_then(|s| s.tunnel())
+            .is_some_and(|t| t.tx.try_send(Ok(frame)).is_ok())
+    }
+
+    fn has_session(&self, agent_id: &str) -> bool {
+        self.session(agent_id).is_some()
     }
 }

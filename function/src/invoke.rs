@@ -10,7 +10,9 @@ use croupier_control::audit::{AuditLog, AuditRecord, mask};
 use croupier_control::{AgentLink, LinkError};
 use croupier_proto::common::v1::FunctionDescriptor;
 use croupier_proto::control::v1::{Invoke, InvokeResult};
-use croupier_proto::function::v1::{AgentResult, InvokeFunctionRequest, InvokeFunctionResponse};
+use croupier_proto::function::v1::{
+    AgentResult, InvokeFunctionRequest, InvokeFunctionResponse, InvokeJobRequest, InvokeJobResponse,
+};
 use croupier_proto::json::opt_struct_to_json;
 use croupier_registry::identity::{Identity, Role};
 use croupier_registry::ids::check_id;
@@ -24,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::error::FunctionError;
 use crate::idempotency::{Begin, Idempotency, payload_hash};
+use crate::jobs::{CreateError, JobManager, JobRecord, JobStatus};
 use crate::router::{Mode, Rotation, Slot, rendezvous};
 
 /// Invocation settings.
@@ -61,6 +64,17 @@ pub struct Invoker {
     rotation: Rotation,
     audit: AuditLog,
     per_caller: Mutex<HashMap<String, Arc<Semaphore>>>,
+    jobs: Option<Arc<JobManager>>,
+}
+
+/// A request whose function is resolved, caller authorised and payload checked.
+struct Prepared {
+    key: FnKey,
+    descriptor: Option<Arc<DescriptorRecord>>,
+    opts: croupier_proto::function::v1::InvokeOptions,
+    mode: Mode,
+    /// The payload as JSON, when it was needed (schema or idempotency key).
+    payload_json: Option<serde_json::Value>,
 }
 
 /// A call, resolved and checked, ready to route.
@@ -93,7 +107,24 @@ impl Invoker {
             rotation: Rotation::default(),
             audit,
             per_caller: Mutex::new(HashMap::new()),
+            jobs: None,
         }
+    }
+
+    /// Runs jobs with `jobs` (without it, `InvokeJob` answers UNAVAILABLE).
+    pub fn with_jobs(mut self, jobs: Arc<JobManager>) -> Self {
+        self.jobs = Some(jobs);
+        self
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The job manager, when jobs are served.
+    pub fn jobs(&self) -> Option<&Arc<JobManager>> {
+        self.jobs.as_ref()
     }
 
     /// The idempotency records (for the periodic sweep).
@@ -160,13 +191,12 @@ impl Invoker {
         })
     }
 
-    async fn invoke_inner(
+    /// Checks ids, resolves the function, authorises the caller and validates the payload.
+    fn prepare(
         &self,
         who: &Identity,
         req: &InvokeFunctionRequest,
-        caller_timeout: Option<Duration>,
-        started: Instant,
-    ) -> Result<InvokeFunctionResponse, FunctionError> {
+    ) -> Result<Prepared, FunctionError> {
         check_id("game_id", &req.game_id).map_err(FunctionError::InvalidArgument)?;
         check_id("env", &req.env).map_err(FunctionError::InvalidArgument)?;
         check_id("function_id", &req.function_id).map_err(FunctionError::InvalidArgument)?;
@@ -184,8 +214,8 @@ impl Invoker {
         if let Some(d) = &descriptor {
             authorize(who, d)?;
         }
-        let idem_key = (!opts.idempotency_key.is_empty()).then_some(opts.idempotency_key.as_str());
-        let payload_json = if idem_key.is_some()
+        let keyed = !opts.idempotency_key.is_empty();
+        let payload_json = if keyed
             || descriptor
                 .as_ref()
                 .is_some_and(|d| !d.params_schema.is_null())
@@ -209,7 +239,31 @@ impl Invoker {
                 ))
             })?;
         }
+        Ok(Prepared {
+            key,
+            descriptor,
+            opts,
+            mode,
+            payload_json,
+        })
+    }
+
+    async fn invoke_inner(
+        &self,
+        who: &Identity,
+        req: &InvokeFunctionRequest,
+        caller_timeout: Option<Duration>,
+        started: Instant,
+    ) -> Result<InvokeFunctionResponse, FunctionError> {
+        let Prepared {
+            key,
+            descriptor,
+            opts,
+            mode,
+            payload_json,
+        } = self.prepare(who, req)?;
         let timeout = self.timeout(opts.timeout, descriptor.as_deref(), caller_timeout)?;
+        let idem_key = (!opts.idempotency_key.is_empty()).then_some(opts.idempotency_key.as_str());
         let call = Call {
             who,
             key,
@@ -238,6 +292,215 @@ impl Invoker {
         }
     }
 
+    /// Starts a function as a job for `who` (`InvokeJob`): routes like `InvokeFunction`, stores
+    /// the job and answers with its id at once. The same idempotency key returns the same job.
+    #[tracing::instrument(skip_all, fields(function = %req.function_id, caller = %who))]
+    pub async fn start_job(
+        &self,
+        who: &Identity,
+        req: InvokeJobRequest,
+    ) -> Result<InvokeJobResponse, FunctionError> {
+        let jobs = self
+            .jobs
+            .clone()
+            .ok_or_else(|| FunctionError::Unavailable("this server does not run jobs".into()))?;
+        let _permit = self.admit(who)?;
+        let req = InvokeFunctionRequest {
+            game_id: req.game_id,
+            env: req.env,
+            function_id: req.function_id,
+            payload: req.payload,
+            options: req.options,
+        };
+        let p = self.prepare(who, &req)?;
+        if p.mode == Mode::Broadcast {
+            return Err(FunctionError::InvalidArgument(
+                "routing_mode broadcast is not supported for jobs: a job runs on one agent; \
+                 start one job per agent with routing_mode targeted"
+                    .into(),
+            ));
+        }
+        if p.opts.timeout < 0 {
+            return Err(FunctionError::InvalidArgument(format!(
+                "options.timeout is {}; give seconds > 0, or 0 for the default",
+                p.opts.timeout
+            )));
+        }
+        let max = jobs.config().max_duration;
+        let timeout = if p.opts.timeout > 0 {
+            Duration::from_secs(p.opts.timeout as u64)
+        } else {
+            p.descriptor
+                .as_ref()
+                .filter(|d| d.job && d.timeout_secs > 0)
+                .map_or(max, |d| Duration::from_secs(d.timeout_secs as u64))
+        }
+        .min(max);
+        let started = Instant::now();
+        let outcome = if p.opts.idempotency_key.is_empty() {
+            self.dispatch_job(who, &req, &p, timeout, &jobs).await
+        } else {
+            // Scoped apart from InvokeFunction's keys: a job and a call of the same function may
+            // use the same key without meeting.
+            let record = Idempotency::record_key(
+                &req.game_id,
+                &req.env,
+                &req.function_id,
+                &format!("job:{}", p.opts.idempotency_key),
+            );
+            let hash = payload_hash(p.payload_json.as_ref().unwrap_or(&serde_json::Value::Null));
+            match self
+                .idem
+                .begin(record, hash, Duration::from_secs(30))
+                .await?
+            {
+                Begin::Replay(resp) => {
+                    let job_id = opt_struct_to_json(resp.result.as_ref())["job_id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    let status = jobs
+                        .get_job(&job_id)
+                        .await
+                        .map(|r| r.status)
+                        .unwrap_or_default();
+                    return Ok(InvokeJobResponse {
+                        success: true,
+                        job_id,
+                        status,
+                    });
+                }
+                Begin::Execute(ticket) => {
+                    match self.dispatch_job(who, &req, &p, timeout, &jobs).await {
+                        Ok((job_id, agent)) => {
+                            // Stored as an InvokeFunctionResponse whose result holds the job id.
+                            let resp = InvokeFunctionResponse {
+                                success: true,
+                                result: Some(croupier_proto::json::json_to_struct(
+                                    &serde_json::json!({ "job_id": job_id }),
+                                )),
+                                agent_id: agent.clone(),
+                                ..Default::default()
+                            };
+                            self.idem.finish(ticket, &resp).await;
+                            Ok((job_id, agent))
+                        }
+                        Err(e) => {
+                            self.idem.abandon(ticket).await;
+                            Err(e)
+                        }
+                    }
+                }
+            }
+        };
+        let outcome_name = match &outcome {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.code_name().to_string(),
+        };
+        self.audit.record(AuditRecord {
+            at: now_ms(),
+            who: who.uri(),
+            action: "invoke_job",
+            target: format!("{}/{}/{}", req.game_id, req.env, req.function_id),
+            outcome: outcome_name,
+            details: serde_json::json!({
+                "job_id": outcome.as_ref().map(|(j, _)| j.clone()).unwrap_or_default(),
+                "agent": outcome.as_ref().map(|(_, a)| a.clone()).unwrap_or_default(),
+                "payload": mask(
+                    &opt_struct_to_json(req.payload.as_ref()),
+                    &p.descriptor.as_ref().map(|d| d.sensitive_fields.clone()).unwrap_or_default(),
+                ),
+                "millis": started.elapsed().as_millis() as u64,
+            }),
+        });
+        let (job_id, _) = outcome?;
+        Ok(InvokeJobResponse {
+            success: true,
+            job_id,
+            status: JobStatus::Pending.as_str().into(),
+        })
+    }
+
+    /// Picks an agent, stores the job and sends it; moves to another agent when the first
+    /// could not be sent the job.
+    async fn dispatch_job(
+        &self,
+        who: &Identity,
+        req: &InvokeFunctionRequest,
+        p: &Prepared,
+        timeout: Duration,
+        jobs: &JobManager,
+    ) -> Result<(String, String), FunctionError> {
+        let all = self.view.candidates(&p.key);
+        let usable: Vec<Candidate> = all
+            .iter()
+            .filter(|c| self.usable(c, &p.key, &p.opts))
+            .cloned()
+            .collect();
+        if p.mode == Mode::Targeted {
+            self.check_target(&all, &p.key, &p.opts)?;
+        } else if p.mode == Mode::Hash && p.opts.hash_key.is_empty() {
+            return Err(FunctionError::InvalidArgument(
+                "routing_mode hash needs options.hash_key".into(),
+            ));
+        }
+        let candidates: Vec<Candidate> = if p.mode == Mode::Targeted {
+            usable
+                .into_iter()
+                .filter(|c| c.agent.agent_id == p.opts.target_agent)
+                .collect()
+        } else {
+            usable
+        };
+        if candidates.is_empty() {
+            return Err(self.unavailable(&p.key, &all, &p.opts));
+        }
+        let mut excluded: Vec<String> = Vec::new();
+        loop {
+            let Some(agent) = self.pick(&p.key, &candidates, p.mode, &p.opts, &excluded) else {
+                return Err(FunctionError::Unavailable(format!(
+                    "no agent could be sent the job for {} (all disconnected)",
+                    p.key.function_id
+                )));
+            };
+            let job_id = uuid::Uuid::now_v7().to_string();
+            let record = JobRecord {
+                job_id: job_id.clone(),
+                function_id: p.key.function_id.clone(),
+                game_id: p.key.game_id.clone(),
+                env: p.key.env.clone(),
+                agent_id: agent.clone(),
+                caller: who.uri(),
+                status: JobStatus::Pending,
+                created_at: now_ms(),
+                timeout_ms: timeout.as_millis() as i64,
+                ..Default::default()
+            };
+            let invoke = Invoke {
+                request_id: job_id.clone(),
+                function_id: p.key.function_id.clone(),
+                payload: req.payload.clone(),
+                timeout_ms: timeout.as_millis().max(1) as i64,
+                game_id: p.key.game_id.clone(),
+                env: p.key.env.clone(),
+                caller: who.uri(),
+                idempotency_key: p.opts.idempotency_key.clone(),
+                job_id: job_id.clone(),
+            };
+            match jobs.create(record, invoke).await {
+                Ok(()) => {
+                    tracing::info!(job_id = %job_id, agent_id = %agent, function = %p.key.function_id, "job started");
+                    return Ok((job_id, agent));
+                }
+                Err(CreateError::Store(e)) => return Err(e),
+                Err(CreateError::Link(e)) => {
+                    tracing::debug!(agent_id = %agent, error = %e, "job not sent; trying another agent");
+                    excluded.push(agent);
+                }
+            }
+        }
+    }
+
     fn timeout(
         &self,
         requested_secs: i32,
@@ -260,6 +523,51 @@ impl Invoker {
         Ok(caller.map_or(chosen, |c| c.min(chosen)))
     }
 
+    /// True when the candidate can take the call now.
+    fn usable(
+        &self,
+        c: &Candidate,
+        key: &FnKey,
+        opts: &croupier_proto::function::v1::InvokeOptions,
+    ) -> bool {
+        c.state == NodeState::Normal
+            && c.agent.matches(&opts.selector)
+            && (opts.version.is_empty()
+                || c.agent
+                    .provides(&key.function_id)
+                    .is_some_and(|f| f.version == opts.version))
+            && self.link.is_connected(&c.agent.agent_id)
+    }
+
+    /// For targeted routing: the target must provide the function and be usable.
+    fn check_target(
+        &self,
+        all: &[Candidate],
+        key: &FnKey,
+        opts: &croupier_proto::function::v1::InvokeOptions,
+    ) -> Result<(), FunctionError> {
+        if opts.target_agent.is_empty() {
+            return Err(FunctionError::InvalidArgument(
+                "routing_mode targeted needs options.target_agent".into(),
+            ));
+        }
+        let Some(c) = all.iter().find(|c| c.agent.agent_id == opts.target_agent) else {
+            return Err(FunctionError::NotFound(format!(
+                "agent {:?} does not provide {} in game {:?} env {:?}",
+                opts.target_agent, key.function_id, key.game_id, key.env
+            )));
+        };
+        if !self.usable(c, key, opts) {
+            return Err(FunctionError::Unavailable(format!(
+                "agent {:?} cannot take {} now: {}",
+                opts.target_agent,
+                key.function_id,
+                self.why_not(c, opts, &key.function_id)
+            )));
+        }
+        Ok(())
+    }
+
     async fn route(
         &self,
         call: &Call<'_>,
@@ -267,44 +575,24 @@ impl Invoker {
         opts: &croupier_proto::function::v1::InvokeOptions,
     ) -> Result<InvokeFunctionResponse, FunctionError> {
         let all = self.view.candidates(&call.key);
-        let usable = |c: &Candidate| {
-            c.state == NodeState::Normal
-                && c.agent.matches(&opts.selector)
-                && (opts.version.is_empty()
-                    || c.agent
-                        .provides(&call.key.function_id)
-                        .is_some_and(|f| f.version == opts.version))
-                && self.link.is_connected(&c.agent.agent_id)
-        };
         match mode {
             Mode::Broadcast => {
-                let targets: Vec<&Candidate> = all.iter().filter(|c| usable(c)).collect();
+                let targets: Vec<&Candidate> = all
+                    .iter()
+                    .filter(|c| self.usable(c, &call.key, opts))
+                    .collect();
                 if targets.is_empty() {
-                    return Err(self.unavailable(call, &all, opts));
+                    return Err(self.unavailable(&call.key, &all, opts));
                 }
                 Ok(self.broadcast(call, &targets).await)
             }
             Mode::Targeted => {
-                if opts.target_agent.is_empty() {
-                    return Err(FunctionError::InvalidArgument(
-                        "routing_mode targeted needs options.target_agent".into(),
-                    ));
-                }
-                let Some(c) = all.iter().find(|c| c.agent.agent_id == opts.target_agent) else {
-                    return Err(FunctionError::NotFound(format!(
-                        "agent {:?} does not provide {} in game {:?} env {:?}",
-                        opts.target_agent, call.key.function_id, call.key.game_id, call.key.env
-                    )));
-                };
-                if !usable(c) {
-                    return Err(FunctionError::Unavailable(format!(
-                        "agent {:?} cannot take {} now: {}",
-                        opts.target_agent,
-                        call.key.function_id,
-                        self.why_not(c, opts, &call.key.function_id)
-                    )));
-                }
-                self.single(call, std::slice::from_ref(c), mode, opts).await
+                self.check_target(&all, &call.key, opts)?;
+                let target: Vec<Candidate> = all
+                    .into_iter()
+                    .filter(|c| c.agent.agent_id == opts.target_agent)
+                    .collect();
+                self.single(call, &target, mode, opts).await
             }
             _ => {
                 if mode == Mode::Hash && opts.hash_key.is_empty() {
@@ -312,13 +600,42 @@ impl Invoker {
                         "routing_mode hash needs options.hash_key".into(),
                     ));
                 }
-                let usable: Vec<Candidate> = all.iter().filter(|c| usable(c)).cloned().collect();
+                let usable: Vec<Candidate> = all
+                    .iter()
+                    .filter(|c| self.usable(c, &call.key, opts))
+                    .cloned()
+                    .collect();
                 if usable.is_empty() {
-                    return Err(self.unavailable(call, &all, opts));
+                    return Err(self.unavailable(&call.key, &all, opts));
                 }
                 self.single(call, &usable, mode, opts).await
             }
         }
+    }
+
+    /// Picks one of `candidates` (minus `excluded`) by `mode`.
+    fn pick(
+        &self,
+        key: &FnKey,
+        candidates: &[Candidate],
+        mode: Mode,
+        opts: &croupier_proto::function::v1::InvokeOptions,
+        excluded: &[String],
+    ) -> Option<String> {
+        let slots: Vec<Slot<'_>> = candidates
+            .iter()
+            .filter(|c| !excluded.contains(&c.agent.agent_id))
+            .map(|c| Slot {
+                agent_id: &c.agent.agent_id,
+                in_flight: self.link.in_flight(&c.agent.agent_id),
+            })
+            .collect();
+        let i = match mode {
+            Mode::RoundRobin => self.rotation.round_robin(&key.function_id, &slots),
+            Mode::Hash => rendezvous(&opts.hash_key, &slots),
+            _ => self.rotation.least_loaded(&slots),
+        }?;
+        Some(slots[i].agent_id.to_string())
     }
 
     /// Runs the call on one agent picked by `mode`, moving to another agent only when the first
@@ -330,23 +647,10 @@ impl Invoker {
         mode: Mode,
         opts: &croupier_proto::function::v1::InvokeOptions,
     ) -> Result<InvokeFunctionResponse, FunctionError> {
-        let mut excluded: Vec<&str> = Vec::new();
+        let mut excluded: Vec<String> = Vec::new();
         let mut lost: Option<String> = None;
         loop {
-            let slots: Vec<Slot<'_>> = candidates
-                .iter()
-                .filter(|c| !excluded.contains(&c.agent.agent_id.as_str()))
-                .map(|c| Slot {
-                    agent_id: &c.agent.agent_id,
-                    in_flight: self.link.in_flight(&c.agent.agent_id),
-                })
-                .collect();
-            let pick = match mode {
-                Mode::RoundRobin => self.rotation.round_robin(&call.key.function_id, &slots),
-                Mode::Hash => rendezvous(&opts.hash_key, &slots),
-                _ => self.rotation.least_loaded(&slots),
-            };
-            let Some(i) = pick else {
+            let Some(agent) = self.pick(&call.key, candidates, mode, opts, &excluded) else {
                 return Err(FunctionError::Unavailable(match lost {
                     Some(a) => format!(
                         "agent {a} was lost before it answered {} and no other agent could take \
@@ -359,13 +663,13 @@ impl Invoker {
                     ),
                 }));
             };
-            let agent = slots[i].agent_id;
+            let agent = agent.as_str();
             match self.send(call, agent).await {
                 Ok(r) => return Ok(response(r, agent)),
                 Err(Sent::DeadlinePassed) => return Err(self.deadline(call, agent)),
                 Err(Sent::Link(LinkError::NotConnected(_)))
                 | Err(Sent::Link(LinkError::Overloaded(_))) => {
-                    excluded.push(agent);
+                    excluded.push(agent.to_string());
                 }
                 Err(Sent::Link(LinkError::Lost(_)))
                     if call.retry_safe && mode != Mode::Targeted =>
@@ -374,7 +678,7 @@ impl Invoker {
                         agent_id = agent,
                         "agent lost mid-call; retrying on another agent"
                     );
-                    excluded.push(agent);
+                    excluded.push(agent.to_string());
                     lost = Some(agent.to_string());
                 }
                 Err(Sent::Link(LinkError::Lost(_))) => {
@@ -520,16 +824,16 @@ impl Invoker {
 
     fn unavailable(
         &self,
-        call: &Call<'_>,
+        key: &FnKey,
         all: &[Candidate],
         opts: &croupier_proto::function::v1::InvokeOptions,
     ) -> FunctionError {
-        let f = &call.key.function_id;
+        let f = &key.function_id;
         if all.is_empty() {
             return FunctionError::Unavailable(format!(
                 "no agent provides {f} in game {:?} env {:?} right now (the function is \
                  registered, but its agents are offline)",
-                call.key.game_id, call.key.env
+                key.game_id, key.env
             ));
         }
         let reasons: Vec<String> = all

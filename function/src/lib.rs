@@ -5,14 +5,17 @@
 //! - [`router`] — routing modes over candidate agents (pure, unit-tested).
 //! - [`invoke`] — [`Invoker`], one invocation from request to response.
 //! - [`idempotency`] — idempotency records in the store, across replicas.
+//! - [`jobs`] — [`JobManager`]: job records, ordered replayable event streams, cancel.
 //! - [`service`] — the `FunctionService` handler.
 //! - [`error`] — [`FunctionError`] and its gRPC mapping.
 
 pub mod error;
 pub mod idempotency;
 pub mod invoke;
+pub mod jobs;
 pub mod router;
 pub mod service;
 
 pub use error::FunctionError;
 pub use invoke::{InvokeConfig, Invoker};
+pub use jobs::{JobConfig, JobManager};

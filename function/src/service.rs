@@ -11,9 +11,8 @@ use tonic::{Request, Response, Status};
 
 use crate::invoke::{Invoker, parse_grpc_timeout};
 
-/// Message for the job rpcs until jobs are served.
-const JOBS_NOT_SERVED: &str = "jobs (InvokeJob, StreamJobEvents, CancelJob, GetJob, ListJobs) are not served by this \
-     server version; use InvokeFunction";
+use crate::error::FunctionError;
+use crate::jobs::JobManager;
 
 /// The `FunctionService` implementation.
 pub struct FunctionServer {
@@ -21,9 +20,15 @@ pub struct FunctionServer {
 }
 
 impl FunctionServer {
-    /// Serves `invoker`.
+    /// Serves `invoker` (and its job manager, when it has one).
     pub fn new(invoker: Arc<Invoker>) -> Self {
         FunctionServer { invoker }
+    }
+
+    fn jobs(&self) -> Result<&Arc<JobManager>, Status> {
+        self.invoker.jobs().ok_or_else(|| {
+            FunctionError::Unavailable("this server does not run jobs".into()).into()
+        })
     }
 }
 
@@ -50,25 +55,47 @@ impl FunctionService for FunctionServer {
 
     async fn invoke_job(
         &self,
-        _request: Request<pb::InvokeJobRequest>,
+        request: Request<pb::InvokeJobRequest>,
     ) -> Result<Response<pb::InvokeJobResponse>, Status> {
-        Err(Status::unimplemented(JOBS_NOT_SERVED))
+        let who = caller(&request)?;
+        let resp = self.invoker.start_job(&who, request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 
     type StreamJobEventsStream = JobEventStream;
 
     async fn stream_job_events(
         &self,
-        _request: Request<pb::StreamJobEventsRequest>,
+        request: Request<pb::StreamJobEventsRequest>,
     ) -> Result<Response<Self::StreamJobEventsStream>, Status> {
-        Err(Status::unimplemented(JOBS_NOT_SERVED))
+        caller(&request)?;
+        let r = request.into_inner();
+        let stream = self.jobs()?.subscribe(&r.job_id, r.from_seq).await?;
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn cancel_job(
         &self,
-        _request: Request<pb::CancelJobRequest>,
+        request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
-        Err(Status::unimplemented(JOBS_NOT_SERVED))
+        let who = caller(&request)?;
+        let r = request.into_inner();
+        let resp = self.jobs()?.cancel(&who, &r.job_id, &r.reason).await?;
+        self.invoker
+            .audit()
+            .record(croupier_control::audit::AuditRecord {
+                at: croupier_registry::model::now_ms(),
+                who: who.uri(),
+                action: "cancel_job",
+                target: r.job_id,
+                outcome: if resp.success {
+                    "ok".into()
+                } else {
+                    resp.message.clone()
+                },
+                details: serde_json::json!({ "reason": r.reason }),
+            });
+        Ok(Response::new(resp))
     }
 
     #[tracing::instrument(skip_all)]
@@ -94,15 +121,19 @@ impl FunctionService for FunctionServer {
 
     async fn get_job(
         &self,
-        _request: Request<pb::GetJobRequest>,
+        request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
-        Err(Status::unimplemented(JOBS_NOT_SERVED))
+        caller(&request)?;
+        let job = self.jobs()?.get_job(&request.into_inner().job_id).await?;
+        Ok(Response::new(pb::GetJobResponse { job: Some(job) }))
     }
 
     async fn list_jobs(
         &self,
-        _request: Request<pb::ListJobsRequest>,
+        request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        Err(Status::unimplemented(JOBS_NOT_SERVED))
+        caller(&request)?;
+        let resp = self.jobs()?.list_jobs(&request.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 }

@@ -33,3 +33,25 @@ pub fn node(agent_id: &str) -> String {
 pub fn idem(game: &str, env: &str, function_id: &str, key: &str) -> String {
     format!("{IDEM}{game}/{env}/{function_id}/{key}")
 }
+
+/// Prefix of job records.
+pub const JOBS: &str = "/croupier/jobs/";
+/// Prefix of job event logs. It lies outside [`ROOT`] on purpose: the registry view of every
+/// server watches `ROOT`, and event traffic has no business there.
+pub const JOB_EVENTS: &str = "/croupier-events/jobs/";
+
+/// `/croupier/jobs/{job_id}`.
+pub fn job(job_id: &str) -> String {
+    format!("{JOBS}{job_id}")
+}
+
+/// `/croupier-events/jobs/{job_id}/`: every event chunk of a job.
+pub fn job_events(job_id: &str) -> String {
+    format!("{JOB_EVENTS}{job_id}/")
+}
+
+/// `/croupier-events/jobs/{job_id}/{first_seq}`: one chunk of a job's events, starting at
+/// `first_seq` (zero-padded so keys sort by seq).
+pub fn job_event_chunk(job_id: &str, first_seq: i64) -> String {
+    format!("{JOB_EVENTS}{job_id}/{first_seq:020}")
+}

@@ -8,8 +8,9 @@ use croupier_proto::control::v1::{
     SetNodeStateRequest, SetNodeStateResponse, control_service_client::ControlServiceClient,
 };
 use croupier_proto::function::v1::{
-    InvokeFunctionRequest, InvokeFunctionResponse, InvokeOptions,
-    function_service_client::FunctionServiceClient,
+    CancelJobRequest, CancelJobResponse, EventType, GetJobRequest, InvokeFunctionRequest,
+    InvokeFunctionResponse, InvokeJobRequest, InvokeOptions, JobEvent, JobRecord, ListJobsRequest,
+    ListJobsResponse, StreamJobEventsRequest, function_service_client::FunctionServiceClient,
 };
 use croupier_proto::json::json_to_struct;
 use croupier_proto::registry::v1::{
@@ -63,6 +64,90 @@ impl CallOptions {
             self.env.clone()
         }
     }
+
+    fn to_proto(&self) -> InvokeOptions {
+        InvokeOptions {
+            idempotency_key: self.idempotency_key.clone(),
+            timeout: self.timeout.map(|t| t.as_secs().max(1) as i32).unwrap_or(0),
+            routing_mode: self.routing.clone(),
+            target_agent: self.target.clone(),
+            hash_key: self.hash_key.clone(),
+            selector: self.selector.clone(),
+            version: self.version.clone(),
+        }
+    }
+}
+
+/// A started job: follow its events, cancel it, or wait for its end.
+#[derive(Clone)]
+pub struct JobHandle {
+    client: Client,
+    job_id: String,
+}
+
+impl std::fmt::Debug for JobHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobHandle")
+            .field("job_id", &self.job_id)
+            .finish()
+    }
+}
+
+impl JobHandle {
+    /// The job id.
+    pub fn id(&self) -> &str {
+        &self.job_id
+    }
+
+    /// The job's events from `from_seq` (0: from the start), then live until the terminal one.
+    pub async fn events(&self, from_seq: i64) -> Result<Streaming<JobEvent>, Status> {
+        self.client.job_events(&self.job_id, from_seq).await
+    }
+
+    /// Asks for the job to be cancelled.
+    pub async fn cancel(&self, reason: &str) -> Result<CancelJobResponse, Status> {
+        self.client.cancel_job(&self.job_id, reason).await
+    }
+
+    /// Waits for the job to end (following its events, resuming after a broken stream) and
+    /// returns its record.
+    pub async fn wait(&self) -> Result<JobRecord, Status> {
+        let mut next = 1;
+        let mut failures = 0;
+        'outer: loop {
+            let mut stream = match self.events(next).await {
+                Ok(s) => s,
+                Err(s) if s.code() == tonic::Code::Unavailable && failures < 5 => {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * failures)).await;
+                    continue;
+                }
+                Err(s) => return Err(s),
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(ev)) => {
+                        if ev.seq > 0 {
+                            next = ev.seq + 1;
+                        }
+                        if matches!(
+                            EventType::try_from(ev.r#type),
+                            Ok(EventType::Done | EventType::Error | EventType::Cancelled)
+                        ) {
+                            break 'outer;
+                        }
+                    }
+                    Ok(None) => break 'outer,
+                    Err(s) if s.code() == tonic::Code::Unavailable && failures < 5 => {
+                        failures += 1;
+                        continue 'outer;
+                    }
+                    Err(s) => return Err(s),
+                }
+            }
+        }
+        self.client.get_job(&self.job_id).await
+    }
 }
 
 /// A connection to a Croupier server. Cheap to clone.
@@ -107,15 +192,7 @@ impl Client {
             env: opts.env_or_default(),
             function_id: function.to_string(),
             payload: Some(json_to_struct(&payload)),
-            options: Some(InvokeOptions {
-                idempotency_key: opts.idempotency_key.clone(),
-                timeout: opts.timeout.map(|t| t.as_secs().max(1) as i32).unwrap_or(0),
-                routing_mode: opts.routing.clone(),
-                target_agent: opts.target.clone(),
-                hash_key: opts.hash_key.clone(),
-                selector: opts.selector.clone(),
-                version: opts.version.clone(),
-            }),
+            options: Some(opts.to_proto()),
         });
         if let Some(t) = opts.timeout {
             // A little over the server-side deadline, so the server's answer arrives first.
@@ -127,6 +204,88 @@ impl Client {
             .invoke_function(req)
             .await?
             .into_inner())
+    }
+
+    /// Starts `function` as a job; `opts.timeout` is the job's deadline.
+    pub async fn start_job(
+        &self,
+        function: &str,
+        payload: serde_json::Value,
+        opts: &CallOptions,
+    ) -> Result<JobHandle, Status> {
+        let resp = self
+            .function
+            .clone()
+            .invoke_job(InvokeJobRequest {
+                game_id: opts.game(),
+                env: opts.env_or_default(),
+                function_id: function.to_string(),
+                payload: Some(json_to_struct(&payload)),
+                options: Some(opts.to_proto()),
+            })
+            .await?
+            .into_inner();
+        Ok(self.job(&resp.job_id))
+    }
+
+    /// A handle on an existing job.
+    pub fn job(&self, job_id: &str) -> JobHandle {
+        JobHandle {
+            client: self.clone(),
+            job_id: job_id.to_string(),
+        }
+    }
+
+    /// A job's events from `from_seq` (0: from the start), then live until the terminal one.
+    pub async fn job_events(
+        &self,
+        job_id: &str,
+        from_seq: i64,
+    ) -> Result<Streaming<JobEvent>, Status> {
+        Ok(self
+            .function
+            .clone()
+            .stream_job_events(StreamJobEventsRequest {
+                job_id: job_id.to_string(),
+                from_seq,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Asks for a job to be cancelled.
+    pub async fn cancel_job(
+        &self,
+        job_id: &str,
+        reason: &str,
+    ) -> Result<CancelJobResponse, Status> {
+        Ok(self
+            .function
+            .clone()
+            .cancel_job(CancelJobRequest {
+                job_id: job_id.to_string(),
+                reason: reason.to_string(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// One job's record.
+    pub async fn get_job(&self, job_id: &str) -> Result<JobRecord, Status> {
+        self.function
+            .clone()
+            .get_job(GetJobRequest {
+                job_id: job_id.to_string(),
+            })
+            .await?
+            .into_inner()
+            .job
+            .ok_or_else(|| Status::internal("GetJob answered without a job"))
+    }
+
+    /// A page of job records, newest first.
+    pub async fn list_jobs(&self, req: ListJobsRequest) -> Result<ListJobsResponse, Status> {
+        Ok(self.function.clone().list_jobs(req).await?.into_inner())
     }
 
     /// Function registrations; empty arguments match everything.

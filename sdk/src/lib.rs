@@ -11,14 +11,17 @@
 //! - [`tls`] — mTLS files and channels.
 //! - [`client`] — the caller [`Client`].
 //! - [`provider`] — [`Provider`], [`Invocation`], [`HandlerError`].
+//! - [`job`] — [`JobContext`] for job handlers, and the outbox that delivers job events.
 //! - [`backoff`] — exponential backoff with jitter.
 
 pub mod backoff;
 pub mod client;
+pub mod job;
 pub mod provider;
 pub mod tls;
 
-pub use client::{CallOptions, Client};
+pub use client::{CallOptions, Client, JobHandle};
 pub use croupier_proto as proto;
+pub use job::JobContext;
 pub use provider::{HandlerError, Invocation, Provider, ProviderConfig};
 pub use tls::TlsFiles;

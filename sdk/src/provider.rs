@@ -33,6 +33,7 @@ use croupier_proto::control::v1::{
     AgentFrame, Goodbye, HeartbeatRequest, Hello, Invoke, InvokeResult, RegisterAgentRequest,
     agent_frame, control_service_client::ControlServiceClient, server_frame,
 };
+use croupier_proto::function::v1::EventType;
 use croupier_proto::json::{json_to_struct, opt_struct_to_json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -42,6 +43,7 @@ use tonic::Code;
 
 use crate::backoff::Backoff;
 use crate::client::MAX_MESSAGE_BYTES;
+use crate::job::{JobContext, Outbox};
 use crate::tls::{TlsError, TlsFiles, connect, error_chain};
 
 /// One call to a handler.
@@ -93,7 +95,29 @@ impl HandlerError {
 }
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<serde_json::Value, HandlerError>> + Send>>;
-type Handler = Arc<dyn Fn(Invocation) -> BoxFuture + Send + Sync>;
+
+/// A registered handler: a plain call, or a job that reports events.
+#[derive(Clone)]
+enum Handler {
+    Call(Arc<dyn Fn(Invocation) -> BoxFuture + Send + Sync>),
+    Job(Arc<dyn Fn(JobContext) -> BoxFuture + Send + Sync>),
+}
+
+/// A running invocation's cancellation: the token and why it was cancelled.
+#[derive(Default)]
+struct Running {
+    cancel: CancellationToken,
+    reason: Mutex<Option<String>>,
+}
+
+impl Running {
+    fn cancel(&self, reason: &str) {
+        lock(&self.reason).get_or_insert_with(|| reason.to_string());
+        self.cancel.cancel();
+    }
+}
+
+type RunningMap = Arc<Mutex<HashMap<String, Arc<Running>>>>;
 type StatusFn = Arc<dyn Fn() -> HashMap<String, String> + Send + Sync>;
 
 /// Where and as whom a provider connects.
@@ -115,8 +139,10 @@ pub struct ProviderConfig {
     pub tls: TlsFiles,
     /// Reconnect backoff.
     pub backoff: Backoff,
-    /// How long shutdown waits for running calls before leaving. Default 10 s.
+    /// How long shutdown waits for running calls and jobs before cancelling them. Default 10 s.
     pub shutdown_grace: Duration,
+    /// How long a cancelled job handler may take to clean up before it is dropped. Default 10 s.
+    pub cancel_grace: Duration,
 }
 
 impl ProviderConfig {
@@ -132,6 +158,7 @@ impl ProviderConfig {
             tls,
             backoff: Backoff::default(),
             shutdown_grace: Duration::from_secs(10),
+            cancel_grace: Duration::from_secs(10),
         }
     }
 }
@@ -170,6 +197,8 @@ pub struct Provider {
     status: Option<StatusFn>,
     state: watch::Sender<ProviderState>,
     in_flight: Arc<AtomicI64>,
+    running: RunningMap,
+    outbox: Arc<Outbox>,
 }
 
 /// How one session ended.
@@ -188,18 +217,42 @@ impl Provider {
             status: None,
             state: watch::channel(ProviderState::default()).0,
             in_flight: Arc::new(AtomicI64::new(0)),
+            running: Arc::default(),
+            outbox: Outbox::new(),
         }
     }
 
     /// Registers a function: its descriptor (id, params schema, semantics…) and async handler.
-    pub fn function<F, Fut>(mut self, descriptor: FunctionDescriptor, handler: F) -> Self
+    pub fn function<F, Fut>(self, descriptor: FunctionDescriptor, handler: F) -> Self
     where
         F: Fn(Invocation) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<serde_json::Value, HandlerError>> + Send + 'static,
     {
+        let handler = Handler::Call(Arc::new(move |inv| Box::pin(handler(inv))));
+        self.add(descriptor, handler)
+    }
+
+    /// Registers a job function: its handler gets a [`JobContext`] to report progress, log
+    /// lines and data, and its cancellation token. The descriptor is marked as a job. Invoked
+    /// with `InvokeJob` it runs as a job (events numbered 1, 2, 3…: `START`, the handler's
+    /// reports, then `DONE`, `ERROR` or `CANCELLED`); invoked with `InvokeFunction` it runs to
+    /// its result and its reports are dropped.
+    pub fn job<F, Fut>(self, mut descriptor: FunctionDescriptor, handler: F) -> Self
+    where
+        F: Fn(JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<serde_json::Value, HandlerError>> + Send + 'static,
+    {
+        descriptor
+            .semantics
+            .get_or_insert_with(Default::default)
+            .job = true;
+        let handler = Handler::Job(Arc::new(move |ctx| Box::pin(handler(ctx))));
+        self.add(descriptor, handler)
+    }
+
+    fn add(mut self, descriptor: FunctionDescriptor, handler: Handler) -> Self {
         let id = descriptor.id.clone();
-        self.handlers
-            .insert(id.clone(), Arc::new(move |inv| Box::pin(handler(inv))));
+        self.handlers.insert(id.clone(), handler);
         self.descriptors.retain(|d| d.id != id);
         self.descriptors.push(descriptor);
         self
@@ -316,13 +369,17 @@ impl Provider {
             Err(s) => return Ended::Reconnect(format!("Connect: {}", s.message())),
         }
         backoff.reset();
+        let mut generation = 0;
         self.state.send_modify(|s| {
             s.connected = true;
             s.session_id = session_id.clone();
             s.server = server.to_string();
             s.node_state = registered.node_state;
             s.connects += 1;
+            generation = s.connects;
         });
+        // Report running jobs and send their unacknowledged events before anything new.
+        self.outbox.attach(generation, out_tx.clone()).await;
         tracing::info!(server, agent_id = %self.cfg.agent_id, session = %session_id, resumed = registered.resumed, "tunnel open");
 
         // Heartbeats run beside the tunnel; a refused heartbeat (session expired) ends it.
@@ -334,9 +391,9 @@ impl Provider {
             interval,
             self.status.clone(),
             self.in_flight.clone(),
+            self.outbox.clone(),
             session_over.clone(),
         ));
-        let running: Arc<Mutex<HashMap<String, CancellationToken>>> = Arc::default();
         let ended = loop {
             let frame = tokio::select! {
                 _ = shutdown.cancelled() => break Ended::Shutdown,
@@ -349,13 +406,14 @@ impl Provider {
                 Err(s) => break Ended::Reconnect(error_chain(&s)),
             };
             match frame.frame {
-                Some(server_frame::Frame::Invoke(inv)) => self.spawn_call(inv, &out_tx, &running),
+                Some(server_frame::Frame::Invoke(inv)) => self.spawn_call(inv, &out_tx),
                 Some(server_frame::Frame::Cancel(c)) => {
-                    if let Some(t) = lock(&running).get(&c.request_id) {
+                    if let Some(r) = lock(&self.running).get(&c.request_id) {
                         tracing::debug!(request_id = %c.request_id, reason = %c.reason, "call cancelled");
-                        t.cancel();
+                        r.cancel(&c.reason);
                     }
                 }
+                Some(server_frame::Frame::Ack(a)) => self.outbox.ack(&a.job_id, a.seq).await,
                 Some(server_frame::Frame::StateChange(sc)) => {
                     if let Some(r) = sc.record {
                         tracing::info!(state = ?NodeState::try_from(r.state).unwrap_or_default(), reason = %r.reason, actor = %r.actor, "node state changed");
@@ -367,9 +425,7 @@ impl Provider {
                     // and the next session goes to the next server.
                     tracing::info!(reason = %g.reason, "server going away");
                 }
-                Some(server_frame::Frame::Ack(_))
-                | Some(server_frame::Frame::Welcome(_))
-                | None => {}
+                Some(server_frame::Frame::Welcome(_)) | None => {}
             }
         };
         session_over.cancel();
@@ -385,9 +441,19 @@ impl Provider {
             while self.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            for t in lock(&running).values() {
-                t.cancel();
+            let left: Vec<Arc<Running>> = lock(&self.running).values().cloned().collect();
+            for r in &left {
+                r.cancel("the agent shut down");
             }
+            // Cancelled jobs report CANCELLED before the tunnel closes.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !left.is_empty()
+                && self.in_flight.load(Ordering::Relaxed) > 0
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            self.outbox.detach(generation).await;
             // Close our side and wait (briefly) for the server to close its side, so the
             // goodbye and the last results are delivered before the process exits.
             drop(out_tx);
@@ -396,33 +462,40 @@ impl Provider {
             })
             .await;
             tracing::info!(agent_id = %self.cfg.agent_id, "said goodbye");
+        } else {
+            self.outbox.detach(generation).await;
         }
         ended
     }
 
-    fn spawn_call(
-        &self,
-        inv: Invoke,
-        out: &mpsc::Sender<AgentFrame>,
-        running: &Arc<Mutex<HashMap<String, CancellationToken>>>,
-    ) {
+    fn spawn_call(&self, inv: Invoke, out: &mpsc::Sender<AgentFrame>) {
         let out = out.clone();
         let request_id = inv.request_id.clone();
         let Some(handler) = self.handlers.get(&inv.function_id).cloned() else {
-            let result = failure(
-                &request_id,
-                "NOT_FOUND",
-                format!("this agent does not provide {}", inv.function_id),
-            );
-            tokio::spawn(async move { out.send(result).await });
+            let message = format!("this agent does not provide {}", inv.function_id);
+            if inv.job_id.is_empty() {
+                let result = failure(&request_id, "NOT_FOUND", message);
+                tokio::spawn(async move { out.send(result).await });
+            } else {
+                let outbox = self.outbox.clone();
+                tokio::spawn(async move {
+                    if outbox.begin(&inv.job_id, &inv.function_id).await {
+                        let data = Some(serde_json::json!({ "code": "NOT_FOUND" }));
+                        outbox
+                            .emit(&inv.job_id, EventType::Error, message, 0.0, data)
+                            .await;
+                    }
+                });
+            }
             return;
         };
-        let cancel = CancellationToken::new();
-        lock(running).insert(request_id.clone(), cancel.clone());
-        let running = running.clone();
+        let running = Arc::new(Running::default());
+        lock(&self.running).insert(request_id.clone(), running.clone());
+        let running_map = self.running.clone();
         let in_flight = self.in_flight.clone();
         in_flight.fetch_add(1, Ordering::Relaxed);
         let timeout = Duration::from_millis(inv.timeout_ms.max(1) as u64);
+        let job_id = inv.job_id.clone();
         let call = Invocation {
             request_id: request_id.clone(),
             function_id: inv.function_id,
@@ -432,34 +505,139 @@ impl Provider {
             env: inv.env,
             idempotency_key: inv.idempotency_key,
             deadline: Instant::now() + timeout,
-            cancel: cancel.clone(),
+            cancel: running.cancel.clone(),
         };
+        let outbox = self.outbox.clone();
+        let agent_id = self.cfg.agent_id.clone();
+        let cancel_grace = self.cfg.cancel_grace;
         tokio::spawn(async move {
-            let outcome = tokio::select! {
-                r = handler(call) => r,
-                _ = tokio::time::sleep(timeout) => {
-                    cancel.cancel();
-                    Err(HandlerError::new("DEADLINE_EXCEEDED", "the call's deadline passed"))
-                }
-                _ = cancel.cancelled() => Err(HandlerError::new("CANCELLED", "the call was cancelled")),
-            };
-            let frame = match outcome {
-                Ok(v) => AgentFrame {
-                    frame: Some(agent_frame::Frame::Result(InvokeResult {
-                        request_id: request_id.clone(),
-                        success: true,
-                        result: Some(json_to_struct(&v)),
-                        error: String::new(),
-                        error_code: String::new(),
-                    })),
-                },
-                Err(e) => failure(&request_id, &e.code, e.message),
-            };
-            let _ = out.send(frame).await;
-            lock(&running).remove(&request_id);
+            if job_id.is_empty() {
+                let outcome = run_call(handler, call, timeout, &running).await;
+                let frame = match outcome {
+                    Ok(v) => AgentFrame {
+                        frame: Some(agent_frame::Frame::Result(InvokeResult {
+                            request_id: request_id.clone(),
+                            success: true,
+                            result: Some(json_to_struct(&v)),
+                            error: String::new(),
+                            error_code: String::new(),
+                        })),
+                    },
+                    Err(e) => failure(&request_id, &e.code, e.message),
+                };
+                let _ = out.send(frame).await;
+            } else {
+                run_job(
+                    handler,
+                    call,
+                    timeout,
+                    cancel_grace,
+                    &running,
+                    &outbox,
+                    &agent_id,
+                )
+                .await;
+            }
+            lock(&running_map).remove(&request_id);
             in_flight.fetch_sub(1, Ordering::Relaxed);
         });
     }
+}
+
+/// Runs a plain invocation: the handler is dropped when the deadline passes or the call is
+/// cancelled.
+async fn run_call(
+    handler: Handler,
+    call: Invocation,
+    timeout: Duration,
+    running: &Running,
+) -> Result<serde_json::Value, HandlerError> {
+    let fut = match handler {
+        Handler::Call(h) => h(call),
+        Handler::Job(h) => h(JobContext::new(call, None)),
+    };
+    tokio::select! {
+        r = fut => r,
+        _ = tokio::time::sleep(timeout) => {
+            running.cancel.cancel();
+            Err(HandlerError::new("DEADLINE_EXCEEDED", "the call's deadline passed"))
+        }
+        _ = running.cancel.cancelled() => Err(HandlerError::new("CANCELLED", "the call was cancelled")),
+    }
+}
+
+/// Runs a job: `START`, the handler (given `cancel_grace` to clean up once cancelled), then one
+/// terminal event.
+async fn run_job(
+    handler: Handler,
+    call: Invocation,
+    timeout: Duration,
+    cancel_grace: Duration,
+    running: &Running,
+    outbox: &Arc<Outbox>,
+    agent_id: &str,
+) {
+    let job_id = call.request_id.clone();
+    if !outbox.begin(&job_id, &call.function_id).await {
+        tracing::debug!(job_id = %job_id, "job already running here; repeated Invoke ignored");
+        return;
+    }
+    let start_data = serde_json::json!({ "agent_id": agent_id });
+    outbox
+        .emit(
+            &job_id,
+            EventType::Start,
+            format!("started on {agent_id}"),
+            0.0,
+            Some(start_data),
+        )
+        .await;
+    let fut = match handler {
+        Handler::Job(h) => h(JobContext::new(call, Some(outbox.clone()))),
+        Handler::Call(h) => h(call),
+    };
+    tokio::pin!(fut);
+    let mut deadline_passed = false;
+    let outcome = tokio::select! {
+        r = &mut fut => r,
+        _ = tokio::time::sleep(timeout) => {
+            deadline_passed = true;
+            running.cancel.cancel();
+            tokio::time::timeout(cancel_grace, &mut fut).await.unwrap_or_else(|_| {
+                Err(HandlerError::new("CANCELLED", "the handler did not stop within the cancel grace"))
+            })
+        }
+        _ = running.cancel.cancelled() => {
+            tokio::time::timeout(cancel_grace, &mut fut).await.unwrap_or_else(|_| {
+                Err(HandlerError::new("CANCELLED", "the handler did not stop within the cancel grace"))
+            })
+        }
+    };
+    let reason = lock(&running.reason).clone();
+    let (kind, message, progress, data) = match (reason, deadline_passed, outcome) {
+        (Some(reason), _, _) => (
+            EventType::Cancelled,
+            reason,
+            0.0,
+            serde_json::json!({ "code": "CANCELLED" }),
+        ),
+        (None, true, _) => (
+            EventType::Error,
+            format!("the job's deadline ({timeout:?}) passed"),
+            0.0,
+            serde_json::json!({ "code": "DEADLINE_EXCEEDED" }),
+        ),
+        (None, false, Ok(v)) => (EventType::Done, "done".to_string(), 1.0, v),
+        (None, false, Err(e)) => (
+            EventType::Error,
+            e.message,
+            0.0,
+            serde_json::json!({ "code": e.code }),
+        ),
+    };
+    outbox
+        .emit(&job_id, kind, message, progress, Some(data))
+        .await;
 }
 
 fn failure(request_id: &str, code: &str, message: String) -> AgentFrame {
@@ -485,6 +663,7 @@ async fn heartbeat_loop(
     interval: Duration,
     status: Option<StatusFn>,
     in_flight: Arc<AtomicI64>,
+    outbox: Arc<Outbox>,
     over: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -499,6 +678,7 @@ async fn heartbeat_loop(
             "in_flight".into(),
             in_flight.load(Ordering::Relaxed).to_string(),
         );
+        s.insert("running_jobs".into(), outbox.running().await.to_string());
         let req = HeartbeatRequest {
             agent_id: agent_id.clone(),
             timestamp: std::time::SystemTime::now()

@@ -1,0 +1,1272 @@
+//! Jobs (DESIGN §4): long work with a replayable, ordered stream of events.
+//!
+//! A job is created by `InvokeJob` ([`crate::Invoker::start_job`] routes it and calls
+//! [`JobManager::create`]): its record is stored as `pending` and its `Invoke` goes down the
+//! chosen agent's tunnel. The agent numbers the job's events 1, 2, 3… and sends them over the
+//! tunnel; the manager (as the control plane's [`JobSink`]):
+//! - appends each new event to the job's in-memory log, drops duplicates (seq already seen) and
+//!   wakes the job's subscribers;
+//! - has one writer task store new events in chunks under `/croupier-events/jobs/{id}/` and
+//!   the record under `/croupier/jobs/{id}` when its status changes, and only then `Ack`s the
+//!   stored seq to the agent, which keeps unacknowledged events and sends them again after a
+//!   reconnect — so a server restart loses no event and subscribers see each seq once;
+//! - reconciles the agent's `JobsReport` after a reconnect: a job the agent no longer runs ends
+//!   `ERROR` ("agent lost"), as do the jobs of an agent that goes offline.
+//!
+//! `StreamJobEvents` replays from `from_seq` and follows until the terminal event; events
+//! dropped by retention (count per job, age) are announced with one `GAP` event. Finished jobs
+//! stay in memory for `linger`, then are served from the store until `record_retention` ends.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use croupier_control::{AgentLink, JobSink, LinkError};
+use croupier_proto::control::v1::{self as cpb, RunningJob, ServerFrame, server_frame};
+use croupier_proto::function::v1::{self as pb, EventType, JobEvent};
+use croupier_proto::json::{json_to_struct, opt_struct_to_json};
+use croupier_registry::identity::{Identity, Role};
+use croupier_registry::ids::check_id;
+use croupier_registry::keys;
+use croupier_registry::model::now_ms;
+use croupier_registry::store::{CasOutcome, Expect, Store, StoreError};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::error::FunctionError;
+
+/// Job settings.
+#[derive(Clone, Debug)]
+pub struct JobConfig {
+    /// Events kept per job; older ones are dropped (subscribers asking for them get a `GAP`).
+    /// Default 10 000.
+    pub max_events: usize,
+    /// Events older than this are dropped, and a finished job's events go this long after it
+    /// ended. Default 24 h.
+    pub max_event_age: Duration,
+    /// How long a finished job's record is kept. Default 7 days.
+    pub record_retention: Duration,
+    /// Deadline of a job when neither the call nor a job descriptor sets one, and the longest
+    /// allowed. Default 24 h.
+    pub max_duration: Duration,
+    /// How long a finished job stays in memory (fast replay) before it is served from the store.
+    /// Default 60 s.
+    pub linger: Duration,
+    /// How long a job waits for its agent to come back (after a server restart, or while the
+    /// agent has no session) before it ends `ERROR` "agent lost". Default 45 s.
+    pub orphan_after: Duration,
+    /// Most events per stored chunk. Default 512.
+    pub chunk_events: usize,
+}
+
+impl Default for JobConfig {
+    fn default() -> Self {
+        JobConfig {
+            max_events: 10_000,
+            max_event_age: Duration::from_secs(24 * 3600),
+            record_retention: Duration::from_secs(7 * 24 * 3600),
+            max_duration: Duration::from_secs(24 * 3600),
+            linger: Duration::from_secs(60),
+            orphan_after: Duration::from_secs(45),
+            chunk_events: 512,
+        }
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Created and sent to its agent, not started yet.
+    #[default]
+    Pending,
+    /// Started on its agent.
+    Running,
+    /// Ended with `DONE`.
+    Completed,
+    /// Ended with `ERROR`.
+    Failed,
+    /// Ended with `CANCELLED`.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// The name used in the API: pending, running, completed, failed, cancelled.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses an API name.
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        Some(match s {
+            "pending" => JobStatus::Pending,
+            "running" => JobStatus::Running,
+            "completed" => JobStatus::Completed,
+            "failed" => JobStatus::Failed,
+            "cancelled" => JobStatus::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// True once the job has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+}
+
+/// A job's stored record (`/croupier/jobs/{job_id}`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct JobRecord {
+    /// The job.
+    pub job_id: String,
+    /// Its function.
+    pub function_id: String,
+    /// Game.
+    pub game_id: String,
+    /// Environment.
+    pub env: String,
+    /// Agent running it.
+    pub agent_id: String,
+    /// Identity of the caller who started it.
+    pub caller: String,
+    /// Status.
+    pub status: JobStatus,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms; 0 before it started.
+    pub started_at: i64,
+    /// Unix ms; 0 before it ended.
+    pub ended_at: i64,
+    /// Result when completed.
+    pub result: serde_json::Value,
+    /// Error when failed or cancelled.
+    pub error: String,
+    /// Error code when failed.
+    pub error_code: String,
+    /// Seq of the last event.
+    pub last_seq: i64,
+    /// Seq of the oldest retained event.
+    pub first_seq: i64,
+    /// Why it was cancelled, once a cancel was asked for.
+    pub cancel_reason: String,
+    /// Deadline given to the agent, in ms.
+    pub timeout_ms: i64,
+}
+
+impl JobRecord {
+    /// The API form.
+    pub fn to_proto(&self) -> pb::JobRecord {
+        pb::JobRecord {
+            job_id: self.job_id.clone(),
+            function_id: self.function_id.clone(),
+            game_id: self.game_id.clone(),
+            env: self.env.clone(),
+            agent_id: self.agent_id.clone(),
+            caller: self.caller.clone(),
+            status: self.status.as_str().to_string(),
+            created_at: self.created_at,
+            started_at: self.started_at,
+            ended_at: self.ended_at,
+            result: (!self.result.is_null()).then(|| json_to_struct(&self.result)),
+            error: self.error.clone(),
+            error_code: self.error_code.clone(),
+            last_seq: self.last_seq,
+            first_seq: self.first_seq,
+            cancel_reason: self.cancel_reason.clone(),
+        }
+    }
+}
+
+/// One stored chunk of events.
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    first: i64,
+    last: i64,
+}
+
+struct JobState {
+    record: JobRecord,
+    /// Retained events, ascending seq.
+    events: VecDeque<JobEvent>,
+    /// Highest seq stored.
+    persisted_seq: i64,
+    /// Bumped on each record change; the writer stores the record when it moved.
+    record_version: u64,
+    stored_version: u64,
+    chunks: VecDeque<Chunk>,
+    /// Tunnel generation the job was last seen on (0: unknown, e.g. loaded after a restart).
+    generation: u64,
+    cancel_requested: bool,
+    cancel_sent: Option<Instant>,
+    /// Since when the job has waited for its agent.
+    orphan_since: Option<Instant>,
+    /// When the job ended (for `linger`).
+    ended: Option<Instant>,
+}
+
+impl JobState {
+    fn new(record: JobRecord) -> Self {
+        JobState {
+            record,
+            events: VecDeque::new(),
+            persisted_seq: 0,
+            record_version: 0,
+            stored_version: 0,
+            chunks: VecDeque::new(),
+            generation: 0,
+            cancel_requested: false,
+            cancel_sent: None,
+            orphan_since: None,
+            ended: None,
+        }
+    }
+
+    fn touch_record(&mut self) {
+        self.record_version += 1;
+    }
+
+    /// Index of the first retained event with seq >= `seq`.
+    fn index_of(&self, seq: i64) -> usize {
+        self.events.partition_point(|e| e.seq < seq)
+    }
+
+    /// Seq of the oldest event a subscriber can still get.
+    fn first_available(&self) -> i64 {
+        self.events
+            .front()
+            .map(|e| e.seq)
+            .unwrap_or(self.record.last_seq + 1)
+    }
+}
+
+struct Job {
+    id: String,
+    st: Mutex<JobState>,
+    changed: watch::Sender<()>,
+}
+
+impl Job {
+    fn new(id: String, st: JobState) -> Arc<Job> {
+        Arc::new(Job {
+            id,
+            st: Mutex::new(st),
+            changed: watch::channel(()).0,
+        })
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A job's event stream for `StreamJobEvents`.
+pub type EventStream = ReceiverStream<Result<JobEvent, Status>>;
+
+/// Why [`JobManager::create`] failed.
+#[derive(Debug)]
+pub enum CreateError {
+    /// The record could not be stored.
+    Store(FunctionError),
+    /// The agent could not be sent the job (nothing ran; another agent may take it).
+    Link(LinkError),
+}
+
+/// Jobs of this server. Share it as `Arc<JobManager>`.
+pub struct JobManager {
+    cfg: JobConfig,
+    store: Arc<dyn Store>,
+    link: Arc<dyn AgentLink>,
+    jobs: RwLock<HashMap<String, Arc<Job>>>,
+    dirty: Mutex<HashSet<String>>,
+    wake: Notify,
+}
+
+const FOLLOW_BATCH: usize = 256;
+
+impl JobManager {
+    /// Loads unfinished jobs from the store (they wait for their agents to report them) and
+    /// starts the writer and the sweeper, which end with `shutdown` (the writer flushes first).
+    pub async fn start(
+        cfg: JobConfig,
+        store: Arc<dyn Store>,
+        link: Arc<dyn AgentLink>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, StoreError> {
+        let m = Arc::new(JobManager {
+            cfg,
+            store,
+            link,
+            jobs: RwLock::new(HashMap::new()),
+            dirty: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+        });
+        m.load().await?;
+        tokio::spawn(m.clone().run_writer(shutdown.clone()));
+        tokio::spawn(m.clone().run_sweeper(shutdown));
+        Ok(m)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &JobConfig {
+        &self.cfg
+    }
+
+    fn get(&self, job_id: &str) -> Option<Arc<Job>> {
+        self.jobs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(job_id)
+            .cloned()
+    }
+
+    fn live(&self) -> Vec<Arc<Job>> {
+        self.jobs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn remove(&self, job_id: &str) {
+        self.jobs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(job_id);
+    }
+
+    async fn load(&self) -> Result<(), StoreError> {
+        let all = self.store.range(keys::JOBS).await?;
+        let mut loaded = 0;
+        for kv in all.kvs {
+            let Ok(record) = serde_json::from_slice::<JobRecord>(&kv.value) else {
+                tracing::warn!(key = %kv.key, "unreadable job record skipped");
+                continue;
+            };
+            if record.status.is_terminal() {
+                continue;
+            }
+            let (events, chunks) = self.load_events(&record.job_id).await?;
+            let mut st = JobState::new(record);
+            if let Some(last) = events.back() {
+                st.record.last_seq = st.record.last_seq.max(last.seq);
+            }
+            st.persisted_seq = st.record.last_seq;
+            st.record.first_seq = events.front().map(|e| e.seq).unwrap_or(0);
+            st.events = events;
+            st.chunks = chunks;
+            st.orphan_since = Some(Instant::now());
+            let id = st.record.job_id.clone();
+            self.jobs
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id.clone(), Job::new(id, st));
+            loaded += 1;
+        }
+        if loaded > 0 {
+            tracing::info!(
+                jobs = loaded,
+                "unfinished jobs loaded; waiting for their agents"
+            );
+        }
+        Ok(())
+    }
+
+    async fn load_events(
+        &self,
+        job_id: &str,
+    ) -> Result<(VecDeque<JobEvent>, VecDeque<Chunk>), StoreError> {
+        let kvs = self.store.range(&keys::job_events(job_id)).await?.kvs;
+        let mut events = VecDeque::new();
+        let mut chunks = VecDeque::new();
+        for kv in kvs {
+            let mut buf = kv.value.as_slice();
+            let start = events.len();
+            while !buf.is_empty() {
+                match JobEvent::decode_length_delimited(&mut buf) {
+                    Ok(e) => events.push_back(e),
+                    Err(e) => {
+                        tracing::warn!(key = %kv.key, error = %e, "corrupt job event chunk cut short");
+                        break;
+                    }
+                }
+            }
+            if let (Some(first), Some(last)) = (events.get(start), events.back()) {
+                chunks.push_back(Chunk {
+                    first: first.seq,
+                    last: last.seq,
+                });
+            }
+        }
+        Ok((events, chunks))
+    }
+
+    async fn load_record(&self, job_id: &str) -> Result<Option<JobRecord>, FunctionError> {
+        let kv = self
+            .store
+            .get(&keys::job(job_id))
+            .await
+            .map_err(FunctionError::store("reading the job record"))?;
+        kv.map(|kv| {
+            serde_json::from_slice::<JobRecord>(&kv.value)
+                .map_err(|e| FunctionError::Internal(format!("job record {job_id}: {e}")))
+        })
+        .transpose()
+    }
+
+    /// Stores a new job's record and sends its `Invoke` to `record.agent_id`. On a link error
+    /// nothing ran and the record is gone again, so the caller may pick another agent.
+    pub async fn create(&self, record: JobRecord, invoke: cpb::Invoke) -> Result<(), CreateError> {
+        let id = record.job_id.clone();
+        let agent = record.agent_id.clone();
+        let value = serde_json::to_vec(&record)
+            .map_err(|e| CreateError::Store(FunctionError::Internal(format!("job record: {e}"))))?;
+        let job = Job::new(id.clone(), JobState::new(record));
+        self.jobs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), job.clone());
+        let stored = self
+            .store
+            .compare_and_put(&keys::job(&id), Expect::Absent, value, None)
+            .await;
+        match stored {
+            Ok(CasOutcome::Done(_)) => {}
+            Ok(CasOutcome::Conflict(_)) => {
+                self.remove(&id);
+                return Err(CreateError::Store(FunctionError::Internal(format!(
+                    "job id {id} already exists"
+                ))));
+            }
+            Err(e) => {
+                self.remove(&id);
+                return Err(CreateError::Store(FunctionError::store(
+                    "storing the job record",
+                )(e)));
+            }
+        }
+        match self.link.start_job(&agent, invoke).await {
+            Ok(generation) => {
+                let mut st = lock(&job.st);
+                st.generation = st.generation.max(generation);
+                Ok(())
+            }
+            Err(e) => {
+                self.remove(&id);
+                if let Err(se) = self.store.delete(&keys::job(&id)).await {
+                    tracing::warn!(job_id = %id, error = %se, "removing the record of an unsent job failed");
+                }
+                Err(CreateError::Link(e))
+            }
+        }
+    }
+
+    /// `GetJob`.
+    pub async fn get_job(&self, job_id: &str) -> Result<pb::JobRecord, FunctionError> {
+        check_id("job_id", job_id).map_err(FunctionError::InvalidArgument)?;
+        if let Some(job) = self.get(job_id) {
+            return Ok(lock(&job.st).record.to_proto());
+        }
+        self.load_record(job_id)
+            .await?
+            .map(|r| r.to_proto())
+            .ok_or_else(|| not_found(job_id))
+    }
+
+    /// `ListJobs`: filtered, newest first, paged by `page_token` (the last job of the previous
+    /// page).
+    pub async fn list_jobs(
+        &self,
+        req: &pb::ListJobsRequest,
+    ) -> Result<pb::ListJobsResponse, FunctionError> {
+        let status = if req.status.is_empty() {
+            None
+        } else {
+            Some(JobStatus::parse(&req.status).ok_or_else(|| {
+                FunctionError::InvalidArgument(format!(
+                    "status {:?} is not one of pending, running, completed, failed, cancelled",
+                    req.status
+                ))
+            })?)
+        };
+        if req.page_size < 0 {
+            return Err(FunctionError::InvalidArgument(format!(
+                "page_size is {}; give 1-1000, or 0 for 50",
+                req.page_size
+            )));
+        }
+        let size = if req.page_size == 0 {
+            50
+        } else {
+            req.page_size.min(1000) as usize
+        };
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(parse_token(&req.page_token)?)
+        };
+        let stored = self
+            .store
+            .range(keys::JOBS)
+            .await
+            .map_err(FunctionError::store("listing jobs"))?;
+        let mut records: HashMap<String, JobRecord> = stored
+            .kvs
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<JobRecord>(&kv.value).ok())
+            .map(|r| (r.job_id.clone(), r))
+            .collect();
+        for job in self.live() {
+            let r = lock(&job.st).record.clone();
+            records.insert(r.job_id.clone(), r);
+        }
+        let keep = |r: &JobRecord| {
+            (req.function_id.is_empty() || r.function_id == req.function_id)
+                && (req.agent_id.is_empty() || r.agent_id == req.agent_id)
+                && (req.game_id.is_empty() || r.game_id == req.game_id)
+                && (req.env.is_empty() || r.env == req.env)
+                && status.is_none_or(|s| r.status == s)
+        };
+        let mut matching: Vec<JobRecord> = records.into_values().filter(keep).collect();
+        matching.sort_by(|a, b| {
+            (b.created_at, &b.job_id).cmp(&(a.created_at, &a.job_id)) // newest first
+        });
+        let start = match &after {
+            Some((at, id)) => matching.partition_point(|r| (r.created_at, &r.job_id) >= (*at, id)),
+            None => 0,
+        };
+        let page: Vec<JobRecord> = matching.iter().skip(start).take(size).cloned().collect();
+        let next_page_token = if start + page.len() < matching.len() {
+            page.last()
+                .map(|r| format!("{}.{}", r.created_at, r.job_id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListJobsResponse {
+            jobs: page.iter().map(JobRecord::to_proto).collect(),
+            next_page_token,
+        })
+    }
+
+    /// `StreamJobEvents`: replays from `from_seq` (0 or 1: from the start), then follows live
+    /// until the terminal event.
+    pub async fn subscribe(
+        &self,
+        job_id: &str,
+        from_seq: i64,
+    ) -> Result<EventStream, FunctionError> {
+        check_id("job_id", job_id).map_err(FunctionError::InvalidArgument)?;
+        if from_seq < 0 {
+            return Err(FunctionError::InvalidArgument(format!(
+                "from_seq is {from_seq}; give 0 or 1 for the whole stream, or a later seq"
+            )));
+        }
+        let from = from_seq.max(1);
+        let (tx, rx) = mpsc::channel(FOLLOW_BATCH);
+        if let Some(job) = self.get(job_id) {
+            tokio::spawn(follow(job, from, tx));
+            return Ok(ReceiverStream::new(rx));
+        }
+        let record = self
+            .load_record(job_id)
+            .await?
+            .ok_or_else(|| not_found(job_id))?;
+        let (events, _) = self
+            .load_events(job_id)
+            .await
+            .map_err(FunctionError::store("reading the job's events"))?;
+        tokio::spawn(async move {
+            let first = events.front().map(|e| e.seq).unwrap_or(record.last_seq + 1);
+            let mut next = from;
+            if next < first {
+                if tx.send(Ok(gap(&record.job_id, next, first))).await.is_err() {
+                    return;
+                }
+                next = first;
+            }
+            for e in events.into_iter().filter(|e| e.seq >= next) {
+                if tx.send(Ok(e)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+
+    /// `CancelJob`: asks the job's agent to cancel it; only the caller who started the job or
+    /// an admin may.
+    pub async fn cancel(
+        &self,
+        who: &Identity,
+        job_id: &str,
+        reason: &str,
+    ) -> Result<pb::CancelJobResponse, FunctionError> {
+        check_id("job_id", job_id).map_err(FunctionError::InvalidArgument)?;
+        let Some(job) = self.get(job_id) else {
+            let record = self
+                .load_record(job_id)
+                .await?
+                .ok_or_else(|| not_found(job_id))?;
+            return Ok(already_finished(&record));
+        };
+        let reason = if reason.is_empty() {
+            format!("cancelled by {}", who.uri())
+        } else {
+            reason.to_string()
+        };
+        let (agent, status) = {
+            let mut st = lock(&job.st);
+            if st.record.status.is_terminal() {
+                return Ok(already_finished(&st.record));
+            }
+            if who.role != Role::Admin && who.uri() != st.record.caller {
+                return Err(FunctionError::PermissionDenied(format!(
+                    "identity {who} may not cancel job {job_id}: only its caller ({}) or an \
+                     admin may",
+                    st.record.caller
+                )));
+            }
+            if !st.cancel_requested {
+                st.cancel_requested = true;
+                st.record.cancel_reason = reason.clone();
+                st.touch_record();
+            }
+            (st.record.agent_id.clone(), st.record.status)
+        };
+        self.mark(&job);
+        if !self.link.has_session(&agent) {
+            // Nobody can stop it on the agent now; end it here. Should the agent come back
+            // and report the job, it is told to cancel it.
+            self.end(
+                &job,
+                EventType::Cancelled,
+                format!("{reason} (the job's agent {agent} was not connected)"),
+                "CANCELLED",
+            );
+            return Ok(pb::CancelJobResponse {
+                success: true,
+                status: JobStatus::Cancelled.as_str().into(),
+                message: format!("job cancelled; its agent {agent} is not connected"),
+            });
+        }
+        self.send_cancel(&job);
+        Ok(pb::CancelJobResponse {
+            success: true,
+            status: status.as_str().into(),
+            message: "cancellation sent to the agent; the job ends CANCELLED when its handler \
+                      stops"
+                .into(),
+        })
+    }
+
+    fn send_cancel(&self, job: &Job) {
+        let (agent, reason) = {
+            let mut st = lock(&job.st);
+            st.cancel_sent = Some(Instant::now());
+            (st.record.agent_id.clone(), st.record.cancel_reason.clone())
+        };
+        self.link.send_frame(&agent, cancel_frame(&job.id, &reason));
+    }
+
+    /// Ends a job on the server's side with a synthesized terminal event.
+    fn end(&self, job: &Job, kind: EventType, message: String, code: &str) {
+        {
+            let mut st = lock(&job.st);
+            if st.record.status.is_terminal() {
+                return;
+            }
+            let ev = JobEvent {
+                job_id: job.id.clone(),
+                r#type: kind as i32,
+                message,
+                progress: 0.0,
+                timestamp: now_ms(),
+                data: Some(json_to_struct(&serde_json::json!({ "code": code }))),
+                seq: st.record.last_seq + 1,
+            };
+            apply(&self.cfg, &mut st, ev);
+        }
+        job.changed.send_replace(());
+        self.mark(job);
+    }
+
+    fn mark(&self, job: &Job) {
+        lock(&self.dirty).insert(job.id.clone());
+        self.wake.notify_one();
+    }
+
+    async fn run_writer(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.flush().await;
+                    return;
+                }
+                _ = self.wake.notified() => {}
+            }
+            if !self.flush().await {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// Stores what changed; false when something failed (it stays dirty and is retried).
+    async fn flush(&self) -> bool {
+        let ids: Vec<String> = lock(&self.dirty).drain().collect();
+        let mut ok = true;
+        for id in ids {
+            let Some(job) = self.get(&id) else { continue };
+            if let Err(e) = self.persist(&job).await {
+                tracing::warn!(job_id = %id, error = %e, "storing job events failed; retrying");
+                lock(&self.dirty).insert(id);
+                ok = false;
+            }
+        }
+        if !ok {
+            self.wake.notify_one();
+        }
+        ok
+    }
+
+    async fn persist(&self, job: &Job) -> Result<(), StoreError> {
+        let (batch, record, agent) = {
+            let st = lock(&job.st);
+            let from = st.index_of(st.persisted_seq + 1);
+            let batch: Vec<JobEvent> = st.events.range(from..).cloned().collect();
+            let record = (st.record_version != st.stored_version)
+                .then(|| (st.record.clone(), st.record_version));
+            (batch, record, st.record.agent_id.clone())
+        };
+        for chunk in batch.chunks(self.cfg.chunk_events.max(1)) {
+            let mut buf = Vec::new();
+            for e in chunk {
+                e.encode_length_delimited(&mut buf)
+                    .map_err(|e| StoreError::Unavailable(format!("encoding job event: {e}")))?;
+            }
+            let (first, last) = (&chunk[0], &chunk[chunk.len() - 1]);
+            self.store
+                .put(&keys::job_event_chunk(&job.id, first.seq), buf, None)
+                .await?;
+            let mut st = lock(&job.st);
+            st.persisted_seq = st.persisted_seq.max(last.seq);
+            st.chunks.push_back(Chunk {
+                first: first.seq,
+                last: last.seq,
+            });
+        }
+        if let Some((record, version)) = record {
+            let value = serde_json::to_vec(&record)
+                .map_err(|e| StoreError::Unavailable(format!("encoding job record: {e}")))?;
+            self.store.put(&keys::job(&job.id), value, None).await?;
+            let mut st = lock(&job.st);
+            st.stored_version = st.stored_version.max(version);
+        }
+        if let Some(last) = batch.last() {
+            self.link.send_frame(&agent, ack_frame(&job.id, last.seq));
+        }
+        Ok(())
+    }
+
+    async fn run_sweeper(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_store_sweep = Instant::now();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            self.sweep_live().await;
+            if last_store_sweep.elapsed() >= Duration::from_secs(60) {
+                last_store_sweep = Instant::now();
+                if let Err(e) = self.sweep_stored().await {
+                    tracing::warn!(error = %e, "sweeping finished jobs failed");
+                }
+            }
+        }
+    }
+
+    /// Ends orphaned jobs, repeats unanswered cancels, applies retention to live jobs and lets
+    /// finished ones go from memory.
+    async fn sweep_live(&self) {
+        let now_wall = now_ms();
+        let age_limit = now_wall - self.cfg.max_event_age.as_millis() as i64;
+        let mut drop_chunks: Vec<String> = Vec::new();
+        for job in self.live() {
+            let mut orphaned = false;
+            let mut resend_cancel = false;
+            let mut release = false;
+            {
+                let mut st = lock(&job.st);
+                if st.record.status.is_terminal() {
+                    release = st.ended.is_some_and(|t| t.elapsed() >= self.cfg.linger)
+                        && st.persisted_seq >= st.record.last_seq
+                        && st.stored_version == st.record_version;
+                } else {
+                    let has_session = self.link.has_session(&st.record.agent_id);
+                    if !has_session && st.orphan_since.is_none() {
+                        st.orphan_since = Some(Instant::now());
+                    }
+                    orphaned = st
+                        .orphan_since
+                        .is_some_and(|t| t.elapsed() >= self.cfg.orphan_after);
+                    resend_cancel = st.cancel_requested
+                        && has_session
+                        && st
+                            .cancel_sent
+                            .is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
+                }
+                // Age retention, never past what is stored.
+                let mut pruned = false;
+                while st.events.front().is_some_and(|e| {
+                    e.timestamp < age_limit
+                        && e.seq <= st.persisted_seq
+                        && e.seq < st.record.last_seq
+                }) {
+                    st.events.pop_front();
+                    pruned = true;
+                }
+                if pruned {
+                    st.record.first_seq = st.first_available();
+                }
+                let first = st.first_available();
+                while st.chunks.front().is_some_and(|c| c.last < first) {
+                    if let Some(c) = st.chunks.pop_front() {
+                        drop_chunks.push(keys::job_event_chunk(&job.id, c.first));
+                    }
+                }
+            }
+            if orphaned {
+                let agent = lock(&job.st).record.agent_id.clone();
+                tracing::warn!(job_id = %job.id, agent_id = %agent, "job orphaned: agent did not come back");
+                self.end(
+                    &job,
+                    EventType::Error,
+                    format!(
+                        "agent lost: {agent} did not reconnect and report the job within {:?}",
+                        self.cfg.orphan_after
+                    ),
+                    "AGENT_LOST",
+                );
+            } else if resend_cancel {
+                self.send_cancel(&job);
+            } else if release {
+                self.remove(&job.id);
+            }
+        }
+        for key in drop_chunks {
+            if let Err(e) = self.store.delete(&key).await {
+                tracing::warn!(key = %key, error = %e, "dropping an old job event chunk failed");
+            }
+        }
+    }
+
+    /// Retention of finished jobs in the store: events go after `max_event_age`, records after
+    /// `record_retention`.
+    async fn sweep_stored(&self) -> Result<(), StoreError> {
+        let now = now_ms();
+        let records = self.store.range(keys::JOBS).await?;
+        for kv in records.kvs {
+            let Ok(mut r) = serde_json::from_slice::<JobRecord>(&kv.value) else {
+                continue;
+            };
+            if !r.status.is_terminal() || self.get(&r.job_id).is_some() {
+                continue;
+            }
+            let age = now - r.ended_at;
+            let drop_record = age > self.cfg.record_retention.as_millis() as i64;
+            let drop_events = age > self.cfg.max_event_age.as_millis() as i64;
+            if (drop_record || drop_events) && r.first_seq <= r.last_seq {
+                for c in self.store.range(&keys::job_events(&r.job_id)).await?.kvs {
+                    self.store.delete(&c.key).await?;
+                }
+            }
+            if drop_record {
+                self.store
+                    .compare_and_delete(&kv.key, kv.mod_revision)
+                    .await?;
+            } else if drop_events && r.first_seq <= r.last_seq {
+                r.first_seq = r.last_seq + 1;
+                if let Ok(value) = serde_json::to_vec(&r) {
+                    self.store
+                        .compare_and_put(&kv.key, Expect::ModRevision(kv.mod_revision), value, None)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells an agent that a job it sent events for is over here: acks the event (so the
+    /// agent lets it go) and, unless the event ended the job, cancels it.
+    fn refuse(&self, agent_id: &str, ev: &JobEvent) {
+        self.link
+            .send_frame(agent_id, ack_frame(&ev.job_id, ev.seq));
+        if !is_terminal_event(ev.r#type) {
+            self.link.send_frame(
+                agent_id,
+                cancel_frame(
+                    &ev.job_id,
+                    "the server has no running job with this id (it ended, e.g. as agent lost)",
+                ),
+            );
+        }
+    }
+}
+
+impl JobSink for JobManager {
+    fn event(&self, agent_id: &str, generation: u64, mut ev: JobEvent) {
+        let Some(job) = self.get(&ev.job_id) else {
+            self.refuse(agent_id, &ev);
+            return;
+        };
+        {
+            let mut st = lock(&job.st);
+            if st.record.agent_id != agent_id {
+                tracing::warn!(job_id = %job.id, agent_id, owner = %st.record.agent_id, "job event from an agent that does not run the job dropped");
+                return;
+            }
+            if st.record.status.is_terminal() {
+                let persisted = st.persisted_seq;
+                drop(st);
+                if ev.seq <= persisted {
+                    self.link
+                        .send_frame(agent_id, ack_frame(&job.id, persisted));
+                } else {
+                    self.refuse(agent_id, &ev);
+                }
+                return;
+            }
+            st.generation = st.generation.max(generation);
+            st.orphan_since = None;
+            if ev.seq <= st.record.last_seq {
+                // Sent again after a reconnect: already have it.
+                let persisted = st.persisted_seq;
+                if ev.seq <= persisted {
+                    drop(st);
+                    self.link
+                        .send_frame(agent_id, ack_frame(&job.id, persisted));
+                }
+                return;
+            }
+            if ev.seq != st.record.last_seq + 1 {
+                tracing::warn!(job_id = %job.id, expected = st.record.last_seq + 1, got = ev.seq, "job events arrived with a gap");
+            }
+            if ev.r#type == EventType::Gap as i32 {
+                ev.r#type = EventType::Log as i32; // GAP is the server's to send
+            }
+            apply(&self.cfg, &mut st, ev);
+        }
+        job.changed.send_replace(());
+        self.mark(&job);
+    }
+
+    fn report(&self, agent_id: &str, generation: u64, jobs: Vec<RunningJob>) {
+        let reported: HashSet<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
+        let mut lost = Vec::new();
+        let mut cancel = Vec::new();
+        for job in self.live() {
+            let mut st = lock(&job.st);
+            if st.record.agent_id != agent_id || st.record.status.is_terminal() {
+                continue;
+            }
+            if reported.contains(job.id.as_str()) {
+                st.generation = st.generation.max(generation);
+                st.orphan_since = None;
+                if st.cancel_requested {
+                    cancel.push(job.clone());
+                }
+            } else if st.generation < generation {
+                lost.push(job.clone());
+            }
+        }
+        for job in cancel {
+            self.send_cancel(&job);
+        }
+        for job in lost {
+            tracing::warn!(job_id = %job.id, agent_id, "agent no longer runs the job");
+            self.end(
+                &job,
+                EventType::Error,
+                format!(
+                    "agent lost: {agent_id} no longer runs the job (it restarted, or never received it)"
+                ),
+                "AGENT_LOST",
+            );
+        }
+        for j in &jobs {
+            let running_here = self
+                .get(&j.job_id)
+                .is_some_and(|job| !lock(&job.st).record.status.is_terminal());
+            if !running_here {
+                self.link.send_frame(
+                    agent_id,
+                    cancel_frame(
+                        &j.job_id,
+                        "the server has no running job with this id (it ended, e.g. as agent lost)",
+                    ),
+                );
+            }
+        }
+    }
+
+    fn agent_gone(&self, agent_id: &str, reason: &str) {
+        for job in self.live() {
+            let mine = {
+                let st = lock(&job.st);
+                st.record.agent_id == agent_id && !st.record.status.is_terminal()
+            };
+            if mine {
+                tracing::warn!(job_id = %job.id, agent_id, reason, "job ends: agent lost");
+                self.end(
+                    &job,
+                    EventType::Error,
+                    format!("agent lost: {agent_id} went away ({reason})"),
+                    "AGENT_LOST",
+                );
+            }
+        }
+    }
+}
+
+/// Appends a new event to a job and applies what it means to the record.
+fn apply(cfg: &JobConfig, st: &mut JobState, ev: JobEvent) {
+    let kind = EventType::try_from(ev.r#type).unwrap_or(EventType::Log);
+    let r = &mut st.record;
+    match kind {
+        EventType::Start | EventType::Progress | EventType::Log | EventType::Gap => {
+            if r.status == JobStatus::Pending {
+                r.status = JobStatus::Running;
+                r.started_at = if ev.timestamp > 0 {
+                    ev.timestamp
+                } else {
+                    now_ms()
+                };
+                st.record_version += 1;
+            }
+        }
+        EventType::Done | EventType::Error | EventType::Cancelled => {
+            let data = opt_struct_to_json(ev.data.as_ref());
+            r.status = match kind {
+                EventType::Done => JobStatus::Completed,
+                EventType::Error => JobStatus::Failed,
+                _ => JobStatus::Cancelled,
+            };
+            r.ended_at = if ev.timestamp > 0 {
+                ev.timestamp
+            } else {
+                now_ms()
+            };
+            if r.started_at == 0 {
+                r.started_at = r.ended_at;
+            }
+            match kind {
+                EventType::Done => r.result = data,
+                _ => {
+                    r.error = ev.message.clone();
+                    r.error_code = data
+                        .get("code")
+                        .and_then(|c| c.as_str())
+                        .unwrap_or(if kind == EventType::Cancelled {
+                            "CANCELLED"
+                        } else {
+                            "ERROR"
+                        })
+                        .to_string();
+                }
+            }
+            st.ended = Some(Instant::now());
+            st.record_version += 1;
+        }
+    }
+    let r = &mut st.record;
+    r.last_seq = ev.seq;
+    if r.first_seq == 0 {
+        r.first_seq = ev.seq;
+    }
+    st.events.push_back(ev);
+    // Count retention, never past what is stored.
+    let mut pruned = false;
+    while st.events.len() > cfg.max_events.max(1)
+        && st.events.front().is_some_and(|e| e.seq <= st.persisted_seq)
+    {
+        st.events.pop_front();
+        pruned = true;
+    }
+    if pruned {
+        st.record.first_seq = st.first_available();
+    }
+}
+
+/// Follows a live job for one subscriber.
+async fn follow(job: Arc<Job>, mut next: i64, tx: mpsc::Sender<Result<JobEvent, Status>>) {
+    let mut changed = job.changed.subscribe();
+    loop {
+        let (gap_ev, batch, caught_up_and_done) = {
+            let st = lock(&job.st);
+            let first = st.first_available();
+            let gap_ev = (next < first).then(|| gap(&job.id, next, first));
+            if gap_ev.is_some() {
+                next = first;
+            }
+            let i = st.index_of(next);
+            let batch: Vec<JobEvent> = st.events.range(i..).take(FOLLOW_BATCH).cloned().collect();
+            let last_in_batch = batch.last().map(|e| e.seq).unwrap_or(next - 1);
+            let done = st.record.status.is_terminal() && last_in_batch >= st.record.last_seq;
+            (gap_ev, batch, done)
+        };
+        if let Some(g) = gap_ev
+            && tx.send(Ok(g)).await.is_err()
+        {
+            return;
+        }
+        let full = batch.len() == FOLLOW_BATCH;
+        for e in batch {
+            next = e.seq + 1;
+            if tx.send(Ok(e)).await.is_err() {
+                return;
+            }
+        }
+        if caught_up_and_done {
+            return;
+        }
+        if full {
+            continue;
+        }
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { return },
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+fn gap(job_id: &str, from: i64, next: i64) -> JobEvent {
+    JobEvent {
+        job_id: job_id.to_string(),
+        r#type: EventType::Gap as i32,
+        message: format!(
+            "events {from}..={} were dropped by the server's retention and cannot be replayed; \
+             continuing with {next}",
+            next - 1
+        ),
+        progress: 0.0,
+        timestamp: now_ms(),
+        data: Some(json_to_struct(
+            &serde_json::json!({ "from_seq": from, "next_seq": next }),
+        )),
+        seq: 0,
+    }
+}
+
+fn is_terminal_event(kind: i32) -> bool {
+    matches!(
+        EventType::try_from(kind),
+        Ok(EventType::Done | EventType::Error | EventType::Cancelled)
+    )
+}
+
+fn ack_frame(job_id: &str, seq: i64) -> ServerFrame {
+    ServerFrame {
+        frame: Some(server_frame::Frame::Ack(cpb::Ack {
+            job_id: job_id.to_string(),
+            seq,
+        })),
+    }
+}
+
+fn cancel_frame(job_id: &str, reason: &str) -> ServerFrame {
+    ServerFrame {
+        frame: Some(server_frame::Frame::Cancel(cpb::Cancel {
+            request_id: job_id.to_string(),
+            reason: reason.to_string(),
+        })),
+    }
+}
+
+fn not_found(job_id: &str) -> FunctionError {
+    FunctionError::NotFound(format!(
+        "job {job_id:?} does not exist (or its record passed retention); `croupier job list` \
+         shows the jobs there are"
+    ))
+}
+
+fn already_finished(r: &JobRecord) -> pb::CancelJobResponse {
+    pb::CancelJobResponse {
+        success: false,
+        status: r.status.as_str().into(),
+        message: format!("job {} already finished ({})", r.job_id, r.status.as_str()),
+    }
+}
+
+fn parse_token(token: &str) -> Result<(i64, String), FunctionError> {
+    let bad = || {
+        FunctionError::InvalidArgument(format!(
+            "page_token {token:?} is not a token from a previous ListJobs page"
+        ))
+    };
+    let (at, id) = token.split_once('.').ok_or_else(bad)?;
+    Ok((at.parse().map_err(|_| bad())?, id.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(seq: i64, kind: EventType) -> JobEvent {
+        JobEvent {
+            job_id: "j".into(),
+            r#type: kind as i32,
+            seq,
+            timestamp: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn apply_moves_the_status_and_keeps_stored_events() {
+        let cfg = JobConfig {
+            max_events: 2,
+            ..Default::default()
+        };
+        let mut st = JobState::new(JobRecord::default());
+        apply(&cfg, &mut st, ev(1, EventType::Start));
+        assert_eq!(st.record.status, JobStatus::Running);
+        apply(&cfg, &mut st, ev(2, EventType::Log));
+        apply(&cfg, &mut st, ev(3, EventType::Log));
+        // Nothing is stored yet, so nothing may be dropped.
+        assert_eq!(st.events.len(), 3);
+        st.persisted_seq = 3;
+        apply(&cfg, &mut st, ev(4, EventType::Done));
+        assert_eq!(
+            st.events.len(),
+            2,
+            "count retention applies to stored events"
+        );
+        assert_eq!(st.record.first_seq, 3);
+        assert_eq!(st.record.status, JobStatus::Completed);
+        assert_eq!(st.record.last_seq, 4);
+        assert_eq!(st.index_of(4), 1);
+    }
+
+    #[test]
+    fn page_tokens_round_trip() {
+        assert_eq!(parse_token("12.abc").unwrap(), (12, "abc".to_string()));
+        assert!(parse_token("nonsense").is_err());
+    }
+}
