@@ -157,11 +157,12 @@ impl ServerConfig {
             fig = fig.merge(Toml::file(f));
         }
         fig = fig
-            .merge(
-                Env::prefixed("CROUPIER_")
-                    .split("__")
-                    .filter(|k| ENV_KEYS.contains(&k.as_str().split('.').next().unwrap_or(""))),
-            )
+            .merge(Env::prefixed("CROUPIER_").split("__").filter(|k| {
+                // Keys arrive as written (upper case, `__` for nesting).
+                let k = k.as_str().to_ascii_lowercase();
+                let top = k.split("__").next().unwrap_or("");
+                ENV_KEYS.contains(&top.split('.').next().unwrap_or(""))
+            }))
             .merge(Serialized::defaults(overrides));
         let cfg: ServerConfig = fig.extract().context("reading the server configuration")?;
         cfg.validate()?;
@@ -208,47 +209,87 @@ mod tests {
     }
 
     #[test]
+    fn environment_overrides_file_and_flags_override_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "heartbeat_interval = \"2s\"\n")?;
+            jail.set_env("CROUPIER_HEARTBEAT_INTERVAL", "3s");
+            jail.set_env("CROUPIER_JOBS__MAX_EVENTS", "5");
+            jail.set_env("CROUPIER_LIMITS__MAX_LABELS", "7");
+            jail.set_env("CROUPIER_SERVER", "https://elsewhere:1"); // another command's
+            let cfg = ServerConfig::load(Some(Path::new("c.toml")), Flags::default())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(cfg.heartbeat_interval, Duration::from_secs(3));
+            assert_eq!(cfg.jobs.max_events, 5);
+            assert_eq!(cfg.limits.max_labels, 7);
+            let cfg = ServerConfig::load(
+                None,
+                Flags {
+                    listen: Some("127.0.0.1:2".into()),
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(cfg.listen, "127.0.0.1:2");
+            jail.set_env("CROUPIER_JOBS__MAX_EVENTS", "0");
+            let err = ServerConfig::load(None, Flags::default()).unwrap_err();
+            assert!(err.to_string().contains("max_events"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn layers_file_then_flags() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("c.toml");
-        std::fs::write(
-            &file,
-            "listen = \"0.0.0.0:9000\"\nheartbeat_interval = \"2s\"\n[limits]\nmax_labels = 8\n",
-        )
-        .unwrap();
-        let cfg = ServerConfig::load(Some(&file), Flags::default()).unwrap();
-        assert_eq!(cfg.listen, "0.0.0.0:9000");
-        assert_eq!(cfg.heartbeat_interval, Duration::from_secs(2));
-        assert_eq!(cfg.limits.max_labels, 8);
-        assert_eq!(cfg.missed_heartbeats, 3);
-        let cfg = ServerConfig::load(
-            Some(&file),
-            Flags {
-                listen: Some("127.0.0.1:1".into()),
-            },
-        )
-        .unwrap();
-        assert_eq!(cfg.listen, "127.0.0.1:1");
+        // In a jail: no CROUPIER_* variable of the process or another test leaks in.
+        figment::Jail::expect_with(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("c.toml");
+            std::fs::write(
+                &file,
+                "listen = \"0.0.0.0:9000\"\nheartbeat_interval = \"2s\"\n[limits]\nmax_labels = 8\n",
+            )
+            .unwrap();
+            let cfg = ServerConfig::load(Some(&file), Flags::default()).unwrap();
+            assert_eq!(cfg.listen, "0.0.0.0:9000");
+            assert_eq!(cfg.heartbeat_interval, Duration::from_secs(2));
+            assert_eq!(cfg.limits.max_labels, 8);
+            assert_eq!(cfg.missed_heartbeats, 3);
+            let cfg = ServerConfig::load(
+                Some(&file),
+                Flags {
+                    listen: Some("127.0.0.1:1".into()),
+                },
+            )
+            .unwrap();
+            assert_eq!(cfg.listen, "127.0.0.1:1");
+            Ok(())
+        });
     }
 
     #[test]
     fn rejects_unknown_fields_and_bad_values() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("c.toml");
-        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
-        let err = format!(
-            "{:#}",
-            ServerConfig::load(Some(&file), Flags::default()).unwrap_err()
-        );
-        assert!(err.contains("lisen"), "{err}");
-        std::fs::write(&file, "missed_heartbeats = 0\n").unwrap();
-        assert!(ServerConfig::load(Some(&file), Flags::default()).is_err());
+        // In a jail: no CROUPIER_* variable of the process or another test leaks in.
+        figment::Jail::expect_with(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("c.toml");
+            std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+            let err = format!(
+                "{:#}",
+                ServerConfig::load(Some(&file), Flags::default()).unwrap_err()
+            );
+            assert!(err.contains("lisen"), "{err}");
+            std::fs::write(&file, "missed_heartbeats = 0\n").unwrap();
+            assert!(ServerConfig::load(Some(&file), Flags::default()).is_err());
+            Ok(())
+        });
     }
 
     #[test]
     fn example_config_in_deploy_is_valid() {
-        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/croupier.toml");
-        let cfg = ServerConfig::load(Some(&file), Flags::default()).unwrap();
-        assert_eq!(cfg.listen, "0.0.0.0:8443");
+        // In a jail: no CROUPIER_* variable of the process or another test leaks in.
+        figment::Jail::expect_with(|_| {
+            let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/croupier.toml");
+            let cfg = ServerConfig::load(Some(&file), Flags::default()).unwrap();
+            assert_eq!(cfg.listen, "0.0.0.0:8443");
+            Ok(())
+        });
     }
 }

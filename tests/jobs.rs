@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Mesh, bin, opts};
+use croupier_proto::common::v1::NodeState;
 use croupier_proto::function::v1::{EventType, JobEvent, ListJobsRequest};
 use croupier_proto::json::opt_struct_to_json;
 use croupier_sdk::Client;
@@ -94,6 +95,14 @@ async fn job_streams_in_order_replays_for_late_subscribers_and_resumes_from_seq(
     let tail = collect(&client, job.id(), 7).await;
     assert_eq!(seqs(&tail), (7..=12).collect::<Vec<_>>());
     assert_eq!(&tail[..], &live[6..]);
+
+    // A job function invoked synchronously runs to its result.
+    let sync = client
+        .invoke("agent.countdown", json!({"steps": 2}), &opts())
+        .await
+        .unwrap();
+    assert!(sync.success, "{sync:?}");
+    assert_eq!(opt_struct_to_json(sync.result.as_ref())["steps"], 2);
 
     let record = client.get_job(job.id()).await.unwrap();
     assert_eq!(record.status, "completed");
@@ -366,7 +375,7 @@ async fn bad_job_requests_get_clear_errors() {
     mesh.wait_online(&["a1"]).await;
     let client = mesh.client("client-c1").await;
     let expect = |r: Result<tonic::Streaming<JobEvent>, tonic::Status>, code: Code, says: &str| {
-        let s = r.err().expect("an error");
+        let s = r.expect_err("an error");
         assert_eq!(s.code(), code, "{s:?}");
         assert!(s.message().contains(says), "{s:?}");
     };
@@ -387,7 +396,7 @@ async fn bad_job_requests_get_clear_errors() {
 
     let start = |f: &'static str, p: serde_json::Value, o: croupier_sdk::CallOptions| {
         let client = client.clone();
-        async move { client.start_job(f, p, &o).await.err().expect("an error") }
+        async move { client.start_job(f, p, &o).await.expect_err("an error") }
     };
     let s = start("no.such.fn", json!({}), opts()).await;
     assert_eq!(s.code(), Code::NotFound, "{s:?}");
@@ -483,4 +492,74 @@ async fn cli_follows_jobs_and_exits_by_outcome() {
     assert_eq!(rec["status"], "cancelled");
     let out = cli(&["job", "list", "--status", "cancelled"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_dropped_by_retention_are_announced_with_a_gap() {
+    let mesh = Mesh::start_with_env(
+        &["a1"],
+        Duration::from_secs(2),
+        &[("CROUPIER_JOBS__MAX_EVENTS", "5")],
+    );
+    let _a1 = mesh.agent("a1", &[]);
+    mesh.wait_online(&["a1"]).await;
+    let client = mesh.client("client-c1").await;
+    let job = client
+        .start_job("agent.countdown", json!({"steps": 20, "ms": 5}), &opts())
+        .await
+        .unwrap();
+    let record = job.wait().await.unwrap();
+    assert_eq!(record.last_seq, 42);
+    assert!(record.first_seq > 1, "old events were dropped: {record:?}");
+    let events = collect(&client, job.id(), 0).await;
+    let gap = &events[0];
+    assert_eq!(kind(gap), EventType::Gap, "{events:?}");
+    assert_eq!(gap.seq, 0);
+    let next = opt_struct_to_json(gap.data.as_ref())["next_seq"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(next, events[1].seq);
+    assert_eq!(opt_struct_to_json(gap.data.as_ref())["from_seq"], 1);
+    let rest = seqs(&events[1..]);
+    assert_eq!(
+        rest,
+        (next..=42).collect::<Vec<_>>(),
+        "the retained tail, in order"
+    );
+    assert!(rest.len() < 42);
+    // Asking only for retained events gets no gap.
+    let tail = collect(&client, job.id(), 40).await;
+    assert_eq!(seqs(&tail), vec![40, 41, 42]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_node_cancels_its_running_jobs() {
+    let mesh = Mesh::start(&["a1"], Duration::from_secs(2));
+    let _a1 = mesh.agent("a1", &[]);
+    mesh.wait_online(&["a1"]).await;
+    let client = mesh.client("client-c1").await;
+    let job = client
+        .start_job("agent.countdown", json!({"steps": 1000, "ms": 50}), &opts())
+        .await
+        .unwrap();
+    let mut stream = job.events(0).await.unwrap();
+    while kind(&stream.message().await.unwrap().unwrap()) != EventType::Progress {}
+    let admin = mesh.client("admin-ops").await;
+    admin
+        .set_node_state("a1", NodeState::Disabled, "hardware fault")
+        .await
+        .unwrap();
+    let mut last = None;
+    while let Some(e) = stream.message().await.unwrap() {
+        last = Some(e);
+    }
+    let last = last.unwrap();
+    assert_eq!(kind(&last), EventType::Cancelled, "{last:?}");
+    assert!(last.message.contains("hardware fault"), "{last:?}");
+    // No new job lands on a disabled node.
+    let refused = client
+        .start_job("agent.countdown", json!({"steps": 1}), &opts())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
 }

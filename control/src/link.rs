@@ -50,4 +50,6 @@ pub trait JobSink: Send + Sync + 'static {
     /// The agent is gone (offline after missed heartbeats, replaced by a new registration, or
     /// shut down): its unfinished jobs are lost.
     fn agent_gone(&self, agent_id: &str, reason: &str);
+    /// An admin disabled the agent's node: its running jobs are cancelled with `reason`.
+    fn node_disabled(&self, agent_id: &str, reason: &str);
 }

@@ -657,6 +657,14 @@ impl ControlPlane {
             }));
         }
         tracing::info!(agent_id = %req.agent_id, state = record.state.as_str(), actor = %record.actor, reason = %record.reason, "node state changed");
+        if record.state == NodeState::Disabled
+            && let Some(sink) = self.jobs.get()
+        {
+            sink.node_disabled(
+                &req.agent_id,
+                &format!("node disabled by {}: {}", record.actor, record.reason),
+            );
+        }
         self.audit.record(AuditRecord {
             at: record.changed_at,
             who: who.uri(),

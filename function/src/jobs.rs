@@ -1026,6 +1026,26 @@ impl JobSink for JobManager {
         }
     }
 
+    fn node_disabled(&self, agent_id: &str, reason: &str) {
+        for job in self.live() {
+            let cancel = {
+                let mut st = lock(&job.st);
+                let mine = st.record.agent_id == agent_id && !st.record.status.is_terminal();
+                if mine && !st.cancel_requested {
+                    st.cancel_requested = true;
+                    st.record.cancel_reason = reason.to_string();
+                    st.touch_record();
+                }
+                mine
+            };
+            if cancel {
+                tracing::info!(job_id = %job.id, agent_id, "cancelling job: node disabled");
+                self.mark(&job);
+                self.send_cancel(&job);
+            }
+        }
+    }
+
     fn agent_gone(&self, agent_id: &str, reason: &str) {
         for job in self.live() {
             let mine = {

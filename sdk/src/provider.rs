@@ -386,12 +386,14 @@ impl Provider {
         let session_over = CancellationToken::new();
         let heartbeat = tokio::spawn(heartbeat_loop(
             control.clone(),
-            self.cfg.agent_id.clone(),
-            session_id.clone(),
-            interval,
-            self.status.clone(),
-            self.in_flight.clone(),
-            self.outbox.clone(),
+            Beat {
+                agent_id: self.cfg.agent_id.clone(),
+                session_id: session_id.clone(),
+                interval,
+                status: self.status.clone(),
+                in_flight: self.in_flight.clone(),
+                outbox: self.outbox.clone(),
+            },
             session_over.clone(),
         ));
         let ended = loop {
@@ -656,16 +658,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn heartbeat_loop(
-    mut control: ControlServiceClient<tonic::transport::Channel>,
+/// What the heartbeat loop sends.
+struct Beat {
     agent_id: String,
     session_id: String,
     interval: Duration,
     status: Option<StatusFn>,
     in_flight: Arc<AtomicI64>,
     outbox: Arc<Outbox>,
+}
+
+async fn heartbeat_loop(
+    mut control: ControlServiceClient<tonic::transport::Channel>,
+    beat: Beat,
     over: CancellationToken,
 ) {
+    let Beat {
+        agent_id,
+        session_id,
+        interval,
+        status,
+        in_flight,
+        outbox,
+    } = beat;
     let mut tick = tokio::time::interval(interval);
     tick.tick().await; // registration counts as the first heartbeat
     loop {

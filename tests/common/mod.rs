@@ -57,6 +57,8 @@ pub struct Mesh {
     pub server: Option<Proc>,
     pub url: String,
     pub heartbeat: Duration,
+    /// Extra environment of the server process (e.g. `CROUPIER_JOBS__MAX_EVENTS`).
+    pub server_env: Vec<(String, String)>,
 }
 
 /// Writes certificates into `dir` with the given agents, clients `c1`, and admin `ops`.
@@ -78,6 +80,11 @@ pub fn certs(dir: &Path, agents: &[&str]) {
 impl Mesh {
     /// Starts a server with heartbeat interval `heartbeat`; certificates for `agents`.
     pub fn start(agents: &[&str], heartbeat: Duration) -> Mesh {
+        Mesh::start_with_env(agents, heartbeat, &[])
+    }
+
+    /// Like [`Mesh::start`], with extra environment for the server.
+    pub fn start_with_env(agents: &[&str], heartbeat: Duration, env: &[(&str, &str)]) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         certs(&dir.path().join("certs"), agents);
         let mut mesh = Mesh {
@@ -85,6 +92,10 @@ impl Mesh {
             server: None,
             url: String::new(),
             heartbeat,
+            server_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         mesh.start_server("127.0.0.1:0");
         mesh
@@ -110,6 +121,11 @@ impl Mesh {
                 "5s",
             ])
             .env("CROUPIER_LOG", "info")
+            .envs(
+                self.server_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
