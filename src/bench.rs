@@ -176,13 +176,18 @@ struct BenchMesh {
     certs: std::path::PathBuf,
     url: String,
     stop: CancellationToken,
+    agent_stop: CancellationToken,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
     agent: tokio::task::JoinHandle<Result<(), croupier_sdk::provider::ProviderError>>,
 }
 
 impl BenchMesh {
-    /// Starts the server and an agent whose functions `add` registers.
-    async fn start(add: impl FnOnce(Provider) -> Provider) -> anyhow::Result<BenchMesh> {
+    /// Starts the server (its config adjusted by `tune`) and an agent whose functions `add`
+    /// registers.
+    async fn start(
+        tune: impl FnOnce(&mut ServerConfig),
+        add: impl FnOnce(Provider) -> Provider,
+    ) -> anyhow::Result<BenchMesh> {
         let dir = tempfile_dir()?;
         let certs = dir.join("certs");
         init(&CertsInit {
@@ -197,13 +202,14 @@ impl BenchMesh {
         let stop = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("https://{}", listener.local_addr()?);
-        let cfg = ServerConfig {
+        let mut cfg = ServerConfig {
             listen: "127.0.0.1:0".into(),
             data_dir: dir.join("data"),
             tls_dir: certs.clone(),
             audit_log: false,
             ..ServerConfig::default()
         };
+        tune(&mut cfg);
         let s = stop.clone();
         let server = tokio::spawn(crate::server::serve(cfg, listener, async move {
             s.cancelled().await
@@ -214,7 +220,8 @@ impl BenchMesh {
             TlsFiles::from_dir(&certs, "agent-bench-agent"),
         )));
         let mut state = provider.state();
-        let agent = tokio::spawn(provider.run(stop.clone()));
+        let agent_stop = CancellationToken::new();
+        let agent = tokio::spawn(provider.run(agent_stop.clone()));
         tokio::time::timeout(Duration::from_secs(20), state.wait_for(|s| s.connected))
             .await
             .context("the bench agent did not connect")??;
@@ -223,6 +230,7 @@ impl BenchMesh {
             certs,
             url,
             stop,
+            agent_stop,
             server,
             agent,
         })
@@ -233,8 +241,10 @@ impl BenchMesh {
     }
 
     async fn stop(self) -> anyhow::Result<()> {
-        self.stop.cancel();
+        // The agent leaves first (goodbye), then the server drains.
+        self.agent_stop.cancel();
         let _ = self.agent.await;
+        self.stop.cancel();
         self.server.await??;
         let _ = std::fs::remove_dir_all(&self.dir);
         Ok(())
@@ -243,18 +253,21 @@ impl BenchMesh {
 
 /// Runs the benchmark and prints the figures.
 pub async fn invoke(args: InvokeBenchArgs) -> anyhow::Result<()> {
-    let mesh_env = BenchMesh::start(|p| {
-        p.function(
-            croupier_proto::common::v1::FunctionDescriptor {
-                id: "bench.echo".into(),
-                ..Default::default()
-            },
-            |call| async move { Ok::<_, HandlerError>(echo(call.payload)) },
-        )
-    })
+    let mesh_env = BenchMesh::start(
+        |_| {},
+        |p| {
+            p.function(
+                croupier_proto::common::v1::FunctionDescriptor {
+                    id: "bench.echo".into(),
+                    ..Default::default()
+                },
+                |call| async move { Ok::<_, HandlerError>(echo(call.payload)) },
+            )
+        },
+    )
     .await?;
     let certs = mesh_env.certs.clone();
-    let stop = mesh_env.stop.clone();
+    let stop = CancellationToken::new();
 
     // The direct baseline: same handler behind a tonic server with the same mTLS.
     let direct_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -266,7 +279,7 @@ pub async fn invoke(args: InvokeBenchArgs) -> anyhow::Result<()> {
             .tcp_nodelay(true)
             .add_service(FunctionServiceServer::new(Direct))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(direct_listener),
+                crate::server::nodelay(direct_listener),
                 async move { d.cancelled().await },
             ),
     );
@@ -385,6 +398,8 @@ pub struct JobsFigures {
     pub first_event_p50_us: u64,
     /// 99th percentile of the same, microseconds.
     pub first_event_p99_us: u64,
+    /// Median time for `InvokeJob` alone to answer, microseconds.
+    pub invoke_job_p50_us: u64,
 }
 
 /// `croupier bench jobs`: one job emitting `events` log events as fast as it may, followed by
@@ -392,21 +407,29 @@ pub struct JobsFigures {
 /// `InvokeJob` to its first event.
 pub async fn jobs(args: JobsBenchArgs) -> anyhow::Result<()> {
     use croupier_proto::function::v1::EventType;
-    let mesh_env = BenchMesh::start(|p| {
-        p.job(
-            croupier_proto::common::v1::FunctionDescriptor {
-                id: "bench.flood".into(),
-                ..Default::default()
-            },
-            |job| async move {
-                let n = job.payload()["events"].as_u64().unwrap_or(0);
-                for i in 0..n {
-                    job.log(format!("event {i}")).await;
-                }
-                Ok::<_, HandlerError>(serde_json::json!({ "events": n }))
-            },
-        )
-    })
+    // Keep every event, so the subscriber never meets retention.
+    let keep = args.events as usize + 16;
+    let mesh_env = BenchMesh::start(
+        |cfg| cfg.jobs.max_events = keep,
+        |p| {
+            p.job(
+                croupier_proto::common::v1::FunctionDescriptor {
+                    id: "bench.flood".into(),
+                    ..Default::default()
+                },
+                |job| async move {
+                    let n = job.payload()["events"].as_u64().unwrap_or(0);
+                    // Give the subscriber time to attach, so it follows live from the start.
+                    let delay = job.payload()["delay_ms"].as_u64().unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    for i in 0..n {
+                        job.log(format!("event {i}")).await;
+                    }
+                    Ok::<_, HandlerError>(serde_json::json!({ "events": n }))
+                },
+            )
+        },
+    )
     .await?;
     let client = mesh_env.client().await?;
     let opts = CallOptions::default();
@@ -444,11 +467,13 @@ pub async fn jobs(args: JobsBenchArgs) -> anyhow::Result<()> {
 
     // Latency: InvokeJob → first event, one job at a time.
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut answered = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for _ in 0..args.starts {
         let t = Instant::now();
         let job = client
             .start_job("bench.flood", serde_json::json!({ "events": 0 }), &opts)
             .await?;
+        answered.record(t.elapsed().as_micros().max(1) as u64)?;
         let mut stream = job.events(0).await?;
         let first = stream
             .message()
@@ -464,6 +489,7 @@ pub async fn jobs(args: JobsBenchArgs) -> anyhow::Result<()> {
         starts: args.starts,
         first_event_p50_us: h.value_at_quantile(0.5),
         first_event_p99_us: h.value_at_quantile(0.99),
+        invoke_job_p50_us: answered.value_at_quantile(0.5),
     };
     if args.json {
         println!("{}", serde_json::to_string(&figures)?);
@@ -471,13 +497,15 @@ pub async fn jobs(args: JobsBenchArgs) -> anyhow::Result<()> {
         println!(
             "croupier bench jobs: mTLS on loopback, one process, embedded store\n\n\
              events from one job to one subscriber: {} events in {:.2}s = {:.0} events/s\n\
-             InvokeJob to first event ({} jobs): p50 {:.3} ms, p99 {:.3} ms",
+             InvokeJob to first event ({} jobs): p50 {:.3} ms, p99 {:.3} ms \
+             (InvokeJob alone answers in {:.3} ms, p50)",
             figures.events,
             span.as_secs_f64(),
             figures.events_per_second,
             figures.starts,
             figures.first_event_p50_us as f64 / 1000.0,
             figures.first_event_p99_us as f64 / 1000.0,
+            figures.invoke_job_p50_us as f64 / 1000.0,
         );
     }
     mesh_env.stop().await

@@ -174,7 +174,7 @@ pub async fn serve(
         .add_service(InterceptedService::new(function_svc, ident.clone()))
         .add_service(InterceptedService::new(registry_svc, ident));
     let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        TcpListenerStream::new(listener),
+        nodelay(listener),
         async {
             let _ = stop_rx.await;
         },
@@ -209,6 +209,21 @@ pub async fn serve(
     background.cancel();
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off. The builder's `tcp_nodelay` only applies to
+/// listeners tonic binds itself; without this, a small frame written while an earlier one is
+/// unacknowledged (a stream's first message after its headers) waits for the peer's delayed ACK,
+/// some 40 ms.
+pub fn nodelay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
 }
 
 fn spawn_idempotency_sweep(invoker: Arc<Invoker>, stop: CancellationToken) {
