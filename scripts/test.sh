@@ -10,7 +10,9 @@
 #   4. installs protoc-gen-go / protoc-gen-go-grpc when missing,
 #   5. runs scripts/check-protos.sh (C++ and Go codegen from proto/croupier/ compile),
 #   6. runs cargo fmt --check, cargo clippy -D warnings and cargo test --workspace with
-#      CROUPIER_REQUIRE_DOCKER=1 and CROUPIER_REQUIRE_ETCD=1 (tests fail instead of skipping).
+#      CROUPIER_REQUIRE_DOCKER=1 and CROUPIER_REQUIRE_ETCD=1 (tests fail instead of skipping),
+#   7. runs scripts/clients-test.sh: the Go, C++ and Python clients and the Python provider,
+#      built and run against a live server and agent (skipped when extra cargo args are given).
 #
 # Usage: scripts/test.sh [extra args passed to `cargo test --workspace`]
 #   e.g. scripts/test.sh -p croupier-registry -- store::
@@ -50,7 +52,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-section "1/6 system packages"
+section "1/7 system packages"
 # Each entry: "package:check". The check is a command name on PATH, an absolute path that must
 # exist, or pkgconfig=NAME. The package is (re)installed when its check fails.
 needs=(
@@ -121,7 +123,7 @@ echo "etcd: $(etcd --version 2>/dev/null | head -n1); protoc: $(protoc --version
 command -v cargo >/dev/null 2>&1 || die "cargo not found (the machine's rustup toolchain is expected on PATH)"
 
 # ---------------------------------------------------------------------------------------------
-section "2/6 docker engine"
+section "2/7 docker engine"
 docker_ok() { timeout 20 docker info >/dev/null 2>&1; }
 
 # dockerd's flags. Checked on this kind of machine (a Firecracker VM: kernel 6.18 with overlayfs,
@@ -188,7 +190,7 @@ fi
 docker version --format 'client {{.Client.Version}}, server {{.Server.Version}}'
 
 # ---------------------------------------------------------------------------------------------
-section "3/6 test image $TEST_IMAGE"
+section "3/7 test image $TEST_IMAGE"
 if docker image inspect "$TEST_IMAGE" >/dev/null 2>&1; then
     echo "image present"
 else
@@ -224,7 +226,7 @@ out="$(docker run --rm "$TEST_IMAGE" echo ok 2>&1)" ||
 echo "docker run --rm $TEST_IMAGE echo ok -> $out"
 
 # ---------------------------------------------------------------------------------------------
-section "4/6 Go protoc plugins"
+section "4/7 Go protoc plugins"
 GOBIN_DIR="$(go env GOPATH)/bin"
 export PATH="$GOBIN_DIR:$PATH"
 if ! command -v protoc-gen-go >/dev/null 2>&1; then
@@ -237,14 +239,14 @@ echo "protoc-gen-go: $(protoc-gen-go --version 2>&1)"
 echo "protoc-gen-go-grpc: $(protoc-gen-go-grpc --version 2>&1)"
 
 # ---------------------------------------------------------------------------------------------
-section "5/6 protos: C++ and Go codegen compile"
+section "5/7 protos: C++ and Go codegen compile"
 "$ROOT/scripts/check-protos.sh"
 
 echo
 echo "setup and proto checks done in $((SECONDS - START_TS)) s"
 
 # ---------------------------------------------------------------------------------------------
-section "6/6 cargo fmt, clippy, test"
+section "6/7 cargo fmt, clippy, test"
 if [[ "${CROUPIER_SKIP_CARGO:-0}" == 1 ]]; then
     echo "CROUPIER_SKIP_CARGO=1: skipping cargo fmt, clippy and test"
     exit 0
@@ -260,3 +262,14 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 section "cargo test --workspace --all-features $*"
 cargo test --workspace --all-features "$@"
+
+# ---------------------------------------------------------------------------------------------
+section "7/7 clients: Go, C++, Python against a live server"
+if [[ $# -gt 0 ]]; then
+    echo "extra cargo test arguments given: skipping the client examples"
+    exit 0
+fi
+cargo build --bin croupier
+CROUPIER_BIN="$ROOT/target/debug/croupier" "$ROOT/scripts/clients-test.sh"
+echo
+echo "all done in $((SECONDS - START_TS)) s"

@@ -278,10 +278,9 @@ pub async fn invoke(args: InvokeBenchArgs) -> anyhow::Result<()> {
             .tls_config(crate::server::server_tls(&certs)?)?
             .tcp_nodelay(true)
             .add_service(FunctionServiceServer::new(Direct))
-            .serve_with_incoming_shutdown(
-                crate::server::nodelay(direct_listener),
-                async move { d.cancelled().await },
-            ),
+            .serve_with_incoming_shutdown(crate::server::nodelay(direct_listener), async move {
+                d.cancelled().await
+            }),
     );
 
     let tls = TlsFiles::from_dir(&certs, "client-bench");

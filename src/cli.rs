@@ -124,6 +124,10 @@ pub struct AgentArgs {
     /// Label for selector routing (repeatable): --label region=eu.
     #[arg(long = "label", value_parser = parse_pair)]
     pub labels: Vec<(String, String)>,
+    /// Function packs to serve besides the built-in agent.* functions, comma-separated:
+    /// node; "all" for every pack, "none" (or empty) for none.
+    #[arg(long, env = "CROUPIER_PACKS", default_value = "all")]
+    pub packs: croupier_agent::Packs,
 }
 
 /// `croupier dev`.

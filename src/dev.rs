@@ -66,7 +66,10 @@ pub async fn run(
     provider.labels.insert("mode".into(), "dev".into());
     let agent_stop = CancellationToken::new();
     let agent = tokio::spawn(croupier_agent::run(
-        croupier_agent::AgentConfig { provider },
+        croupier_agent::AgentConfig {
+            provider,
+            packs: croupier_agent::Packs::all(),
+        },
         agent_stop.clone(),
     ));
 
@@ -84,13 +87,15 @@ pub async fn run(
     println!(
         "\nCroupier dev mesh is up.\n\
          \x20 server:       {url} (embedded store in {data})\n\
-         \x20 agent:        {agent} (agent.ping, agent.sleep)\n\
+         \x20 agent:        {agent} (agent.ping, agent.sleep, agent.countdown, node.metrics, node.resources)\n\
          \x20 certificates: {certs} (client-dev, admin-admin, agent-{agent})\n\n\
          Try, in another terminal:\n\
          \x20 croupier agents{server_flag}{flags}\n\
          \x20 croupier functions{server_flag}{flags}\n\
          \x20 croupier invoke agent.ping --payload '{{\"hello\":\"world\"}}'{server_flag}{flags}\n\
          \x20 croupier invoke agent.sleep --payload '{{\"ms\":250}}' --timeout 5{server_flag}{flags}\n\
+         \x20 croupier invoke node.metrics{server_flag}{flags}\n\
+         \x20 croupier job start agent.countdown --payload '{{\"steps\":10,\"ms\":300}}' --follow{server_flag}{flags}\n\
          \x20 croupier watch{server_flag}{flags}\n\
          \x20 croupier node state {agent} maintenance --reason 'trying it'{server_flag}{flags}\n\n\
          Press Ctrl-C to stop.",

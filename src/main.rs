@@ -91,7 +91,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 signal.await;
                 s.cancel();
             });
-            croupier_agent::run(croupier_agent::AgentConfig { provider }, stop).await?;
+            tracing::info!(packs = %args.packs, "starting agent");
+            croupier_agent::run(
+                croupier_agent::AgentConfig {
+                    provider,
+                    packs: args.packs.clone(),
+                },
+                stop,
+            )
+            .await?;
         }
         Command::Dev(args) => croupier::dev::run(args, shutdown_signal()).await?,
         Command::Invoke(args) => return cli::invoke(args).await,

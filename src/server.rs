@@ -173,12 +173,11 @@ pub async fn serve(
         .add_service(InterceptedService::new(control_svc, ident.clone()))
         .add_service(InterceptedService::new(function_svc, ident.clone()))
         .add_service(InterceptedService::new(registry_svc, ident));
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(
-        nodelay(listener),
-        async {
+    let server = tokio::spawn(
+        router.serve_with_incoming_shutdown(nodelay(listener), async {
             let _ = stop_rx.await;
-        },
-    ));
+        }),
+    );
     tracing::info!(%addr, server_id = %cfg.server_id, "croupier server listening");
     println!("croupier server listening on https://{addr}");
 

@@ -1,25 +1,33 @@
-//! The Croupier agent: the SDK provider runtime plus built-in functions.
+//! The Croupier agent: the SDK provider runtime plus built-in functions and function packs.
 //!
 //! Layout:
-//! - [`builtin`] — the `agent.*` functions every agent carries (`agent.ping`, `agent.sleep`).
+//! - [`builtin`] — the `agent.*` functions every agent carries (`agent.ping`, `agent.sleep`,
+//!   the job `agent.countdown`).
+//! - [`packs`] — packs switched on by name (`--packs`): `node` (host metrics and inventory).
 //! - [`run`] — builds the provider from an [`AgentConfig`] and runs it.
 
 pub mod builtin;
+pub mod packs;
 
 use croupier_sdk::{Provider, ProviderConfig};
 use tokio_util::sync::CancellationToken;
 
+pub use packs::{Pack, PackError, Packs};
+
 /// What an agent needs to run.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// Provider settings (servers, id, game, env, labels, TLS).
+    /// Connection, identity and reconnect settings.
     pub provider: ProviderConfig,
+    /// Packs to serve besides the built-in `agent.*` functions.
+    pub packs: Packs,
 }
 
-/// Builds the agent's provider with its built-in functions.
+/// Builds the agent's provider with its built-in functions and its packs.
 pub fn provider(cfg: AgentConfig) -> Provider {
     let agent_id = cfg.provider.agent_id.clone();
-    builtin::register(Provider::new(cfg.provider), &agent_id)
+    let provider = builtin::register(Provider::new(cfg.provider), &agent_id);
+    packs::install(provider, &cfg.packs)
 }
 
 /// Runs the agent until `shutdown` is cancelled.

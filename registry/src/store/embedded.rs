@@ -308,14 +308,13 @@ impl State {
 
     /// Closes the store: records the revision, releases the data dir, ends every watch.
     fn close(&mut self) -> Option<JoinHandle<()>> {
-        if let Some(mut log) = self.log.take() {
-            if self.revision > log.last_revision {
-                if let Err(err) = log.append(&Record::Revision {
-                    revision: self.revision,
-                }) {
-                    tracing::warn!(error = %err, "embedded store: recording the revision on close failed");
-                }
-            }
+        if let Some(mut log) = self.log.take()
+            && self.revision > log.last_revision
+            && let Err(err) = log.append(&Record::Revision {
+                revision: self.revision,
+            })
+        {
+            tracing::warn!(error = %err, "embedded store: recording the revision on close failed");
         }
         self.watchers.clear();
         self.leases.clear();
@@ -346,17 +345,17 @@ impl State {
             log.record_put(&kv, prev.as_ref())?;
         }
         self.revision = revision;
-        if let Some(prev) = &prev {
-            if prev.lease != 0 && prev.lease != lease {
-                if let Some(old) = self.leases.get_mut(&prev.lease) {
-                    old.keys.remove(key);
-                }
-            }
+        if let Some(prev) = &prev
+            && prev.lease != 0
+            && prev.lease != lease
+            && let Some(old) = self.leases.get_mut(&prev.lease)
+        {
+            old.keys.remove(key);
         }
-        if lease != 0 {
-            if let Some(l) = self.leases.get_mut(&lease) {
-                l.keys.insert(key.to_owned());
-            }
+        if lease != 0
+            && let Some(l) = self.leases.get_mut(&lease)
+        {
+            l.keys.insert(key.to_owned());
         }
         self.kvs.insert(key.to_owned(), kv.clone());
         self.emit(WatchEvent {
@@ -378,10 +377,10 @@ impl State {
         }
         let prev = self.kvs.remove(key).expect("checked above");
         self.revision = revision;
-        if prev.lease != 0 {
-            if let Some(l) = self.leases.get_mut(&prev.lease) {
-                l.keys.remove(key);
-            }
+        if prev.lease != 0
+            && let Some(l) = self.leases.get_mut(&prev.lease)
+        {
+            l.keys.remove(key);
         }
         self.emit(delete_event(revision, prev));
         self.maybe_compact_log();
@@ -952,11 +951,12 @@ impl Log {
             log.append(&Record::header())
                 .map_err(|e| io_context(e, "writing", &path))?;
         }
-        if log.records > log.compaction_min_records && log.records > 2 * log.persisted_keys + 2 {
-            if let Err(err) = log.rewrite(loaded.revision, loaded.kvs.values()) {
-                // The old log is still complete; the next write tries again.
-                tracing::warn!(error = %err, "embedded store: log compaction failed");
-            }
+        if log.records > log.compaction_min_records
+            && log.records > 2 * log.persisted_keys + 2
+            && let Err(err) = log.rewrite(loaded.revision, loaded.kvs.values())
+        {
+            // The old log is still complete; the next write tries again.
+            tracing::warn!(error = %err, "embedded store: log compaction failed");
         }
         Ok((log, loaded.revision, loaded.kvs))
     }
@@ -1031,10 +1031,10 @@ impl Log {
         kvs: impl Iterator<Item = &'a KeyValue>,
     ) -> io::Result<()> {
         let tmp_path = self.dir.join(LOG_TMP_FILE);
-        if let Err(e) = fs::remove_file(&tmp_path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                return Err(e);
-            }
+        if let Err(e) = fs::remove_file(&tmp_path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            return Err(e);
         }
         let file = OpenOptions::new()
             .append(true)
@@ -1113,21 +1113,21 @@ impl Loaded {
             };
             let line = &bytes[pos..pos + newline];
             let next = pos + newline + 1;
-            if !line.iter().all(u8::is_ascii_whitespace) {
-                if let Err(bad) = loaded.apply(line) {
-                    let (reason, fatal) = match bad {
-                        BadLine::Unreadable(reason) => (reason, false),
-                        BadLine::Unsupported(reason) => (reason, true),
-                    };
-                    if fatal || bytes[next..].contains(&b'\n') {
-                        return Err(StoreError::Corrupt(format!(
-                            "{} line {line_no}: {reason}",
-                            path.display()
-                        )));
-                    }
-                    // The last complete line is unreadable: treat it as torn too.
-                    break;
+            if !line.iter().all(u8::is_ascii_whitespace)
+                && let Err(bad) = loaded.apply(line)
+            {
+                let (reason, fatal) = match bad {
+                    BadLine::Unreadable(reason) => (reason, false),
+                    BadLine::Unsupported(reason) => (reason, true),
+                };
+                if fatal || bytes[next..].contains(&b'\n') {
+                    return Err(StoreError::Corrupt(format!(
+                        "{} line {line_no}: {reason}",
+                        path.display()
+                    )));
                 }
+                // The last complete line is unreadable: treat it as torn too.
+                break;
             }
             pos = next;
             loaded.valid_len = next;
