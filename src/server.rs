@@ -166,6 +166,9 @@ pub async fn serve(
         .tls_config(tls)
         .context("configuring TLS")?
         .tcp_nodelay(true)
+        .layer(tower::util::MapResponseLayer::new(
+            oversize_is_resource_exhausted::<tonic::body::Body>,
+        ))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)
@@ -208,6 +211,26 @@ pub async fn serve(
     background.cancel();
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// Tonic answers a request over `max_message_bytes` with `OUT_OF_RANGE` ("message length too
+/// large"); DESIGN §4 gives limits `RESOURCE_EXHAUSTED` (as grpc-go does), so the status of
+/// such an answer is rewritten. The message, which names the size and the limit, is kept.
+pub fn oversize_is_resource_exhausted<B>(
+    mut resp: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    let h = resp.headers_mut();
+    let oversize = h.get("grpc-status").is_some_and(|v| v == "11")
+        && h.get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+    if oversize {
+        h.insert(
+            "grpc-status",
+            tonic::codegen::http::HeaderValue::from_static("8"),
+        );
+    }
+    resp
 }
 
 /// Accepted connections with Nagle's algorithm off. The builder's `tcp_nodelay` only applies to

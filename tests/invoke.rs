@@ -283,8 +283,8 @@ async fn oversized_message_is_refused_and_nothing_else_is_affected() {
         })
         .await
         .unwrap_err();
-    // tonic answers a message over the limit with OUT_OF_RANGE (grpc-go uses RESOURCE_EXHAUSTED).
-    assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    // A message over the limit is RESOURCE_EXHAUSTED (DESIGN §4), naming the size and limit.
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(
         e.message().contains("too large") || e.message().contains("limit"),
         "{}",
