@@ -41,6 +41,19 @@ pub struct ServerConfig {
     pub idempotency_retention: Duration,
     /// Write the audit log to `<data_dir>/audit.log`. Default true.
     pub audit_log: bool,
+    /// Where registrations, descriptors, node states, jobs and idempotency records live:
+    /// `embedded` (default; in `<data_dir>/store`) or `etcd` (several servers can share it).
+    pub store: StoreKind,
+    /// etcd client URLs, for `store = "etcd"`.
+    pub etcd_endpoints: Vec<String>,
+    /// Prefix of every key in etcd (several meshes can share one cluster). Default empty.
+    pub etcd_namespace: String,
+    /// CA certificate (PEM) of etcd's TLS; enables TLS to etcd.
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd.
+    pub etcd_cert: Option<PathBuf>,
+    /// Client key (PEM) for etcd.
+    pub etcd_key: Option<PathBuf>,
     /// Input limits.
     pub limits: Limits,
     /// Job retention and deadlines.
@@ -82,6 +95,17 @@ impl Default for Jobs {
     }
 }
 
+/// The store backend.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In-process, persisted in the data dir.
+    #[default]
+    Embedded,
+    /// etcd v3.
+    Etcd,
+}
+
 /// Limits on what callers and agents may send.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -121,6 +145,12 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             idempotency_retention: Duration::from_secs(24 * 3600),
             audit_log: true,
+            store: StoreKind::Embedded,
+            etcd_endpoints: Vec::new(),
+            etcd_namespace: String::new(),
+            etcd_ca: None,
+            etcd_cert: None,
+            etcd_key: None,
             limits: Limits::default(),
             jobs: Jobs::default(),
         }
@@ -141,6 +171,12 @@ const ENV_KEYS: &[&str] = &[
     "shutdown_grace",
     "idempotency_retention",
     "audit_log",
+    "store",
+    "etcd_endpoints",
+    "etcd_namespace",
+    "etcd_ca",
+    "etcd_cert",
+    "etcd_key",
     "limits",
     "jobs",
 ];
@@ -176,6 +212,12 @@ impl ServerConfig {
         }
         if self.missed_heartbeats == 0 {
             bail!("missed_heartbeats must be at least 1");
+        }
+        if self.store == StoreKind::Etcd && self.etcd_endpoints.is_empty() {
+            bail!("store = \"etcd\" needs etcd_endpoints (--etcd-endpoints URL,...)");
+        }
+        if self.etcd_cert.is_some() != self.etcd_key.is_some() {
+            bail!("give both etcd_cert and etcd_key, or neither");
         }
         if self.jobs.max_events == 0 {
             bail!("jobs.max_events must be at least 1");

@@ -20,6 +20,7 @@ use croupier_registry::identity::IdentityResolver;
 use croupier_registry::service::RegistryServer;
 use croupier_registry::store::Store;
 use croupier_registry::store::embedded::EmbeddedStore;
+use croupier_registry::store::etcd::{EtcdOptions, EtcdStore};
 use croupier_registry::view::RegistryView;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -28,7 +29,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
-use crate::config::ServerConfig;
+use crate::config::{ServerConfig, StoreKind};
 
 /// Service names reported by `grpc.health.v1`.
 const SERVICES: &[&str] = &[
@@ -69,10 +70,24 @@ pub async fn serve(
     let tls = server_tls(&cfg.tls_dir)?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(&cfg.data_dir.join("store"))
-            .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
-    );
+    let store: Arc<dyn Store> = match cfg.store {
+        StoreKind::Embedded => Arc::new(
+            EmbeddedStore::open(&cfg.data_dir.join("store"))
+                .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
+        ),
+        StoreKind::Etcd => Arc::new(
+            EtcdStore::connect(EtcdOptions {
+                endpoints: cfg.etcd_endpoints.clone(),
+                namespace: cfg.etcd_namespace.clone(),
+                ca: cfg.etcd_ca.clone(),
+                cert: cfg.etcd_cert.clone(),
+                key: cfg.etcd_key.clone(),
+                timeout: None,
+            })
+            .await
+            .context("connecting to etcd")?,
+        ),
+    };
     let background = CancellationToken::new();
     let view = RegistryView::start(store.clone(), background.child_token())
         .await
@@ -181,7 +196,7 @@ pub async fn serve(
             let _ = stop_rx.await;
         }),
     );
-    tracing::info!(%addr, server_id = %cfg.server_id, "croupier server listening");
+    tracing::info!(%addr, server_id = %cfg.server_id, store = ?cfg.store, "croupier server listening");
     println!("croupier server listening on https://{addr}");
 
     let mut server = server;

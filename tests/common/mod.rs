@@ -59,6 +59,8 @@ pub struct Mesh {
     pub heartbeat: Duration,
     /// Extra environment of the server process (e.g. `CROUPIER_JOBS__MAX_EVENTS`).
     pub server_env: Vec<(String, String)>,
+    /// Extra arguments of the server process (e.g. `--store etcd`).
+    pub server_args: Vec<String>,
 }
 
 /// Writes certificates into `dir` with the given agents, clients `c1`, and admin `ops`.
@@ -85,6 +87,16 @@ impl Mesh {
 
     /// Like [`Mesh::start`], with extra environment for the server.
     pub fn start_with_env(agents: &[&str], heartbeat: Duration, env: &[(&str, &str)]) -> Mesh {
+        Mesh::start_with(agents, heartbeat, env, &[])
+    }
+
+    /// Like [`Mesh::start`], with extra environment and arguments for the server.
+    pub fn start_with(
+        agents: &[&str],
+        heartbeat: Duration,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         certs(&dir.path().join("certs"), agents);
         let mut mesh = Mesh {
@@ -96,6 +108,7 @@ impl Mesh {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            server_args: args.iter().map(|a| a.to_string()).collect(),
         };
         mesh.start_server("127.0.0.1:0");
         mesh
@@ -120,6 +133,7 @@ impl Mesh {
                 "--shutdown-grace",
                 "5s",
             ])
+            .args(&self.server_args)
             .env("CROUPIER_LOG", "info")
             .envs(
                 self.server_env

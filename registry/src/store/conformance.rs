@@ -74,17 +74,18 @@ macro_rules! store_conformance_tests {
     };
 }
 
-/// Runs every check, concurrently, each on a fresh store from `make`.
-pub async fn run_all<F, Fut>(make: F)
+type Check = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Every check with its name, each on a fresh store from `make`.
+async fn checks<F, Fut>(make: F) -> Vec<(&'static str, Check)>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Arc<dyn Store>>,
 {
-    type Check = Pin<Box<dyn Future<Output = ()> + Send>>;
-    let mut checks: Vec<Check> = Vec::new();
+    let mut checks: Vec<(&'static str, Check)> = Vec::new();
     macro_rules! add {
         ($($check:ident),* $(,)?) => {
-            $( checks.push(Box::pin($check(make().await))); )*
+            $( checks.push((stringify!($check), Box::pin($check(make().await)))); )*
         };
     }
     // Keep in step with `store_conformance_tests!`.
@@ -106,7 +107,32 @@ where
         watch_after_compact_fails,
         watch_filters_by_prefix,
     );
-    futures::future::join_all(checks).await;
+    checks
+}
+
+/// Runs every check, concurrently, each on a fresh store from `make`.
+pub async fn run_all<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let all = checks(make).await;
+    futures::future::join_all(all.into_iter().map(|(_, check)| check)).await;
+}
+
+/// Runs every check one after another, each on a fresh store from `make`: for a backend shared
+/// by all checks (one etcd), where [`watch_after_compact_fails`] would compact history that a
+/// concurrent check still replays.
+pub async fn run_in_turn<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    for (name, check) in checks(make).await {
+        let started = Instant::now();
+        check.await;
+        eprintln!("conformance: {name} ok ({:?})", started.elapsed());
+    }
 }
 
 /// The next watch event, failing the check on an error, the end of the stream or a timeout.
@@ -720,4 +746,148 @@ pub async fn watch_filters_by_prefix(store: Arc<dyn Store>) {
     assert_put(&next_event(&mut replay).await, "/p/a/x", b"ax", rx);
     assert_put(&next_event(&mut replay).await, "/p/a/y", b"ay", ry);
     assert_quiet(&mut replay).await;
+}
+
+/// A throwaway single-member etcd (the `etcd` binary, e.g. Debian's `etcd-server`) on free
+/// loopback ports with its data in a temp dir; killed when dropped.
+pub struct EtcdProcess {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    args: Vec<String>,
+    /// Client URL, `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+impl EtcdProcess {
+    /// Starts etcd and waits until it answers. `Err` says why (no `etcd` binary, no answer).
+    /// With `CROUPIER_REQUIRE_ETCD=1` (CI) callers should fail on `Err`, not skip.
+    pub async fn start() -> Result<EtcdProcess, String> {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| format!("picking a free port: {e}"))
+        };
+        let (client, peer) = (free()?, free()?);
+        let dir = std::env::temp_dir().join(format!(
+            "croupier-etcd-{}-{client}",
+            std::process::id()
+        ));
+        let endpoint = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(dir.with_extension("log"))
+            .map_err(|e| format!("creating the etcd log: {e}"))?;
+        let args: Vec<String> = [
+            "--name",
+            "t",
+            "--data-dir",
+            &dir.display().to_string(),
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+            "--initial-cluster",
+            &format!("t={peer_url}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let child = spawn_etcd(&args, log)?;
+        let process = EtcdProcess {
+            child,
+            dir,
+            args,
+            endpoint,
+        };
+        process.wait_ready().await?;
+        Ok(process)
+    }
+
+    /// Starts etcd again (after [`EtcdProcess::kill`]) on the same ports and data.
+    pub async fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.dir.with_extension("log"))
+            .map_err(|e| format!("opening the etcd log: {e}"))?;
+        self.child = spawn_etcd(&self.args, log)?;
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&self) -> Result<(), String> {
+        let process = self;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let opts = super::etcd::EtcdOptions {
+                endpoints: vec![process.endpoint.clone()],
+                timeout: Some(Duration::from_secs(1)),
+                ..Default::default()
+            };
+            match super::etcd::EtcdStore::connect(opts).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!("etcd at {} did not answer: {e}", process.endpoint));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// A store on this etcd under a fresh namespace.
+    pub async fn store(&self) -> super::etcd::EtcdStore {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        super::etcd::EtcdStore::connect(super::etcd::EtcdOptions {
+            endpoints: vec![self.endpoint.clone()],
+            namespace: format!("/test-{n}"),
+            ..Default::default()
+        })
+        .await
+        .expect("connecting to the test etcd")
+    }
+
+    /// Stops etcd (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(self.dir.with_extension("log"));
+    }
+}
+
+fn spawn_etcd(args: &[String], log: std::fs::File) -> Result<std::process::Child, String> {
+    std::process::Command::new("etcd")
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| {
+            format!("starting `etcd` ({e}); install Debian's etcd-server (scripts/test.sh does)")
+        })
+}
+
+/// Starts a test etcd, or explains why not: panics when `CROUPIER_REQUIRE_ETCD=1` (CI), else
+/// returns None after printing the reason (the caller skips).
+pub async fn etcd_or_skip() -> Option<EtcdProcess> {
+    match EtcdProcess::start().await {
+        Ok(p) => Some(p),
+        Err(e) if std::env::var("CROUPIER_REQUIRE_ETCD").as_deref() == Ok("1") => {
+            panic!("etcd is required (CROUPIER_REQUIRE_ETCD=1): {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            None
+        }
+    }
 }

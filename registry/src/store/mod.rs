@@ -3,6 +3,7 @@
 //!
 //! Layout:
 //! - [`embedded`] — the in-process backend (default), persisting non-lease keys in a data dir.
+//! - [`etcd`] — the etcd backend, for several server replicas.
 //! - [`conformance`] (feature `test-util`): the suite every backend must pass.
 
 use std::pin::Pin;
@@ -14,6 +15,7 @@ use futures::Stream;
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 pub mod embedded;
+pub mod etcd;
 
 /// A store revision: increases by one with every change (put or delete) in the whole store.
 pub type Revision = i64;
