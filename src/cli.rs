@@ -77,10 +77,14 @@ pub struct ServerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_dir: Option<PathBuf>,
-    /// This server's id.
+    /// This server's id (unique per replica).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_id: Option<String>,
+    /// URL other replicas use to reach this server (default: the bound address).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_url: Option<String>,
     /// Agent heartbeat interval (e.g. "15s").
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

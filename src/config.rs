@@ -20,8 +20,11 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Directory with `ca.pem`, `server.pem`, `server.key`. Default `./certs`.
     pub tls_dir: PathBuf,
-    /// This server's id in the mesh. Default `server`.
+    /// This server's id in the mesh. Default `server`. Unique per replica.
     pub server_id: String,
+    /// URL other replicas use to reach this server (forwarding), e.g. `https://10.0.0.5:8443`.
+    /// Default: the bound address.
+    pub advertise_url: String,
     /// How often agents heartbeat. Default `15s`.
     #[serde(with = "humantime_serde")]
     pub heartbeat_interval: Duration,
@@ -138,6 +141,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("croupier-data"),
             tls_dir: PathBuf::from("certs"),
             server_id: "server".into(),
+            advertise_url: String::new(),
             heartbeat_interval: Duration::from_secs(15),
             missed_heartbeats: 3,
             default_timeout: Duration::from_secs(30),
@@ -164,6 +168,7 @@ const ENV_KEYS: &[&str] = &[
     "data_dir",
     "tls_dir",
     "server_id",
+    "advertise_url",
     "heartbeat_interval",
     "missed_heartbeats",
     "default_timeout",

@@ -11,12 +11,14 @@ use anyhow::Context;
 use croupier_control::audit::AuditLog;
 use croupier_control::service::ControlServer;
 use croupier_control::{AgentLink, ControlConfig, ControlPlane};
+use croupier_function::forward::Forwarder;
 use croupier_function::service::FunctionServer;
 use croupier_function::{InvokeConfig, Invoker, JobConfig, JobManager};
 use croupier_proto::control::v1::control_service_server::ControlServiceServer;
 use croupier_proto::function::v1::function_service_server::FunctionServiceServer;
 use croupier_proto::registry::v1::registry_service_server::RegistryServiceServer;
 use croupier_registry::identity::IdentityResolver;
+use croupier_registry::model::{ServerRecord, now_ms};
 use croupier_registry::service::RegistryServer;
 use croupier_registry::store::Store;
 use croupier_registry::store::embedded::EmbeddedStore;
@@ -130,6 +132,16 @@ pub async fn serve(
     .await
     .context("loading jobs")?;
     control.set_job_sink(jobs.clone());
+    let addr: SocketAddr = listener.local_addr()?;
+    let advertise = advertise_url(&cfg, addr);
+    let forwarder = Arc::new(Forwarder::new(
+        &cfg.server_id,
+        view.clone(),
+        &read_tls(&cfg.tls_dir, "ca.pem")?,
+        &read_tls(&cfg.tls_dir, "server.pem")?,
+        &read_tls(&cfg.tls_dir, "server.key")?,
+    ));
+    jobs.set_forwarder(forwarder.clone());
     let invoker = Arc::new(
         Invoker::new(
             InvokeConfig {
@@ -143,7 +155,8 @@ pub async fn serve(
             control.clone() as Arc<dyn AgentLink>,
             audit,
         )
-        .with_jobs(jobs),
+        .with_jobs(jobs)
+        .with_forwarder(forwarder.clone()),
     );
     spawn_idempotency_sweep(invoker.clone(), background.child_token());
 
@@ -175,7 +188,6 @@ pub async fn serve(
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
 
-    let addr: SocketAddr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = Server::builder()
         .tls_config(tls)
@@ -196,7 +208,16 @@ pub async fn serve(
             let _ = stop_rx.await;
         }),
     );
-    tracing::info!(%addr, server_id = %cfg.server_id, store = ?cfg.store, "croupier server listening");
+    spawn_server_registration(
+        store.clone(),
+        ServerRecord {
+            server_id: cfg.server_id.clone(),
+            url: advertise.clone(),
+            started_at: now_ms(),
+        },
+        background.child_token(),
+    );
+    tracing::info!(%addr, server_id = %cfg.server_id, %advertise, store = ?cfg.store, "croupier server listening");
     println!("croupier server listening on https://{addr}");
 
     let mut server = server;
@@ -261,6 +282,69 @@ pub fn nodelay(
         conn.set_nodelay(true)?;
         Ok(conn)
     })
+}
+
+/// The URL other replicas use to reach this server: `advertise_url` from the config, else the
+/// bound address (an unspecified IP becomes 127.0.0.1, which only suits one machine).
+fn advertise_url(cfg: &ServerConfig, addr: SocketAddr) -> String {
+    if !cfg.advertise_url.is_empty() {
+        return cfg.advertise_url.clone();
+    }
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        tracing::warn!(
+            "listening on an unspecified address: set advertise_url so other servers can reach this one"
+        );
+    }
+    format!("https://{addr}")
+}
+
+fn read_tls(dir: &std::path::Path, name: &str) -> anyhow::Result<Vec<u8>> {
+    let p = dir.join(name);
+    std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
+}
+
+/// How long a server's registration outlives its last refresh.
+const SERVER_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// Keeps `/croupier/servers/{id}` alive under a lease (refreshed every third of its TTL, and
+/// written again when the lease was lost), and revokes it when `stop` is cancelled.
+fn spawn_server_registration(store: Arc<dyn Store>, record: ServerRecord, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let key = croupier_registry::keys::server(&record.server_id);
+        let Ok(value) = serde_json::to_vec(&record) else {
+            return;
+        };
+        let mut lease: Option<i64> = None;
+        loop {
+            let ok = match lease {
+                Some(l) => store.keep_alive(l).await.is_ok(),
+                None => false,
+            };
+            if !ok {
+                lease = None;
+                match store.grant_lease(SERVER_LEASE_TTL).await {
+                    Ok(l) => match store.put(&key, value.clone(), Some(l)).await {
+                        Ok(_) => lease = Some(l),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "registering this server failed; retrying")
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "registering this server failed; retrying")
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(SERVER_LEASE_TTL / 3) => {}
+            }
+        }
+        if let Some(l) = lease {
+            let _ = store.revoke_lease(l).await;
+        }
+    });
 }
 
 fn spawn_idempotency_sweep(invoker: Arc<Invoker>, stop: CancellationToken) {

@@ -94,3 +94,77 @@ async fn a_server_on_etcd_serves_keeps_state_and_survives_an_etcd_outage() {
     };
     assert_eq!(job.wait().await.unwrap().status, "completed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_and_jobs_through_another_replica_reach_the_owner() {
+    let Some(etcd) = etcd_or_skip().await else {
+        return;
+    };
+    let endpoint = etcd.endpoint.clone();
+    let store_args = [
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &endpoint,
+        "--etcd-namespace",
+        "/two",
+    ];
+    let mut args = store_args.to_vec();
+    args.extend(["--server-id", "a"]);
+    let mesh = Mesh::start_with(&["a1"], Duration::from_secs(2), &[], &args);
+    let mut b_args = store_args.to_vec();
+    b_args.extend(["--server-id", "b"]);
+    let (_b, b_url) = mesh.spawn_server("127.0.0.1:0", "server-b", &b_args);
+    let _a1 = mesh.agent("a1", &[]); // holds its tunnel on server a
+    mesh.wait_online(&["a1"]).await;
+
+    let tls = croupier_sdk::TlsFiles::from_dir(&mesh.certs(), "client-c1");
+    let via_b = croupier_sdk::Client::connect(&b_url, &tls).await.unwrap();
+    // b learns about a1 and server a from etcd.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let r = loop {
+        match via_b
+            .invoke("agent.ping", json!({"via": "b"}), &opts())
+            .await
+        {
+            Ok(r) => break r,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "b never reached a1: {e:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(r.success, "{r:?}");
+    assert_eq!(r.agent_id, "a1");
+    assert_eq!(
+        croupier_proto::json::opt_struct_to_json(r.result.as_ref())["payload"]["via"],
+        "b"
+    );
+
+    // A job started through b runs on a1 (owned by a); b streams, reads and cancels it.
+    let job = via_b
+        .start_job("agent.countdown", json!({"steps": 1000, "ms": 50}), &opts())
+        .await
+        .unwrap();
+    let mut stream = job.events(0).await.unwrap();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.seq, 1);
+    let record = via_b.get_job(job.id()).await.unwrap();
+    assert_eq!(record.agent_id, "a1");
+    let resp = job.cancel("from b").await.unwrap();
+    assert!(resp.success, "{resp:?}");
+    let mut last = first;
+    while let Some(e) = stream.message().await.unwrap() {
+        assert_eq!(e.seq, last.seq + 1, "no gap, no duplicate");
+        last = e;
+    }
+    assert_eq!(
+        last.r#type,
+        croupier_proto::function::v1::EventType::Cancelled as i32
+    );
+    assert_eq!(last.message, "from b");
+    // The caller is the original client, not server b.
+    let record = via_b.get_job(job.id()).await.unwrap();
+    assert_eq!(record.caller, "spiffe://croupier/client/c1");
+    assert_eq!(record.status, "cancelled");
+}

@@ -25,6 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::error::FunctionError;
+use crate::forward::Forwarder;
 use crate::idempotency::{Begin, Idempotency, payload_hash};
 use crate::jobs::{CreateError, JobManager, JobRecord, JobStatus};
 use crate::router::{Mode, Rotation, Slot, rendezvous};
@@ -65,6 +66,7 @@ pub struct Invoker {
     audit: AuditLog,
     per_caller: Mutex<HashMap<String, Arc<Semaphore>>>,
     jobs: Option<Arc<JobManager>>,
+    forwarder: Option<Arc<Forwarder>>,
 }
 
 /// A request whose function is resolved, caller authorised and payload checked.
@@ -75,10 +77,13 @@ struct Prepared {
     mode: Mode,
     /// The payload as JSON, when it was needed (schema or idempotency key).
     payload_json: Option<serde_json::Value>,
+    /// Another replica forwarded the request: only this server's agents may take it.
+    local_only: bool,
 }
 
 /// A call, resolved and checked, ready to route.
 struct Call<'a> {
+    local_only: bool,
     who: &'a Identity,
     key: FnKey,
     req: &'a InvokeFunctionRequest,
@@ -108,7 +113,14 @@ impl Invoker {
             audit,
             per_caller: Mutex::new(HashMap::new()),
             jobs: None,
+            forwarder: None,
         }
+    }
+
+    /// Forwards calls and jobs for agents held by other replicas through `forwarder`.
+    pub fn with_forwarder(mut self, forwarder: Arc<Forwarder>) -> Self {
+        self.forwarder = Some(forwarder);
+        self
     }
 
     /// Runs jobs with `jobs` (without it, `InvokeJob` answers UNAVAILABLE).
@@ -140,9 +152,23 @@ impl Invoker {
         req: InvokeFunctionRequest,
         caller_timeout: Option<Duration>,
     ) -> Result<InvokeFunctionResponse, FunctionError> {
+        self.invoke_as(who, req, caller_timeout, false).await
+    }
+
+    /// Like [`Invoker::invoke`]; with `forwarded` (another replica sent it), only this
+    /// server's agents are candidates.
+    pub async fn invoke_as(
+        &self,
+        who: &Identity,
+        req: InvokeFunctionRequest,
+        caller_timeout: Option<Duration>,
+        forwarded: bool,
+    ) -> Result<InvokeFunctionResponse, FunctionError> {
         let started = Instant::now();
         let _permit = self.admit(who)?;
-        let result = self.invoke_inner(who, &req, caller_timeout, started).await;
+        let result = self
+            .invoke_inner(who, &req, caller_timeout, started, forwarded)
+            .await;
         if self.audit.enabled() {
             let descriptor =
                 self.view
@@ -196,6 +222,7 @@ impl Invoker {
         &self,
         who: &Identity,
         req: &InvokeFunctionRequest,
+        local_only: bool,
     ) -> Result<Prepared, FunctionError> {
         check_id("game_id", &req.game_id).map_err(FunctionError::InvalidArgument)?;
         check_id("env", &req.env).map_err(FunctionError::InvalidArgument)?;
@@ -245,6 +272,7 @@ impl Invoker {
             opts,
             mode,
             payload_json,
+            local_only,
         })
     }
 
@@ -254,6 +282,7 @@ impl Invoker {
         req: &InvokeFunctionRequest,
         caller_timeout: Option<Duration>,
         started: Instant,
+        forwarded: bool,
     ) -> Result<InvokeFunctionResponse, FunctionError> {
         let Prepared {
             key,
@@ -261,10 +290,12 @@ impl Invoker {
             opts,
             mode,
             payload_json,
-        } = self.prepare(who, req)?;
+            local_only,
+        } = self.prepare(who, req, forwarded)?;
         let timeout = self.timeout(opts.timeout, descriptor.as_deref(), caller_timeout)?;
         let idem_key = (!opts.idempotency_key.is_empty()).then_some(opts.idempotency_key.as_str());
         let call = Call {
+            local_only,
             who,
             key,
             retry_safe: idem_key.is_some() || descriptor.as_ref().is_some_and(|d| d.idempotent),
@@ -300,6 +331,16 @@ impl Invoker {
         who: &Identity,
         req: InvokeJobRequest,
     ) -> Result<InvokeJobResponse, FunctionError> {
+        self.start_job_as(who, req, false).await
+    }
+
+    /// Like [`Invoker::start_job`]; with `forwarded`, only this server's agents are candidates.
+    pub async fn start_job_as(
+        &self,
+        who: &Identity,
+        req: InvokeJobRequest,
+        forwarded: bool,
+    ) -> Result<InvokeJobResponse, FunctionError> {
         let jobs = self
             .jobs
             .clone()
@@ -312,7 +353,7 @@ impl Invoker {
             payload: req.payload,
             options: req.options,
         };
-        let p = self.prepare(who, &req)?;
+        let p = self.prepare(who, &req, forwarded)?;
         if p.mode == Mode::Broadcast {
             return Err(FunctionError::InvalidArgument(
                 "routing_mode broadcast is not supported for jobs: a job runs on one agent; \
@@ -360,7 +401,7 @@ impl Invoker {
                         .unwrap_or_default()
                         .to_string();
                     let status = jobs
-                        .get_job(&job_id)
+                        .get_job(who, &job_id)
                         .await
                         .map(|r| r.status)
                         .unwrap_or_default();
@@ -434,11 +475,11 @@ impl Invoker {
         let all = self.view.candidates(&p.key);
         let usable: Vec<Candidate> = all
             .iter()
-            .filter(|c| self.usable(c, &p.key, &p.opts))
+            .filter(|c| self.usable(c, &p.key, &p.opts, p.local_only))
             .cloned()
             .collect();
         if p.mode == Mode::Targeted {
-            self.check_target(&all, &p.key, &p.opts)?;
+            self.check_target(&all, &p.key, &p.opts, p.local_only)?;
         } else if p.mode == Mode::Hash && p.opts.hash_key.is_empty() {
             return Err(FunctionError::InvalidArgument(
                 "routing_mode hash needs options.hash_key".into(),
@@ -463,8 +504,27 @@ impl Invoker {
                     p.key.function_id
                 )));
             };
+            if !p.local_only
+                && !self.link.is_connected(&agent)
+                && let (Some(fwd), Some(owner)) = (&self.forwarder, self.remote_owner(&agent))
+            {
+                let mut opts = p.opts.clone();
+                opts.routing_mode = "targeted".into();
+                opts.target_agent = agent.clone();
+                opts.idempotency_key.clear(); // claimed here
+                opts.timeout = timeout.as_secs().max(1) as i32;
+                let forwarded = pb_job_request(req, opts);
+                return match fwd.invoke_job(&owner, who, forwarded).await {
+                    Ok(r) => {
+                        tracing::info!(job_id = %r.job_id, agent_id = %agent, owner = %owner, "job started via its owner");
+                        Ok((r.job_id, agent))
+                    }
+                    Err(s) => Err(remote_error(&owner, &agent, s)),
+                };
+            }
             let job_id = uuid::Uuid::now_v7().to_string();
             let record = JobRecord {
+                server_id: fwd_server_id(&self.forwarder),
                 job_id: job_id.clone(),
                 function_id: p.key.function_id.clone(),
                 game_id: p.key.game_id.clone(),
@@ -529,6 +589,7 @@ impl Invoker {
         c: &Candidate,
         key: &FnKey,
         opts: &croupier_proto::function::v1::InvokeOptions,
+        local_only: bool,
     ) -> bool {
         c.state == NodeState::Normal
             && c.agent.matches(&opts.selector)
@@ -536,7 +597,13 @@ impl Invoker {
                 || c.agent
                     .provides(&key.function_id)
                     .is_some_and(|f| f.version == opts.version))
-            && self.link.is_connected(&c.agent.agent_id)
+            && (self.link.is_connected(&c.agent.agent_id)
+                || (!local_only && self.remote_owner(&c.agent.agent_id).is_some()))
+    }
+
+    /// The other replica holding the agent's tunnel, when there is one and it is alive.
+    fn remote_owner(&self, agent_id: &str) -> Option<String> {
+        self.forwarder.as_ref()?.remote_owner(agent_id)
     }
 
     /// For targeted routing: the target must provide the function and be usable.
@@ -545,6 +612,7 @@ impl Invoker {
         all: &[Candidate],
         key: &FnKey,
         opts: &croupier_proto::function::v1::InvokeOptions,
+        local_only: bool,
     ) -> Result<(), FunctionError> {
         if opts.target_agent.is_empty() {
             return Err(FunctionError::InvalidArgument(
@@ -557,7 +625,7 @@ impl Invoker {
                 opts.target_agent, key.function_id, key.game_id, key.env
             )));
         };
-        if !self.usable(c, key, opts) {
+        if !self.usable(c, key, opts, local_only) {
             return Err(FunctionError::Unavailable(format!(
                 "agent {:?} cannot take {} now: {}",
                 opts.target_agent,
@@ -579,7 +647,7 @@ impl Invoker {
             Mode::Broadcast => {
                 let targets: Vec<&Candidate> = all
                     .iter()
-                    .filter(|c| self.usable(c, &call.key, opts))
+                    .filter(|c| self.usable(c, &call.key, opts, call.local_only))
                     .collect();
                 if targets.is_empty() {
                     return Err(self.unavailable(&call.key, &all, opts));
@@ -587,7 +655,7 @@ impl Invoker {
                 Ok(self.broadcast(call, &targets).await)
             }
             Mode::Targeted => {
-                self.check_target(&all, &call.key, opts)?;
+                self.check_target(&all, &call.key, opts, call.local_only)?;
                 let target: Vec<Candidate> = all
                     .into_iter()
                     .filter(|c| c.agent.agent_id == opts.target_agent)
@@ -602,7 +670,7 @@ impl Invoker {
                 }
                 let usable: Vec<Candidate> = all
                     .iter()
-                    .filter(|c| self.usable(c, &call.key, opts))
+                    .filter(|c| self.usable(c, &call.key, opts, call.local_only))
                     .cloned()
                     .collect();
                 if usable.is_empty() {
@@ -667,6 +735,7 @@ impl Invoker {
             match self.send(call, agent).await {
                 Ok(r) => return Ok(response(r, agent)),
                 Err(Sent::DeadlinePassed) => return Err(self.deadline(call, agent)),
+                Err(Sent::Remote(owner, s)) => return Err(remote_error(&owner, agent, s)),
                 Err(Sent::Link(LinkError::NotConnected(_)))
                 | Err(Sent::Link(LinkError::Overloaded(_))) => {
                     excluded.push(agent.to_string());
@@ -712,6 +781,13 @@ impl Invoker {
                     error: r.error,
                     error_code: r.error_code,
                 },
+                Err(Sent::Remote(owner, s)) => AgentResult {
+                    agent_id: agent.to_string(),
+                    success: false,
+                    result: None,
+                    error: remote_error(&owner, agent, s.clone()).to_string(),
+                    error_code: format!("{:?}", s.code()).to_uppercase(),
+                },
                 Err(Sent::DeadlinePassed) => AgentResult {
                     agent_id: agent.to_string(),
                     success: false,
@@ -753,6 +829,35 @@ impl Invoker {
     /// invocation future is dropped, which cancels the call on the agent.
     async fn send(&self, call: &Call<'_>, agent: &str) -> Result<InvokeResult, Sent> {
         let remaining = call.deadline.saturating_duration_since(Instant::now());
+        if !call.local_only
+            && !self.link.is_connected(agent)
+            && let (Some(fwd), Some(owner)) = (&self.forwarder, self.remote_owner(agent))
+        {
+            let mut opts = call.req.options.clone().unwrap_or_default();
+            opts.routing_mode = "targeted".into();
+            opts.target_agent = agent.to_string();
+            // The key was claimed here; the owner must not claim it again.
+            opts.idempotency_key.clear();
+            opts.timeout = remaining.as_secs_f64().ceil().max(1.0) as i32;
+            let req = InvokeFunctionRequest {
+                game_id: call.key.game_id.clone(),
+                env: call.key.env.clone(),
+                function_id: call.key.function_id.clone(),
+                payload: call.req.payload.clone(),
+                options: Some(opts),
+            };
+            return match fwd.invoke(&owner, call.who, req, remaining).await {
+                Ok(r) => Ok(InvokeResult {
+                    request_id: r.request_id,
+                    success: r.success,
+                    result: r.result,
+                    error: r.error,
+                    error_code: r.error_code,
+                }),
+                Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(Sent::DeadlinePassed),
+                Err(s) => Err(Sent::Remote(owner, s)),
+            };
+        }
         let invoke = Invoke {
             // Random v4 id from the thread-local generator: no system call per call.
             request_id: uuid::Builder::from_random_bytes(rand::random())
@@ -929,10 +1034,40 @@ impl Invoker {
 
 /// Why a send did not produce a result.
 enum Sent {
+    /// The owning replica answered with an error.
+    Remote(String, tonic::Status),
     /// The agent could not be reached or was lost.
     Link(LinkError),
     /// The deadline passed first.
     DeadlinePassed,
+}
+
+fn pb_job_request(
+    req: &InvokeFunctionRequest,
+    opts: croupier_proto::function::v1::InvokeOptions,
+) -> InvokeJobRequest {
+    InvokeJobRequest {
+        game_id: req.game_id.clone(),
+        env: req.env.clone(),
+        function_id: req.function_id.clone(),
+        payload: req.payload.clone(),
+        options: Some(opts),
+    }
+}
+
+fn fwd_server_id(f: &Option<Arc<Forwarder>>) -> String {
+    f.as_ref()
+        .map(|f| f.server_id().to_string())
+        .unwrap_or_default()
+}
+
+/// An error the owning replica answered, naming the hop.
+fn remote_error(owner: &str, agent: &str, s: tonic::Status) -> FunctionError {
+    let message = format!(
+        "via server {owner} (owner of agent {agent}): {}",
+        s.message()
+    );
+    FunctionError::from(tonic::Status::new(s.code(), message))
 }
 
 fn response(r: InvokeResult, agent: &str) -> InvokeFunctionResponse {

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::error::FunctionError;
+use crate::forward::Forwarder;
 
 /// Job settings.
 #[derive(Clone, Debug)]
@@ -166,6 +167,8 @@ pub struct JobRecord {
     pub cancel_reason: String,
     /// Deadline given to the agent, in ms.
     pub timeout_ms: i64,
+    /// The server that runs the job (holds its agent's tunnel and its live events).
+    pub server_id: String,
 }
 
 impl JobRecord {
@@ -294,6 +297,7 @@ pub struct JobManager {
     jobs: RwLock<HashMap<String, Arc<Job>>>,
     dirty: Mutex<HashSet<String>>,
     wake: Notify,
+    forwarder: std::sync::OnceLock<Arc<Forwarder>>,
 }
 
 const FOLLOW_BATCH: usize = 256;
@@ -314,6 +318,7 @@ impl JobManager {
             jobs: RwLock::new(HashMap::new()),
             dirty: Mutex::new(HashSet::new()),
             wake: Notify::new(),
+            forwarder: std::sync::OnceLock::new(),
         });
         m.load().await?;
         tokio::spawn(m.clone().run_writer(shutdown.clone()));
@@ -324,6 +329,17 @@ impl JobManager {
     /// The configuration.
     pub fn config(&self) -> &JobConfig {
         &self.cfg
+    }
+
+    /// Sends requests about jobs that run on other replicas to them. Set once.
+    pub fn set_forwarder(&self, forwarder: Arc<Forwarder>) {
+        let _ = self.forwarder.set(forwarder);
+    }
+
+    /// The replica running `record`'s job, when it is not finished and runs elsewhere.
+    fn remote_owner(&self, record: &JobRecord) -> Option<&Arc<Forwarder>> {
+        let fwd = self.forwarder.get()?;
+        (!record.status.is_terminal() && fwd.is_remote_server(&record.server_id)).then_some(fwd)
     }
 
     fn get(&self, job_id: &str) -> Option<Arc<Job>> {
@@ -477,15 +493,29 @@ impl JobManager {
     }
 
     /// `GetJob`.
-    pub async fn get_job(&self, job_id: &str) -> Result<pb::JobRecord, FunctionError> {
+    pub async fn get_job(
+        &self,
+        who: &Identity,
+        job_id: &str,
+    ) -> Result<pb::JobRecord, FunctionError> {
         check_id("job_id", job_id).map_err(FunctionError::InvalidArgument)?;
         if let Some(job) = self.get(job_id) {
             return Ok(lock(&job.st).record.to_proto());
         }
-        self.load_record(job_id)
+        let record = self
+            .load_record(job_id)
             .await?
-            .map(|r| r.to_proto())
-            .ok_or_else(|| not_found(job_id))
+            .ok_or_else(|| not_found(job_id))?;
+        if let Some(fwd) = self.remote_owner(&record) {
+            // The live record (last seq, status) is on the replica running it.
+            match fwd.get_job(&record.server_id, who, job_id).await {
+                Ok(r) => return Ok(r),
+                Err(e) => {
+                    tracing::debug!(job_id, error = %e, "live job record not reachable; answering the stored one")
+                }
+            }
+        }
+        Ok(record.to_proto())
     }
 
     /// `ListJobs`: filtered, newest first, paged by `page_token` (the last job of the previous
@@ -568,6 +598,7 @@ impl JobManager {
     /// until the terminal event.
     pub async fn subscribe(
         &self,
+        who: &Identity,
         job_id: &str,
         from_seq: i64,
     ) -> Result<EventStream, FunctionError> {
@@ -587,6 +618,31 @@ impl JobManager {
             .load_record(job_id)
             .await?
             .ok_or_else(|| not_found(job_id))?;
+        if let Some(fwd) = self.remote_owner(&record) {
+            let req = pb::StreamJobEventsRequest {
+                job_id: job_id.to_string(),
+                from_seq,
+            };
+            let mut remote = fwd.stream_job_events(&record.server_id, who, req).await?;
+            tokio::spawn(async move {
+                loop {
+                    let item = tokio::select! {
+                        m = remote.message() => m,
+                        _ = tx.closed() => return,
+                    };
+                    let out = match item {
+                        Ok(Some(e)) => Ok(e),
+                        Ok(None) => return,
+                        Err(s) => Err(s),
+                    };
+                    let end = out.is_err();
+                    if tx.send(out).await.is_err() || end {
+                        return;
+                    }
+                }
+            });
+            return Ok(ReceiverStream::new(rx));
+        }
         let (events, _) = self
             .load_events(job_id)
             .await
@@ -623,6 +679,19 @@ impl JobManager {
                 .load_record(job_id)
                 .await?
                 .ok_or_else(|| not_found(job_id))?;
+            if let Some(fwd) = self.remote_owner(&record) {
+                let req = pb::CancelJobRequest {
+                    job_id: job_id.to_string(),
+                    reason: reason.to_string(),
+                };
+                return Ok(fwd.cancel_job(&record.server_id, who, req).await?);
+            }
+            if !record.status.is_terminal() {
+                return Err(FunctionError::Unavailable(format!(
+                    "job {job_id} runs on server {:?}, which is not reachable now",
+                    record.server_id
+                )));
+            }
             return Ok(already_finished(&record));
         };
         let reason = if reason.is_empty() {

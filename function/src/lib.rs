@@ -6,10 +6,12 @@
 //! - [`invoke`] — [`Invoker`], one invocation from request to response.
 //! - [`idempotency`] — idempotency records in the store, across replicas.
 //! - [`jobs`] — [`JobManager`]: job records, ordered replayable event streams, cancel.
+//! - [`forward`] — [`forward::Forwarder`]: calls and jobs for agents held by other replicas.
 //! - [`service`] — the `FunctionService` handler.
 //! - [`error`] — [`FunctionError`] and its gRPC mapping.
 
 pub mod error;
+pub mod forward;
 pub mod idempotency;
 pub mod invoke;
 pub mod jobs;

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::invoke::{Invoker, parse_grpc_timeout};
 
 use crate::error::FunctionError;
+use crate::forward::origin;
 use crate::jobs::JobManager;
 
 /// The `FunctionService` implementation.
@@ -40,7 +41,7 @@ impl FunctionService for FunctionServer {
         &self,
         request: Request<pb::InvokeFunctionRequest>,
     ) -> Result<Response<pb::InvokeFunctionResponse>, Status> {
-        let who = caller(&request)?;
+        let o = origin(&request)?;
         let deadline = request
             .metadata()
             .get("grpc-timeout")
@@ -48,7 +49,7 @@ impl FunctionService for FunctionServer {
             .and_then(parse_grpc_timeout);
         let resp = self
             .invoker
-            .invoke(&who, request.into_inner(), deadline)
+            .invoke_as(&o.who, request.into_inner(), deadline, o.forwarded)
             .await?;
         Ok(Response::new(resp))
     }
@@ -57,8 +58,11 @@ impl FunctionService for FunctionServer {
         &self,
         request: Request<pb::InvokeJobRequest>,
     ) -> Result<Response<pb::InvokeJobResponse>, Status> {
-        let who = caller(&request)?;
-        let resp = self.invoker.start_job(&who, request.into_inner()).await?;
+        let o = origin(&request)?;
+        let resp = self
+            .invoker
+            .start_job_as(&o.who, request.into_inner(), o.forwarded)
+            .await?;
         Ok(Response::new(resp))
     }
 
@@ -68,9 +72,12 @@ impl FunctionService for FunctionServer {
         &self,
         request: Request<pb::StreamJobEventsRequest>,
     ) -> Result<Response<Self::StreamJobEventsStream>, Status> {
-        caller(&request)?;
+        let o = origin(&request)?;
         let r = request.into_inner();
-        let stream = self.jobs()?.subscribe(&r.job_id, r.from_seq).await?;
+        let stream = self
+            .jobs()?
+            .subscribe(&o.who, &r.job_id, r.from_seq)
+            .await?;
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -78,7 +85,7 @@ impl FunctionService for FunctionServer {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
-        let who = caller(&request)?;
+        let who = origin(&request)?.who;
         let r = request.into_inner();
         let resp = self.jobs()?.cancel(&who, &r.job_id, &r.reason).await?;
         self.invoker
@@ -123,8 +130,11 @@ impl FunctionService for FunctionServer {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
-        caller(&request)?;
-        let job = self.jobs()?.get_job(&request.into_inner().job_id).await?;
+        let who = origin(&request)?.who;
+        let job = self
+            .jobs()?
+            .get_job(&who, &request.into_inner().job_id)
+            .await?;
         Ok(Response::new(pb::GetJobResponse { job: Some(job) }))
     }
 

@@ -55,3 +55,8 @@ pub fn job_events(job_id: &str) -> String {
 pub fn job_event_chunk(job_id: &str, first_seq: i64) -> String {
     format!("{JOB_EVENTS}{job_id}/{first_seq:020}")
 }
+
+/// `/croupier/servers/{server_id}`.
+pub fn server(server_id: &str) -> String {
+    format!("{SERVERS}{server_id}")
+}

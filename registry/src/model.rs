@@ -326,3 +326,15 @@ mod tests {
         assert_eq!(decoded, r);
     }
 }
+
+/// A server replica (`/croupier/servers/{server_id}`, under the server's lease).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerRecord {
+    /// The server's id.
+    pub server_id: String,
+    /// URL other servers forward to, e.g. `https://10.0.0.5:8443`.
+    pub url: String,
+    /// Unix ms.
+    pub started_at: i64,
+}

@@ -15,7 +15,7 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::keys;
-use crate::model::{AgentRecord, DescriptorRecord, NodeRecord, NodeState};
+use crate::model::{AgentRecord, DescriptorRecord, NodeRecord, NodeState, ServerRecord};
 use crate::store::{EventKind, KeyValue, Revision, Store, StoreError, WatchEvent};
 
 /// How many registration changes the view keeps for resuming watches.
@@ -132,6 +132,7 @@ struct State {
     functions: HashMap<FnKey, Arc<DescriptorRecord>>,
     providers: HashMap<FnKey, BTreeSet<String>>,
     nodes: HashMap<String, NodeRecord>,
+    servers: HashMap<String, Arc<ServerRecord>>,
     log: VecDeque<Arc<Change>>,
     /// Every change with revision >= `oldest` is in `log`.
     oldest: Revision,
@@ -336,6 +337,17 @@ impl RegistryView {
                     }
                 }
             }
+        } else if let Some(server_id) = key.strip_prefix(keys::SERVERS) {
+            match ev.kind {
+                EventKind::Put => {
+                    if let Some(rec) = decode::<ServerRecord>(&ev.kv) {
+                        st.servers.insert(server_id.to_string(), Arc::new(rec));
+                    }
+                }
+                EventKind::Delete => {
+                    st.servers.remove(server_id);
+                }
+            }
         } else if let Some(agent_id) = key.strip_prefix(keys::NODES) {
             match ev.kind {
                 EventKind::Put => {
@@ -374,6 +386,11 @@ impl RegistryView {
                 st.oldest = st.oldest.max(r + 1);
             }
         }
+    }
+
+    /// A live server replica (registered under its lease).
+    pub fn server(&self, server_id: &str) -> Option<Arc<ServerRecord>> {
+        self.read().servers.get(server_id).cloned()
     }
 
     /// The revision the view reflects.
@@ -565,6 +582,10 @@ fn apply_put_silent(st: &mut State, kv: &KeyValue) {
         && let Some(rec) = decode::<NodeRecord>(kv)
     {
         st.nodes.insert(agent_id.to_string(), rec);
+    } else if let Some(server_id) = key.strip_prefix(keys::SERVERS)
+        && let Some(rec) = decode::<ServerRecord>(kv)
+    {
+        st.servers.insert(server_id.to_string(), Arc::new(rec));
     }
 }
 

@@ -121,10 +121,24 @@ impl Mesh {
 
     /// (Re)starts the server on `listen`, waiting for its "listening" line.
     pub fn start_server(&mut self, listen: &str) {
-        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
+        let (proc, url) = self.spawn_server(listen, "server", &[]);
+        self.url = url;
+        self.server = Some(proc);
+    }
+
+    /// Starts a server process on the same certificates (with its own data dir and log, both
+    /// named `name`); the main one ("server") gets `server_args`, others only `extra`. Returns it
+    /// and its URL.
+    pub fn spawn_server(&self, listen: &str, name: &str, extra: &[&str]) -> (Proc, String) {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        let data = if name == "server" {
+            "data".to_string()
+        } else {
+            format!("data-{name}")
+        };
         let mut child = Command::new(bin())
             .args(["server", "--listen", listen, "--data-dir"])
-            .arg(self.dir.path().join("data"))
+            .arg(self.dir.path().join(data))
             .arg("--tls-dir")
             .arg(self.certs())
             .args([
@@ -133,7 +147,12 @@ impl Mesh {
                 "--shutdown-grace",
                 "5s",
             ])
-            .args(&self.server_args)
+            .args(if name == "server" {
+                &self.server_args[..]
+            } else {
+                &[]
+            })
+            .args(extra)
             .env("CROUPIER_LOG", "info")
             .envs(
                 self.server_env
@@ -155,12 +174,20 @@ impl Mesh {
         });
         let url = rx
             .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("server did not start: {}", self.server_log()));
-        self.url = url;
-        self.server = Some(Proc {
-            child,
-            name: "server".into(),
-        });
+            .unwrap_or_else(|_| {
+                panic!(
+                    "server {name} did not start: {}",
+                    std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+                        .unwrap_or_default()
+                )
+            });
+        (
+            Proc {
+                child,
+                name: name.into(),
+            },
+            url,
+        )
     }
 
     /// The server's log so far.

@@ -769,10 +769,8 @@ impl EtcdProcess {
                 .map_err(|e| format!("picking a free port: {e}"))
         };
         let (client, peer) = (free()?, free()?);
-        let dir = std::env::temp_dir().join(format!(
-            "croupier-etcd-{}-{client}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("croupier-etcd-{}-{client}", std::process::id()));
         let endpoint = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let log = std::fs::File::create(dir.with_extension("log"))

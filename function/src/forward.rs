@@ -1,0 +1,249 @@
+//! Forwarding between server replicas (DESIGN §6): an agent belongs to the server whose tunnel
+//! it holds (`AgentRecord.owner`); a call or job that lands on another replica is sent to the
+//! owner over the same port, with the server's own certificate and the original caller named
+//! in the [`ON_BEHALF_OF`] header. The owner trusts that header only from a `server` identity,
+//! and runs forwarded requests on its own agents only (no second hop).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use croupier_proto::function::v1::{self as pb, function_service_client::FunctionServiceClient};
+use croupier_registry::identity::{Identity, Role, caller};
+use croupier_registry::view::RegistryView;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::error::FunctionError;
+
+/// Header carrying the identity (spiffe URI) a server forwards a request for.
+pub const ON_BEHALF_OF: &str = "x-croupier-on-behalf-of";
+
+/// Who a request is for, and whether another server forwarded it.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    /// The identity to authorise and audit.
+    pub who: Identity,
+    /// True when another replica forwarded the request: serve it with local agents only.
+    pub forwarded: bool,
+}
+
+/// The caller of `req`: its certificate's identity, or, when a server forwarded it, the
+/// identity named in [`ON_BEHALF_OF`].
+#[allow(clippy::result_large_err)] // tonic handlers return `Status`.
+pub fn origin<T>(req: &Request<T>) -> Result<Origin, Status> {
+    let who = caller(req)?;
+    let Some(on_behalf) = req.metadata().get(ON_BEHALF_OF) else {
+        return Ok(Origin {
+            who,
+            forwarded: false,
+        });
+    };
+    if who.role != Role::Server {
+        return Err(Status::permission_denied(format!(
+            "identity {who} may not send {ON_BEHALF_OF}: only servers forward requests"
+        )));
+    }
+    let uri = on_behalf
+        .to_str()
+        .map_err(|_| Status::invalid_argument(format!("{ON_BEHALF_OF} is not text")))?;
+    let who = Identity::parse_uri(uri).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "{ON_BEHALF_OF} {uri:?} is not a spiffe://croupier/<role>/<name> identity"
+        ))
+    })?;
+    Ok(Origin {
+        who,
+        forwarded: true,
+    })
+}
+
+/// The server's client side towards other replicas.
+pub struct Forwarder {
+    server_id: String,
+    view: Arc<RegistryView>,
+    tls: ClientTlsConfig,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Forwarder {
+    /// A forwarder for server `server_id`, presenting `cert_pem`/`key_pem` (a server
+    /// certificate) and trusting `ca_pem`.
+    pub fn new(
+        server_id: &str,
+        view: Arc<RegistryView>,
+        ca_pem: &[u8],
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Forwarder {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem));
+        Forwarder {
+            server_id: server_id.to_string(),
+            view,
+            tls,
+            channels: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// This server's id.
+    pub fn server_id(&self) -> &str {
+        &self.server_id
+    }
+
+    /// The live replica other than this one that owns `agent_id`, if any.
+    pub fn remote_owner(&self, agent_id: &str) -> Option<String> {
+        let agent = self.view.agent(agent_id)?;
+        (agent.owner != self.server_id && self.view.server(&agent.owner).is_some())
+            .then(|| agent.owner.clone())
+    }
+
+    /// True when `server_id` is another live replica.
+    pub fn is_remote_server(&self, server_id: &str) -> bool {
+        !server_id.is_empty()
+            && server_id != self.server_id
+            && self.view.server(server_id).is_some()
+    }
+
+    fn client(&self, server_id: &str) -> Result<FunctionServiceClient<Channel>, FunctionError> {
+        let server = self.view.server(server_id).ok_or_else(|| {
+            FunctionError::Unavailable(format!(
+                "server {server_id} is not registered (down?); its agents and jobs are \
+                 unreachable until they move to another server"
+            ))
+        })?;
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let channel = match channels.get(&server.url) {
+            Some(c) => c.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(server.url.clone())
+                    .and_then(|e| e.tls_config(self.tls.clone()))
+                    .map_err(|e| {
+                        FunctionError::Unavailable(format!(
+                            "server {server_id} advertises an unusable URL {:?}: {e}",
+                            server.url
+                        ))
+                    })?
+                    .tcp_nodelay(true)
+                    .connect_timeout(Duration::from_secs(5));
+                let c = endpoint.connect_lazy();
+                channels.insert(server.url.clone(), c.clone());
+                c
+            }
+        };
+        Ok(FunctionServiceClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024))
+    }
+
+    fn request<T>(who: &Identity, msg: T, timeout: Option<Duration>) -> Request<T> {
+        let mut req = Request::new(msg);
+        if let Ok(v) = who.uri().parse() {
+            req.metadata_mut().insert(ON_BEHALF_OF, v);
+        }
+        if let Some(t) = timeout {
+            req.set_timeout(t);
+        }
+        req
+    }
+
+    /// Runs `req` on `owner` for `who`.
+    pub async fn invoke(
+        &self,
+        owner: &str,
+        who: &Identity,
+        req: pb::InvokeFunctionRequest,
+        timeout: Duration,
+    ) -> Result<pb::InvokeFunctionResponse, Status> {
+        let mut client = self.client(owner)?;
+        Ok(client
+            .invoke_function(Self::request(who, req, Some(timeout)))
+            .await?
+            .into_inner())
+    }
+
+    /// Starts a job on `owner` for `who`.
+    pub async fn invoke_job(
+        &self,
+        owner: &str,
+        who: &Identity,
+        req: pb::InvokeJobRequest,
+    ) -> Result<pb::InvokeJobResponse, Status> {
+        let mut client = self.client(owner)?;
+        Ok(client
+            .invoke_job(Self::request(who, req, Some(Duration::from_secs(30))))
+            .await?
+            .into_inner())
+    }
+
+    /// Follows a job's events on `owner`.
+    pub async fn stream_job_events(
+        &self,
+        owner: &str,
+        who: &Identity,
+        req: pb::StreamJobEventsRequest,
+    ) -> Result<tonic::Streaming<pb::JobEvent>, Status> {
+        let mut client = self.client(owner)?;
+        Ok(client
+            .stream_job_events(Self::request(who, req, None))
+            .await?
+            .into_inner())
+    }
+
+    /// Cancels a job on `owner` for `who`.
+    pub async fn cancel_job(
+        &self,
+        owner: &str,
+        who: &Identity,
+        req: pb::CancelJobRequest,
+    ) -> Result<pb::CancelJobResponse, Status> {
+        let mut client = self.client(owner)?;
+        Ok(client
+            .cancel_job(Self::request(who, req, Some(Duration::from_secs(10))))
+            .await?
+            .into_inner())
+    }
+
+    /// Reads a job on `owner`.
+    pub async fn get_job(
+        &self,
+        owner: &str,
+        who: &Identity,
+        job_id: &str,
+    ) -> Result<pb::JobRecord, Status> {
+        let mut client = self.client(owner)?;
+        client
+            .get_job(Self::request(
+                who,
+                pb::GetJobRequest {
+                    job_id: job_id.to_string(),
+                },
+                Some(Duration::from_secs(10)),
+            ))
+            .await?
+            .into_inner()
+            .job
+            .ok_or_else(|| {
+                Status::internal(format!("server {owner} answered GetJob without a job"))
+            })
+    }
+}
+
+impl From<Status> for FunctionError {
+    fn from(s: Status) -> Self {
+        let msg = s.message().to_string();
+        match s.code() {
+            Code::InvalidArgument => FunctionError::InvalidArgument(msg),
+            Code::NotFound => FunctionError::NotFound(msg),
+            Code::DeadlineExceeded => FunctionError::DeadlineExceeded(msg),
+            Code::PermissionDenied => FunctionError::PermissionDenied(msg),
+            Code::FailedPrecondition => FunctionError::FailedPrecondition(msg),
+            Code::ResourceExhausted => FunctionError::ResourceExhausted(msg),
+            Code::Unavailable | Code::Cancelled | Code::Unknown | Code::Aborted => {
+                FunctionError::Unavailable(msg)
+            }
+            _ => FunctionError::Internal(msg),
+        }
+    }
+}
