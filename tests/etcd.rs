@@ -168,3 +168,91 @@ async fn calls_and_jobs_through_another_replica_reach_the_owner() {
     assert_eq!(record.caller, "spiffe://croupier/client/c1");
     assert_eq!(record.status, "cancelled");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_owner_moves_the_agent_and_its_running_job_to_another_replica() {
+    let Some(etcd) = etcd_or_skip().await else {
+        return;
+    };
+    let endpoint = etcd.endpoint.clone();
+    let store = [
+        "--store",
+        "etcd",
+        "--etcd-endpoints",
+        &endpoint,
+        "--etcd-namespace",
+        "/fo",
+    ];
+    let mut a_args = store.to_vec();
+    a_args.extend(["--server-id", "a"]);
+    let mut mesh = Mesh::start_with(&["a1"], Duration::from_secs(1), &[], &a_args);
+    let mut b_args = store.to_vec();
+    b_args.extend(["--server-id", "b"]);
+    let (_b, b_url) = mesh.spawn_server("127.0.0.1:0", "server-b", &b_args);
+    let servers = format!("{},{b_url}", mesh.url);
+    let _a1 = mesh.agent_on(&servers, "a1", &[], &[]);
+    mesh.wait_online(&["a1"]).await;
+    let client = mesh.client("client-c1").await;
+    let job = client
+        .start_job("agent.countdown", json!({"steps": 60, "ms": 50}), &opts())
+        .await
+        .unwrap();
+    let job_id = job.id().to_string();
+    let mut seen = Vec::new();
+    let mut stream = job.events(0).await.unwrap();
+    while seen.len() < 10 {
+        seen.push(stream.message().await.unwrap().unwrap());
+    }
+    drop(stream);
+
+    // The owner dies; the agent fails over to b, which adopts the job.
+    let mut a = mesh.server.take().unwrap();
+    a.signal(9);
+    a.wait_exit(Duration::from_secs(10));
+    let tls = croupier_sdk::TlsFiles::from_dir(&mesh.certs(), "client-c1");
+    let via_b = croupier_sdk::Client::connect(&b_url, &tls).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut next = seen.last().unwrap().seq + 1;
+    'follow: loop {
+        assert!(
+            Instant::now() < deadline,
+            "job never finished via b: seen {}",
+            seen.len()
+        );
+        let mut stream = match via_b.job_events(&job_id, next).await {
+            Ok(s) => s,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(e)) => {
+                    next = e.seq + 1;
+                    seen.push(e);
+                }
+                Ok(None) => break 'follow,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue 'follow;
+                }
+            }
+        }
+    }
+    let seqs: Vec<i64> = seen.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=122).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    assert_eq!(
+        seen.last().unwrap().r#type,
+        croupier_proto::function::v1::EventType::Done as i32
+    );
+    let record = via_b.get_job(&job_id).await.unwrap();
+    assert_eq!(record.status, "completed");
+    let agents = via_b.agents("", "").await.unwrap();
+    let a1 = agents.iter().find(|a| a.agent_id == "a1").unwrap();
+    assert_eq!(a1.owner, "b", "the agent now belongs to b");
+}

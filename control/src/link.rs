@@ -40,13 +40,17 @@ pub trait AgentLink: Send + Sync + 'static {
 }
 
 /// Receives the job traffic of agents' tunnels (the job manager implements it). Calls come from
-/// the task reading one tunnel, in the order the agent sent its frames, and must not block.
+/// the task reading one tunnel, in the order the agent sent its frames, and must not block
+/// (`report` may read the store: the tunnel's next frames wait for it).
+#[async_trait]
 pub trait JobSink: Send + Sync + 'static {
     /// A job event arrived from `agent_id` over the tunnel of `generation`.
     fn event(&self, agent_id: &str, generation: u64, event: JobEvent);
     /// The agent listed the jobs it still runs; it sends this whenever a tunnel opens. A job
     /// sent over an older tunnel that is missing from the list was lost by the agent.
-    fn report(&self, agent_id: &str, generation: u64, jobs: Vec<RunningJob>);
+    /// Jobs this server does not run but the store says are the agent's and unfinished (the
+    /// agent moved here from another server) are adopted, so their events go on here.
+    async fn report(&self, agent_id: &str, generation: u64, jobs: Vec<RunningJob>);
     /// The agent is gone (offline after missed heartbeats, replaced by a new registration, or
     /// shut down): its unfinished jobs are lost.
     fn agent_gone(&self, agent_id: &str, reason: &str);

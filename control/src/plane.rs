@@ -539,7 +539,7 @@ impl ControlPlane {
                 },
                 Some(agent_frame::Frame::JobsReport(r)) => {
                     if let Some(sink) = self.jobs.get() {
-                        sink.report(&session.agent_id, generation, r.jobs);
+                        sink.report(&session.agent_id, generation, r.jobs).await;
                     }
                 }
                 Some(agent_frame::Frame::Hello(_)) | None => {}

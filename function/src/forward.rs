@@ -99,6 +99,11 @@ impl Forwarder {
             .then(|| agent.owner.clone())
     }
 
+    /// True when the agent is registered (with any server).
+    pub fn agent_known(&self, agent_id: &str) -> bool {
+        self.view.agent(agent_id).is_some()
+    }
+
     /// True when `server_id` is another live replica.
     pub fn is_remote_server(&self, server_id: &str) -> bool {
         !server_id.is_empty()

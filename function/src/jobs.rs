@@ -220,6 +220,8 @@ struct JobState {
     orphan_since: Option<Instant>,
     /// When the job ended (for `linger`).
     ended: Option<Instant>,
+    /// The replica the job moved to (its agent did); followers here are told to resume there.
+    moved_to: Option<String>,
 }
 
 impl JobState {
@@ -236,6 +238,7 @@ impl JobState {
             cancel_sent: None,
             orphan_since: None,
             ended: None,
+            moved_to: None,
         }
     }
 
@@ -862,7 +865,7 @@ impl JobManager {
                 _ = tick.tick() => {}
             }
             self.sweep_live().await;
-            if last_store_sweep.elapsed() >= Duration::from_secs(60) {
+            if last_store_sweep.elapsed() >= Duration::from_secs(15) {
                 last_store_sweep = Instant::now();
                 if let Err(e) = self.sweep_stored().await {
                     tracing::warn!(error = %e, "sweeping finished jobs failed");
@@ -955,7 +958,11 @@ impl JobManager {
             let Ok(mut r) = serde_json::from_slice::<JobRecord>(&kv.value) else {
                 continue;
             };
-            if !r.status.is_terminal() || self.get(&r.job_id).is_some() {
+            if self.get(&r.job_id).is_some() {
+                continue;
+            }
+            if !r.status.is_terminal() {
+                self.end_abandoned(r, kv.mod_revision, now).await?;
                 continue;
             }
             let age = now - r.ended_at;
@@ -982,6 +989,73 @@ impl JobManager {
         Ok(())
     }
 
+    /// Ends a stored, unfinished job that no server runs: its server is gone and its agent did
+    /// not come back anywhere (else the agent's new server would have adopted it). Compare-and-
+    /// set on the record, so only one replica does it.
+    async fn end_abandoned(
+        &self,
+        mut r: JobRecord,
+        mod_revision: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let Some(fwd) = self.forwarder.get() else {
+            return Ok(());
+        };
+        let abandoned = r.server_id != fwd.server_id()
+            && !fwd.is_remote_server(&r.server_id)
+            && !fwd.agent_known(&r.agent_id)
+            && now - r.created_at > self.cfg.orphan_after.as_millis() as i64;
+        if !abandoned {
+            return Ok(());
+        }
+        let (events, _) = self.load_events(&r.job_id).await?;
+        let seq = events
+            .back()
+            .map(|e| e.seq)
+            .unwrap_or(r.last_seq)
+            .max(r.last_seq)
+            + 1;
+        let message = format!(
+            "agent lost: {} did not come back after its server {} went away",
+            r.agent_id, r.server_id
+        );
+        let ev = JobEvent {
+            job_id: r.job_id.clone(),
+            r#type: EventType::Error as i32,
+            message: message.clone(),
+            progress: 0.0,
+            timestamp: now,
+            data: Some(json_to_struct(&serde_json::json!({ "code": "AGENT_LOST" }))),
+            seq,
+        };
+        r.status = JobStatus::Failed;
+        r.ended_at = now;
+        r.error = message;
+        r.error_code = "AGENT_LOST".into();
+        r.last_seq = seq;
+        let value = serde_json::to_vec(&r)
+            .map_err(|e| StoreError::Unavailable(format!("encoding job record: {e}")))?;
+        if let CasOutcome::Done(_) = self
+            .store
+            .compare_and_put(
+                &keys::job(&r.job_id),
+                Expect::ModRevision(mod_revision),
+                value,
+                None,
+            )
+            .await?
+        {
+            let mut buf = Vec::new();
+            ev.encode_length_delimited(&mut buf)
+                .map_err(|e| StoreError::Unavailable(format!("encoding job event: {e}")))?;
+            self.store
+                .put(&keys::job_event_chunk(&r.job_id, seq), buf, None)
+                .await?;
+            tracing::warn!(job_id = %r.job_id, agent_id = %r.agent_id, server_id = %r.server_id, "abandoned job ended: agent lost");
+        }
+        Ok(())
+    }
+
     /// Tells an agent that a job it sent events for is over here: acks the event (so the
     /// agent lets it go) and, unless the event ended the job, cancels it.
     fn refuse(&self, agent_id: &str, ev: &JobEvent) {
@@ -999,6 +1073,55 @@ impl JobManager {
     }
 }
 
+impl JobManager {
+    /// Takes over an unfinished job whose agent now holds its tunnel here (it moved from
+    /// another server): its record and stored events come from the store, and the agent sends
+    /// again what was not stored. False when the store has no such job for this agent.
+    async fn adopt(&self, agent_id: &str, job_id: &str) -> bool {
+        if self.get(job_id).is_some() {
+            return true;
+        }
+        let record = match self.load_record(job_id).await {
+            Ok(Some(r)) if r.agent_id == agent_id && !r.status.is_terminal() => r,
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::warn!(job_id, error = %e, "reading a reported job failed");
+                return false;
+            }
+        };
+        let (events, chunks) = match self.load_events(job_id).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(job_id, error = %e, "reading a reported job's events failed");
+                return false;
+            }
+        };
+        let previous = record.server_id.clone();
+        let mut st = JobState::new(record);
+        if let Some(last) = events.back() {
+            st.record.last_seq = st.record.last_seq.max(last.seq);
+        }
+        st.persisted_seq = st.record.last_seq;
+        st.record.first_seq = events.front().map(|e| e.seq).unwrap_or(0);
+        st.events = events;
+        st.chunks = chunks;
+        if let Some(fwd) = self.forwarder.get() {
+            st.record.server_id = fwd.server_id().to_string();
+        }
+        st.touch_record();
+        let job = Job::new(job_id.to_string(), st);
+        self.jobs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(job_id.to_string())
+            .or_insert(job.clone());
+        self.mark(&job);
+        tracing::info!(job_id, agent_id, from = %previous, "job adopted: its agent moved here");
+        true
+    }
+}
+
+#[async_trait::async_trait]
 impl JobSink for JobManager {
     fn event(&self, agent_id: &str, generation: u64, mut ev: JobEvent) {
         let Some(job) = self.get(&ev.job_id) else {
@@ -1046,7 +1169,12 @@ impl JobSink for JobManager {
         self.mark(&job);
     }
 
-    fn report(&self, agent_id: &str, generation: u64, jobs: Vec<RunningJob>) {
+    async fn report(&self, agent_id: &str, generation: u64, jobs: Vec<RunningJob>) {
+        for j in &jobs {
+            if self.get(&j.job_id).is_none() {
+                self.adopt(agent_id, &j.job_id).await;
+            }
+        }
         let reported: HashSet<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
         let mut lost = Vec::new();
         let mut cancel = Vec::new();
@@ -1116,6 +1244,24 @@ impl JobSink for JobManager {
     }
 
     fn agent_gone(&self, agent_id: &str, reason: &str) {
+        if let Some(fwd) = self.forwarder.get()
+            && let Some(owner) = fwd.remote_owner(agent_id)
+        {
+            // The agent moved to another replica, which adopts its jobs: let them go here.
+            for job in self.live() {
+                let mine = {
+                    let st = lock(&job.st);
+                    st.record.agent_id == agent_id && !st.record.status.is_terminal()
+                };
+                if mine {
+                    tracing::info!(job_id = %job.id, agent_id, owner = %owner, "job handed over: its agent moved");
+                    lock(&job.st).moved_to = Some(owner.clone());
+                    job.changed.send_replace(());
+                    self.remove(&job.id);
+                }
+            }
+            return;
+        }
         for job in self.live() {
             let mine = {
                 let st = lock(&job.st);
@@ -1207,7 +1353,7 @@ fn apply(cfg: &JobConfig, st: &mut JobState, ev: JobEvent) {
 async fn follow(job: Arc<Job>, mut next: i64, tx: mpsc::Sender<Result<JobEvent, Status>>) {
     let mut changed = job.changed.subscribe();
     loop {
-        let (gap_ev, batch, caught_up_and_done) = {
+        let (gap_ev, batch, caught_up_and_done, moved) = {
             let st = lock(&job.st);
             let first = st.first_available();
             let gap_ev = (next < first).then(|| gap(&job.id, next, first));
@@ -1218,7 +1364,11 @@ async fn follow(job: Arc<Job>, mut next: i64, tx: mpsc::Sender<Result<JobEvent, 
             let batch: Vec<JobEvent> = st.events.range(i..).take(FOLLOW_BATCH).cloned().collect();
             let last_in_batch = batch.last().map(|e| e.seq).unwrap_or(next - 1);
             let done = st.record.status.is_terminal() && last_in_batch >= st.record.last_seq;
-            (gap_ev, batch, done)
+            let moved = st
+                .moved_to
+                .clone()
+                .filter(|_| last_in_batch >= st.record.last_seq);
+            (gap_ev, batch, done, moved)
         };
         if let Some(g) = gap_ev
             && tx.send(Ok(g)).await.is_err()
@@ -1233,6 +1383,15 @@ async fn follow(job: Arc<Job>, mut next: i64, tx: mpsc::Sender<Result<JobEvent, 
             }
         }
         if caught_up_and_done {
+            return;
+        }
+        if let Some(server) = moved {
+            let _ = tx
+                .send(Err(Status::unavailable(format!(
+                    "job {} moved to server {server} with its agent; resume with from_seq {next}",
+                    job.id
+                ))))
+                .await;
             return;
         }
         if full {

@@ -202,12 +202,17 @@ impl Mesh {
 
     /// Starts an agent process with extra arguments.
     pub fn agent_with(&self, id: &str, labels: &[&str], extra: &[&str]) -> Proc {
+        self.agent_on(&self.url, id, labels, extra)
+    }
+
+    /// Starts an agent process dialing `servers` (comma-separated URLs, in failover order).
+    pub fn agent_on(&self, servers: &str, id: &str, labels: &[&str], extra: &[&str]) -> Proc {
         let log = std::fs::File::create(self.dir.path().join(format!("agent-{id}.log"))).unwrap();
         let mut cmd = Command::new(bin());
         cmd.args([
             "agent",
             "--server",
-            &self.url,
+            servers,
             "--id",
             id,
             "--game-id",
