@@ -256,3 +256,50 @@ async fn killing_the_owner_moves_the_agent_and_its_running_job_to_another_replic
     let a1 = agents.iter().find(|a| a.agent_id == "a1").unwrap();
     assert_eq!(a1.owner, "b", "the agent now belongs to b");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_one_member_of_a_three_member_etcd_changes_nothing_for_callers() {
+    use croupier_registry::store::conformance::EtcdCluster;
+    let mut cluster = match EtcdCluster::start(3).await {
+        Ok(c) => c,
+        Err(e) if std::env::var("CROUPIER_REQUIRE_ETCD").as_deref() == Ok("1") => {
+            panic!("etcd is required (CROUPIER_REQUIRE_ETCD=1): {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            return;
+        }
+    };
+    let endpoints = cluster.endpoints();
+    let mesh = Mesh::start_with(
+        &["a1"],
+        Duration::from_secs(2),
+        &[],
+        &["--store", "etcd", "--etcd-endpoints", &endpoints],
+    );
+    let _a1 = mesh.agent("a1", &[]);
+    mesh.wait_online(&["a1"]).await;
+    let client = mesh.client("client-c1").await;
+    let job = client
+        .start_job("agent.countdown", json!({"steps": 40, "ms": 50}), &opts())
+        .await
+        .unwrap();
+
+    cluster.members[0].kill();
+    // Calls, new jobs and the running job carry on.
+    for i in 0..5 {
+        let r = client
+            .invoke("agent.ping", json!({ "i": i }), &opts())
+            .await
+            .unwrap();
+        assert!(r.success, "{r:?}");
+    }
+    let second = client
+        .start_job("agent.countdown", json!({"steps": 2}), &opts())
+        .await
+        .unwrap();
+    assert_eq!(second.wait().await.unwrap().status, "completed");
+    let record = job.wait().await.unwrap();
+    assert_eq!(record.status, "completed");
+    assert_eq!(record.last_seq, 82);
+}

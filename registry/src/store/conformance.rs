@@ -889,3 +889,80 @@ pub async fn etcd_or_skip() -> Option<EtcdProcess> {
         }
     }
 }
+
+/// A throwaway etcd cluster of several members on loopback (see [`EtcdProcess`]).
+pub struct EtcdCluster {
+    /// The members, in order.
+    pub members: Vec<EtcdProcess>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members forming one cluster and waits until every one answers.
+    pub async fn start(n: usize) -> Result<EtcdCluster, String> {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| format!("picking a free port: {e}"))
+        };
+        let mut ports = Vec::new();
+        for _ in 0..n {
+            ports.push((free()?, free()?));
+        }
+        let cluster: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let cluster = cluster.join(",");
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let dir =
+                std::env::temp_dir().join(format!("croupier-etcd-{}-{client}", std::process::id()));
+            let endpoint = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let args: Vec<String> = [
+                "--name",
+                &format!("m{i}"),
+                "--data-dir",
+                &dir.display().to_string(),
+                "--listen-client-urls",
+                &endpoint,
+                "--advertise-client-urls",
+                &endpoint,
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+                "--initial-cluster",
+                &cluster,
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                &format!("croupier-test-{}", std::process::id()),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let log = std::fs::File::create(dir.with_extension("log"))
+                .map_err(|e| format!("creating the etcd log: {e}"))?;
+            let child = spawn_etcd(&args, log)?;
+            members.push(EtcdProcess {
+                child,
+                dir,
+                args,
+                endpoint,
+            });
+        }
+        for m in &members {
+            m.wait_ready().await?;
+        }
+        Ok(EtcdCluster { members })
+    }
+
+    /// Every member's client URL, comma-separated.
+    pub fn endpoints(&self) -> String {
+        let all: Vec<&str> = self.members.iter().map(|m| m.endpoint.as_str()).collect();
+        all.join(",")
+    }
+}

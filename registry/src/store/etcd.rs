@@ -39,7 +39,7 @@ pub struct EtcdOptions {
     pub cert: Option<PathBuf>,
     /// Client key (PEM).
     pub key: Option<PathBuf>,
-    /// Deadline of each request. Default 5 s.
+    /// Deadline of each request (retried on another member after it). Default 3 s.
     pub timeout: Option<Duration>,
 }
 
@@ -48,6 +48,23 @@ pub struct EtcdOptions {
 pub struct EtcdStore {
     client: Client,
     namespace: String,
+}
+
+/// An error another attempt (on another member, after an election) may not meet.
+fn transient(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(
+                s.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Cancelled
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Unknown
+            ) && !s.message().contains("lease not found")
+        }
+        _ => false,
+    }
 }
 
 fn unavailable(e: etcd_client::Error) -> StoreError {
@@ -62,7 +79,7 @@ impl EtcdStore {
                 "no etcd endpoint configured (give --etcd-endpoints)".into(),
             ));
         }
-        let timeout = opts.timeout.unwrap_or(Duration::from_secs(5));
+        let timeout = opts.timeout.unwrap_or(Duration::from_secs(3));
         let mut connect = ConnectOptions::new()
             .with_connect_timeout(timeout)
             .with_timeout(timeout)
@@ -110,6 +127,30 @@ impl EtcdStore {
         Ok(store)
     }
 
+    /// Runs `op` on a client, again (up to 3 more times, 100 ms → 800 ms apart) when it failed
+    /// in a way another member may not: a dead member's connection, a timeout, a leader
+    /// election. Returns the result and whether it was a retry.
+    async fn call<T, F, Fut>(&self, op: F) -> Result<(T, bool), etcd_client::Error>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0;
+        loop {
+            match op(self.client.clone()).await {
+                Ok(v) => return Ok((v, attempt > 0)),
+                Err(e) if attempt < 4 && transient(&e) => {
+                    tracing::debug!(error = %e, attempt, "etcd request failed; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.namespace)
     }
@@ -144,42 +185,71 @@ impl EtcdStore {
         lease.map(|l| PutOptions::new().with_lease(l))
     }
 
-    async fn cas(&self, key: &str, when: Compare, then: TxnOp) -> Result<CasOutcome, StoreError> {
+    /// A compare-and-set transaction. `written` is the value a put writes: when a retried
+    /// attempt meets exactly that value, the first attempt went through and only its answer was
+    /// lost, so the write counts as done.
+    async fn cas(
+        &self,
+        key: &str,
+        when: Compare,
+        then: TxnOp,
+        written: Option<&[u8]>,
+    ) -> Result<CasOutcome, StoreError> {
         let full = self.key(key);
         let txn = Txn::new()
             .when([when])
             .and_then([then])
             .or_else([TxnOp::get(full, None)]);
-        let resp = self.client.clone().txn(txn).await.map_err(unavailable)?;
+        let (resp, retried) = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(unavailable)?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         if resp.succeeded() {
             return Ok(CasOutcome::Done(revision));
         }
-        let current = resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| self.kv(kv))),
-            _ => None,
-        });
-        Ok(CasOutcome::Conflict(current.flatten()))
+        let current = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|r| match r {
+                TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| self.kv(kv))),
+                _ => None,
+            })
+            .flatten();
+        if retried
+            && let (Some(kv), Some(value)) = (&current, written)
+            && kv.value == value
+        {
+            return Ok(CasOutcome::Done(kv.mod_revision));
+        }
+        Ok(CasOutcome::Conflict(current))
     }
 }
 
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let resp = self
-            .client
-            .clone()
-            .get(self.key(key), None)
+        let full = self.key(key);
+        let (resp, _) = self
+            .call(|mut c| {
+                let full = full.clone();
+                async move { c.get(full, None).await }
+            })
             .await
             .map_err(unavailable)?;
         Ok(resp.kvs().first().map(|kv| self.kv(kv)))
     }
 
     async fn range(&self, prefix: &str) -> Result<RangeResult, StoreError> {
-        let resp = self
-            .client
-            .clone()
-            .get(self.key(prefix), Some(GetOptions::new().with_prefix()))
+        let full = self.key(prefix);
+        let (resp, _) = self
+            .call(|mut c| {
+                let full = full.clone();
+                async move { c.get(full, Some(GetOptions::new().with_prefix())).await }
+            })
             .await
             .map_err(unavailable)?;
         Ok(RangeResult {
@@ -194,20 +264,24 @@ impl Store for EtcdStore {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<Revision, StoreError> {
-        let resp = self
-            .client
-            .clone()
-            .put(self.key(key), value, Self::put_options(lease))
+        let full = self.key(key);
+        let (resp, _) = self
+            .call(|mut c| {
+                let (full, value) = (full.clone(), value.clone());
+                async move { c.put(full, value, Self::put_options(lease)).await }
+            })
             .await
             .map_err(|e| Self::lease_error(e, lease.unwrap_or(0)))?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 
     async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
-        let resp = self
-            .client
-            .clone()
-            .delete(self.key(key), None::<DeleteOptions>)
+        let full = self.key(key);
+        let (resp, _) = self
+            .call(|mut c| {
+                let full = full.clone();
+                async move { c.delete(full, None::<DeleteOptions>).await }
+            })
             .await
             .map_err(unavailable)?;
         Ok((resp.deleted() > 0).then(|| resp.header().map(|h| h.revision()).unwrap_or(0)))
@@ -225,7 +299,8 @@ impl Store for EtcdStore {
             Expect::Absent => Compare::create_revision(full.clone(), CompareOp::Equal, 0),
             Expect::ModRevision(r) => Compare::mod_revision(full.clone(), CompareOp::Equal, r),
         };
-        self.cas(key, when, TxnOp::put(full, value, Self::put_options(lease)))
+        let then = TxnOp::put(full, value.clone(), Self::put_options(lease));
+        self.cas(key, when, then, Some(&value))
             .await
             .map_err(|e| match (e, lease) {
                 (StoreError::Unavailable(m), Some(l)) if m.contains("lease not found") => {
@@ -245,16 +320,15 @@ impl Store for EtcdStore {
             key,
             Compare::mod_revision(full.clone(), CompareOp::Equal, mod_revision),
             TxnOp::delete(full, None),
+            None,
         )
         .await
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
         let secs = ttl.as_secs_f64().ceil().max(1.0) as i64;
-        let resp = self
-            .client
-            .clone()
-            .lease_grant(secs, None)
+        let (resp, _) = self
+            .call(|mut c| async move { c.lease_grant(secs, None).await })
             .await
             .map_err(unavailable)?;
         Ok(resp.id())
@@ -262,16 +336,17 @@ impl Store for EtcdStore {
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
         // One request on a keep-alive stream; etcd answers with the new TTL (0: no such lease).
-        self.client
-            .clone()
-            .lease_keep_alive(lease)
+        self.call(|mut c| async move { c.lease_keep_alive(lease).await.map(|_| ()) })
             .await
             .map(|_| ())
             .map_err(|e| Self::lease_error(e, lease))
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        match self.client.clone().lease_revoke(lease).await {
+        match self
+            .call(|mut c| async move { c.lease_revoke(lease).await })
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => match Self::lease_error(e, lease) {
                 StoreError::LeaseNotFound(_) => Ok(()),
@@ -363,13 +438,15 @@ impl Store for EtcdStore {
 
     async fn current_revision(&self) -> Result<Revision, StoreError> {
         // A count-only read of one (absent) key returns the cluster's revision in its header.
-        let resp = self
-            .client
-            .clone()
-            .get(
-                self.key("/\u{0}revision-probe"),
-                Some(GetOptions::new().with_count_only()),
-            )
+        let probe = self.key("/\u{0}revision-probe");
+        let (resp, _) = self
+            .call(|mut c| {
+                let probe = probe.clone();
+                async move {
+                    c.get(probe, Some(GetOptions::new().with_count_only()))
+                        .await
+                }
+            })
             .await
             .map_err(unavailable)?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
