@@ -8,10 +8,12 @@
 //! - [`cli`] — arguments and the client commands.
 //! - [`job`] — `croupier job …`.
 //! - [`dev`] — `croupier dev`.
-//! - [`bench`] — `croupier bench`.
+//! - [`bench`] — `croupier bench invoke` and `bench jobs`.
+//! - [`bench_scale`] — `croupier bench agents`.
 //! - [`output`] — tables.
 
 pub mod bench;
+pub mod bench_scale;
 pub mod certs;
 pub mod cli;
 pub mod config;

@@ -90,7 +90,10 @@ async fn killed_agent_disappears_and_restarted_agent_registers_again() {
         "removed after {took:?}, before the offline timeout"
     );
     assert!(removed.revision > synced.revision);
-    assert_eq!(agent_ids(removed), vec!["a2"]);
+    assert!(
+        agent_ids(removed).is_empty(),
+        "a change carries only the agent concerned (none for a removal)"
+    );
     let regs = c.registrations("g", "e", "agent.ping").await.unwrap();
     let ids: Vec<_> = regs.registrations[0]
         .agents

@@ -65,7 +65,8 @@ pub struct Change {
     pub key: FnKey,
     /// The agent involved ("" for descriptor changes).
     pub agent_id: String,
-    /// The registration after the change.
+    /// The function's descriptor and the agent concerned (none for removals and descriptor
+    /// changes): a delta, not the whole registration.
     pub registration: pb::FunctionRegistration,
 }
 
@@ -644,12 +645,23 @@ fn agent_changes(
             _ if details_changed => ChangeKind::Updated,
             _ => continue,
         };
+        // Only the agent concerned: a change costs the same with 10 or 10 000 providers.
+        let agents = match (kind, after) {
+            (ChangeKind::Removed, _) | (_, None) => Vec::new(),
+            (_, Some(a)) => vec![agent_info(st, a, &k.function_id)],
+        };
         out.push(Change {
             revision: rev,
             kind,
             key: k.clone(),
             agent_id: agent_id.clone(),
-            registration: registration(st, k),
+            registration: pb::FunctionRegistration {
+                function_id: k.function_id.clone(),
+                game_id: k.game_id.clone(),
+                env: k.env.clone(),
+                agents,
+                function_descriptor: st.functions.get(k).map(|d| d.to_proto()),
+            },
         });
     }
 }
@@ -672,7 +684,14 @@ fn descriptor_change(
         kind,
         key: key.clone(),
         agent_id: String::new(),
-        registration: registration(st, key),
+        // The descriptor; the agents are unchanged (and not repeated).
+        registration: pb::FunctionRegistration {
+            function_id: key.function_id.clone(),
+            game_id: key.game_id.clone(),
+            env: key.env.clone(),
+            agents: Vec::new(),
+            function_descriptor: st.functions.get(key).map(|d| d.to_proto()),
+        },
     }
 }
 
