@@ -18,7 +18,7 @@ async fn a_server_on_etcd_serves_keeps_state_and_survives_an_etcd_outage() {
     };
     let endpoint = etcd.endpoint.clone();
     let mut mesh = Mesh::start_with(
-        &["a1"],
+        &["a1", "a2"],
         Duration::from_secs(2),
         &[],
         &[
@@ -76,6 +76,29 @@ async fn a_server_on_etcd_serves_keeps_state_and_survives_an_etcd_outage() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains("etcd"), "{err:?}");
+    // A registration cannot be stored either.
+    let agent = mesh.client("agent-a2").await;
+    let err = agent
+        .control_service()
+        .register_agent(croupier_proto::control::v1::RegisterAgentRequest {
+            agent_id: "a2".into(),
+            game_id: "g".into(),
+            env: "e".into(),
+            functions: vec!["x.y".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("etcd"), "{err:?}");
+    // Longer than the offline timeout (3 × 2 s): the agent heartbeats and holds its tunnel, so
+    // it stays online although its lease cannot be refreshed.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let r = client
+        .invoke("agent.ping", json!({"n": 3}), &opts())
+        .await
+        .unwrap();
+    assert!(r.success, "{r:?}");
 
     // etcd returns: jobs start again.
     etcd.restart().await.unwrap();
@@ -167,6 +190,30 @@ async fn calls_and_jobs_through_another_replica_reach_the_owner() {
     let record = via_b.get_job(job.id()).await.unwrap();
     assert_eq!(record.caller, "spiffe://croupier/client/c1");
     assert_eq!(record.status, "cancelled");
+
+    // The same idempotency key through both replicas at once executes once.
+    let via_a = mesh.client("client-c1").await;
+    let mut keyed = opts();
+    keyed.idempotency_key = "both-replicas".into();
+    let payload = json!({"order": 7});
+    let (ra, rb) = tokio::join!(
+        via_a.invoke("agent.ping", payload.clone(), &keyed),
+        via_b.invoke("agent.ping", payload.clone(), &keyed),
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let calls = |r: &croupier_proto::function::v1::InvokeFunctionResponse| {
+        croupier_proto::json::opt_struct_to_json(r.result.as_ref())["calls"].clone()
+    };
+    assert_eq!(calls(&ra), calls(&rb), "one execution, one stored outcome");
+    let after = via_a
+        .invoke("agent.ping", json!({}), &opts())
+        .await
+        .unwrap();
+    assert_eq!(
+        calls(&after).as_u64().unwrap(),
+        calls(&ra).as_u64().unwrap() + 1,
+        "the keyed pair ran the handler once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
