@@ -85,7 +85,10 @@ impl ServerProc {
             .args(["--log", "warn", "server", "--listen", "127.0.0.1:0"])
             .args(["--server-id", id, "--store", "etcd", "--etcd-namespace", ns])
             .args(["--etcd-endpoints", &args.etcd_endpoints.join(",")])
-            .args(["--heartbeat-interval", &humantime::format_duration(args.heartbeat).to_string()])
+            .args([
+                "--heartbeat-interval",
+                &humantime::format_duration(args.heartbeat).to_string(),
+            ])
             .arg("--data-dir")
             .arg(dir.join(format!("data-{id}")))
             .arg("--tls-dir")
@@ -213,7 +216,11 @@ pub async fn agents(args: AgentsBenchArgs) -> anyhow::Result<()> {
         hosts: vec![],
         force: false,
     })?;
-    eprintln!("certificates for {} agents in {:.1?}", args.agents, t.elapsed());
+    eprintln!(
+        "certificates for {} agents in {:.1?}",
+        args.agents,
+        t.elapsed()
+    );
     let ns = format!("/bench-{}", uuid::Uuid::new_v4());
     let a = ServerProc::start(&dir, "a", &args, &ns)?;
     let b = ServerProc::start(&dir, "b", &args, &ns)?;
@@ -383,7 +390,11 @@ pub async fn agents(args: AgentsBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn throughput(client: &Client, opts: &CallOptions, duration: Duration) -> anyhow::Result<f64> {
+async fn throughput(
+    client: &Client,
+    opts: &CallOptions,
+    duration: Duration,
+) -> anyhow::Result<f64> {
     let stop_at = Instant::now() + duration;
     let done = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();

@@ -153,7 +153,7 @@ pub struct AgentArgs {
     #[arg(long = "label", value_parser = parse_pair)]
     pub labels: Vec<(String, String)>,
     /// Function packs to serve besides the built-in agent.* functions, comma-separated:
-    /// node; "all" for every pack, "none" (or empty) for none.
+    /// node, container; "all" for every pack, "none" (or empty) for none.
     #[arg(long, env = "CROUPIER_PACKS", default_value = "all")]
     pub packs: croupier_agent::Packs,
 }

@@ -3,7 +3,8 @@
 //! Layout:
 //! - [`builtin`] — the `agent.*` functions every agent carries (`agent.ping`, `agent.sleep`,
 //!   the job `agent.countdown`).
-//! - [`packs`] — packs switched on by name (`--packs`): `node` (host metrics and inventory).
+//! - [`packs`] — packs switched on by name (`--packs`): `node` (host metrics and inventory),
+//!   `container` (the host's Docker containers).
 //! - [`run`] — builds the provider from an [`AgentConfig`] and runs it.
 
 pub mod builtin;
@@ -27,7 +28,7 @@ pub struct AgentConfig {
 pub fn provider(cfg: AgentConfig) -> Provider {
     let agent_id = cfg.provider.agent_id.clone();
     let provider = builtin::register(Provider::new(cfg.provider), &agent_id);
-    packs::install(provider, &cfg.packs)
+    packs::install(provider, &cfg.packs, &agent_id)
 }
 
 /// Runs the agent until `shutdown` is cancelled.

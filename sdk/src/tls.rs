@@ -39,7 +39,8 @@ impl TlsFiles {
     }
 }
 
-/// mTLS material in memory.
+/// mTLS material in memory (for [`Client::connect_pem`](crate::Client::connect_pem), e.g. from a
+/// secret store).
 #[derive(Clone)]
 pub struct TlsPem {
     /// CA certificate (PEM).
@@ -48,6 +49,28 @@ pub struct TlsPem {
     pub cert: String,
     /// Private key (PEM).
     pub key: String,
+}
+
+impl TlsPem {
+    /// The CA certificate, this party's certificate and its private key, all PEM.
+    pub fn new(ca: impl Into<String>, cert: impl Into<String>, key: impl Into<String>) -> Self {
+        TlsPem {
+            ca: ca.into(),
+            cert: cert.into(),
+            key: key.into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for TlsPem {
+    /// Shows the sizes only: the key is a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsPem")
+            .field("ca", &format_args!("{} bytes", self.ca.len()))
+            .field("cert", &format_args!("{} bytes", self.cert.len()))
+            .field("key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// TLS setup failures.

@@ -1,5 +1,5 @@
 //! Function packs: sets of registered functions an agent can carry besides the built-in
-//! `agent.*` functions, switched on and off by name (`croupier agent --packs node`).
+//! `agent.*` functions, switched on and off by name (`croupier agent --packs node,container`).
 //!
 //! Layout:
 //! - this module — [`Pack`] (one pack), [`Packs`] (the chosen list, parsed from
@@ -7,15 +7,20 @@
 //!   provider and merges what they add to the heartbeat status.
 //! - `node` — `node.metrics` and `node.resources` (sysinfo, bollard for the Docker version),
 //!   plus the `cpu_percent` and `memory_percent` heartbeat summary.
+//! - `container` — `container.*`: list, inspect, create, start, stop, restart, remove, exec,
+//!   and the jobs `container.logs` and `container.run` (bollard, through a small trait so
+//!   tests can fake Docker).
 //!
-//! A new pack (e.g. `container`, `pipeline`) is a module beside `node` with a `register`
-//! function, a variant of [`Pack`] and a line in [`Pack::ALL`] and [`install`].
+//! A new pack (e.g. `pipeline`) is a module beside `node` with a `register` function, a
+//! variant of [`Pack`] and a line in [`Pack::ALL`] and [`install`].
 
+mod container;
 mod node;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use croupier_sdk::Provider;
 
@@ -24,16 +29,19 @@ use croupier_sdk::Provider;
 pub enum Pack {
     /// `node.*`: host metrics and inventory.
     Node,
+    /// `container.*`: the host's Docker containers.
+    Container,
 }
 
 impl Pack {
     /// Every pack that exists, in registration order.
-    pub const ALL: &'static [Pack] = &[Pack::Node];
+    pub const ALL: &'static [Pack] = &[Pack::Node, Pack::Container];
 
     /// The pack's name as given to `--packs`.
     pub fn name(self) -> &'static str {
         match self {
             Pack::Node => "node",
+            Pack::Container => "container",
         }
     }
 }
@@ -77,8 +85,8 @@ fn known() -> String {
 
 /// The packs an agent carries: a list without duplicates, in [`Pack::ALL`] order.
 ///
-/// Parsed from a comma-separated list of names (spaces around names are ignored): `node`;
-/// `all` for every pack; `none` or the empty string for no pack.
+/// Parsed from a comma-separated list of names (spaces around names are ignored): `node`,
+/// `container`; `all` for every pack; `none` or the empty string for no pack.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Packs(Vec<Pack>);
 
@@ -160,15 +168,30 @@ impl fmt::Display for Packs {
 /// Adds a pack's entries to a heartbeat's status map.
 pub(crate) type StatusFn = Box<dyn Fn(&mut HashMap<String, String>) + Send + Sync>;
 
-/// Registers the functions of `packs` on `provider`. Packs that summarise themselves in
-/// heartbeats (node: `cpu_percent`, `memory_percent`) get their entries merged into one
-/// [`Provider::status`] function, which replaces any set before.
-pub fn install(provider: Provider, packs: &Packs) -> Provider {
+/// Registers the functions of `packs` on `provider`, an agent with id `agent_id`. Packs that
+/// summarise themselves in heartbeats (node: `cpu_percent`, `memory_percent`) get their entries
+/// merged into one [`Provider::status`] function, which replaces any set before.
+///
+/// The `container` pack gets the one Docker client of the agent, and is told whether Docker
+/// answered at startup (asked for at most 2 s). Without Docker it still registers: its
+/// descriptions say so and its calls answer `UNAVAILABLE`.
+pub fn install(provider: Provider, packs: &Packs, agent_id: &str) -> Provider {
     let mut status: Vec<StatusFn> = Vec::new();
     let mut provider = provider;
     for pack in packs.iter() {
         provider = match pack {
             Pack::Node => node::register(provider, &mut status),
+            Pack::Container => {
+                let docker: Arc<dyn container::DockerApi> = Arc::new(container::LocalDocker::new());
+                let unavailable = container::probe();
+                if let Some(reason) = &unavailable {
+                    tracing::warn!(
+                        reason = %reason,
+                        "Docker is unavailable; the container functions answer UNAVAILABLE until it runs"
+                    );
+                }
+                container::register(provider, docker, unavailable, agent_id)
+            }
         };
     }
     if status.is_empty() {
@@ -200,7 +223,16 @@ mod tests {
         assert_eq!(" , ".parse::<Packs>().unwrap(), Packs::none());
         assert_eq!(Packs::default(), Packs::all());
         assert!(Packs::all().contains(Pack::Node));
+        assert!(Packs::all().contains(Pack::Container));
         assert!(!Packs::none().contains(Pack::Node));
+        assert_eq!(
+            "container, node".parse::<Packs>().unwrap(),
+            Packs(vec![Pack::Node, Pack::Container])
+        );
+        assert_eq!(
+            "container".parse::<Packs>().unwrap(),
+            Packs(vec![Pack::Container])
+        );
     }
 
     #[test]
@@ -209,7 +241,7 @@ mod tests {
         assert_eq!(e, PackError::Unknown("bogus".into()));
         assert_eq!(
             e.to_string(),
-            "unknown pack \"bogus\" (known packs: node; \"all\" for every pack, \"none\" for none)"
+            "unknown pack \"bogus\" (known packs: node, container; \"all\" for every pack, \"none\" for none)"
         );
         // Names are exact: no case folding.
         assert_eq!(
@@ -227,7 +259,7 @@ mod tests {
 
     #[test]
     fn displays_as_it_parses() {
-        for s in ["node", "none"] {
+        for s in ["node", "container", "node,container", "none"] {
             assert_eq!(s.parse::<Packs>().unwrap().to_string(), s);
         }
         assert_eq!(

@@ -21,7 +21,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bollard::Docker;
 use croupier_proto::common::v1::{FunctionDescriptor, Semantics};
 use croupier_proto::json::json_to_struct;
 use croupier_sdk::tls::error_chain;
@@ -505,8 +504,17 @@ fn inventory() -> Result<Value, sysinfo::Error> {
 
 /// Docker's version, or why there is none. Never waits more than [`DOCKER_TIMEOUT`].
 async fn docker_version() -> Result<Value, String> {
-    let docker = Docker::connect_with_local_defaults()
-        .map_err(|e| format!("connecting to Docker: {}", error_chain(&e)))?;
+    // The container pack's connect: it agrees on an API version with older daemons.
+    let docker = match tokio::time::timeout(DOCKER_TIMEOUT, super::container::connect()).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => return Err(format!("connecting to Docker: {}", error_chain(&e))),
+        Err(_) => {
+            return Err(format!(
+                "Docker did not answer within {} ms",
+                DOCKER_TIMEOUT.as_millis()
+            ));
+        }
+    };
     let v = match tokio::time::timeout(DOCKER_TIMEOUT, docker.version()).await {
         Err(_) => {
             return Err(format!(
