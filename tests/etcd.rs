@@ -350,3 +350,70 @@ async fn losing_one_member_of_a_three_member_etcd_changes_nothing_for_callers() 
     assert_eq!(record.status, "completed");
     assert_eq!(record.last_seq, 82);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_talks_to_etcd_over_tls_with_a_client_certificate() {
+    use croupier_registry::store::conformance::EtcdProcess;
+    // etcd uses the mesh's CA and server certificate; the server presents a client one.
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    common::certs(&certs, &["a1"]);
+    let etcd = match EtcdProcess::start_tls(&certs).await {
+        Ok(e) => e,
+        Err(e) if std::env::var("CROUPIER_REQUIRE_ETCD").as_deref() == Ok("1") => {
+            panic!("etcd is required (CROUPIER_REQUIRE_ETCD=1): {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            return;
+        }
+    };
+    assert!(etcd.endpoint.starts_with("https://"));
+    let ca = certs.join("ca.pem");
+    let cert = certs.join("client-c1.pem");
+    let key = certs.join("client-c1.key");
+    let (ca, cert, key) = (
+        ca.to_str().unwrap(),
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    );
+    let mesh = Mesh::start_with(
+        &["a1"],
+        Duration::from_secs(2),
+        &[],
+        &[
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            &etcd.endpoint,
+            "--etcd-ca",
+            ca,
+            "--etcd-cert",
+            cert,
+            "--etcd-key",
+            key,
+        ],
+    );
+    let _a1 = mesh.agent("a1", &[]);
+    mesh.wait_online(&["a1"]).await;
+    let client = mesh.client("client-c1").await;
+    let job = client
+        .start_job("agent.countdown", json!({"steps": 2}), &opts())
+        .await
+        .unwrap();
+    assert_eq!(job.wait().await.unwrap().status, "completed");
+
+    // Without a client certificate etcd refuses, and the server says so at startup.
+    let out = std::process::Command::new(common::bin())
+        .args(["server", "--listen", "127.0.0.1:0", "--store", "etcd"])
+        .args(["--etcd-endpoints", &etcd.endpoint, "--etcd-ca", ca])
+        .arg("--tls-dir")
+        .arg(mesh.certs())
+        .arg("--data-dir")
+        .arg(dir.path().join("d2"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("etcd"), "{err}");
+}

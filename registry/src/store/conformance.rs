@@ -754,14 +754,27 @@ pub struct EtcdProcess {
     child: std::process::Child,
     dir: std::path::PathBuf,
     args: Vec<String>,
-    /// Client URL, `http://127.0.0.1:PORT`.
+    /// Client URL, `http://127.0.0.1:PORT` (`https` with TLS).
     pub endpoint: String,
+    /// Certificate directory when etcd serves TLS.
+    tls: Option<std::path::PathBuf>,
 }
 
 impl EtcdProcess {
     /// Starts etcd and waits until it answers. `Err` says why (no `etcd` binary, no answer).
     /// With `CROUPIER_REQUIRE_ETCD=1` (CI) callers should fail on `Err`, not skip.
     pub async fn start() -> Result<EtcdProcess, String> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`EtcdProcess::start`], serving clients over TLS with `server.pem`/`server.key`
+    /// from `tls` (a `croupier certs init` directory) and requiring client certificates signed
+    /// by its `ca.pem`.
+    pub async fn start_tls(tls: &std::path::Path) -> Result<EtcdProcess, String> {
+        Self::start_with(Some(tls.to_path_buf())).await
+    }
+
+    async fn start_with(tls: Option<std::path::PathBuf>) -> Result<EtcdProcess, String> {
         let free = || {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
@@ -771,11 +784,12 @@ impl EtcdProcess {
         let (client, peer) = (free()?, free()?);
         let dir =
             std::env::temp_dir().join(format!("croupier-etcd-{}-{client}", std::process::id()));
-        let endpoint = format!("http://127.0.0.1:{client}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let log = std::fs::File::create(dir.with_extension("log"))
             .map_err(|e| format!("creating the etcd log: {e}"))?;
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "--name",
             "t",
             "--data-dir",
@@ -794,12 +808,24 @@ impl EtcdProcess {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some(t) = &tls {
+            for (flag, file) in [
+                ("--cert-file", "server.pem"),
+                ("--key-file", "server.key"),
+                ("--trusted-ca-file", "ca.pem"),
+            ] {
+                args.push(flag.into());
+                args.push(t.join(file).display().to_string());
+            }
+            args.push("--client-cert-auth".into());
+        }
         let child = spawn_etcd(&args, log)?;
         let process = EtcdProcess {
             child,
             dir,
             args,
             endpoint,
+            tls,
         };
         process.wait_ready().await?;
         Ok(process)
@@ -824,6 +850,9 @@ impl EtcdProcess {
             let opts = super::etcd::EtcdOptions {
                 endpoints: vec![process.endpoint.clone()],
                 timeout: Some(Duration::from_secs(1)),
+                ca: process.tls.as_ref().map(|t| t.join("ca.pem")),
+                cert: process.tls.as_ref().map(|t| t.join("server.pem")),
+                key: process.tls.as_ref().map(|t| t.join("server.key")),
                 ..Default::default()
             };
             match super::etcd::EtcdStore::connect(opts).await {
@@ -952,6 +981,7 @@ impl EtcdCluster {
                 dir,
                 args,
                 endpoint,
+                tls: None,
             });
         }
         for m in &members {
