@@ -113,6 +113,38 @@ impl FunctionService for Direct {
             "the direct baseline serves InvokeFunction only",
         ))
     }
+    async fn put_pipeline(
+        &self,
+        _: Request<pb::PutPipelineRequest>,
+    ) -> Result<Response<pb::PutPipelineResponse>, Status> {
+        Err(Status::unimplemented(
+            "the direct baseline serves InvokeFunction only",
+        ))
+    }
+    async fn get_pipeline(
+        &self,
+        _: Request<pb::GetPipelineRequest>,
+    ) -> Result<Response<pb::GetPipelineResponse>, Status> {
+        Err(Status::unimplemented(
+            "the direct baseline serves InvokeFunction only",
+        ))
+    }
+    async fn list_pipelines(
+        &self,
+        _: Request<pb::ListPipelinesRequest>,
+    ) -> Result<Response<pb::ListPipelinesResponse>, Status> {
+        Err(Status::unimplemented(
+            "the direct baseline serves InvokeFunction only",
+        ))
+    }
+    async fn delete_pipeline(
+        &self,
+        _: Request<pb::DeletePipelineRequest>,
+    ) -> Result<Response<pb::DeletePipelineResponse>, Status> {
+        Err(Status::unimplemented(
+            "the direct baseline serves InvokeFunction only",
+        ))
+    }
 }
 
 /// Figures of one phase.

@@ -47,6 +47,9 @@ pub enum Command {
     /// Jobs: start, watch, cancel, get, list.
     #[command(subcommand)]
     Job(crate::job::JobCommand),
+    /// Pipeline templates: put, get, list, delete.
+    #[command(subcommand)]
+    Pipeline(crate::pipeline::PipelineCommand),
     /// Node administration.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -153,7 +156,7 @@ pub struct AgentArgs {
     #[arg(long = "label", value_parser = parse_pair)]
     pub labels: Vec<(String, String)>,
     /// Function packs to serve besides the built-in agent.* functions, comma-separated:
-    /// node, container; "all" for every pack, "none" (or empty) for none.
+    /// node, container, pipeline; "all" for every pack, "none" (or empty) for none.
     #[arg(long, env = "CROUPIER_PACKS", default_value = "all")]
     pub packs: croupier_agent::Packs,
 }

@@ -7,6 +7,7 @@
 //! - [`certs`] — `croupier certs init`.
 //! - [`cli`] — arguments and the client commands.
 //! - [`job`] — `croupier job …`.
+//! - [`pipeline`] — `croupier pipeline …`.
 //! - [`dev`] — `croupier dev`.
 //! - [`bench`] — `croupier bench invoke` and `bench jobs`.
 //! - [`bench_scale`] — `croupier bench agents`.
@@ -20,4 +21,5 @@ pub mod config;
 pub mod dev;
 pub mod job;
 pub mod output;
+pub mod pipeline;
 pub mod server;

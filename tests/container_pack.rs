@@ -14,52 +14,13 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use common::{Mesh, Proc, bin, opts};
+use common::{IMAGE, Mesh, Proc, bin, containers_labelled, docker, docker_ready, opts};
 use croupier_proto::function::v1::{EventType, JobEvent};
 use croupier_proto::json::opt_struct_to_json;
 use croupier_sdk::Client;
 use serde_json::{Value, json};
 
-const IMAGE: &str = "croupier-test/busybox:latest";
 const HB: Duration = Duration::from_secs(1);
-
-/// Runs the docker CLI: (success, stdout, stderr).
-fn docker(args: &[&str]) -> (bool, String, String) {
-    match Command::new("docker").args(args).output() {
-        Ok(o) => (
-            o.status.success(),
-            String::from_utf8_lossy(&o.stdout).trim().to_string(),
-            String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        ),
-        Err(e) => (false, String::new(), format!("running docker: {e}")),
-    }
-}
-
-/// True when dockerd answers and the test image is there. Without dockerd: panics when
-/// `CROUPIER_REQUIRE_DOCKER=1`, else prints why and returns false (the test is skipped).
-/// Without the image: panics, saying how to build it.
-fn docker_ready() -> bool {
-    let (ok, _, err) = docker(&["info", "--format", "{{.ServerVersion}}"]);
-    if !ok {
-        if std::env::var("CROUPIER_REQUIRE_DOCKER").as_deref() == Ok("1") {
-            panic!(
-                "Docker is required (CROUPIER_REQUIRE_DOCKER=1) but `docker info` failed: {err}"
-            );
-        }
-        eprintln!(
-            "skipping: Docker is not reachable (`docker info`: {err}); set \
-             CROUPIER_REQUIRE_DOCKER=1 to fail instead"
-        );
-        return false;
-    }
-    let (ok, _, err) = docker(&["image", "inspect", IMAGE]);
-    assert!(
-        ok,
-        "the test image {IMAGE} is missing ({err}); run scripts/test.sh, which builds it from \
-         Debian's busybox-static (images cannot be pulled here)"
-    );
-    true
-}
 
 /// A container name unique to this test run.
 fn unique(what: &str) -> String {
@@ -84,14 +45,6 @@ impl Drop for Remove {
                 .status();
         }
     }
-}
-
-/// Containers (any state) carrying `label` (`key=value`), per the docker CLI.
-fn containers_labelled(label: &str) -> Vec<String> {
-    let filter = format!("label={label}");
-    let (ok, out, err) = docker(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter]);
-    assert!(ok, "docker ps: {err}");
-    out.lines().map(str::to_string).collect()
 }
 
 /// A server and one agent `c1` carrying the container pack.

@@ -28,6 +28,7 @@ use crate::error::FunctionError;
 use crate::forward::Forwarder;
 use crate::idempotency::{Begin, Idempotency, payload_hash};
 use crate::jobs::{CreateError, JobManager, JobRecord, JobStatus};
+use crate::pipeline::Pipelines;
 use crate::router::{Mode, Rotation, Slot, rendezvous};
 
 /// Invocation settings.
@@ -67,6 +68,7 @@ pub struct Invoker {
     per_caller: Mutex<HashMap<String, Arc<Semaphore>>>,
     jobs: Option<Arc<JobManager>>,
     forwarder: Option<Arc<Forwarder>>,
+    pipelines: Pipelines,
 }
 
 /// A request whose function is resolved, caller authorised and payload checked.
@@ -102,6 +104,7 @@ impl Invoker {
         audit: AuditLog,
     ) -> Self {
         let idem = Idempotency::new(store.clone(), cfg.idempotency_retention);
+        let pipelines = Pipelines::new(store.clone());
         Invoker {
             cfg,
             store,
@@ -114,6 +117,7 @@ impl Invoker {
             per_caller: Mutex::new(HashMap::new()),
             jobs: None,
             forwarder: None,
+            pipelines,
         }
     }
 
@@ -127,6 +131,11 @@ impl Invoker {
     pub fn with_jobs(mut self, jobs: Arc<JobManager>) -> Self {
         self.jobs = Some(jobs);
         self
+    }
+
+    /// The pipeline templates.
+    pub fn pipelines(&self) -> &Pipelines {
+        &self.pipelines
     }
 
     /// The audit log.
@@ -346,13 +355,19 @@ impl Invoker {
             .clone()
             .ok_or_else(|| FunctionError::Unavailable("this server does not run jobs".into()))?;
         let _permit = self.admit(who)?;
-        let req = InvokeFunctionRequest {
+        let mut req = InvokeFunctionRequest {
             game_id: req.game_id,
             env: req.env,
             function_id: req.function_id,
             payload: req.payload,
             options: req.options,
         };
+        if req.function_id == crate::pipeline::START && !forwarded {
+            // The server fills the template's args; the agent gets the whole template.
+            let given = opt_struct_to_json(req.payload.as_ref());
+            let prepared = self.pipelines.prepare_start(&given).await?;
+            req.payload = Some(croupier_proto::json::json_to_struct(&prepared));
+        }
         let p = self.prepare(who, &req, forwarded)?;
         if p.mode == Mode::Broadcast {
             return Err(FunctionError::InvalidArgument(

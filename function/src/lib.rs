@@ -7,6 +7,7 @@
 //! - [`idempotency`] — idempotency records in the store, across replicas.
 //! - [`jobs`] — [`JobManager`]: job records, ordered replayable event streams, cancel.
 //! - [`forward`] — [`forward::Forwarder`]: calls and jobs for agents held by other replicas.
+//! - [`pipeline`] — pipeline templates and how `pipeline.start` is filled.
 //! - [`service`] — the `FunctionService` handler.
 //! - [`error`] — [`FunctionError`] and its gRPC mapping.
 
@@ -15,6 +16,7 @@ pub mod forward;
 pub mod idempotency;
 pub mod invoke;
 pub mod jobs;
+pub mod pipeline;
 pub mod router;
 pub mod service;
 

@@ -146,4 +146,60 @@ impl FunctionService for FunctionServer {
         let resp = self.jobs()?.list_jobs(&request.into_inner()).await?;
         Ok(Response::new(resp))
     }
+
+    async fn put_pipeline(
+        &self,
+        request: Request<pb::PutPipelineRequest>,
+    ) -> Result<Response<pb::PutPipelineResponse>, Status> {
+        let who = origin(&request)?.who;
+        let t = request
+            .into_inner()
+            .template
+            .ok_or_else(|| Status::invalid_argument("template is required"))?;
+        let id = t.id.clone();
+        let resp = self.invoker.pipelines().put(&who, t).await?;
+        self.invoker
+            .audit()
+            .record(croupier_control::audit::AuditRecord {
+                at: croupier_registry::model::now_ms(),
+                who: who.uri(),
+                action: "put_pipeline",
+                target: id,
+                outcome: "ok".into(),
+                details: serde_json::Value::Null,
+            });
+        Ok(Response::new(resp))
+    }
+
+    async fn get_pipeline(
+        &self,
+        request: Request<pb::GetPipelineRequest>,
+    ) -> Result<Response<pb::GetPipelineResponse>, Status> {
+        caller(&request)?;
+        let t = self
+            .invoker
+            .pipelines()
+            .get(&request.into_inner().id)
+            .await?;
+        Ok(Response::new(pb::GetPipelineResponse { template: Some(t) }))
+    }
+
+    async fn list_pipelines(
+        &self,
+        request: Request<pb::ListPipelinesRequest>,
+    ) -> Result<Response<pb::ListPipelinesResponse>, Status> {
+        caller(&request)?;
+        let templates = self.invoker.pipelines().list().await?;
+        Ok(Response::new(pb::ListPipelinesResponse { templates }))
+    }
+
+    async fn delete_pipeline(
+        &self,
+        request: Request<pb::DeletePipelineRequest>,
+    ) -> Result<Response<pb::DeletePipelineResponse>, Status> {
+        let who = origin(&request)?.who;
+        let id = request.into_inner().id;
+        let deleted = self.invoker.pipelines().delete(&who, &id).await?;
+        Ok(Response::new(pb::DeletePipelineResponse { deleted }))
+    }
 }

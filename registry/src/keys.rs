@@ -60,3 +60,11 @@ pub fn job_event_chunk(job_id: &str, first_seq: i64) -> String {
 pub fn server(server_id: &str) -> String {
     format!("{SERVERS}{server_id}")
 }
+
+/// Prefix of pipeline templates.
+pub const PIPELINES: &str = "/croupier/pipelines/";
+
+/// `/croupier/pipelines/{template_id}`.
+pub fn pipeline(id: &str) -> String {
+    format!("{PIPELINES}{id}")
+}

@@ -16,7 +16,7 @@ use croupier_proto::json::json_to_struct;
 use tokio::sync::{Mutex, Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::provider::Invocation;
+use crate::provider::{Handler, HandlerError, Invocation};
 
 /// Most unacknowledged events one job may have; emitting more waits for acknowledgements.
 pub const OUTBOX_PER_JOB: usize = 4096;
@@ -29,11 +29,89 @@ pub const OUTBOX_PER_JOB: usize = 4096;
 pub struct JobContext {
     call: Invocation,
     out: Option<Arc<Outbox>>,
+    locals: Option<Locals>,
+    /// For a job run as a step of another job: that job, and the step's name.
+    parent: Option<(Box<JobContext>, String)>,
 }
+
+/// The provider's handlers, for local calls.
+pub(crate) type Locals = Arc<std::collections::HashMap<String, Handler>>;
 
 impl JobContext {
     pub(crate) fn new(call: Invocation, out: Option<Arc<Outbox>>) -> Self {
-        JobContext { call, out }
+        JobContext {
+            call,
+            out,
+            locals: None,
+            parent: None,
+        }
+    }
+
+    /// Lets the handler call the provider's other functions ([`JobContext::call_local`]).
+    pub(crate) fn with_locals(mut self, locals: Locals) -> Self {
+        self.locals = Some(locals);
+        self
+    }
+
+    /// Runs another function of this provider in-process, as a step of this job (a pipeline's
+    /// steps): with `payload`, a deadline of `timeout` (else this job's) and a cancellation
+    /// token that follows this job's. A job function's log lines become this job's `LOG`
+    /// events with `data.step = step`. A step that outlives its deadline is cancelled and given
+    /// 10 s to clean up.
+    pub async fn call_local(
+        &self,
+        function_id: &str,
+        payload: serde_json::Value,
+        timeout: Option<std::time::Duration>,
+        step: &str,
+    ) -> Result<serde_json::Value, HandlerError> {
+        let locals = self.locals.clone().ok_or_else(|| {
+            HandlerError::new(
+                "FAILED_PRECONDITION",
+                "local calls need a handler run by the provider",
+            )
+        })?;
+        let handler = locals.get(function_id).cloned().ok_or_else(|| {
+            HandlerError::new(
+                "NOT_FOUND",
+                format!("this agent does not provide {function_id}"),
+            )
+        })?;
+        let cancel = self.call.cancel.child_token();
+        let now = tokio::time::Instant::now();
+        let deadline = timeout.map_or(self.call.deadline, |t| (now + t).min(self.call.deadline));
+        let inv = Invocation {
+            request_id: format!("{}/{step}", self.call.request_id),
+            function_id: function_id.to_string(),
+            payload,
+            caller: self.call.caller.clone(),
+            game_id: self.call.game_id.clone(),
+            env: self.call.env.clone(),
+            idempotency_key: String::new(),
+            deadline,
+            cancel: cancel.clone(),
+        };
+        let fut = match handler {
+            Handler::Call(h) => h(inv),
+            Handler::Job(h) => h(JobContext {
+                call: inv,
+                out: None,
+                locals: Some(locals.clone()),
+                parent: Some((Box::new(self.clone()), step.to_string())),
+            }),
+        };
+        tokio::pin!(fut);
+        tokio::select! {
+            r = &mut fut => r,
+            _ = tokio::time::sleep_until(deadline) => {
+                cancel.cancel();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), &mut fut).await;
+                Err(HandlerError::new(
+                    "DEADLINE_EXCEEDED",
+                    format!("step {step} ({function_id}) did not finish within its timeout"),
+                ))
+            }
+        }
     }
 
     /// The invocation: payload, caller, game, env, deadline.
@@ -46,10 +124,12 @@ impl JobContext {
         &self.call.payload
     }
 
-    /// The job id (empty when invoked synchronously).
+    /// The job id (empty when invoked synchronously; for a step, the job running it).
     pub fn job_id(&self) -> &str {
         if self.out.is_some() {
             &self.call.request_id
+        } else if let Some((parent, _)) = &self.parent {
+            parent.job_id()
         } else {
             ""
         }
@@ -93,6 +173,27 @@ impl JobContext {
         if let Some(out) = &self.out {
             out.emit(&self.call.request_id, kind, message, progress, data)
                 .await;
+        } else if let Some((parent, step)) = &self.parent
+            && kind == EventType::Log
+        {
+            // A step's log line is a log line of the job running it, tagged with the step.
+            let mut tagged = match data {
+                Some(serde_json::Value::Object(m)) => m,
+                Some(other) => {
+                    let mut m = serde_json::Map::new();
+                    m.insert("data".into(), other);
+                    m
+                }
+                None => serde_json::Map::new(),
+            };
+            tagged.insert("step".into(), serde_json::Value::String(step.clone()));
+            Box::pin(parent.emit(
+                EventType::Log,
+                message,
+                0.0,
+                Some(serde_json::Value::Object(tagged)),
+            ))
+            .await;
         }
     }
 }

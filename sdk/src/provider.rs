@@ -98,7 +98,7 @@ type BoxFuture = Pin<Box<dyn Future<Output = Result<serde_json::Value, HandlerEr
 
 /// A registered handler: a plain call, or a job that reports events.
 #[derive(Clone)]
-enum Handler {
+pub(crate) enum Handler {
     Call(Arc<dyn Fn(Invocation) -> BoxFuture + Send + Sync>),
     Job(Arc<dyn Fn(JobContext) -> BoxFuture + Send + Sync>),
 }
@@ -194,6 +194,7 @@ pub struct Provider {
     cfg: ProviderConfig,
     descriptors: Vec<FunctionDescriptor>,
     handlers: HashMap<String, Handler>,
+    locals: crate::job::Locals,
     status: Option<StatusFn>,
     state: watch::Sender<ProviderState>,
     in_flight: Arc<AtomicI64>,
@@ -214,6 +215,7 @@ impl Provider {
             cfg,
             descriptors: Vec::new(),
             handlers: HashMap::new(),
+            locals: Arc::default(),
             status: None,
             state: watch::channel(ProviderState::default()).0,
             in_flight: Arc::new(AtomicI64::new(0)),
@@ -275,7 +277,9 @@ impl Provider {
     /// Runs until `shutdown` is cancelled: connects, registers, serves, reconnects. On
     /// shutdown, says goodbye (no new calls), waits up to `shutdown_grace` for running calls,
     /// then leaves.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProviderError> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ProviderError> {
+        // Handlers may call each other (pipeline steps): they share the final handler table.
+        self.locals = Arc::new(self.handlers.clone());
         if self.cfg.servers.is_empty() {
             return Err(ProviderError::NoServer);
         }
@@ -509,12 +513,15 @@ impl Provider {
             deadline: Instant::now() + timeout,
             cancel: running.cancel.clone(),
         };
-        let outbox = self.outbox.clone();
-        let agent_id = self.cfg.agent_id.clone();
-        let cancel_grace = self.cfg.cancel_grace;
+        let env = JobEnv {
+            outbox: self.outbox.clone(),
+            locals: self.locals.clone(),
+            agent_id: self.cfg.agent_id.clone(),
+            cancel_grace: self.cfg.cancel_grace,
+        };
         tokio::spawn(async move {
             if job_id.is_empty() {
-                let outcome = run_call(handler, call, timeout, &running).await;
+                let outcome = run_call(handler, call, timeout, &running, &env.locals).await;
                 let frame = match outcome {
                     Ok(v) => AgentFrame {
                         frame: Some(agent_frame::Frame::Result(InvokeResult {
@@ -529,16 +536,7 @@ impl Provider {
                 };
                 let _ = out.send(frame).await;
             } else {
-                run_job(
-                    handler,
-                    call,
-                    timeout,
-                    cancel_grace,
-                    &running,
-                    &outbox,
-                    &agent_id,
-                )
-                .await;
+                run_job(handler, call, timeout, &running, &env).await;
             }
             lock(&running_map).remove(&request_id);
             in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -548,15 +546,24 @@ impl Provider {
 
 /// Runs a plain invocation: the handler is dropped when the deadline passes or the call is
 /// cancelled.
+/// What a job needs besides its handler and invocation.
+struct JobEnv {
+    outbox: Arc<Outbox>,
+    locals: crate::job::Locals,
+    agent_id: String,
+    cancel_grace: Duration,
+}
+
 async fn run_call(
     handler: Handler,
     call: Invocation,
     timeout: Duration,
     running: &Running,
+    locals: &crate::job::Locals,
 ) -> Result<serde_json::Value, HandlerError> {
     let fut = match handler {
         Handler::Call(h) => h(call),
-        Handler::Job(h) => h(JobContext::new(call, None)),
+        Handler::Job(h) => h(JobContext::new(call, None).with_locals(locals.clone())),
     };
     tokio::select! {
         r = fut => r,
@@ -574,11 +581,10 @@ async fn run_job(
     handler: Handler,
     call: Invocation,
     timeout: Duration,
-    cancel_grace: Duration,
     running: &Running,
-    outbox: &Arc<Outbox>,
-    agent_id: &str,
+    env: &JobEnv,
 ) {
+    let (outbox, agent_id, cancel_grace) = (&env.outbox, env.agent_id.as_str(), env.cancel_grace);
     let job_id = call.request_id.clone();
     if !outbox.begin(&job_id, &call.function_id).await {
         tracing::debug!(job_id = %job_id, "job already running here; repeated Invoke ignored");
@@ -595,7 +601,9 @@ async fn run_job(
         )
         .await;
     let fut = match handler {
-        Handler::Job(h) => h(JobContext::new(call, Some(outbox.clone()))),
+        Handler::Job(h) => {
+            h(JobContext::new(call, Some(outbox.clone())).with_locals(env.locals.clone()))
+        }
         Handler::Call(h) => h(call),
     };
     tokio::pin!(fut);

@@ -207,6 +207,22 @@ impl Mesh {
 
     /// Starts an agent process dialing `servers` (comma-separated URLs, in failover order).
     pub fn agent_on(&self, servers: &str, id: &str, labels: &[&str], extra: &[&str]) -> Proc {
+        self.agent_full(servers, id, labels, extra, &[])
+    }
+
+    /// Starts an agent process with extra environment variables.
+    pub fn agent_env(&self, id: &str, env: &[(&str, &str)]) -> Proc {
+        self.agent_full(&self.url, id, &[], &[], env)
+    }
+
+    fn agent_full(
+        &self,
+        servers: &str,
+        id: &str,
+        labels: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Proc {
         let log = std::fs::File::create(self.dir.path().join(format!("agent-{id}.log"))).unwrap();
         let mut cmd = Command::new(bin());
         cmd.args([
@@ -226,6 +242,7 @@ impl Mesh {
             cmd.args(["--label", l]);
         }
         cmd.args(extra);
+        cmd.envs(env.iter().copied());
         let child = cmd
             .stdout(Stdio::null())
             .stderr(log)
@@ -298,4 +315,53 @@ pub fn opts() -> croupier_sdk::CallOptions {
         env: "e".into(),
         ..Default::default()
     }
+}
+
+/// The local test image (scripts/test.sh builds it from Debian's busybox-static).
+pub const IMAGE: &str = "croupier-test/busybox:latest";
+
+/// Runs the docker CLI: (success, stdout, stderr).
+pub fn docker(args: &[&str]) -> (bool, String, String) {
+    match Command::new("docker").args(args).output() {
+        Ok(o) => (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        ),
+        Err(e) => (false, String::new(), format!("running docker: {e}")),
+    }
+}
+
+/// True when dockerd answers and the test image is there. Without dockerd: panics when
+/// `CROUPIER_REQUIRE_DOCKER=1`, else prints why and returns false (the test is skipped).
+/// Without the image: panics, saying how to build it.
+pub fn docker_ready() -> bool {
+    let (ok, _, err) = docker(&["info", "--format", "{{.ServerVersion}}"]);
+    if !ok {
+        if std::env::var("CROUPIER_REQUIRE_DOCKER").as_deref() == Ok("1") {
+            panic!(
+                "Docker is required (CROUPIER_REQUIRE_DOCKER=1) but `docker info` failed: {err}"
+            );
+        }
+        eprintln!(
+            "skipping: Docker is not reachable (`docker info`: {err}); set \
+             CROUPIER_REQUIRE_DOCKER=1 to fail instead"
+        );
+        return false;
+    }
+    let (ok, _, err) = docker(&["image", "inspect", IMAGE]);
+    assert!(
+        ok,
+        "the test image {IMAGE} is missing ({err}); run scripts/test.sh, which builds it from \
+         Debian's busybox-static (images cannot be pulled here)"
+    );
+    true
+}
+
+/// Containers (any state) carrying `label` (`key=value`), per the docker CLI.
+pub fn containers_labelled(label: &str) -> Vec<String> {
+    let filter = format!("label={label}");
+    let (ok, out, err) = docker(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter]);
+    assert!(ok, "docker ps: {err}");
+    out.lines().map(str::to_string).collect()
 }

@@ -11,11 +11,14 @@
 //!   and the jobs `container.logs` and `container.run` (bollard, through a small trait so
 //!   tests can fake Docker).
 //!
-//! A new pack (e.g. `pipeline`) is a module beside `node` with a `register` function, a
-//! variant of [`Pack`] and a line in [`Pack::ALL`] and [`install`].
+//! - `pipeline` — `pipeline.start`: runs a stored pipeline template's steps as local calls.
+//!
+//! A new pack is a module beside `node` with a `register` function, a variant of [`Pack`] and
+//! a line in [`Pack::ALL`] and [`install`].
 
 mod container;
 mod node;
+mod pipeline;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -31,17 +34,20 @@ pub enum Pack {
     Node,
     /// `container.*`: the host's Docker containers.
     Container,
+    /// `pipeline.start`: runs stored pipeline templates' steps.
+    Pipeline,
 }
 
 impl Pack {
     /// Every pack that exists, in registration order.
-    pub const ALL: &'static [Pack] = &[Pack::Node, Pack::Container];
+    pub const ALL: &'static [Pack] = &[Pack::Node, Pack::Container, Pack::Pipeline];
 
     /// The pack's name as given to `--packs`.
     pub fn name(self) -> &'static str {
         match self {
             Pack::Node => "node",
             Pack::Container => "container",
+            Pack::Pipeline => "pipeline",
         }
     }
 }
@@ -192,6 +198,7 @@ pub fn install(provider: Provider, packs: &Packs, agent_id: &str) -> Provider {
                 }
                 container::register(provider, docker, unavailable, agent_id)
             }
+            Pack::Pipeline => pipeline::register(provider),
         };
     }
     if status.is_empty() {
@@ -241,7 +248,7 @@ mod tests {
         assert_eq!(e, PackError::Unknown("bogus".into()));
         assert_eq!(
             e.to_string(),
-            "unknown pack \"bogus\" (known packs: node, container; \"all\" for every pack, \"none\" for none)"
+            "unknown pack \"bogus\" (known packs: node, container, pipeline; \"all\" for every pack, \"none\" for none)"
         );
         // Names are exact: no case folding.
         assert_eq!(

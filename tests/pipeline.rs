@@ -1,0 +1,201 @@
+//! End-to-end: pipeline templates stored through the CLI, started as `pipeline.start` jobs on a
+//! real agent whose `container.run` steps run on the real dockerd with the local busybox image:
+//! args filled by the server (a missing one named), envs merged on the agent (its own value
+//! wins), step events through PENDING → RUNNING → COMPLETED, and cancel stopping the running
+//! step and removing its container.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{IMAGE, Mesh, bin, containers_labelled, docker_ready, opts};
+use croupier_proto::function::v1::{EventType, JobEvent};
+use croupier_proto::json::opt_struct_to_json;
+use serde_json::{Value, json};
+use tonic::Code;
+
+fn data(e: &JobEvent) -> Value {
+    opt_struct_to_json(e.data.as_ref())
+}
+
+/// (step, status) of the step-status events, in order.
+fn statuses(events: &[JobEvent]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(data)
+        .filter(|d| d.get("status").is_some() && d.get("index").is_some())
+        .map(|d| {
+            (
+                d["step"].as_str().unwrap_or_default().to_string(),
+                d["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+const TEMPLATES: &str = r#"
+id = "greet"
+description = "says hello from a container"
+envs = ["REGION", "FROM_CALLER"]
+
+[[args]]
+name = "greeting"
+required = true
+
+[[args]]
+name = "who"
+default = "world"
+
+[[steps]]
+name = "ping"
+function = "agent.ping"
+args = { said = "${args.greeting}" }
+
+[[steps]]
+name = "say"
+function = "container.run"
+timeout = 60
+args = { image = "IMAGE", cmd = ["sh", "-c", "echo ${args.greeting} ${args.who} from ${env.REGION} and ${env.FROM_CALLER}"] }
+"#;
+
+const SLOW: &str = r#"
+id = "slow"
+[[steps]]
+name = "sleep"
+function = "container.run"
+args = { image = "IMAGE", cmd = ["sleep", "300"] }
+
+[[steps]]
+name = "never"
+function = "agent.ping"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelines_run_their_steps_in_order_and_cancel_stops_the_running_step() {
+    if !docker_ready() {
+        return;
+    }
+    let mesh = Mesh::start(&["p1"], Duration::from_secs(2));
+    let _p1 = mesh.agent_env("p1", &[("REGION", "agent-eu")]);
+    mesh.wait_online(&["p1"]).await;
+    let cli = |args: &[&str], identity: &str| {
+        std::process::Command::new(bin())
+            .args(args)
+            .args(["--server", &mesh.url, "--tls-dir"])
+            .arg(mesh.certs())
+            .args(["--identity", identity])
+            .output()
+            .unwrap()
+    };
+    for (name, text) in [("greet.toml", TEMPLATES), ("slow.toml", SLOW)] {
+        let file = mesh.dir.path().join(name);
+        std::fs::write(&file, text.replace("IMAGE", IMAGE)).unwrap();
+        let f = file.to_str().unwrap();
+        let denied = cli(&["pipeline", "put", f], "client-c1");
+        assert!(!denied.status.success(), "only admins store pipelines");
+        let out = cli(&["pipeline", "put", f], "admin-ops");
+        assert!(out.status.success(), "{out:?}");
+    }
+    let out = cli(&["pipeline", "list"], "client-c1");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("greet") && listed.contains("slow"),
+        "{listed}"
+    );
+
+    let client = mesh.client("client-c1").await;
+    // The server checks the args.
+    let err = client
+        .start_job(
+            "pipeline.start",
+            json!({"template_id": "greet", "args": {}}),
+            &opts(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("\"greeting\""), "{err:?}");
+
+    let job = client
+        .start_job(
+            "pipeline.start",
+            json!({
+                "template_id": "greet",
+                "args": {"greeting": "hi"},
+                "envs": {"REGION": "caller-us", "FROM_CALLER": "the caller"}
+            }),
+            &opts(),
+        )
+        .await
+        .unwrap();
+    let record = job.wait().await.unwrap();
+    assert_eq!(record.status, "completed", "{record:?}");
+    let mut stream = client.job_events(job.id(), 0).await.unwrap();
+    let mut events = Vec::new();
+    while let Some(e) = stream.message().await.unwrap() {
+        events.push(e);
+    }
+    let s = statuses(&events);
+    let expect: Vec<(String, String)> = [
+        ("ping", "PENDING"),
+        ("say", "PENDING"),
+        ("ping", "RUNNING"),
+        ("ping", "COMPLETED"),
+        ("say", "RUNNING"),
+        ("say", "COMPLETED"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(s, expect);
+    // The container's line: args filled by the server, the agent's REGION over the caller's.
+    let line = events
+        .iter()
+        .find(|e| data(e)["step"] == "say" && e.message.contains("hi world"))
+        .unwrap_or_else(|| panic!("no output line: {events:?}"));
+    assert_eq!(line.message, "hi world from agent-eu and the caller");
+    let progress: Vec<f64> = events
+        .iter()
+        .filter(|e| e.r#type == EventType::Progress as i32)
+        .map(|e| e.progress)
+        .collect();
+    assert_eq!(progress, vec![0.5, 1.0]);
+
+    // Cancel: the running container step stops and its container goes; the rest is not run.
+    let job = client
+        .start_job("pipeline.start", json!({"template_id": "slow"}), &opts())
+        .await
+        .unwrap();
+    let mut stream = client.job_events(job.id(), 0).await.unwrap();
+    loop {
+        let e = stream.message().await.unwrap().unwrap();
+        if data(&e)["step"] == "sleep" && data(&e)["status"] == "RUNNING" {
+            break;
+        }
+    }
+    // Wait for the container to exist.
+    let label = format!("croupier.job={}", job.id());
+    for _ in 0..100 {
+        if !containers_labelled(&label).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !containers_labelled(&label).is_empty(),
+        "the step's container runs"
+    );
+    job.cancel("stop the pipeline").await.unwrap();
+    let mut rest = Vec::new();
+    while let Some(e) = stream.message().await.unwrap() {
+        rest.push(e);
+    }
+    assert_eq!(rest.last().unwrap().r#type, EventType::Cancelled as i32);
+    let s = statuses(&rest);
+    assert!(s.contains(&("sleep".into(), "CANCELLED".into())), "{s:?}");
+    assert!(s.contains(&("never".into(), "CANCELLED".into())), "{s:?}");
+    assert!(
+        containers_labelled(&label).is_empty(),
+        "the cancelled step's container is removed"
+    );
+}
