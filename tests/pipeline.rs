@@ -58,6 +58,18 @@ timeout = 60
 args = { image = "IMAGE", cmd = ["sh", "-c", "echo ${args.greeting} ${args.who} from ${env.REGION} and ${env.FROM_CALLER}"] }
 "#;
 
+const FAILING: &str = r#"
+id = "failing"
+[[steps]]
+name = "breaks"
+function = "container.run"
+args = { image = "IMAGE", cmd = ["sh", "-c", "echo trying; exit 2"] }
+
+[[steps]]
+name = "after"
+function = "agent.ping"
+"#;
+
 const SLOW: &str = r#"
 id = "slow"
 [[steps]]
@@ -87,7 +99,17 @@ async fn pipelines_run_their_steps_in_order_and_cancel_stops_the_running_step() 
             .output()
             .unwrap()
     };
-    for (name, text) in [("greet.toml", TEMPLATES), ("slow.toml", SLOW)] {
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/pipelines/start-platform.toml"),
+    )
+    .unwrap();
+    for (name, text) in [
+        ("greet.toml", TEMPLATES),
+        ("slow.toml", SLOW),
+        ("failing.toml", FAILING),
+        ("start-platform.toml", example.as_str()),
+    ] {
         let file = mesh.dir.path().join(name);
         std::fs::write(&file, text.replace("IMAGE", IMAGE)).unwrap();
         let f = file.to_str().unwrap();
@@ -160,6 +182,52 @@ async fn pipelines_run_their_steps_in_order_and_cancel_stops_the_running_step() 
         .map(|e| e.progress)
         .collect();
     assert_eq!(progress, vec![0.5, 1.0]);
+
+    // A failing step stops the pipeline, named; the rest is not run.
+    let job = client
+        .start_job("pipeline.start", json!({"template_id": "failing"}), &opts())
+        .await
+        .unwrap();
+    let record = job.wait().await.unwrap();
+    assert_eq!(record.status, "failed", "{record:?}");
+    assert!(record.error.contains("step breaks failed"), "{record:?}");
+    let events: Vec<JobEvent> = {
+        let mut s = client.job_events(job.id(), 0).await.unwrap();
+        let mut v = Vec::new();
+        while let Some(e) = s.message().await.unwrap() {
+            v.push(e);
+        }
+        v
+    };
+    let s = statuses(&events);
+    assert!(s.contains(&("breaks".into(), "FAILED".into())), "{s:?}");
+    assert!(s.contains(&("after".into(), "CANCELLED".into())), "{s:?}");
+    assert!(
+        events.iter().any(|e| e.message == "trying"),
+        "the step's output is kept"
+    );
+
+    // The example from deploy/pipelines: a platform container that answers.
+    let instance = format!("e2e-{}", std::process::id());
+    let job = client
+        .start_job(
+            "pipeline.start",
+            json!({
+                "template_id": "start-platform",
+                "args": {"instance": instance, "image": IMAGE},
+                "envs": {"REGION": "eu"}
+            }),
+            &opts(),
+        )
+        .await
+        .unwrap();
+    let record = job.wait().await;
+    let _ = common::docker(&["rm", "-f", &format!("platform-{instance}")]);
+    let record = record.unwrap();
+    assert_eq!(record.status, "completed", "{record:?}");
+    let steps = opt_struct_to_json(record.result.as_ref())["steps"].clone();
+    assert_eq!(steps[2]["step"], "check");
+    assert_eq!(steps[2]["result"]["stdout"].as_str().unwrap().trim(), "ok");
 
     // Cancel: the running container step stops and its container goes; the rest is not run.
     let job = client

@@ -8,7 +8,8 @@
 //! step's function runs as a local call. Every step reports `{step, index, status}` data events:
 //! PENDING (all, at the start), then RUNNING, then COMPLETED, FAILED or CANCELLED; a step's own
 //! log lines (e.g. its container's output) are the job's LOG events tagged with the step.
-//! Progress is steps done / steps. A failed step stops the pipeline unless it says
+//! Progress is steps done / steps. A step fails when its function fails or answers a non-zero
+//! `exit_code` (container.run, container.exec). A failed step stops the pipeline unless it says
 //! `continue_on_failure`; cancelling the job cancels the running step (a `container.run` step
 //! stops and removes its container) and the steps not run end CANCELLED.
 
@@ -128,6 +129,24 @@ pub fn fill(v: &Value, args: &Value, envs: &BTreeMap<String, String>) -> Result<
     })
 }
 
+/// A step whose result has a non-zero `exit_code` (container.run, container.exec) failed.
+fn exit_status(v: Value) -> Result<Value, HandlerError> {
+    match v["exit_code"].as_i64() {
+        Some(code) if code != 0 => {
+            let stderr = v["stderr"].as_str().unwrap_or_default().trim();
+            Err(HandlerError::new(
+                "EXIT_CODE",
+                if stderr.is_empty() {
+                    format!("exited with code {code}")
+                } else {
+                    format!("exited with code {code}: {stderr}")
+                },
+            ))
+        }
+        _ => Ok(v),
+    }
+}
+
 async fn status(job: &JobContext, index: usize, step: &str, status: &str, message: String) {
     job.data(
         message,
@@ -190,7 +209,9 @@ async fn run(job: JobContext) -> Result<Value, HandlerError> {
                     .as_u64()
                     .filter(|t| *t > 0)
                     .map(Duration::from_secs);
-                job.call_local(function, step_args, timeout, &step).await
+                job.call_local(function, step_args, timeout, &step)
+                    .await
+                    .and_then(exit_status)
             }
         };
         let cancelled = job.cancel().is_cancelled();
