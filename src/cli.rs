@@ -553,6 +553,13 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<i32> {
     Ok(if resp.success { 0 } else { 1 })
 }
 
+/// One figure of an agent's heartbeat summary for the table, `-` when it sent none.
+fn summary(status: &std::collections::HashMap<String, String>, key: &str, unit: &str) -> String {
+    status
+        .get(key)
+        .map_or_else(|| "-".to_string(), |v| format!("{v}{unit}"))
+}
+
 /// Runs `croupier agents`.
 pub async fn agents(args: ListArgs) -> anyhow::Result<()> {
     let client = args.conn.client("client-dev").await?;
@@ -592,6 +599,9 @@ pub async fn agents(args: ListArgs) -> anyhow::Result<()> {
                 age(a.last_heartbeat),
                 a.functions.len().to_string(),
                 a.in_flight.to_string(),
+                summary(&a.status, "running_jobs", ""),
+                summary(&a.status, "cpu_percent", "%"),
+                summary(&a.status, "memory_percent", "%"),
                 labels.join(","),
             ]
         })
@@ -607,6 +617,9 @@ pub async fn agents(args: ListArgs) -> anyhow::Result<()> {
                 "HEARTBEAT",
                 "FUNCTIONS",
                 "IN-FLIGHT",
+                "JOBS",
+                "CPU",
+                "MEM",
                 "LABELS"
             ],
             &rows

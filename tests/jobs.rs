@@ -563,3 +563,81 @@ async fn disabling_a_node_cancels_its_running_jobs() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
 }
+
+/// `lb` counts the jobs an agent runs (from their start to their terminal event), so new jobs
+/// go to the agent running fewer; heartbeats report the same counts to `agents`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lb_sends_new_jobs_to_the_agent_running_fewer() {
+    let mesh = Mesh::start(&["l1", "l2"], Duration::from_secs(1));
+    let _l1 = mesh.agent("l1", &[]);
+    let _l2 = mesh.agent("l2", &[]);
+    mesh.wait_online(&["l1", "l2"]).await;
+    let client = mesh.client("client-c1").await;
+    let long = json!({"steps": 300, "ms": 100});
+    let start = |options: croupier_sdk::CallOptions| {
+        let client = &client;
+        let long = long.clone();
+        async move {
+            let job = client
+                .start_job("agent.countdown", long, &options)
+                .await
+                .unwrap();
+            let agent = client.get_job(job.id()).await.unwrap().agent_id;
+            (job, agent)
+        }
+    };
+    // `keep` runs to the end of the test, `stop` is cancelled halfway.
+    let mut keep = Vec::new();
+    for _ in 0..3 {
+        keep.push(start(opts().target("l1")).await.0);
+    }
+    // l1 runs 3, l2 none: the next three go to l2.
+    let mut stop = Vec::new();
+    for _ in 0..3 {
+        let (job, agent) = start(opts()).await;
+        assert_eq!(agent, "l2");
+        stop.push(job);
+    }
+    // The agents' heartbeats say the same.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let agents = client.agents("g", "e").await.unwrap();
+        let running = |id: &str| {
+            agents
+                .iter()
+                .find(|a| a.agent_id == id)
+                .and_then(|a| a.status.get("running_jobs").cloned())
+        };
+        if running("l1").as_deref() == Some("3") && running("l2").as_deref() == Some("3") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "heartbeats never reported 3 running jobs each: {agents:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // 3 and 3: the next two are shared.
+    let mut next = Vec::new();
+    for _ in 0..2 {
+        let (job, agent) = start(opts()).await;
+        next.push(agent);
+        stop.push(job);
+    }
+    next.sort();
+    assert_eq!(next, ["l1", "l2"]);
+    // Ended jobs no longer count: with l2's jobs (and the shared ones) cancelled, l1 runs 3 and
+    // l2 none, so l2 takes the next two.
+    for job in &stop {
+        job.cancel("make room").await.unwrap();
+        job.wait().await.unwrap();
+    }
+    for _ in 0..2 {
+        let (job, agent) = start(opts()).await;
+        assert_eq!(agent, "l2");
+        keep.push(job);
+    }
+    for job in &keep {
+        job.cancel("test over").await.unwrap();
+    }
+}

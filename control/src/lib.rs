@@ -17,5 +17,5 @@ pub mod plane;
 pub mod service;
 
 pub use error::ControlError;
-pub use link::{AgentLink, JobSink, LinkError};
+pub use link::{AgentLink, JobSink, LinkError, Load};
 pub use plane::{ControlConfig, ControlPlane};

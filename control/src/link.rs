@@ -19,13 +19,25 @@ pub enum LinkError {
     Overloaded(String),
 }
 
+/// What least-loaded routing knows of an agent's load on this server.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Load {
+    /// Invocations in flight on the agent through this server.
+    pub in_flight: i64,
+    /// Jobs running on the agent: sent from here and not yet ended, or reported by the agent
+    /// when its tunnel opened.
+    pub jobs: i64,
+    /// The `cpu_percent` of its last heartbeat; None when it reports none (no node pack).
+    pub cpu_percent: Option<f32>,
+}
+
 /// A way to run invocations on agents.
 #[async_trait]
 pub trait AgentLink: Send + Sync + 'static {
     /// True when the agent can be sent work now.
     fn is_connected(&self, agent_id: &str) -> bool;
-    /// Invocations in flight on the agent (for least-outstanding routing).
-    fn in_flight(&self, agent_id: &str) -> i64;
+    /// The agent's load (for least-loaded routing); all zero when it has no session here.
+    fn load(&self, agent_id: &str) -> Load;
     /// Sends an invocation and waits for its result. Dropping the future cancels the invocation
     /// on the agent (a `Cancel` frame is sent).
     async fn invoke(&self, agent_id: &str, invoke: Invoke) -> Result<InvokeResult, LinkError>;

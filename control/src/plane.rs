@@ -5,7 +5,7 @@
 //! registration disappears (watchers see `REMOVED`). Work reaches the agent only through its
 //! `Connect` tunnel; an agent whose tunnel is down is registered but not routable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -16,6 +16,7 @@ use croupier_proto::common::v1 as common;
 use croupier_proto::control::v1::{
     self as pb, AgentFrame, InvokeResult, ServerFrame, agent_frame, server_frame,
 };
+use croupier_proto::function::v1::{EventType, JobEvent};
 use croupier_registry::identity::{Identity, Role};
 use croupier_registry::ids::check_id;
 use croupier_registry::keys;
@@ -34,7 +35,7 @@ use tonic::{Status, Streaming};
 
 use crate::audit::{AuditLog, AuditRecord};
 use crate::error::ControlError;
-use crate::link::{AgentLink, JobSink, LinkError};
+use crate::link::{AgentLink, JobSink, LinkError, Load};
 
 /// Control-plane settings.
 #[derive(Clone, Debug)]
@@ -97,6 +98,10 @@ struct Session {
     tunnel: Mutex<Option<Tunnel>>,
     pending: Mutex<HashMap<String, Pending>>,
     in_flight: AtomicI64,
+    /// Jobs running on the agent, as seen from here (for routing).
+    running: RunningJobs,
+    /// `cpu_percent` of the last heartbeat in tenths of a percent; -1 when it had none.
+    cpu_tenths: AtomicI64,
 }
 
 impl Session {
@@ -107,6 +112,25 @@ impl Session {
     fn touch(&self) {
         *lock(&self.last_heartbeat) = Instant::now();
         self.last_heartbeat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Takes the CPU figure of a heartbeat's status summary, parsed once here so that routing
+    /// reads an atomic.
+    fn take_summary(&self, status: &HashMap<String, String>) {
+        let cpu = status
+            .get("cpu_percent")
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(-1, |c| (c.clamp(0.0, 100.0) * 10.0) as i64);
+        self.cpu_tenths.store(cpu, Ordering::Relaxed);
+    }
+
+    fn load(&self) -> Load {
+        let cpu = self.cpu_tenths.load(Ordering::Relaxed);
+        Load {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            jobs: self.running.count.load(Ordering::Relaxed),
+            cpu_percent: (cpu >= 0).then(|| cpu as f32 / 10.0),
+        }
     }
 
     /// Fails every pending invocation sent over `generation` (or all, with None).
@@ -123,6 +147,51 @@ impl Session {
         for p in failed {
             let _ = p.tx.send(Err(LinkError::Lost(self.agent_id.clone())));
         }
+    }
+}
+
+/// The jobs an agent runs, as this server sees them: added when a job's `Invoke` goes down the
+/// tunnel, removed at the job's terminal event, replaced by the agent's `JobsReport` on every
+/// new tunnel. A set, so events re-sent after a reconnect count once; `count` mirrors its size
+/// for routing.
+#[derive(Default)]
+struct RunningJobs {
+    ids: Mutex<HashSet<String>>,
+    count: AtomicI64,
+}
+
+impl RunningJobs {
+    fn update(&self, change: impl FnOnce(&mut HashSet<String>)) {
+        let mut ids = lock(&self.ids);
+        change(&mut ids);
+        self.count.store(ids.len() as i64, Ordering::Relaxed);
+    }
+
+    fn started(&self, job_id: &str) {
+        self.update(|ids| {
+            ids.insert(job_id.to_string());
+        });
+    }
+
+    /// Notes `event` of a job: a terminal one ends the job.
+    fn event(&self, event: &JobEvent) {
+        let terminal = matches!(
+            EventType::try_from(event.r#type),
+            Ok(EventType::Done | EventType::Error | EventType::Cancelled)
+        );
+        if terminal {
+            self.ended(&event.job_id);
+        }
+    }
+
+    fn ended(&self, job_id: &str) {
+        self.update(|ids| {
+            ids.remove(job_id);
+        });
+    }
+
+    fn reported(&self, jobs: &[pb::RunningJob]) {
+        self.update(|ids| *ids = jobs.iter().map(|j| j.job_id.clone()).collect());
     }
 }
 
@@ -319,6 +388,8 @@ impl ControlPlane {
                     tunnel: Mutex::new(None),
                     pending: Mutex::new(HashMap::new()),
                     in_flight: AtomicI64::new(0),
+                    running: RunningJobs::default(),
+                    cpu_tenths: AtomicI64::new(-1),
                 });
                 self.sessions
                     .write()
@@ -445,6 +516,7 @@ impl ControlPlane {
             tracing::warn!(agent_id = %req.agent_id, error = %e, "refreshing the agent's lease failed; the session stays alive");
         }
         session.touch();
+        session.take_summary(&req.status);
         *lock(&session.status) = req.status;
         Ok(pb::HeartbeatResponse {
             success: true,
@@ -535,12 +607,16 @@ impl ControlPlane {
                     self.forget(&session, "agent said goodbye").await;
                 }
                 Some(agent_frame::Frame::JobEvent(e)) => match (self.jobs.get(), e.event) {
-                    (Some(sink), Some(ev)) => sink.event(&session.agent_id, generation, ev),
+                    (Some(sink), Some(ev)) => {
+                        session.running.event(&ev);
+                        sink.event(&session.agent_id, generation, ev)
+                    }
                     _ => {
                         tracing::debug!(agent_id = %session.agent_id, "job event dropped: jobs are not served")
                     }
                 },
                 Some(agent_frame::Frame::JobsReport(r)) => {
+                    session.running.reported(&r.jobs);
                     if let Some(sink) = self.jobs.get() {
                         sink.report(&session.agent_id, generation, r.jobs).await;
                     }
@@ -824,10 +900,10 @@ impl AgentLink for ControlPlane {
         self.session(agent_id).is_some_and(|s| s.tunnel().is_some())
     }
 
-    fn in_flight(&self, agent_id: &str) -> i64 {
+    fn load(&self, agent_id: &str) -> Load {
         self.session(agent_id)
-            .map(|s| s.in_flight.load(Ordering::Relaxed))
-            .unwrap_or(0)
+            .map(|s| s.load())
+            .unwrap_or_default()
     }
 
     async fn invoke(&self, agent_id: &str, invoke: pb::Invoke) -> Result<InvokeResult, LinkError> {
@@ -865,18 +941,18 @@ impl AgentLink for ControlPlane {
 
     async fn start_job(&self, agent_id: &str, invoke: pb::Invoke) -> Result<u64, LinkError> {
         let not_connected = || LinkError::NotConnected(agent_id.to_string());
-        let tunnel = self
-            .session(agent_id)
-            .and_then(|s| s.tunnel())
-            .ok_or_else(not_connected)?;
+        let session = self.session(agent_id).ok_or_else(not_connected)?;
+        let tunnel = session.tunnel().ok_or_else(not_connected)?;
+        // Counted before it is sent, so that its terminal event cannot arrive first.
+        let job_id = invoke.job_id.clone();
+        session.running.started(&job_id);
         let frame = ServerFrame {
             frame: Some(server_frame::Frame::Invoke(invoke)),
         };
-        tunnel
-            .tx
-            .send(Ok(frame))
-            .await
-            .map_err(|_| not_connected())?;
+        if tunnel.tx.send(Ok(frame)).await.is_err() {
+            session.running.ended(&job_id);
+            return Err(not_connected());
+        }
         Ok(tunnel.generation)
     }
 

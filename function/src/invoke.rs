@@ -710,7 +710,7 @@ impl Invoker {
             .filter(|c| !excluded.contains(&c.agent.agent_id))
             .map(|c| Slot {
                 agent_id: &c.agent.agent_id,
-                in_flight: self.link.in_flight(&c.agent.agent_id),
+                load: self.link.load(&c.agent.agent_id),
             })
             .collect();
         let i = match mode {

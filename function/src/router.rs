@@ -5,12 +5,15 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use croupier_control::Load;
+
 use crate::error::FunctionError;
 
 /// How a call picks its agent(s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Least outstanding requests; ties broken round-robin. The default.
+    /// Least busy: fewest calls in flight plus running jobs, then lowest CPU band (from the
+    /// agents' heartbeats); ties broken round-robin. The default.
     LeastLoaded,
     /// Strict rotation per function.
     RoundRobin,
@@ -43,8 +46,16 @@ impl Mode {
 pub struct Slot<'a> {
     /// Agent id.
     pub agent_id: &'a str,
-    /// Invocations in flight on it.
-    pub in_flight: i64,
+    /// Its load: calls in flight, running jobs and CPU use.
+    pub load: Load,
+}
+
+/// How busy a candidate is, for least-loaded routing: first the work outstanding on it (calls
+/// in flight and running jobs), then its CPU use in 10-point bands, so that agents of about
+/// the same CPU use still share the work. An agent that reports no CPU use counts as half busy.
+fn busyness(load: &Load) -> (i64, i64) {
+    let band = load.cpu_percent.map_or(5, |c| (c.clamp(0.0, 100.0) / 10.0) as i64);
+    (load.in_flight + load.jobs, band)
 }
 
 /// Rotation counters, per function.
@@ -55,11 +66,12 @@ pub struct Rotation {
 }
 
 impl Rotation {
-    /// Picks with least outstanding requests; among equals, rotates.
+    /// Picks the least busy candidate (fewest calls and jobs outstanding, then the lower CPU
+    /// band); among equals, rotates.
     pub fn least_loaded(&self, slots: &[Slot<'_>]) -> Option<usize> {
-        let min = slots.iter().map(|s| s.in_flight).min()?;
+        let min = slots.iter().map(|s| busyness(&s.load)).min()?;
         let ties: Vec<usize> = (0..slots.len())
-            .filter(|&i| slots[i].in_flight == min)
+            .filter(|&i| busyness(&slots[i].load) == min)
             .collect();
         let n = self.global.fetch_add(1, Ordering::Relaxed);
         Some(ties[n % ties.len()])
@@ -112,7 +124,7 @@ mod tests {
         ids.iter()
             .map(|id| Slot {
                 agent_id: id,
-                in_flight: 0,
+                load: Load::default(),
             })
             .collect()
     }
@@ -138,26 +150,49 @@ mod tests {
         assert!(counts.values().all(|&c| c > 300), "{counts:?}");
     }
 
+    fn slot(agent_id: &str, in_flight: i64, jobs: i64, cpu: Option<f32>) -> Slot<'_> {
+        Slot {
+            agent_id,
+            load: Load {
+                in_flight,
+                jobs,
+                cpu_percent: cpu,
+            },
+        }
+    }
+
     #[test]
     fn least_loaded_prefers_idle_and_rotates_ties() {
         let r = Rotation::default();
         let s = vec![
-            Slot {
-                agent_id: "a1",
-                in_flight: 3,
-            },
-            Slot {
-                agent_id: "a2",
-                in_flight: 0,
-            },
-            Slot {
-                agent_id: "a3",
-                in_flight: 0,
-            },
+            slot("a1", 3, 0, None),
+            slot("a2", 0, 0, None),
+            slot("a3", 0, 0, None),
         ];
         let picks: Vec<usize> = (0..4).map(|_| r.least_loaded(&s).unwrap()).collect();
         assert!(picks.iter().all(|&p| p == 1 || p == 2));
         assert!(picks.contains(&1) && picks.contains(&2));
+    }
+
+    #[test]
+    fn least_loaded_counts_running_jobs_then_cpu() {
+        let r = Rotation::default();
+        // Two running jobs weigh more than one call in flight.
+        let s = vec![slot("a1", 0, 2, Some(5.0)), slot("a2", 1, 0, Some(5.0))];
+        assert!((0..4).all(|_| r.least_loaded(&s) == Some(1)));
+        // Equal work: the lower CPU band wins; an agent without a figure counts as 50 %.
+        let s = vec![
+            slot("a1", 1, 0, Some(91.0)),
+            slot("a2", 1, 0, Some(12.5)),
+            slot("a3", 1, 0, None),
+        ];
+        assert!((0..4).all(|_| r.least_loaded(&s) == Some(1)));
+        let s = vec![slot("a1", 0, 0, Some(91.0)), slot("a3", 0, 0, None)];
+        assert!((0..4).all(|_| r.least_loaded(&s) == Some(1)));
+        // The same band still rotates.
+        let s = vec![slot("a1", 0, 0, Some(21.0)), slot("a2", 0, 0, Some(28.9))];
+        let picks: Vec<usize> = (0..4).map(|_| r.least_loaded(&s).unwrap()).collect();
+        assert!(picks.contains(&0) && picks.contains(&1), "{picks:?}");
     }
 
     #[test]

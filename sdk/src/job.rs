@@ -1,10 +1,11 @@
 //! The provider side of jobs: [`JobContext`], through which a job handler reports progress,
 //! log lines and data, and the outbox that numbers a job's events, sends them over the tunnel in
-//! order and keeps each one until the server acknowledges that it stored it.
+//! order and keeps each one until the server acknowledges that it stored it. A job stays in the
+//! outbox until it finished and every one of its events was acknowledged.
 //!
 //! A handler that emits faster than the tunnel carries events waits (at most
 //! [`OUTBOX_PER_JOB`] unacknowledged events per job); nothing is dropped. After a reconnect the
-//! outbox sends a `JobsReport` of the jobs still running, then every unacknowledged event again,
+//! outbox sends a `JobsReport` of the jobs it holds, then every unacknowledged event again,
 //! before any new one.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -328,15 +329,18 @@ impl Outbox {
         self.space.notify_waiters();
     }
 
-    /// Uses a new tunnel: reports the running jobs, sends every unacknowledged event again,
-    /// then lets new events through.
+    /// Uses a new tunnel: reports the jobs still in the outbox, sends every unacknowledged
+    /// event again, then lets new events through.
+    ///
+    /// The report lists finished jobs whose last events the server has not acknowledged too:
+    /// a server that restarted before storing a job's end still thinks it runs, and would call
+    /// it lost if the report left it out, before the terminal event sent again could arrive.
     pub(crate) async fn attach(&self, generation: u64, tx: mpsc::Sender<AgentFrame>) {
         let mut st = self.st.lock().await;
         let report = JobsReport {
             jobs: st
                 .jobs
                 .iter()
-                .filter(|(_, j)| !j.finished)
                 .map(|(id, j)| RunningJob {
                     job_id: id.clone(),
                     function_id: j.function_id.clone(),
@@ -421,10 +425,17 @@ mod tests {
         out.ack("j1", 1).await;
         out.emit("j1", EventType::Done, "d".into(), 1.0, None).await;
         assert_eq!(out.running().await, 0);
-        // A new tunnel gets only what was not acknowledged: 2 and 3.
+        // A new tunnel gets only what was not acknowledged: 2 and 3. The finished job is still
+        // reported, since its end is not acknowledged yet.
         let (tx2, mut rx2) = mpsc::channel(16);
         out.attach(2, tx2).await;
-        let _report = rx2.recv().await.unwrap();
+        match rx2.recv().await.unwrap().frame {
+            Some(agent_frame::Frame::JobsReport(r)) => {
+                assert_eq!(r.jobs.len(), 1);
+                assert_eq!((r.jobs[0].job_id.as_str(), r.jobs[0].last_seq), ("j1", 3));
+            }
+            other => panic!("expected a report, got {other:?}"),
+        }
         let mut again = Vec::new();
         while let Ok(f) = rx2.try_recv() {
             if let Some(agent_frame::Frame::JobEvent(e)) = f.frame {
@@ -437,6 +448,12 @@ mod tests {
             out.st.lock().await.jobs.is_empty(),
             "finished and acked jobs are let go"
         );
+        let (tx3, mut rx3) = mpsc::channel(16);
+        out.attach(3, tx3).await;
+        match rx3.recv().await.unwrap().frame {
+            Some(agent_frame::Frame::JobsReport(r)) => assert!(r.jobs.is_empty(), "{r:?}"),
+            other => panic!("expected a report, got {other:?}"),
+        }
     }
 
     #[tokio::test]

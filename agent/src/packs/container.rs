@@ -44,7 +44,7 @@ use bollard::errors::Error as DockerError;
 use bollard::exec::StartExecResults;
 use bollard::models::{
     ContainerCreateBody, ContainerCreateResponse, ContainerInspectResponse, ContainerSummary,
-    ExecConfig, HostConfig,
+    ExecConfig, HostConfig, SystemVersion,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptions, LogsOptionsBuilder,
@@ -133,6 +133,8 @@ pub(crate) trait DockerApi: Send + Sync {
     async fn exec(&self, id: &str, config: ExecConfig) -> Result<(String, LogStream), DockerError>;
     /// Whether an exec still runs, and its exit code once it ended.
     async fn exec_status(&self, exec_id: &str) -> Result<(bool, Option<i64>), DockerError>;
+    /// The daemon's version (for `node.resources`).
+    async fn version(&self) -> Result<SystemVersion, DockerError>;
 }
 
 /// The local Docker daemon (`DOCKER_HOST` when it names a `unix://` socket, else
@@ -345,6 +347,10 @@ impl DockerApi for LocalDocker {
     async fn exec_status(&self, exec_id: &str) -> Result<(bool, Option<i64>), DockerError> {
         let e = self.client().await?.inspect_exec(exec_id).await?;
         Ok((e.running.unwrap_or(false), e.exit_code))
+    }
+
+    async fn version(&self) -> Result<SystemVersion, DockerError> {
+        self.client().await?.version().await
     }
 }
 
@@ -1948,6 +1954,15 @@ mod tests {
         async fn exec_status(&self, _exec_id: &str) -> Result<(bool, Option<i64>), DockerError> {
             let st = self.enter("exec_status".into())?;
             Ok((false, Some(st.exit_code)))
+        }
+
+        async fn version(&self) -> Result<SystemVersion, DockerError> {
+            self.enter("version".into())?;
+            Ok(SystemVersion {
+                version: Some("99.0.0-fake".into()),
+                api_version: Some("1.41".into()),
+                ..Default::default()
+            })
         }
     }
 

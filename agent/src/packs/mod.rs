@@ -178,17 +178,20 @@ pub(crate) type StatusFn = Box<dyn Fn(&mut HashMap<String, String>) + Send + Syn
 /// summarise themselves in heartbeats (node: `cpu_percent`, `memory_percent`) get their entries
 /// merged into one [`Provider::status`] function, which replaces any set before.
 ///
-/// The `container` pack gets the one Docker client of the agent, and is told whether Docker
+/// The `node` and `container` packs share the agent's one Docker client; the `container` pack
+/// is also told whether Docker
 /// answered at startup (asked for at most 2 s). Without Docker it still registers: its
 /// descriptions say so and its calls answer `UNAVAILABLE`.
 pub fn install(provider: Provider, packs: &Packs, agent_id: &str) -> Provider {
+    // One Docker client for the agent, handed to the packs that use it; it connects on first
+    // use, so an agent without Docker pays nothing for it.
+    let docker: Arc<dyn container::DockerApi> = Arc::new(container::LocalDocker::new());
     let mut status: Vec<StatusFn> = Vec::new();
     let mut provider = provider;
     for pack in packs.iter() {
         provider = match pack {
-            Pack::Node => node::register(provider, &mut status),
+            Pack::Node => node::register(provider, &mut status, docker.clone()),
             Pack::Container => {
-                let docker: Arc<dyn container::DockerApi> = Arc::new(container::LocalDocker::new());
                 let unavailable = container::probe();
                 if let Some(reason) = &unavailable {
                     tracing::warn!(
@@ -196,7 +199,7 @@ pub fn install(provider: Provider, packs: &Packs, agent_id: &str) -> Provider {
                         "Docker is unavailable; the container functions answer UNAVAILABLE until it runs"
                     );
                 }
-                container::register(provider, docker, unavailable, agent_id)
+                container::register(provider, docker.clone(), unavailable, agent_id)
             }
             Pack::Pipeline => pipeline::register(provider),
         };

@@ -33,6 +33,7 @@ use sysinfo::{
 use tokio_util::sync::CancellationToken;
 
 use super::StatusFn;
+use super::container::DockerApi;
 
 /// Shortest window CPU usage and rates are computed over; sysinfo does not update CPU times
 /// more often than `sysinfo::MINIMUM_CPU_UPDATE_INTERVAL` (200 ms on Linux).
@@ -45,7 +46,12 @@ const DOCKER_TIMEOUT: Duration = Duration::from_secs(1);
 const TIMEOUT_SECS: i32 = 10;
 
 /// Registers `node.metrics` and `node.resources`, and adds the heartbeat summary to `status`.
-pub(crate) fn register(provider: Provider, status: &mut Vec<StatusFn>) -> Provider {
+/// `docker` is the agent's Docker client, asked for its version by `node.resources`.
+pub(crate) fn register(
+    provider: Provider,
+    status: &mut Vec<StatusFn>,
+    docker: Arc<dyn DockerApi>,
+) -> Provider {
     let summary = Mutex::new(Summary::new());
     status.push(Box::new(move |out| lock(&summary).add_to(out)));
     let sampler = Arc::new(tokio::sync::Mutex::new(Sampler::default()));
@@ -53,7 +59,10 @@ pub(crate) fn register(provider: Provider, status: &mut Vec<StatusFn>) -> Provid
         .function(metrics_descriptor(), move |call| {
             metrics(sampler.clone(), call.cancel)
         })
-        .function(resources_descriptor(), |_call| resources())
+        .function(resources_descriptor(), move |_call| {
+            let docker = docker.clone();
+            async move { resources(docker.as_ref()).await }
+        })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -421,8 +430,8 @@ async fn metrics(
 // ---------------------------------------------------------------------------------------------
 // node.resources
 
-async fn resources() -> Result<Value, HandlerError> {
-    let (inventory, docker) = tokio::join!(blocking(inventory), docker_version());
+async fn resources(docker: &dyn DockerApi) -> Result<Value, HandlerError> {
+    let (inventory, docker) = tokio::join!(blocking(inventory), docker_version(docker));
     let mut inventory = inventory?.map_err(sysinfo_error)?;
     let (docker, reason) = match docker {
         Ok(v) => (v, Value::Null),
@@ -502,19 +511,9 @@ fn inventory() -> Result<Value, sysinfo::Error> {
     }))
 }
 
-/// Docker's version, or why there is none. Never waits more than [`DOCKER_TIMEOUT`].
-async fn docker_version() -> Result<Value, String> {
-    // The container pack's connect: it agrees on an API version with older daemons.
-    let docker = match tokio::time::timeout(DOCKER_TIMEOUT, super::container::connect()).await {
-        Ok(Ok(d)) => d,
-        Ok(Err(e)) => return Err(format!("connecting to Docker: {}", error_chain(&e))),
-        Err(_) => {
-            return Err(format!(
-                "Docker did not answer within {} ms",
-                DOCKER_TIMEOUT.as_millis()
-            ));
-        }
-    };
+/// Docker's version, or why there is none. Never waits more than [`DOCKER_TIMEOUT`], the
+/// connection (made on first use, negotiating the API version with older daemons) included.
+async fn docker_version(docker: &dyn DockerApi) -> Result<Value, String> {
     let v = match tokio::time::timeout(DOCKER_TIMEOUT, docker.version()).await {
         Err(_) => {
             return Err(format!(
@@ -690,7 +689,9 @@ mod tests {
 
     #[tokio::test]
     async fn resources_match_their_schema_with_or_without_docker() {
-        let r = resources().await.unwrap();
+        let r = resources(&super::super::container::LocalDocker::new())
+            .await
+            .unwrap();
         assert_valid(
             &schema_of(&resources_descriptor(), true),
             &over_the_wire(&r),
