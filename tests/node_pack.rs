@@ -211,7 +211,8 @@ async fn node_pack_reports_this_machine() {
     // With dockerd running (required in CI), its version as `docker version` says it; without,
     // null and the reason.
     if common::docker_ready() {
-        let (_, server_version, _) = common::docker(&["version", "--format", "{{.Server.Version}}"]);
+        let (_, server_version, _) =
+            common::docker(&["version", "--format", "{{.Server.Version}}"]);
         assert_eq!(inv["docker"]["version"], server_version.as_str(), "{inv:#}");
         assert!(inv["docker_error"].is_null(), "{inv:#}");
     } else {

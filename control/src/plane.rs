@@ -901,9 +901,7 @@ impl AgentLink for ControlPlane {
     }
 
     fn load(&self, agent_id: &str) -> Load {
-        self.session(agent_id)
-            .map(|s| s.load())
-            .unwrap_or_default()
+        self.session(agent_id).map(|s| s.load()).unwrap_or_default()
     }
 
     async fn invoke(&self, agent_id: &str, invoke: pb::Invoke) -> Result<InvokeResult, LinkError> {

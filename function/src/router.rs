@@ -54,7 +54,9 @@ pub struct Slot<'a> {
 /// in flight and running jobs), then its CPU use in 10-point bands, so that agents of about
 /// the same CPU use still share the work. An agent that reports no CPU use counts as half busy.
 fn busyness(load: &Load) -> (i64, i64) {
-    let band = load.cpu_percent.map_or(5, |c| (c.clamp(0.0, 100.0) / 10.0) as i64);
+    let band = load
+        .cpu_percent
+        .map_or(5, |c| (c.clamp(0.0, 100.0) / 10.0) as i64);
     (load.in_flight + load.jobs, band)
 }
 

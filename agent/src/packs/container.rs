@@ -1957,7 +1957,7 @@ mod tests {
         }
 
         async fn version(&self) -> Result<SystemVersion, DockerError> {
-            self.enter("version".into())?;
+            drop(self.enter("version".into())?);
             Ok(SystemVersion {
                 version: Some("99.0.0-fake".into()),
                 api_version: Some("1.41".into()),
