@@ -880,7 +880,8 @@ impl Invoker {
                 .to_string(),
             function_id: call.key.function_id.clone(),
             payload: call.req.payload.clone(),
-            timeout_ms: remaining.as_millis().max(1) as i64,
+            // Rounded up, so that the agent's deadline is never before this server's.
+            timeout_ms: remaining.as_micros().div_ceil(1000).max(1) as i64,
             game_id: call.key.game_id.clone(),
             env: call.key.env.clone(),
             caller: call.who.uri(),
@@ -894,6 +895,15 @@ impl Invoker {
         };
         let request_id = invoke.request_id.clone();
         match tokio::time::timeout(remaining, self.link.invoke(agent, invoke)).await {
+            // The agent gave up at the deadline it was sent, which is never before ours; on a
+            // busy machine its answer can be read before our own timer is: the same outcome.
+            Ok(Ok(r))
+                if !r.success
+                    && r.error_code == "DEADLINE_EXCEEDED"
+                    && Instant::now() >= call.deadline =>
+            {
+                Err(Sent::DeadlinePassed)
+            }
             Ok(Ok(mut r)) => {
                 r.request_id = request_id;
                 Ok(r)
