@@ -1,8 +1,8 @@
 //! `croupier bench agents`: many agents against servers on etcd. In one run it
 //! - starts two `croupier server` processes (a and b) on the given etcd, under a fresh
 //!   namespace;
-//! - registers N lightweight simulated agents with server a (each with its own certificate and
-//!   connection: `RegisterAgent`, a `Connect` tunnel, heartbeats every `--heartbeat`) and reports
+//! - registers N lightweight agents with server a (real sessions, each with its own certificate
+//!   and connection: `RegisterAgent`, a `Connect` tunnel, heartbeats every `--heartbeat`) and reports
 //!   the time to register them all;
 //! - holds them heartbeating for `--hold` and reports server a's CPU use and resident memory
 //!   (from `/proc`);
@@ -137,7 +137,7 @@ impl ServerProc {
     }
 }
 
-/// One simulated agent: registered, tunnel open, heartbeating until `stop`.
+/// One lightweight agent: registered, tunnel open, heartbeating until `stop`.
 async fn sim_agent(
     url: String,
     certs: std::path::PathBuf,
@@ -345,7 +345,7 @@ pub async fn agents(args: AgentsBenchArgs) -> anyhow::Result<()> {
     let via_other = throughput(&client_b, &opts, args.invoke_duration).await?;
 
     println!(
-        "croupier bench agents: {} simulated agents (own certificate and connection each), \
+        "croupier bench agents: {} lightweight agents (own certificate and connection each), \
          servers a and b on etcd {}\n",
         args.agents,
         args.etcd_endpoints.join(",")

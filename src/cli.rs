@@ -376,8 +376,9 @@ pub enum BenchCommand {
     Invoke(crate::bench::InvokeBenchArgs),
     /// Job events per second from one job to one subscriber, and time to the first event.
     Jobs(crate::bench::JobsBenchArgs),
-    /// Many simulated agents against two servers on etcd: registration time, server CPU and
-    /// memory while they heartbeat, watch latency, invoke via the owner vs another replica.
+    /// Many lightweight agents (real sessions, no handlers) against two servers on etcd:
+    /// registration time, server CPU and memory while they heartbeat, watch latency, invoke via
+    /// the owner vs another replica.
     Agents(crate::bench_scale::AgentsBenchArgs),
 }
 
