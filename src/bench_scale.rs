@@ -2,8 +2,8 @@
 //! - starts two `croupier server` processes (a and b) on the given etcd, under a fresh
 //!   namespace;
 //! - registers N lightweight agents with server a (real sessions, each with its own certificate
-//!   and connection: `RegisterAgent`, a `Connect` tunnel, heartbeats every `--heartbeat`) and reports
-//!   the time to register them all;
+//!   and connection: `RegisterAgent`, a `Connect` tunnel, heartbeats every `--heartbeat`) and
+//!   reports the time to register them all;
 //! - holds them heartbeating for `--hold` and reports server a's CPU use and resident memory
 //!   (from `/proc`);
 //! - measures how long a `WatchRegistrations` watcher on server b takes to see a change made
