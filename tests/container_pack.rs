@@ -192,6 +192,37 @@ async fn create_start_inspect_exec_stop_restart_remove() {
     assert_eq!(r["stderr"], "to stderr\n");
     assert_eq!(r["truncated"], false);
 
+    // An exec past its deadline is DEADLINE_EXCEEDED, and its command (with the child it
+    // started) is killed in the container, not left running.
+    let mut o = opts();
+    o.timeout = Some(Duration::from_secs(1));
+    let e = c
+        .invoke(
+            "container.exec",
+            json!({"id": name, "cmd": ["sh", "-c", "sleep 301 & sleep 302; wait"]}),
+            &o,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    let sleeping = || {
+        let (okd, ps, err) = docker(&["exec", &name, "ps", "-o", "pid,args"]);
+        assert!(okd, "ps in the container: {err}");
+        ps.lines()
+            .filter(|l| l.contains("sleep 301") || l.contains("sleep 302") || l.contains("sh -c"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sleeping().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        sleeping(),
+        Vec::<String>::new(),
+        "the exec's processes are gone"
+    );
+
     // Removing a running container needs force.
     let (code, msg) = fails(&c, "container.remove", json!({"id": name})).await;
     assert_eq!(code, "FAILED_PRECONDITION", "{msg}");

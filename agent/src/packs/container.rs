@@ -62,6 +62,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::procs;
+
 /// Label naming the agent that created a container.
 pub(crate) const AGENT_LABEL: &str = "croupier.agent";
 /// Label naming the job that created a container.
@@ -133,6 +135,9 @@ pub(crate) trait DockerApi: Send + Sync {
     async fn exec(&self, id: &str, config: ExecConfig) -> Result<(String, LogStream), DockerError>;
     /// Whether an exec still runs, and its exit code once it ended.
     async fn exec_status(&self, exec_id: &str) -> Result<(bool, Option<i64>), DockerError>;
+    /// Kills what still runs of an exec (its process and their descendants); how many
+    /// processes that was. Docker has no API for it: see [`LocalDocker`]'s implementation.
+    async fn kill_exec(&self, exec_id: &str) -> Result<usize, DockerError>;
     /// The daemon's version (for `node.resources`).
     async fn version(&self) -> Result<SystemVersion, DockerError>;
 }
@@ -349,8 +354,89 @@ impl DockerApi for LocalDocker {
         Ok((e.running.unwrap_or(false), e.exit_code))
     }
 
+    /// Finds the exec's processes in `/proc` (checked to be in the container's cgroup) and sends
+    /// them SIGKILL. When the agent may not signal them (it is not root), it runs `kill -9` in
+    /// the container as root with their PIDs there. An agent in another PID namespace than
+    /// Docker cannot see them: that is an error saying so.
+    async fn kill_exec(&self, exec_id: &str) -> Result<usize, DockerError> {
+        let e = self.client().await?.inspect_exec(exec_id).await?;
+        let (true, Some(pid), Some(container)) =
+            (e.running.unwrap_or(false), e.pid, e.container_id)
+        else {
+            return Ok(0);
+        };
+        let stream_error = |error: String| DockerError::DockerStreamError { error };
+        let found = {
+            let container = container.clone();
+            tokio::task::spawn_blocking(move || {
+                procs::tree(std::path::Path::new("/proc"), &container, pid as i32)
+            })
+            .await
+        };
+        let tree = found
+            .map_err(|e| stream_error(format!("looking for the exec's processes: {e}")))?
+            .map_err(stream_error)?;
+        let refused = procs::kill(&tree);
+        if refused.is_empty() {
+            return Ok(tree.len());
+        }
+        let mut cmd: Vec<String> = ["sh", "-c", "kill -9 \"$@\"", "kill"]
+            .map(String::from)
+            .into();
+        cmd.extend(
+            refused
+                .iter()
+                .filter_map(|p| p.ns_pid)
+                .map(|p| p.to_string()),
+        );
+        let config = ExecConfig {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(cmd),
+            user: Some("0".into()),
+            ..Default::default()
+        };
+        let (_, mut output) = self.exec(&container, config).await?;
+        while output.next().await.is_some() {}
+        Ok(tree.len())
+    }
+
     async fn version(&self) -> Result<SystemVersion, DockerError> {
         self.client().await?.version().await
+    }
+}
+
+/// Kills an exec's processes when the `container.exec` call that started it is dropped before
+/// the command ended (deadline passed, call cancelled): the work goes on in a task of its own.
+struct KillOnDrop {
+    docker: Arc<dyn DockerApi>,
+    exec_id: Option<String>,
+}
+
+impl KillOnDrop {
+    /// The exec ended: nothing to kill.
+    fn disarm(mut self) {
+        self.exec_id = None;
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let (Some(exec_id), Ok(runtime)) =
+            (self.exec_id.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let docker = self.docker.clone();
+        runtime.spawn(async move {
+            match docker.kill_exec(&exec_id).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(exec_id, processes = n, "killed a cancelled exec"),
+                Err(e) => {
+                    tracing::warn!(exec_id, error = %error_chain(&e), "a cancelled exec could not be killed; it goes on in its container")
+                }
+            }
+        });
     }
 }
 
@@ -829,7 +915,8 @@ fn exec_descriptor() -> FunctionDescriptor {
         false,
         EXEC_TIMEOUT,
         "Runs a command in a running container and answers when it ends: exit code, stdout and \
-         stderr (each cut at 1 MiB, `truncated` says so).",
+         stderr (each cut at 1 MiB, `truncated` says so). A call cancelled or past its deadline \
+         kills the command.",
         params_object(
             json!({
                 "id": container_id(),
@@ -1334,6 +1421,10 @@ async fn exec(ctx: Ctx, call: Invocation) -> Result<Value, HandlerError> {
     let action = format!("running a command in container {}", p.id);
     let fail = |e| docker_error(&action, Subject::Container(&p.id), e);
     let (exec_id, mut output) = ctx.docker.exec(&p.id, config).await.map_err(fail)?;
+    let guard = KillOnDrop {
+        docker: ctx.docker.clone(),
+        exec_id: Some(exec_id.clone()),
+    };
     let (mut stdout, mut stderr) = (Capped::new(), Capped::new());
     while let Some(frame) = output.next().await {
         match frame.map_err(fail)? {
@@ -1351,6 +1442,7 @@ async fn exec(ctx: Ctx, call: Invocation) -> Result<Value, HandlerError> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    guard.disarm();
     Ok(json!({
         "id": p.id,
         "exit_code": exit_code,
@@ -1728,7 +1820,7 @@ mod tests {
         filters: Vec<(bool, HashMap<String, Vec<String>>)>,
         /// What `logs` and `exec` stream.
         output: Vec<LogOutput>,
-        /// `logs` never ends and `wait` never answers.
+        /// `logs` and `exec` output never ends and `wait` never answers.
         hang: bool,
         exit_code: i64,
         /// Every call fails as when the daemon is not running.
@@ -1948,12 +2040,17 @@ mod tests {
             if !st.containers[&id].running {
                 return Err(server(409, &format!("Container {id} is not running")));
             }
-            Ok(("exec1".into(), stream(st.output.clone(), false)))
+            Ok(("exec1".into(), stream(st.output.clone(), st.hang)))
         }
 
         async fn exec_status(&self, _exec_id: &str) -> Result<(bool, Option<i64>), DockerError> {
             let st = self.enter("exec_status".into())?;
             Ok((false, Some(st.exit_code)))
+        }
+
+        async fn kill_exec(&self, exec_id: &str) -> Result<usize, DockerError> {
+            drop(self.enter(format!("kill_exec {exec_id}"))?);
+            Ok(1)
         }
 
         async fn version(&self) -> Result<SystemVersion, DockerError> {
@@ -2382,6 +2479,32 @@ mod tests {
             r,
             json!({"id": "box", "exit_code": 3, "stdout": "hi\n", "stderr": "oops\n", "truncated": false})
         );
+
+        // An exec whose call is dropped before the command ends (deadline, cancel) is killed;
+        // one that ended is not.
+        assert!(!fake.calls().iter().any(|c| c.starts_with("kill_exec")));
+        fake.st().hang = true;
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(50),
+            exec(
+                ctx(&fake),
+                call(json!({"id": "box", "cmd": ["sleep", "300"]})),
+            ),
+        )
+        .await;
+        assert!(dropped.is_err(), "the exec hangs until dropped");
+        for _ in 0..100 {
+            if fake.calls().iter().any(|c| c == "kill_exec exec1") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            fake.calls().iter().any(|c| c == "kill_exec exec1"),
+            "{:?}",
+            fake.calls()
+        );
+        fake.st().hang = false;
 
         // Removing a running container needs force.
         let e = remove(ctx(&fake), call(json!({"id": "box"})))

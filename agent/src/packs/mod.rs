@@ -12,6 +12,7 @@
 //!   tests can fake Docker).
 //!
 //! - `pipeline` — `pipeline.start`: runs a stored pipeline template's steps as local calls.
+//! - `procs` — the processes of a `container.exec`, from `/proc`, to kill a cancelled one.
 //!
 //! A new pack is a module beside `node` with a `register` function, a variant of [`Pack`] and
 //! a line in [`Pack::ALL`] and [`install`].
@@ -19,6 +20,7 @@
 mod container;
 mod node;
 mod pipeline;
+mod procs;
 
 use std::collections::HashMap;
 use std::fmt;
