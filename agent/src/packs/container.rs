@@ -1426,11 +1426,26 @@ async fn exec(ctx: Ctx, call: Invocation) -> Result<Value, HandlerError> {
         exec_id: Some(exec_id.clone()),
     };
     let (mut stdout, mut stderr) = (Capped::new(), Capped::new());
-    while let Some(frame) = output.next().await {
-        match frame.map_err(fail)? {
-            LogOutput::StdOut { message } | LogOutput::Console { message } => stdout.push(&message),
-            LogOutput::StdErr { message } => stderr.push(&message),
-            LogOutput::StdIn { .. } => {}
+    let read = async {
+        while let Some(frame) = output.next().await {
+            match frame.map_err(fail)? {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    stdout.push(&message)
+                }
+                LogOutput::StdErr { message } => stderr.push(&message),
+                LogOutput::StdIn { .. } => {}
+            }
+        }
+        Ok::<(), HandlerError>(())
+    };
+    // Cancelled (e.g. as the step of a cancelled pipeline): the guard kills the command.
+    tokio::select! {
+        r = read => r?,
+        _ = call.cancel.cancelled() => {
+            return Err(HandlerError::new(
+                "CANCELLED",
+                format!("container.exec in {} was cancelled; its command is killed", p.id),
+            ));
         }
     }
     // Docker records the exit code a moment after the output ends.
@@ -2493,6 +2508,26 @@ mod tests {
         )
         .await;
         assert!(dropped.is_err(), "the exec hangs until dropped");
+        for _ in 0..100 {
+            if fake.calls().iter().any(|c| c == "kill_exec exec1") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            fake.calls().iter().any(|c| c == "kill_exec exec1"),
+            "{:?}",
+            fake.calls()
+        );
+        // Cancelling the call (a pipeline step) ends it CANCELLED and kills the command too.
+        fake.st().calls.clear();
+        let cancelled = call(json!({"id": "box", "cmd": ["sleep", "300"]}));
+        let token = cancelled.cancel.clone();
+        let running = tokio::spawn(exec(ctx(&fake), cancelled));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        token.cancel();
+        let e = running.await.unwrap().unwrap_err();
+        assert_eq!(e.code, "CANCELLED", "{e:?}");
         for _ in 0..100 {
             if fake.calls().iter().any(|c| c == "kill_exec exec1") {
                 break;
