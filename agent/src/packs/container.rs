@@ -2455,6 +2455,17 @@ mod tests {
         assert_eq!(e.code, "INVALID_ARGUMENT");
     }
 
+    /// Waits up to a second for `call` to be made (by a task spawned on drop).
+    async fn assert_called_soon(fake: &Fake, call: &str) {
+        for _ in 0..100 {
+            if fake.calls().iter().any(|c| c == call) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{call} was not called: {:?}", fake.calls());
+    }
+
     #[tokio::test]
     async fn lifecycle_and_exec_through_the_fake() {
         let fake = Fake::with_image(IMAGE);
@@ -2508,17 +2519,7 @@ mod tests {
         )
         .await;
         assert!(dropped.is_err(), "the exec hangs until dropped");
-        for _ in 0..100 {
-            if fake.calls().iter().any(|c| c == "kill_exec exec1") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(
-            fake.calls().iter().any(|c| c == "kill_exec exec1"),
-            "{:?}",
-            fake.calls()
-        );
+        assert_called_soon(&fake, "kill_exec exec1").await;
         // Cancelling the call (a pipeline step) ends it CANCELLED and kills the command too.
         fake.st().calls.clear();
         let cancelled = call(json!({"id": "box", "cmd": ["sleep", "300"]}));
@@ -2528,17 +2529,7 @@ mod tests {
         token.cancel();
         let e = running.await.unwrap().unwrap_err();
         assert_eq!(e.code, "CANCELLED", "{e:?}");
-        for _ in 0..100 {
-            if fake.calls().iter().any(|c| c == "kill_exec exec1") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert!(
-            fake.calls().iter().any(|c| c == "kill_exec exec1"),
-            "{:?}",
-            fake.calls()
-        );
+        assert_called_soon(&fake, "kill_exec exec1").await;
         fake.st().hang = false;
 
         // Removing a running container needs force.
