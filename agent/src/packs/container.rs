@@ -174,7 +174,7 @@ fn socket_addr() -> String {
 /// it knows and `negotiate_version` only lowers it when `/version` answers; an older daemon
 /// refuses that request with "client version X is too new. Maximum supported API version is
 /// Y", so the client is made again at Y.
-pub(crate) async fn connect() -> Result<Docker, DockerError> {
+async fn connect() -> Result<Docker, DockerError> {
     let docker = Docker::connect_with_local_defaults()?.with_timeout(REQUEST_TIMEOUT);
     match docker.negotiate_version().await {
         Err(DockerError::DockerResponseServerError {

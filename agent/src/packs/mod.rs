@@ -181,9 +181,8 @@ pub(crate) type StatusFn = Box<dyn Fn(&mut HashMap<String, String>) + Send + Syn
 /// merged into one [`Provider::status`] function, which replaces any set before.
 ///
 /// The `node` and `container` packs share the agent's one Docker client; the `container` pack
-/// is also told whether Docker
-/// answered at startup (asked for at most 2 s). Without Docker it still registers: its
-/// descriptions say so and its calls answer `UNAVAILABLE`.
+/// is also told whether Docker answered at startup (asked for at most 2 s). Without Docker it
+/// still registers: its descriptions say so and its calls answer `UNAVAILABLE`.
 pub fn install(provider: Provider, packs: &Packs, agent_id: &str) -> Provider {
     // One Docker client for the agent, handed to the packs that use it; it connects on first
     // use, so an agent without Docker pays nothing for it.
