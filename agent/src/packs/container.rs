@@ -380,15 +380,22 @@ impl DockerApi for LocalDocker {
         if refused.is_empty() {
             return Ok(tree.len());
         }
+        // Not allowed to signal them from here: `kill` inside the container, as root there.
+        let ns_pids: Vec<String> = refused
+            .iter()
+            .filter_map(|p| p.ns_pid)
+            .map(|p| p.to_string())
+            .collect();
+        if ns_pids.len() != refused.len() {
+            return Err(stream_error(format!(
+                "not allowed to signal the exec's processes, and their PIDs in container \
+                 {container} are unknown"
+            )));
+        }
         let mut cmd: Vec<String> = ["sh", "-c", "kill -9 \"$@\"", "kill"]
             .map(String::from)
             .into();
-        cmd.extend(
-            refused
-                .iter()
-                .filter_map(|p| p.ns_pid)
-                .map(|p| p.to_string()),
-        );
+        cmd.extend(ns_pids);
         let config = ExecConfig {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
@@ -396,9 +403,19 @@ impl DockerApi for LocalDocker {
             user: Some("0".into()),
             ..Default::default()
         };
-        let (_, mut output) = self.exec(&container, config).await?;
-        while output.next().await.is_some() {}
-        Ok(tree.len())
+        let (kill_id, mut output) = self.exec(&container, config).await?;
+        let mut said = Vec::new();
+        while let Some(frame) = output.next().await {
+            said.extend_from_slice(&frame?.into_bytes());
+        }
+        match exec_exit_code(self, &kill_id).await? {
+            Some(0) => Ok(tree.len()),
+            code => Err(stream_error(format!(
+                "not allowed to signal the exec's processes, and `kill` in container \
+                 {container} failed ({code:?}): {}",
+                String::from_utf8_lossy(&said).trim()
+            ))),
+        }
     }
 
     async fn version(&self) -> Result<SystemVersion, DockerError> {
@@ -1448,15 +1465,9 @@ async fn exec(ctx: Ctx, call: Invocation) -> Result<Value, HandlerError> {
             ));
         }
     }
-    // Docker records the exit code a moment after the output ends.
-    let deadline = tokio::time::Instant::now() + EXEC_EXIT_WAIT;
-    let exit_code = loop {
-        let (running, code) = ctx.docker.exec_status(&exec_id).await.map_err(fail)?;
-        if !running || tokio::time::Instant::now() >= deadline {
-            break if running { None } else { code };
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let exit_code = exec_exit_code(ctx.docker.as_ref(), &exec_id)
+        .await
+        .map_err(fail)?;
     guard.disarm();
     Ok(json!({
         "id": p.id,
@@ -1465,6 +1476,19 @@ async fn exec(ctx: Ctx, call: Invocation) -> Result<Value, HandlerError> {
         "stderr": stderr.text(),
         "truncated": stdout.truncated || stderr.truncated,
     }))
+}
+
+/// The exit code of an exec whose output ended. Docker records it a moment after the output
+/// ends, so this asks for up to [`EXEC_EXIT_WAIT`]; None when the command still runs then.
+async fn exec_exit_code(docker: &dyn DockerApi, exec_id: &str) -> Result<Option<i64>, DockerError> {
+    let deadline = tokio::time::Instant::now() + EXEC_EXIT_WAIT;
+    loop {
+        let (running, code) = docker.exec_status(exec_id).await?;
+        if !running || tokio::time::Instant::now() >= deadline {
+            return Ok(if running { None } else { code });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
