@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // No `Client::connect` constructor: it would clash with the `Connect` rpc; use `Client::new(channel)`.
         .build_transport(false)
+        // prost's codec, except that an undecodable tunnel frame fails only its call.
+        .codec_path("crate::codec::CroupierCodec")
         .file_descriptor_set_path(out.join("croupier_descriptor.bin"))
         .compile_with_config(config, &protos, &includes)?;
     for p in PROTOS {

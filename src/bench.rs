@@ -145,6 +145,14 @@ impl FunctionService for Direct {
             "the direct baseline serves InvokeFunction only",
         ))
     }
+    async fn delete_function(
+        &self,
+        _: Request<pb::DeleteFunctionRequest>,
+    ) -> Result<Response<pb::DeleteFunctionResponse>, Status> {
+        Err(Status::unimplemented(
+            "the direct baseline serves InvokeFunction only",
+        ))
+    }
 }
 
 /// Figures of one phase.

@@ -158,6 +158,7 @@ async fn sim_agent(
             labels: Default::default(),
             descriptors: vec![],
             session_id: String::new(),
+            max_message_bytes: 0,
         })
         .await?
         .into_inner();

@@ -50,6 +50,9 @@ pub enum Command {
     /// Pipeline templates: put, get, list, delete.
     #[command(subcommand)]
     Pipeline(crate::pipeline::PipelineCommand),
+    /// Function descriptors: delete (admin certificate).
+    #[command(subcommand)]
+    Function(FunctionCommand),
     /// Node administration.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -322,6 +325,91 @@ pub struct WatchArgs {
     pub conn: Conn,
 }
 
+/// `croupier function …`.
+#[derive(Subcommand, Debug)]
+pub enum FunctionCommand {
+    /// Set a function's descriptor from a JSON or TOML file (id, description, params_schema,
+    /// allowed_roles, sensitive_fields, timeout_secs, …). With an admin certificate the
+    /// descriptor wins over whatever agents declare.
+    Register {
+        /// The descriptor file (.json or .toml).
+        file: PathBuf,
+        /// Game.
+        #[arg(long, env = "CROUPIER_GAME_ID", default_value = "default")]
+        game_id: String,
+        /// Environment.
+        #[arg(long, env = "CROUPIER_ENV", default_value = "dev")]
+        env: String,
+        /// Connection (identity defaults to the admin certificate).
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Delete a function's descriptor (admin certificate). Agents that still provide the
+    /// function keep serving it; the next one to register declares its descriptor again.
+    Delete {
+        /// Function id.
+        function: String,
+        /// Game.
+        #[arg(long, env = "CROUPIER_GAME_ID", default_value = "default")]
+        game_id: String,
+        /// Environment.
+        #[arg(long, env = "CROUPIER_ENV", default_value = "dev")]
+        env: String,
+        /// Connection (identity defaults to the admin certificate).
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// Runs `croupier function …`.
+pub async fn function(cmd: FunctionCommand) -> anyhow::Result<()> {
+    match cmd {
+        FunctionCommand::Register {
+            file,
+            game_id,
+            env,
+            conn,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let record: croupier_registry::model::DescriptorRecord =
+                if file.extension().is_some_and(|e| e == "toml") {
+                    toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?
+                } else {
+                    serde_json::from_str(&text)
+                        .with_context(|| format!("parsing {}", file.display()))?
+                };
+            let client = conn.client("admin-admin").await?;
+            let revision = client
+                .register_function(&game_id, &env, record.to_proto())
+                .await
+                .map_err(|s| status_error(&s))?;
+            println!(
+                "registered the descriptor of {} in {game_id}/{env} (revision {revision})",
+                record.id
+            );
+        }
+        FunctionCommand::Delete {
+            function,
+            game_id,
+            env,
+            conn,
+        } => {
+            let client = conn.client("admin-admin").await?;
+            let deleted = client
+                .delete_function(&game_id, &env, &function)
+                .await
+                .map_err(|s| status_error(&s))?;
+            if deleted {
+                println!("deleted the descriptor of {function} in {game_id}/{env}");
+            } else {
+                println!("{function} in {game_id}/{env} had no descriptor");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `croupier node …`.
 #[derive(Subcommand, Debug)]
 pub enum NodeCommand {
@@ -474,7 +562,7 @@ fn pick_identity(dir: &Path, default_stem: &str) -> anyhow::Result<String> {
 
 /// A gRPC status as an error: its code and message.
 pub fn status_error(s: &tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+    anyhow::anyhow!("{:?}: {}", s.code(), crate::output::clean(s.message()))
 }
 
 /// Runs `croupier invoke`; returns the process exit code: 0 on success, 1 when the handler
@@ -736,15 +824,15 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
                 "{:>6} {:<8} {:<24} {}/{} agent={} agents=[{}]",
                 ev.revision,
                 kind,
-                r.function_id,
-                r.game_id,
-                r.env,
+                crate::output::clean(&r.function_id),
+                crate::output::clean(&r.game_id),
+                crate::output::clean(&r.env),
                 if ev.agent_id.is_empty() {
-                    "-"
+                    "-".to_string()
                 } else {
-                    &ev.agent_id
+                    crate::output::clean(&ev.agent_id)
                 },
-                agents.join(",")
+                crate::output::clean(&agents.join(","))
             );
         } else {
             println!("{:>6} {kind}", ev.revision);

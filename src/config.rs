@@ -42,8 +42,14 @@ pub struct ServerConfig {
     /// How long idempotent outcomes are kept. Default `24h`.
     #[serde(with = "humantime_serde")]
     pub idempotency_retention: Duration,
+    /// How long after the deadline of a call with an idempotency key the server still waits
+    /// for the agent's answer; the key stays claimed meanwhile. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub late_answer_grace: Duration,
     /// Write the audit log to `<data_dir>/audit.log`. Default true.
     pub audit_log: bool,
+    /// What one audit record holds, and when the log is rotated.
+    pub audit: Audit,
     /// Where registrations, descriptors, node states, jobs and idempotency records live:
     /// `embedded` (default; in `<data_dir>/store`) or `etcd` (several servers can share it).
     pub store: StoreKind,
@@ -83,6 +89,17 @@ pub struct Jobs {
     /// How long a finished job stays in memory for fast replay. Default `60s`.
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
+    /// Most bytes of one event; a larger one keeps its type and seq, and its data is replaced
+    /// by a note of its size. Default 1 MiB.
+    pub max_event_bytes: usize,
+    /// Bytes of events kept per job (older ones are dropped, as past `max_events`).
+    /// Default 16 MiB.
+    pub max_job_bytes: usize,
+    /// Bytes of events kept for all the jobs of one agent. Default 64 MiB.
+    pub max_agent_bytes: usize,
+    /// Bytes of an agent's events not yet stored before the server stops reading its tunnel
+    /// (backpressure). Default 16 MiB.
+    pub max_agent_unstored_bytes: usize,
 }
 
 impl Default for Jobs {
@@ -94,6 +111,34 @@ impl Default for Jobs {
             record_retention: d.record_retention,
             max_duration: d.max_duration,
             linger: d.linger,
+            max_event_bytes: d.max_event_bytes,
+            max_job_bytes: d.max_job_bytes,
+            max_agent_bytes: d.max_agent_bytes,
+            max_agent_unstored_bytes: d.max_agent_unstored_bytes,
+        }
+    }
+}
+
+/// Bounds of the audit log.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Audit {
+    /// Most bytes of a payload excerpt kept in one record (the record always holds the
+    /// payload's SHA-256 and size). Default 4096.
+    pub max_payload_bytes: usize,
+    /// The log is rotated (to `audit.log.1`, `.2`, …) when it passes this size. Default 100 MiB.
+    pub max_file_bytes: u64,
+    /// Rotated files kept. Default 10.
+    pub keep_files: usize,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        let d = croupier_control::audit::AuditOptions::default();
+        Audit {
+            max_payload_bytes: d.max_payload_bytes,
+            max_file_bytes: d.max_file_bytes,
+            keep_files: d.keep_files,
         }
     }
 }
@@ -121,15 +166,70 @@ pub struct Limits {
     pub max_functions_per_agent: usize,
     /// Most calls one caller identity may have in flight. Default 1024.
     pub max_concurrent_calls_per_caller: usize,
+    /// Most bytes of one function descriptor, encoded. Default 64 KiB.
+    pub max_descriptor_bytes: usize,
+    /// Most functions (registered or provided) in one game and environment. Default 10000.
+    pub max_functions_per_scope: usize,
+    /// Most entries in a heartbeat's status map. Default 64.
+    pub max_status_entries: usize,
+    /// Most bytes of a heartbeat's status map. Default 16 KiB.
+    pub max_status_bytes: usize,
+    /// Most characters of a free-text field (node-state reason, goodbye). Default 1024.
+    pub max_text_chars: usize,
+    /// Most bytes of a JSON Schema in a descriptor. Default 64 KiB.
+    pub max_schema_bytes: usize,
+    /// Most nesting levels of a JSON Schema. Default 30.
+    pub max_schema_depth: usize,
+    /// Most subschema evaluations one validation may need, `$ref`s followed. Default 10000.
+    pub max_schema_cost: u64,
+    /// Longest one payload's schema validation may take. Default `1s`.
+    #[serde(with = "humantime_serde")]
+    pub schema_budget: Duration,
+    /// Most connections at once (the rest are refused at accept). Default 20000.
+    pub max_connections: usize,
+    /// Most connections still in their TLS handshake; past it the oldest is closed to make
+    /// room. Default 1024.
+    pub max_handshakes: usize,
+    /// Most connections in their TLS handshake from one source address. Default 256.
+    pub max_handshakes_per_source: usize,
+    /// How long a TLS handshake may take before the connection is closed. Default `10s`.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        let control = croupier_control::ControlConfig::default();
+        let schema = croupier_registry::schema::SchemaLimits::default();
         Limits {
-            max_message_bytes: 10 * 1024 * 1024,
-            max_labels: 64,
-            max_functions_per_agent: 1024,
+            max_message_bytes: croupier_proto::limits::DEFAULT_MAX_MESSAGE_BYTES,
+            max_labels: control.max_labels,
+            max_functions_per_agent: control.max_functions,
             max_concurrent_calls_per_caller: 1024,
+            max_descriptor_bytes: control.max_descriptor_bytes,
+            max_functions_per_scope: control.max_functions_per_scope,
+            max_status_entries: control.max_status_entries,
+            max_status_bytes: control.max_status_bytes,
+            max_text_chars: control.max_text_chars,
+            max_schema_bytes: schema.max_bytes,
+            max_schema_depth: schema.max_depth,
+            max_schema_cost: schema.max_cost,
+            schema_budget: Duration::from_secs(1),
+            max_connections: 20_000,
+            max_handshakes: 1024,
+            max_handshakes_per_source: 256,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    /// The schema limits.
+    pub fn schema(&self) -> croupier_registry::schema::SchemaLimits {
+        croupier_registry::schema::SchemaLimits {
+            max_bytes: self.max_schema_bytes,
+            max_depth: self.max_schema_depth,
+            max_cost: self.max_schema_cost,
         }
     }
 }
@@ -148,7 +248,9 @@ impl Default for ServerConfig {
             max_timeout: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(10),
             idempotency_retention: Duration::from_secs(24 * 3600),
+            late_answer_grace: Duration::from_secs(30),
             audit_log: true,
+            audit: Audit::default(),
             store: StoreKind::Embedded,
             etcd_endpoints: Vec::new(),
             etcd_namespace: String::new(),
@@ -175,7 +277,9 @@ const ENV_KEYS: &[&str] = &[
     "max_timeout",
     "shutdown_grace",
     "idempotency_retention",
+    "late_answer_grace",
     "audit_log",
+    "audit",
     "store",
     "etcd_endpoints",
     "etcd_namespace",
@@ -235,6 +339,15 @@ impl ServerConfig {
         }
         if self.limits.max_message_bytes < 4096 {
             bail!("limits.max_message_bytes must be at least 4096");
+        }
+        if self.limits.max_connections == 0 || self.limits.max_handshakes == 0 {
+            bail!("limits.max_connections and limits.max_handshakes must be at least 1");
+        }
+        if self.limits.handshake_timeout.is_zero() || self.limits.schema_budget.is_zero() {
+            bail!("limits.handshake_timeout and limits.schema_budget must be > 0");
+        }
+        if self.audit.max_file_bytes < 4096 {
+            bail!("audit.max_file_bytes must be at least 4096");
         }
         if self.limits.max_concurrent_calls_per_caller == 0 {
             bail!("limits.max_concurrent_calls_per_caller must be at least 1");

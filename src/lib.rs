@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`config`] — layered server configuration.
 //! - [`server`] — [`server::serve`], the control plane on one TLS listener.
+//! - [`gate`] — TLS accept with the limits that hold before authentication.
 //! - [`certs`] — `croupier certs init`.
 //! - [`cli`] — arguments and the client commands.
 //! - [`job`] — `croupier job …`.
@@ -19,6 +20,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod gate;
 pub mod job;
 pub mod output;
 pub mod pipeline;

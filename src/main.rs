@@ -113,6 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         }
+        Command::Function(cmd) => cli::function(cmd).await?,
         Command::Node(NodeCommand::State {
             agent,
             state,

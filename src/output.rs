@@ -1,7 +1,19 @@
-//! Plain-text tables for the CLI.
+//! Plain-text tables for the CLI. Everything a server or an agent wrote (ids, labels, reasons,
+//! messages) goes through [`clean`] before it reaches the terminal.
 
-/// Renders rows under headers, columns padded to their widest cell.
+/// `text` with control characters and bidirectional overrides escaped (an escape sequence in a
+/// label cannot drive the terminal, a newline cannot fake a row) and cut at 4096 characters.
+pub fn clean(text: &str) -> String {
+    croupier_proto::limits::excerpt(text, 4096)
+}
+
+/// Renders rows under headers, columns padded to their widest cell; cells are [`clean`]ed.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| clean(c)).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -47,6 +59,12 @@ pub fn age(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_what_could_drive_a_terminal() {
+        let t = table(&["LABELS"], &[vec!["zone=\u{1b}[2Jeu\nfake row".into()]]);
+        assert_eq!(t, "LABELS\nzone=\\u{1b}[2Jeu\\nfake row\n");
+    }
 
     #[test]
     fn pads_columns() {

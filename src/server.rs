@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use croupier_control::audit::AuditLog;
+use croupier_control::audit::{AuditLog, AuditOptions};
 use croupier_control::service::ControlServer;
 use croupier_control::{AgentLink, ControlConfig, ControlPlane};
 use croupier_function::forward::Forwarder;
@@ -61,6 +61,40 @@ pub fn server_tls(dir: &std::path::Path) -> anyhow::Result<ServerTlsConfig> {
         .client_ca_root(Certificate::from_pem(read("ca.pem")?)))
 }
 
+/// The rustls configuration of the one port, from `ca.pem`, `server.pem` and `server.key` in
+/// `dir`: the server's certificate, a client certificate signed by the CA required, HTTP/2.
+pub fn rustls_config(dir: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let read = |name: &str| {
+        let p = dir.join(name);
+        std::fs::read(&p).with_context(|| {
+            format!(
+                "reading {} (make certificates with `croupier certs init --dir {}`)",
+                p.display(),
+                dir.display()
+            )
+        })
+    };
+    let certs: Vec<_> = rustls_pemfile::certs(&mut read("server.pem")?.as_slice())
+        .collect::<Result<_, _>>()
+        .context("parsing server.pem")?;
+    let key = rustls_pemfile::private_key(&mut read("server.key")?.as_slice())
+        .context("parsing server.key")?
+        .context("server.key holds no private key")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in rustls_pemfile::certs(&mut read("ca.pem")?.as_slice()) {
+        roots.add(ca.context("parsing ca.pem")?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .context("building the client certificate verifier")?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .context("loading the server certificate")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Runs the server on `listener` until `shutdown` resolves, then drains: health goes
 /// NOT_SERVING, new registrations are refused, agents are told to go away, in-flight calls get
 /// up to `shutdown_grace` to finish, watches end, and the listener closes.
@@ -69,7 +103,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let tls = server_tls(&cfg.tls_dir)?;
+    let tls = rustls_config(&cfg.tls_dir)?;
+    let fd_limit = crate::gate::raise_fd_limit();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let store: Arc<dyn Store> = match cfg.store {
@@ -95,7 +130,12 @@ pub async fn serve(
         .await
         .context("loading the registry")?;
     let audit = if cfg.audit_log {
-        AuditLog::to_file(&cfg.data_dir.join("audit.log"))
+        let opts = AuditOptions {
+            max_payload_bytes: cfg.audit.max_payload_bytes,
+            max_file_bytes: cfg.audit.max_file_bytes,
+            keep_files: cfg.audit.keep_files,
+        };
+        AuditLog::to_file_with(&cfg.data_dir.join("audit.log"), opts)
             .await
             .context("opening the audit log")?
     } else {
@@ -109,6 +149,13 @@ pub async fn serve(
             max_labels: cfg.limits.max_labels,
             max_functions: cfg.limits.max_functions_per_agent,
             tunnel_queue: 1024,
+            max_message_bytes: cfg.limits.max_message_bytes,
+            max_descriptor_bytes: cfg.limits.max_descriptor_bytes,
+            max_functions_per_scope: cfg.limits.max_functions_per_scope,
+            max_status_entries: cfg.limits.max_status_entries,
+            max_status_bytes: cfg.limits.max_status_bytes,
+            max_text_chars: cfg.limits.max_text_chars,
+            schema_limits: cfg.limits.schema(),
         },
         store.clone(),
         view.clone(),
@@ -123,6 +170,10 @@ pub async fn serve(
             max_duration: cfg.jobs.max_duration,
             linger: cfg.jobs.linger,
             orphan_after: control.config().offline_after(),
+            max_event_bytes: cfg.jobs.max_event_bytes,
+            max_job_bytes: cfg.jobs.max_job_bytes,
+            max_agent_bytes: cfg.jobs.max_agent_bytes,
+            max_agent_unstored_bytes: cfg.jobs.max_agent_unstored_bytes,
             ..JobConfig::default()
         },
         store.clone(),
@@ -149,6 +200,11 @@ pub async fn serve(
                 max_timeout: cfg.max_timeout,
                 idempotency_retention: cfg.idempotency_retention,
                 max_concurrent_per_caller: cfg.limits.max_concurrent_calls_per_caller,
+                max_message_bytes: cfg.limits.max_message_bytes,
+                schema_limits: cfg.limits.schema(),
+                schema_budget: cfg.limits.schema_budget,
+                max_descriptor_bytes: cfg.limits.max_descriptor_bytes,
+                late_answer_grace: cfg.late_answer_grace,
             },
             store.clone(),
             view.clone(),
@@ -180,19 +236,15 @@ pub async fn serve(
     let function_svc = FunctionServiceServer::new(FunctionServer::new(invoker))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let registry_svc = RegistryServiceServer::new(RegistryServer::new(
-        view.clone(),
-        control.clone(),
-        watches.clone(),
-    ))
+    let registry_svc = RegistryServiceServer::new(
+        RegistryServer::new(view.clone(), control.clone(), watches.clone())
+            .with_max_message_bytes(max),
+    )
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = Server::builder()
-        .tls_config(tls)
-        .context("configuring TLS")?
-        .tcp_nodelay(true)
         .layer(tower::util::MapResponseLayer::new(
             oversize_is_resource_exhausted::<tonic::body::Body>,
         ))
@@ -203,11 +255,26 @@ pub async fn serve(
         .add_service(InterceptedService::new(control_svc, ident.clone()))
         .add_service(InterceptedService::new(function_svc, ident.clone()))
         .add_service(InterceptedService::new(registry_svc, ident));
-    let server = tokio::spawn(
-        router.serve_with_incoming_shutdown(nodelay(listener), async {
-            let _ = stop_rx.await;
-        }),
-    );
+    let gate = crate::gate::GateConfig {
+        max_connections: cfg.limits.max_connections,
+        max_handshakes: cfg.limits.max_handshakes,
+        max_handshakes_per_source: cfg.limits.max_handshakes_per_source,
+        handshake_timeout: cfg.limits.handshake_timeout,
+    };
+    if let Some(fds) = fd_limit
+        && (fds as usize) < gate.max_connections + 256
+    {
+        tracing::warn!(
+            fds,
+            max_connections = gate.max_connections,
+            "the open-file limit is below limits.max_connections; raise it (ulimit -n) or lower the limit"
+        );
+    }
+    let accepting = CancellationToken::new();
+    let incoming = crate::gate::incoming(listener, tls, gate, accepting.clone());
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stop_rx.await;
+    }));
     spawn_server_registration(
         store.clone(),
         ServerRecord {
@@ -236,6 +303,7 @@ pub async fn serve(
     }
     control.drain(cfg.shutdown_grace).await;
     watches.cancel();
+    accepting.cancel();
     let _ = stop_tx.send(());
     match tokio::time::timeout(cfg.shutdown_grace, &mut server).await {
         Ok(r) => r.context("server task")?.context("serving")?,

@@ -24,6 +24,9 @@ pub enum ControlError {
     /// A transient failure; try again.
     #[error("{0}")]
     Unavailable(String),
+    /// A bug: the server's own record could not be encoded.
+    #[error("{0}")]
+    Internal(String),
     /// The store failed.
     #[error("{context}: {source}")]
     Store {
@@ -52,6 +55,7 @@ impl From<ControlError> for Status {
             ControlError::FailedPrecondition(_) => Status::failed_precondition(msg),
             ControlError::ResourceExhausted(_) => Status::resource_exhausted(msg),
             ControlError::Unavailable(_) => Status::unavailable(msg),
+            ControlError::Internal(_) => Status::internal(msg),
             ControlError::Store { source, .. } => match source {
                 StoreError::Unavailable(_) | StoreError::Lagged => Status::unavailable(msg),
                 _ => Status::internal(msg),

@@ -9,10 +9,12 @@
 //! - [`service`] — the `ControlService` handler.
 //! - [`error`] — [`ControlError`] and its gRPC mapping.
 //! - [`audit`] — the audit log of invocations and admin actions.
+//! - [`metrics`] — the names of the metrics this crate records.
 
 pub mod audit;
 pub mod error;
 pub mod link;
+pub mod metrics;
 pub mod plane;
 pub mod service;
 

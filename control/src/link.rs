@@ -17,6 +17,19 @@ pub enum LinkError {
     /// The agent's send queue is full.
     #[error("agent {0} is overloaded (tunnel queue full)")]
     Overloaded(String),
+    /// The frame is larger than the agent accepts; nothing was sent.
+    #[error(
+        "the call's frame would be {bytes} bytes, more than agent {agent} accepts ({limit}); \
+         send a smaller payload"
+    )]
+    FrameTooLarge {
+        /// The agent.
+        agent: String,
+        /// The frame's size.
+        bytes: usize,
+        /// The agent's limit.
+        limit: usize,
+    },
 }
 
 /// What least-loaded routing knows of an agent's load on this server.
@@ -52,12 +65,13 @@ pub trait AgentLink: Send + Sync + 'static {
 }
 
 /// Receives the job traffic of agents' tunnels (the job manager implements it). Calls come from
-/// the task reading one tunnel, in the order the agent sent its frames, and must not block
-/// (`report` may read the store: the tunnel's next frames wait for it).
+/// the task reading one tunnel, in the order the agent sent its frames; while one runs, the
+/// tunnel's next frames wait (`report` may read the store, `event` waits while the agent's
+/// events arrive faster than they are stored: that is the tunnel's backpressure).
 #[async_trait]
 pub trait JobSink: Send + Sync + 'static {
     /// A job event arrived from `agent_id` over the tunnel of `generation`.
-    fn event(&self, agent_id: &str, generation: u64, event: JobEvent);
+    async fn event(&self, agent_id: &str, generation: u64, event: JobEvent);
     /// The agent listed the jobs it still runs; it sends this whenever a tunnel opens. A job
     /// sent over an older tunnel that is missing from the list was lost by the agent.
     /// Jobs this server does not run but the store says are the agent's and unfinished (the

@@ -17,6 +17,7 @@ use croupier_proto::control::v1::{
     self as pb, AgentFrame, InvokeResult, ServerFrame, agent_frame, server_frame,
 };
 use croupier_proto::function::v1::{EventType, JobEvent};
+use croupier_proto::limits::{DEFAULT_MAX_MESSAGE_BYTES, check_payload, excerpt};
 use croupier_registry::identity::{Identity, Role};
 use croupier_registry::ids::check_id;
 use croupier_registry::keys;
@@ -24,6 +25,7 @@ use croupier_registry::model::{
     AgentRecord, DescriptorRecord, DescriptorSource, NodeRecord, NodeState, ProvidedFunction,
     now_ms,
 };
+use croupier_registry::schema::{SchemaLimits, check_limits};
 use croupier_registry::service::{Presence, PresenceSource};
 use croupier_registry::store::{LeaseId, Store};
 use croupier_registry::view::RegistryView;
@@ -52,6 +54,21 @@ pub struct ControlConfig {
     pub max_functions: usize,
     /// Frames queued towards one agent before senders wait. Default 1024.
     pub tunnel_queue: usize,
+    /// The largest message the server decodes and sends (`limits.max_message_bytes`). Default
+    /// 10 MiB. No frame larger than this, or than the agent's own limit, goes down a tunnel.
+    pub max_message_bytes: usize,
+    /// Most bytes of one function descriptor, encoded. Default 64 KiB.
+    pub max_descriptor_bytes: usize,
+    /// Most functions (registered or provided) in one game and environment. Default 10 000.
+    pub max_functions_per_scope: usize,
+    /// Most entries of a heartbeat's status map. Default 64.
+    pub max_status_entries: usize,
+    /// Most bytes of a heartbeat's status map (keys and values). Default 16 KiB.
+    pub max_status_bytes: usize,
+    /// Most characters of a free-text field (a node-state reason, a goodbye). Default 1024.
+    pub max_text_chars: usize,
+    /// Bounds on the JSON Schemas in descriptors.
+    pub schema_limits: SchemaLimits,
 }
 
 impl Default for ControlConfig {
@@ -63,6 +80,13 @@ impl Default for ControlConfig {
             max_labels: 64,
             max_functions: 1024,
             tunnel_queue: 1024,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_descriptor_bytes: 64 * 1024,
+            max_functions_per_scope: 10_000,
+            max_status_entries: 64,
+            max_status_bytes: 16 * 1024,
+            max_text_chars: 1024,
+            schema_limits: SchemaLimits::default(),
         }
     }
 }
@@ -102,6 +126,8 @@ struct Session {
     running: RunningJobs,
     /// `cpu_percent` of the last heartbeat in tenths of a percent; -1 when it had none.
     cpu_tenths: AtomicI64,
+    /// The largest frame the agent accepts: its own limit and the server's, whichever is less.
+    max_frame: usize,
 }
 
 impl Session {
@@ -131,6 +157,20 @@ impl Session {
             jobs: self.running.count.load(Ordering::Relaxed),
             cpu_percent: (cpu >= 0).then(|| cpu as f32 / 10.0),
         }
+    }
+
+    /// Refuses a frame the agent could not decode (larger than its limit).
+    fn check_frame(&self, frame: &ServerFrame) -> Result<(), LinkError> {
+        use prost::Message as _;
+        let bytes = frame.encoded_len();
+        if bytes > self.max_frame {
+            return Err(LinkError::FrameTooLarge {
+                agent: self.agent_id.clone(),
+                bytes,
+                limit: self.max_frame,
+            });
+        }
+        Ok(())
     }
 
     /// Fails every pending invocation sent over `generation` (or all, with None).
@@ -278,7 +318,8 @@ impl ControlPlane {
         }
     }
 
-    /// Handles `RegisterAgent`.
+    /// Handles `RegisterAgent`: checks the request, resumes or starts the session, stores the
+    /// descriptors the agent may write and its registration (under the session's lease).
     #[tracing::instrument(skip_all, fields(agent_id = %req.agent_id))]
     pub async fn register(
         &self,
@@ -286,48 +327,20 @@ impl ControlPlane {
         req: pb::RegisterAgentRequest,
         addr: Option<SocketAddr>,
     ) -> Result<pb::RegisterAgentResponse, ControlError> {
-        check_id("agent_id", &req.agent_id).map_err(ControlError::InvalidArgument)?;
-        Self::require_agent(who, &req.agent_id, "register")?;
-        if self.draining.load(Ordering::Relaxed) {
-            return Err(ControlError::Unavailable(
-                "server is shutting down; register with another server or retry".into(),
-            ));
-        }
-        check_id("game_id", &req.game_id).map_err(ControlError::InvalidArgument)?;
-        check_id("env", &req.env).map_err(ControlError::InvalidArgument)?;
-        self.check_limits(&req)?;
+        self.check_registration(who, &req)?;
         let node = self.view.node(&req.agent_id);
         if node.state == NodeState::Disabled {
             return Err(ControlError::FailedPrecondition(format!(
                 "node {} is disabled (by {} : {:?}); an admin must set it back with \
                  `croupier node state {} normal` before it can register",
-                req.agent_id, node.actor, node.reason, req.agent_id
+                req.agent_id,
+                node.actor,
+                excerpt(&node.reason, 200),
+                req.agent_id
             )));
         }
-
-        let mut functions: Vec<ProvidedFunction> = Vec::new();
-        let mut descriptors: HashMap<String, common::FunctionDescriptor> = HashMap::new();
-        for d in &req.descriptors {
-            check_id("descriptor id", &d.id).map_err(ControlError::InvalidArgument)?;
-            descriptors.insert(d.id.clone(), d.clone());
-        }
-        for f in req
-            .functions
-            .iter()
-            .chain(req.descriptors.iter().map(|d| &d.id))
-        {
-            check_id("function id", f).map_err(ControlError::InvalidArgument)?;
-            if !functions.iter().any(|p| &p.id == f) {
-                let version = descriptors
-                    .get(f)
-                    .map(|d| d.version.clone())
-                    .unwrap_or_default();
-                functions.push(ProvidedFunction {
-                    id: f.clone(),
-                    version,
-                });
-            }
-        }
+        let functions = provided_functions(&req)?;
+        let writes = self.descriptor_writes(&req, &functions)?;
 
         // Resume the same session when asked and still alive here.
         let existing = self.session(&req.agent_id);
@@ -363,8 +376,12 @@ impl ControlPlane {
             session_id: session_id.clone(),
             registered_at: now_ms(),
         };
-        self.store_descriptors(&req, &functions, &descriptors)
-            .await?;
+        for (key, value) in writes {
+            self.store
+                .put(&key, value, None)
+                .await
+                .map_err(ControlError::store(format!("storing descriptor {key}")))?;
+        }
         let value = serde_json::to_vec(&record).map_err(|e| {
             ControlError::InvalidArgument(format!("agent record cannot be encoded: {e}"))
         })?;
@@ -374,6 +391,10 @@ impl ControlPlane {
             .await
             .map_err(ControlError::store("storing the agent registration"))?;
 
+        let max_frame = match req.max_message_bytes {
+            n if n > 0 => (n as usize).min(self.cfg.max_message_bytes),
+            _ => DEFAULT_MAX_MESSAGE_BYTES.min(self.cfg.max_message_bytes),
+        };
         let session = match existing.filter(|_| resumed) {
             Some(s) => s,
             None => {
@@ -390,6 +411,7 @@ impl ControlPlane {
                     in_flight: AtomicI64::new(0),
                     running: RunningJobs::default(),
                     cpu_tenths: AtomicI64::new(-1),
+                    max_frame,
                 });
                 self.sessions
                     .write()
@@ -426,7 +448,22 @@ impl ControlPlane {
         })
     }
 
-    fn check_limits(&self, req: &pb::RegisterAgentRequest) -> Result<(), ControlError> {
+    /// The checks of a registration that need nothing but the request: ids, identity, draining
+    /// and the size limits of labels, functions and descriptors.
+    fn check_registration(
+        &self,
+        who: &Identity,
+        req: &pb::RegisterAgentRequest,
+    ) -> Result<(), ControlError> {
+        check_id("agent_id", &req.agent_id).map_err(ControlError::InvalidArgument)?;
+        Self::require_agent(who, &req.agent_id, "register")?;
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(ControlError::Unavailable(
+                "server is shutting down; register with another server or retry".into(),
+            ));
+        }
+        check_id("game_id", &req.game_id).map_err(ControlError::InvalidArgument)?;
+        check_id("env", &req.env).map_err(ControlError::InvalidArgument)?;
         if req.labels.len() > self.cfg.max_labels {
             return Err(ControlError::ResourceExhausted(format!(
                 "agent {} has {} labels; at most {} are allowed",
@@ -438,9 +475,15 @@ impl ControlPlane {
         for (k, v) in &req.labels {
             if k.is_empty() || k.len() > 128 || v.len() > 256 {
                 return Err(ControlError::InvalidArgument(format!(
-                    "label {k:?}: keys must be 1-128 characters and values at most 256"
+                    "label {:?}: keys must be 1-128 characters and values at most 256",
+                    excerpt(k, 40)
                 )));
             }
+        }
+        if req.version.chars().count() > 128 {
+            return Err(ControlError::InvalidArgument(
+                "version: at most 128 characters".into(),
+            ));
         }
         let n = req.functions.len() + req.descriptors.len();
         if n > self.cfg.max_functions {
@@ -449,17 +492,35 @@ impl ControlPlane {
                 req.agent_id, self.cfg.max_functions
             )));
         }
+        for d in &req.descriptors {
+            check_id("descriptor id", &d.id).map_err(ControlError::InvalidArgument)?;
+            check_descriptor(d, self.cfg.max_descriptor_bytes, &self.cfg.schema_limits)
+                .map_err(ControlError::InvalidArgument)?;
+        }
         Ok(())
     }
 
-    async fn store_descriptors(
+    /// The descriptor writes a registration makes, after checking that the agent may make them:
+    /// an admin's descriptor is never overwritten, and a descriptor another live agent declared
+    /// differently is not either (the registration is refused, naming that agent). Also keeps
+    /// the number of functions in the game and env under its limit.
+    fn descriptor_writes(
         &self,
         req: &pb::RegisterAgentRequest,
         functions: &[ProvidedFunction],
-        descriptors: &HashMap<String, common::FunctionDescriptor>,
-    ) -> Result<(), ControlError> {
+    ) -> Result<Vec<(String, Vec<u8>)>, ControlError> {
+        let declared: HashMap<&str, &common::FunctionDescriptor> =
+            req.descriptors.iter().map(|d| (d.id.as_str(), d)).collect();
+        let mut writes = Vec::new();
+        let mut new_functions = 0usize;
+        let mut scope_count = None;
         for f in functions {
             let fk = croupier_registry::view::FnKey::new(&req.game_id, &req.env, &f.id);
+            let (count, known) = self.view.function_count(&fk);
+            scope_count.get_or_insert(count);
+            if !known {
+                new_functions += 1;
+            }
             let current = self.view.descriptor(&fk);
             if current
                 .as_ref()
@@ -467,7 +528,7 @@ impl ControlPlane {
             {
                 continue; // an admin's descriptor wins over what agents declare
             }
-            let proposed = match descriptors.get(&f.id) {
+            let mut proposed = match declared.get(f.id.as_str()) {
                 Some(d) => {
                     DescriptorRecord::from_proto(&req.game_id, &req.env, d, DescriptorSource::Agent)
                 }
@@ -480,18 +541,55 @@ impl ControlPlane {
                     ..Default::default()
                 },
             };
-            if current.as_deref() == Some(&proposed) {
-                continue;
+            proposed.declared_by = req.agent_id.clone();
+            if let Some(c) = &current {
+                if c.same_content(&proposed) {
+                    continue;
+                }
+                if let Some(owner) = self.other_declarer(c, &fk, &req.agent_id) {
+                    return Err(ControlError::FailedPrecondition(format!(
+                        "function {} in game {:?} env {:?} is declared differently by live agent \
+                         {owner}; declare the same descriptor, stop {owner} first, or have an \
+                         admin set the descriptor (`croupier function register`)",
+                        f.id, req.game_id, req.env
+                    )));
+                }
             }
             let value = serde_json::to_vec(&proposed).map_err(|e| {
-                ControlError::InvalidArgument(format!("descriptor {} cannot be encoded: {e}", f.id))
+                ControlError::Internal(format!("descriptor {} cannot be encoded: {e}", f.id))
             })?;
-            self.store
-                .put(&keys::function(&req.game_id, &req.env, &f.id), value, None)
-                .await
-                .map_err(ControlError::store(format!("storing descriptor {}", f.id)))?;
+            writes.push((keys::function(&req.game_id, &req.env, &f.id), value));
         }
-        Ok(())
+        let count = scope_count.unwrap_or(0);
+        if new_functions > 0 && count + new_functions > self.cfg.max_functions_per_scope {
+            return Err(ControlError::ResourceExhausted(format!(
+                "game {:?} env {:?} has {count} functions; {new_functions} more would pass the \
+                 limit of {} (limits.max_functions_per_scope)",
+                req.game_id, req.env, self.cfg.max_functions_per_scope
+            )));
+        }
+        Ok(writes)
+    }
+
+    /// Another live agent that provides the function and stands behind its current descriptor:
+    /// the agent that declared it, or, for a descriptor stored without that record, any other
+    /// live provider.
+    fn other_declarer(
+        &self,
+        current: &DescriptorRecord,
+        fk: &croupier_registry::view::FnKey,
+        agent_id: &str,
+    ) -> Option<String> {
+        let providers = self.view.candidates(fk);
+        let live = |id: &str| id != agent_id && providers.iter().any(|c| c.agent.agent_id == id);
+        if current.declared_by.is_empty() {
+            providers
+                .iter()
+                .map(|c| c.agent.agent_id.clone())
+                .find(|id| live(id))
+        } else {
+            live(&current.declared_by).then(|| current.declared_by.clone())
+        }
     }
 
     /// Handles `Heartbeat`.
@@ -501,6 +599,7 @@ impl ControlPlane {
         req: pb::HeartbeatRequest,
     ) -> Result<pb::HeartbeatResponse, ControlError> {
         Self::require_agent(who, &req.agent_id, "heartbeat")?;
+        self.check_status(&req.status)?;
         let session = self
             .session(&req.agent_id)
             .filter(|s| req.session_id.is_empty() || s.session_id == req.session_id)
@@ -522,6 +621,20 @@ impl ControlPlane {
             success: true,
             node_state: common::NodeState::from(self.view.node(&req.agent_id).state) as i32,
         })
+    }
+
+    fn check_status(&self, status: &HashMap<String, String>) -> Result<(), ControlError> {
+        let bytes: usize = status.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if status.len() > self.cfg.max_status_entries || bytes > self.cfg.max_status_bytes {
+            return Err(ControlError::ResourceExhausted(format!(
+                "heartbeat status has {} entries, {bytes} bytes; at most {} entries and {} bytes \
+                 are allowed (limits.max_status_entries, limits.max_status_bytes)",
+                status.len(),
+                self.cfg.max_status_entries,
+                self.cfg.max_status_bytes
+            )));
+        }
+        Ok(())
     }
 
     /// Handles `Connect`: validates the Hello, attaches the tunnel to the session and returns
@@ -556,6 +669,7 @@ impl ControlPlane {
             frame: Some(server_frame::Frame::Welcome(pb::Welcome {
                 session_id: session.session_id.clone(),
                 node_state: common::NodeState::from(self.view.node(&hello.agent_id).state) as i32,
+                max_message_bytes: self.cfg.max_message_bytes as i64,
             })),
         };
         tx.send(Ok(welcome))
@@ -596,20 +710,21 @@ impl ControlPlane {
                 Some(agent_frame::Frame::Result(r)) => {
                     let pending = lock(&session.pending).remove(&r.request_id);
                     if let Some(p) = pending {
-                        let _ = p.tx.send(Ok(r));
+                        let _ = p.tx.send(Ok(self.checked_result(&session.agent_id, r)));
                     }
                 }
                 Some(agent_frame::Frame::Goodbye(g)) => {
                     // The agent takes no new work; keep reading so the answers of calls already
                     // running still arrive, until the agent closes the stream.
-                    tracing::info!(agent_id = %session.agent_id, reason = %g.reason, "agent said goodbye");
+                    let reason = excerpt(&g.reason, self.cfg.max_text_chars);
+                    tracing::info!(agent_id = %session.agent_id, reason = %reason, "agent said goodbye");
                     said_goodbye = true;
                     self.forget(&session, "agent said goodbye").await;
                 }
                 Some(agent_frame::Frame::JobEvent(e)) => match (self.jobs.get(), e.event) {
                     (Some(sink), Some(ev)) => {
                         session.running.event(&ev);
-                        sink.event(&session.agent_id, generation, ev)
+                        sink.event(&session.agent_id, generation, ev).await
                     }
                     _ => {
                         tracing::debug!(agent_id = %session.agent_id, "job event dropped: jobs are not served")
@@ -637,6 +752,22 @@ impl ControlPlane {
             // Jobs the agent did not finish before it left are lost.
             sink.agent_gone(&session.agent_id, "the agent shut down");
         }
+    }
+
+    /// A result as it may reach the caller: one past the payload limits (which the caller's
+    /// decoder shares) becomes a failure that says so, and the error text is bounded.
+    fn checked_result(&self, agent_id: &str, mut r: InvokeResult) -> InvokeResult {
+        if let Err(e) = check_payload(r.result.as_ref(), self.cfg.max_message_bytes) {
+            tracing::warn!(agent_id, request_id = %r.request_id, error = %e, "agent result refused");
+            r.result = None;
+            r.success = false;
+            r.error = format!("the result of agent {agent_id} {e}");
+            r.error_code = "RESULT_REFUSED".into();
+        }
+        if r.error.len() > 16 * 1024 {
+            r.error = excerpt(&r.error, 4096);
+        }
+        r
     }
 
     /// Ends a session: closes its tunnel, fails its pending invocations, forgets it and revokes
@@ -706,6 +837,13 @@ impl ControlPlane {
             )));
         }
         check_id("agent_id", &req.agent_id).map_err(ControlError::InvalidArgument)?;
+        if req.reason.chars().count() > self.cfg.max_text_chars {
+            return Err(ControlError::InvalidArgument(format!(
+                "reason is {} characters; at most {} are allowed",
+                req.reason.chars().count(),
+                self.cfg.max_text_chars
+            )));
+        }
         let state = common::NodeState::try_from(req.state).map_err(|_| {
             ControlError::InvalidArgument(format!(
                 "state {} is not a node state (0 normal, 1 maintenance, 2 disabled)",
@@ -735,7 +873,7 @@ impl ControlPlane {
                 })),
             }));
         }
-        tracing::info!(agent_id = %req.agent_id, state = record.state.as_str(), actor = %record.actor, reason = %record.reason, "node state changed");
+        tracing::info!(agent_id = %req.agent_id, state = record.state.as_str(), actor = %record.actor, reason = %excerpt(&record.reason, 200), "node state changed");
         if record.state == NodeState::Disabled
             && let Some(sink) = self.jobs.get()
         {
@@ -846,6 +984,66 @@ impl ControlPlane {
     }
 }
 
+/// The functions a registration provides: those it lists and those it describes, once each.
+fn provided_functions(
+    req: &pb::RegisterAgentRequest,
+) -> Result<Vec<ProvidedFunction>, ControlError> {
+    let versions: HashMap<&str, &str> = req
+        .descriptors
+        .iter()
+        .map(|d| (d.id.as_str(), d.version.as_str()))
+        .collect();
+    let mut functions: Vec<ProvidedFunction> = Vec::new();
+    let mut seen = HashSet::new();
+    for f in req
+        .functions
+        .iter()
+        .chain(req.descriptors.iter().map(|d| &d.id))
+    {
+        check_id("function id", f).map_err(ControlError::InvalidArgument)?;
+        if seen.insert(f.as_str()) {
+            functions.push(ProvidedFunction {
+                id: f.clone(),
+                version: versions.get(f.as_str()).unwrap_or(&"").to_string(),
+            });
+        }
+    }
+    Ok(functions)
+}
+
+/// Checks one declared descriptor against the size and schema limits; the error names the
+/// function and the limit.
+pub fn check_descriptor(
+    d: &common::FunctionDescriptor,
+    max_bytes: usize,
+    limits: &SchemaLimits,
+) -> Result<(), String> {
+    use prost::Message as _;
+    let bytes = d.encoded_len();
+    if bytes > max_bytes {
+        return Err(format!(
+            "descriptor of {} is {bytes} bytes; at most {max_bytes} are allowed              (limits.max_descriptor_bytes)",
+            d.id
+        ));
+    }
+    for (what, schema) in [
+        ("params_schema", &d.params_schema),
+        ("result_schema", &d.result_schema),
+    ] {
+        let Some(schema) = schema else { continue };
+        if let Err(e) = check_payload(Some(schema), usize::MAX) {
+            return Err(format!("{what} of {} {e}", d.id));
+        }
+        let json = croupier_proto::json::struct_to_json(schema);
+        check_limits(&json, limits).map_err(|e| format!("{what} of {} {e}", d.id))?;
+        if what == "params_schema" {
+            croupier_registry::schema::compile(&json)
+                .map_err(|e| format!("{what} of {} {e}", d.id))?;
+        }
+    }
+    Ok(())
+}
+
 fn expired(agent_id: &str) -> ControlError {
     ControlError::NotFound(format!(
         "agent {agent_id:?} has no live session on this server (expired or never registered); \
@@ -908,8 +1106,12 @@ impl AgentLink for ControlPlane {
         let not_connected = || LinkError::NotConnected(agent_id.to_string());
         let session = self.session(agent_id).ok_or_else(not_connected)?;
         let tunnel = session.tunnel().ok_or_else(not_connected)?;
-        let (tx, rx) = oneshot::channel();
         let request_id = invoke.request_id.clone();
+        let frame = ServerFrame {
+            frame: Some(server_frame::Frame::Invoke(invoke)),
+        };
+        session.check_frame(&frame)?;
+        let (tx, rx) = oneshot::channel();
         lock(&session.pending).insert(
             request_id.clone(),
             Pending {
@@ -923,9 +1125,6 @@ impl AgentLink for ControlPlane {
             request_id,
             tx: tunnel.tx.clone(),
             done: false,
-        };
-        let frame = ServerFrame {
-            frame: Some(server_frame::Frame::Invoke(invoke)),
         };
         if tunnel.tx.send(Ok(frame)).await.is_err() {
             lock(&session.pending).remove(&guard.request_id);
@@ -941,12 +1140,13 @@ impl AgentLink for ControlPlane {
         let not_connected = || LinkError::NotConnected(agent_id.to_string());
         let session = self.session(agent_id).ok_or_else(not_connected)?;
         let tunnel = session.tunnel().ok_or_else(not_connected)?;
-        // Counted before it is sent, so that its terminal event cannot arrive first.
         let job_id = invoke.job_id.clone();
-        session.running.started(&job_id);
         let frame = ServerFrame {
             frame: Some(server_frame::Frame::Invoke(invoke)),
         };
+        session.check_frame(&frame)?;
+        // Counted before it is sent, so that its terminal event cannot arrive first.
+        session.running.started(&job_id);
         if tunnel.tx.send(Ok(frame)).await.is_err() {
             session.running.ended(&job_id);
             return Err(not_connected());

@@ -6,9 +6,16 @@
 //! - the same key with a different payload is `FAILED_PRECONDITION`.
 //!
 //! Only outcomes where the handler ran (success or handler error) are kept. When the call fails
-//! before or around execution (no agent, deadline, agent lost) the pending record is removed so
-//! the caller can retry with the same key. A pending record whose executor died expires after
-//! the call's deadline.
+//! before execution (no agent, agent lost) the pending record is removed so the caller can
+//! retry with the same key. When the deadline passes while the agent still runs the handler,
+//! the record stays pending: the server cancels the call and waits (up to a grace period) for
+//! the agent's last word; an outcome that completed is stored, a cancelled one frees the key.
+//! Meanwhile a repeat waits for the outcome, or, when its own deadline comes first, gets
+//! `UNAVAILABLE` ("still running"), which is safe to retry. A pending record whose executor
+//! died expires after the deadline plus that grace.
+//!
+//! Keys are shared by every caller identity: a repeat by another identity with the same key and
+//! payload gets the stored outcome (it must be authorised to invoke the function).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,19 +92,21 @@ impl Idempotency {
         )
     }
 
-    /// Claims the key or finds its outcome; waits up to `wait` for a concurrent first call.
+    /// Claims the key or finds its outcome; waits up to `wait` for a concurrent first call. A
+    /// claim stands for at most `hold` (the deadline plus the grace for a late answer) if its
+    /// executor dies.
     pub async fn begin(
         &self,
         key: String,
         payload_hash: String,
         wait: Duration,
+        hold: Duration,
     ) -> Result<Begin, FunctionError> {
         let deadline = tokio::time::Instant::now() + wait;
         let pending = |hash: &str| Record {
             state: State::Pending,
             payload_hash: hash.to_string(),
-            // A pending record outlives its executor by at most the call's deadline (+ slack).
-            expires_at: now_ms() + wait.as_millis() as i64 + 5_000,
+            expires_at: now_ms() + hold.as_millis() as i64 + 5_000,
             response: String::new(),
         };
         loop {
@@ -171,9 +180,10 @@ impl Idempotency {
             .await
             .map_err(FunctionError::store("watching the idempotency key"))?;
         let timeout = || {
-            FunctionError::DeadlineExceeded(
-                "a call with the same idempotency key is still running; its outcome did not \
-                 arrive before the deadline"
+            FunctionError::Unavailable(
+                "the first call with this idempotency key is still running; its outcome did not \
+                 arrive before this call's deadline. Retry with the same key to get it (nothing \
+                 runs twice)"
                     .into(),
             )
         };

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use croupier_control::audit::{AuditLog, AuditRecord, mask};
+use croupier_control::audit::{AuditLog, AuditRecord};
 use croupier_control::{AgentLink, LinkError};
 use croupier_proto::common::v1::FunctionDescriptor;
 use croupier_proto::control::v1::{Invoke, InvokeResult};
@@ -14,11 +14,12 @@ use croupier_proto::function::v1::{
     AgentResult, InvokeFunctionRequest, InvokeFunctionResponse, InvokeJobRequest, InvokeJobResponse,
 };
 use croupier_proto::json::opt_struct_to_json;
+use croupier_proto::limits::{PayloadError, check_payload};
 use croupier_registry::identity::{Identity, Role};
 use croupier_registry::ids::check_id;
 use croupier_registry::keys;
 use croupier_registry::model::{DescriptorRecord, DescriptorSource, NodeState, now_ms};
-use croupier_registry::schema::{SchemaCache, check, compile};
+use croupier_registry::schema::{PayloadCheckError, SchemaCache, SchemaLimits};
 use croupier_registry::store::Store;
 use croupier_registry::view::{Candidate, FnKey, RegistryView};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -42,6 +43,18 @@ pub struct InvokeConfig {
     pub idempotency_retention: Duration,
     /// Most calls one caller identity may have in flight. Default 1024.
     pub max_concurrent_per_caller: usize,
+    /// The server's message limit: payloads must fit in it with room for the tunnel frame.
+    /// Default 10 MiB.
+    pub max_message_bytes: usize,
+    /// Bounds on params schemas.
+    pub schema_limits: SchemaLimits,
+    /// Longest a payload's schema validation may take. Default 1 s.
+    pub schema_budget: Duration,
+    /// Most bytes of one function descriptor, encoded. Default 64 KiB.
+    pub max_descriptor_bytes: usize,
+    /// How long after the deadline of a call with an idempotency key the server still waits for
+    /// the agent's answer (the key stays claimed meanwhile, so nothing runs twice). Default 30 s.
+    pub late_answer_grace: Duration,
 }
 
 impl Default for InvokeConfig {
@@ -51,6 +64,11 @@ impl Default for InvokeConfig {
             max_timeout: Duration::from_secs(3600),
             idempotency_retention: Duration::from_secs(24 * 3600),
             max_concurrent_per_caller: 1024,
+            max_message_bytes: croupier_proto::limits::DEFAULT_MAX_MESSAGE_BYTES,
+            schema_limits: SchemaLimits::default(),
+            schema_budget: Duration::from_secs(1),
+            max_descriptor_bytes: 64 * 1024,
+            late_answer_grace: Duration::from_secs(30),
         }
     }
 }
@@ -61,7 +79,7 @@ pub struct Invoker {
     store: Arc<dyn Store>,
     view: Arc<RegistryView>,
     link: Arc<dyn AgentLink>,
-    idem: Idempotency,
+    idem: Arc<Idempotency>,
     schemas: SchemaCache,
     rotation: Rotation,
     audit: AuditLog,
@@ -78,7 +96,7 @@ struct Prepared {
     opts: croupier_proto::function::v1::InvokeOptions,
     mode: Mode,
     /// The payload as JSON, when it was needed (schema or idempotency key).
-    payload_json: Option<serde_json::Value>,
+    payload_json: Option<Arc<serde_json::Value>>,
     /// Another replica forwarded the request: only this server's agents may take it.
     local_only: bool,
 }
@@ -92,6 +110,25 @@ struct Call<'a> {
     deadline: Instant,
     timeout: Duration,
     retry_safe: bool,
+    /// The call claimed an idempotency key: an answer after the deadline still counts.
+    keyed: bool,
+    /// Set by [`Invoker::send`] when the deadline passed while the agent still ran the call.
+    late: Mutex<Option<LateAnswer>>,
+}
+
+/// A call whose deadline passed on an agent that may still be running it.
+struct LateAnswer {
+    agent: String,
+    answer: AbortOnDrop<Result<InvokeResult, LinkError>>,
+}
+
+/// A spawned task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Invoker {
@@ -103,15 +140,16 @@ impl Invoker {
         link: Arc<dyn AgentLink>,
         audit: AuditLog,
     ) -> Self {
-        let idem = Idempotency::new(store.clone(), cfg.idempotency_retention);
+        let idem = Arc::new(Idempotency::new(store.clone(), cfg.idempotency_retention));
         let pipelines = Pipelines::new(store.clone());
+        let schemas = SchemaCache::new(cfg.schema_limits, cfg.schema_budget);
         Invoker {
             cfg,
             store,
             view,
             link,
             idem,
-            schemas: SchemaCache::default(),
+            schemas,
             rotation: Rotation::default(),
             audit,
             per_caller: Mutex::new(HashMap::new()),
@@ -198,7 +236,7 @@ impl Invoker {
                 outcome,
                 details: serde_json::json!({
                     "agent": result.as_ref().map(|r| r.agent_id.clone()).unwrap_or_default(),
-                    "payload": mask(&opt_struct_to_json(req.payload.as_ref()), &sensitive),
+                    "payload": self.audit.payload(&opt_struct_to_json(req.payload.as_ref()), &sensitive),
                     "millis": started.elapsed().as_millis() as u64,
                 }),
             });
@@ -226,16 +264,26 @@ impl Invoker {
         })
     }
 
-    /// Checks ids, resolves the function, authorises the caller and validates the payload.
-    fn prepare(
+    /// Checks ids, resolves the function, authorises the caller and validates the payload
+    /// (its depth and size against the limits every decoder shares, then its schema, within
+    /// the caller's deadline).
+    async fn prepare(
         &self,
         who: &Identity,
         req: &InvokeFunctionRequest,
         local_only: bool,
+        caller_timeout: Option<Duration>,
     ) -> Result<Prepared, FunctionError> {
         check_id("game_id", &req.game_id).map_err(FunctionError::InvalidArgument)?;
         check_id("env", &req.env).map_err(FunctionError::InvalidArgument)?;
         check_id("function_id", &req.function_id).map_err(FunctionError::InvalidArgument)?;
+        check_payload(req.payload.as_ref(), self.cfg.max_message_bytes).map_err(|e| {
+            let msg = format!("the payload of {} {e}", req.function_id);
+            match e {
+                PayloadError::TooDeep { .. } => FunctionError::InvalidArgument(msg),
+                PayloadError::TooLarge { .. } => FunctionError::ResourceExhausted(msg),
+            }
+        })?;
         let opts = req.options.clone().unwrap_or_default();
         let mode = Mode::parse(&opts.routing_mode)?;
         let key = FnKey::new(&req.game_id, &req.env, &req.function_id);
@@ -256,24 +304,31 @@ impl Invoker {
                 .as_ref()
                 .is_some_and(|d| !d.params_schema.is_null())
         {
-            Some(opt_struct_to_json(req.payload.as_ref()))
+            Some(Arc::new(opt_struct_to_json(req.payload.as_ref())))
         } else {
             None
         };
-        if let (Some(d), Some(p)) = (&descriptor, &payload_json)
-            && let Some(v) = self.schemas.validator(&key, d).map_err(|e| {
-                FunctionError::FailedPrecondition(format!(
-                    "the params_schema of {} is not a valid JSON Schema ({e}); fix its descriptor",
-                    req.function_id
-                ))
-            })?
-        {
-            check(&v, p).map_err(|e| {
-                FunctionError::InvalidArgument(format!(
-                    "payload does not match the params schema of {}: {e}",
-                    req.function_id
-                ))
-            })?;
+        if let (Some(d), Some(p)) = (&descriptor, &payload_json) {
+            let deadline = caller_timeout.map(|t| Instant::now() + t);
+            self.schemas
+                .check(&key, d, p.clone(), deadline)
+                .await
+                .map_err(|e| match e {
+                    PayloadCheckError::Mismatch(e) => FunctionError::InvalidArgument(format!(
+                        "payload does not match the params schema of {}: {e}",
+                        req.function_id
+                    )),
+                    PayloadCheckError::BadSchema(e) => FunctionError::FailedPrecondition(format!(
+                        "the params_schema of {} {e}; fix its descriptor",
+                        req.function_id
+                    )),
+                    PayloadCheckError::Overran(t) => FunctionError::ResourceExhausted(format!(
+                        "checking the payload against the params schema of {} took longer than \
+                         {t:?}; the schema is too costly, and calls of {} are refused until its \
+                         descriptor changes",
+                        req.function_id, req.function_id
+                    )),
+                })?;
         }
         Ok(Prepared {
             key,
@@ -300,7 +355,7 @@ impl Invoker {
             mode,
             payload_json,
             local_only,
-        } = self.prepare(who, req, forwarded)?;
+        } = self.prepare(who, req, forwarded, caller_timeout).await?;
         let timeout = self.timeout(opts.timeout, descriptor.as_deref(), caller_timeout)?;
         let idem_key = (!opts.idempotency_key.is_empty()).then_some(opts.idempotency_key.as_str());
         let call = Call {
@@ -311,13 +366,16 @@ impl Invoker {
             req,
             deadline: started + timeout,
             timeout,
+            keyed: idem_key.is_some() && mode != Mode::Broadcast,
+            late: Mutex::new(None),
         };
         let Some(idem_key) = idem_key else {
             return self.route(&call, mode, &opts).await;
         };
         let record = Idempotency::record_key(&req.game_id, &req.env, &req.function_id, idem_key);
-        let hash = payload_hash(payload_json.as_ref().unwrap_or(&serde_json::Value::Null));
-        match self.idem.begin(record, hash, timeout).await? {
+        let hash = payload_hash(payload_json.as_deref().unwrap_or(&serde_json::Value::Null));
+        let hold = timeout + self.cfg.late_answer_grace;
+        match self.idem.begin(record, hash, timeout, hold).await? {
             Begin::Replay(resp) => Ok(resp),
             Begin::Execute(ticket) => match self.route(&call, mode, &opts).await {
                 Ok(resp) => {
@@ -325,11 +383,41 @@ impl Invoker {
                     Ok(resp)
                 }
                 Err(e) => {
-                    self.idem.abandon(ticket).await;
+                    let late = call.late.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    match late {
+                        Some(late) => self.await_late_answer(ticket, late),
+                        None => self.idem.abandon(ticket).await,
+                    }
                     Err(e)
                 }
             },
         }
+    }
+
+    /// The deadline of a keyed call passed while its agent may still run it: the key stays
+    /// claimed while the server waits (up to `late_answer_grace`) for the agent's answer. A
+    /// handler that completed stores its outcome (repeats get it); one that was cancelled or
+    /// timed out frees the key; no answer leaves the claim to expire.
+    fn await_late_answer(&self, ticket: crate::idempotency::Ticket, mut late: LateAnswer) {
+        let idem = self.idem.clone();
+        let grace = self.cfg.late_answer_grace;
+        tokio::spawn(async move {
+            match tokio::time::timeout(grace, &mut late.answer.0).await {
+                Ok(Ok(Ok(r)))
+                    if r.success
+                        || !matches!(r.error_code.as_str(), "DEADLINE_EXCEEDED" | "CANCELLED") =>
+                {
+                    tracing::info!(agent_id = %late.agent, "late answer of a keyed call stored");
+                    idem.finish(ticket, &response(r, &late.agent)).await;
+                }
+                Ok(_) => idem.abandon(ticket).await,
+                Err(_) => tracing::warn!(
+                    agent_id = %late.agent,
+                    "no answer from the agent within the grace after the deadline; the \
+                     idempotency key stays claimed until it expires"
+                ),
+            }
+        });
     }
 
     /// Starts a function as a job for `who` (`InvokeJob`): routes like `InvokeFunction`, stores
@@ -368,7 +456,7 @@ impl Invoker {
             let prepared = self.pipelines.prepare_start(&given).await?;
             req.payload = Some(croupier_proto::json::json_to_struct(&prepared));
         }
-        let p = self.prepare(who, &req, forwarded)?;
+        let p = self.prepare(who, &req, forwarded, None).await?;
         if p.mode == Mode::Broadcast {
             return Err(FunctionError::InvalidArgument(
                 "routing_mode broadcast is not supported for jobs: a job runs on one agent; \
@@ -404,10 +492,19 @@ impl Invoker {
                 &req.function_id,
                 &format!("job:{}", p.opts.idempotency_key),
             );
-            let hash = payload_hash(p.payload_json.as_ref().unwrap_or(&serde_json::Value::Null));
+            let hash = payload_hash(
+                p.payload_json
+                    .as_deref()
+                    .unwrap_or(&serde_json::Value::Null),
+            );
             match self
                 .idem
-                .begin(record, hash, Duration::from_secs(30))
+                .begin(
+                    record,
+                    hash,
+                    Duration::from_secs(30),
+                    Duration::from_secs(30),
+                )
                 .await?
             {
                 Begin::Replay(resp) => {
@@ -462,7 +559,7 @@ impl Invoker {
             details: serde_json::json!({
                 "job_id": outcome.as_ref().map(|(j, _)| j.clone()).unwrap_or_default(),
                 "agent": outcome.as_ref().map(|(_, a)| a.clone()).unwrap_or_default(),
-                "payload": mask(
+                "payload": self.audit.payload(
                     &opt_struct_to_json(req.payload.as_ref()),
                     &p.descriptor.as_ref().map(|d| d.sensitive_fields.clone()).unwrap_or_default(),
                 ),
@@ -568,6 +665,9 @@ impl Invoker {
                     return Ok((job_id, agent));
                 }
                 Err(CreateError::Store(e)) => return Err(e),
+                Err(CreateError::Link(e @ LinkError::FrameTooLarge { .. })) => {
+                    return Err(FunctionError::ResourceExhausted(e.to_string()));
+                }
                 Err(CreateError::Link(e)) => {
                     tracing::debug!(agent_id = %agent, error = %e, "job not sent; trying another agent");
                     excluded.push(agent);
@@ -755,6 +855,9 @@ impl Invoker {
                 | Err(Sent::Link(LinkError::Overloaded(_))) => {
                     excluded.push(agent.to_string());
                 }
+                Err(Sent::Link(e @ LinkError::FrameTooLarge { .. })) => {
+                    return Err(FunctionError::ResourceExhausted(e.to_string()));
+                }
                 Err(Sent::Link(LinkError::Lost(_)))
                     if call.retry_safe && mode != Mode::Targeted =>
                 {
@@ -819,7 +922,8 @@ impl Invoker {
                 },
             }
         });
-        let results: Vec<AgentResult> = futures::future::join_all(runs).await;
+        let mut results: Vec<AgentResult> = futures::future::join_all(runs).await;
+        fit_results(&mut results, self.cfg.max_message_bytes);
         let failed = results.iter().filter(|r| !r.success).count();
         InvokeFunctionResponse {
             success: failed == 0,
@@ -894,7 +998,28 @@ impl Invoker {
             job_id: String::new(),
         };
         let request_id = invoke.request_id.clone();
-        match tokio::time::timeout(remaining, self.link.invoke(agent, invoke)).await {
+        let outcome = if call.keyed {
+            // Spawned, so that an agent still running the call past the deadline can be heard.
+            let link = self.link.clone();
+            let owned = agent.to_string();
+            let mut answer = AbortOnDrop(tokio::spawn(
+                async move { link.invoke(&owned, invoke).await },
+            ));
+            match tokio::time::timeout(remaining, &mut answer.0).await {
+                Ok(joined) => Ok(joined.unwrap_or_else(|_| Err(LinkError::Lost(agent.into())))),
+                Err(elapsed) => {
+                    self.link.send_frame(agent, cancel_frame(&request_id));
+                    *call.late.lock().unwrap_or_else(|e| e.into_inner()) = Some(LateAnswer {
+                        agent: agent.to_string(),
+                        answer,
+                    });
+                    Err(elapsed)
+                }
+            }
+        } else {
+            tokio::time::timeout(remaining, self.link.invoke(agent, invoke)).await
+        };
+        match outcome {
             // The agent gave up at the deadline it was sent, which is never before ours; on a
             // busy machine its answer can be read before our own timer is: the same outcome.
             Ok(Ok(r))
@@ -985,7 +1110,7 @@ impl Invoker {
 
     /// Registers (or overrides) a descriptor. Admins may register anything (their descriptor
     /// wins over what agents declare); an agent may register functions in its own game and env
-    /// unless an admin's descriptor exists.
+    /// unless an admin's descriptor exists or another live agent declared it differently.
     pub async fn register_function(
         &self,
         who: &Identity,
@@ -996,9 +1121,16 @@ impl Invoker {
         check_id("game_id", game_id).map_err(FunctionError::InvalidArgument)?;
         check_id("env", env).map_err(FunctionError::InvalidArgument)?;
         check_id("descriptor.id", &d.id).map_err(FunctionError::InvalidArgument)?;
+        croupier_control::plane::check_descriptor(
+            d,
+            self.cfg.max_descriptor_bytes,
+            &self.cfg.schema_limits,
+        )
+        .map_err(FunctionError::InvalidArgument)?;
         let key = FnKey::new(game_id, env, &d.id);
-        let source = match who.role {
-            Role::Admin => DescriptorSource::Admin,
+        let current = self.view.descriptor(&key);
+        let (source, declared_by) = match who.role {
+            Role::Admin => (DescriptorSource::Admin, String::new()),
             Role::Agent => {
                 let registered_here = self
                     .view
@@ -1010,17 +1142,31 @@ impl Invoker {
                          registered in"
                     )));
                 }
-                if self
-                    .view
-                    .descriptor(&key)
-                    .is_some_and(|c| c.source == DescriptorSource::Admin)
-                {
-                    return Err(FunctionError::PermissionDenied(format!(
-                        "identity {who} may not override {}: an admin registered its descriptor",
-                        d.id
-                    )));
+                if let Some(c) = &current {
+                    if c.source == DescriptorSource::Admin {
+                        return Err(FunctionError::PermissionDenied(format!(
+                            "identity {who} may not override {}: an admin registered its \
+                             descriptor",
+                            d.id
+                        )));
+                    }
+                    let owner = &c.declared_by;
+                    if !owner.is_empty()
+                        && owner != &who.name
+                        && self
+                            .view
+                            .candidates(&key)
+                            .iter()
+                            .any(|p| &p.agent.agent_id == owner)
+                    {
+                        return Err(FunctionError::FailedPrecondition(format!(
+                            "function {} is declared by live agent {owner}; only it, or an \
+                             admin, may change its descriptor",
+                            d.id
+                        )));
+                    }
                 }
-                DescriptorSource::Agent
+                (DescriptorSource::Agent, who.name.clone())
             }
             _ => {
                 return Err(FunctionError::PermissionDenied(format!(
@@ -1029,14 +1175,8 @@ impl Invoker {
                 )));
             }
         };
-        let record = DescriptorRecord::from_proto(game_id, env, d, source);
-        if !record.params_schema.is_null() {
-            compile(&record.params_schema).map_err(|e| {
-                FunctionError::InvalidArgument(format!(
-                    "descriptor.params_schema is not a valid JSON Schema: {e}"
-                ))
-            })?;
-        }
+        let mut record = DescriptorRecord::from_proto(game_id, env, d, source);
+        record.declared_by = declared_by;
         let value = serde_json::to_vec(&record)
             .map_err(|e| FunctionError::Internal(format!("encoding descriptor: {e}")))?;
         let rev = self
@@ -1054,6 +1194,43 @@ impl Invoker {
             details: serde_json::Value::Null,
         });
         Ok(rev)
+    }
+
+    /// Deletes a function's descriptor (admins only). Agents that still provide the function
+    /// keep serving it; the next one to register declares its descriptor again.
+    pub async fn delete_function(
+        &self,
+        who: &Identity,
+        game_id: &str,
+        env: &str,
+        function_id: &str,
+    ) -> Result<bool, FunctionError> {
+        if who.role != Role::Admin {
+            return Err(FunctionError::PermissionDenied(format!(
+                "identity {who} may not delete function descriptors: an admin certificate is \
+                 required"
+            )));
+        }
+        check_id("game_id", game_id).map_err(FunctionError::InvalidArgument)?;
+        check_id("env", env).map_err(FunctionError::InvalidArgument)?;
+        check_id("function_id", function_id).map_err(FunctionError::InvalidArgument)?;
+        let rev = self
+            .store
+            .delete(&keys::function(game_id, env, function_id))
+            .await
+            .map_err(FunctionError::store("deleting the descriptor"))?;
+        if let Some(rev) = rev {
+            self.view.wait_for(rev, Duration::from_secs(5)).await;
+        }
+        self.audit.record(AuditRecord {
+            at: now_ms(),
+            who: who.uri(),
+            action: "delete_function",
+            target: format!("{game_id}/{env}/{function_id}"),
+            outcome: if rev.is_some() { "ok" } else { "not found" }.into(),
+            details: serde_json::Value::Null,
+        });
+        Ok(rev.is_some())
     }
 }
 
@@ -1093,6 +1270,44 @@ fn remote_error(owner: &str, agent: &str, s: tonic::Status) -> FunctionError {
         s.message()
     );
     FunctionError::from(tonic::Status::new(s.code(), message))
+}
+
+/// Keeps a broadcast's answer within the message limit: while the results together are too
+/// large, the largest one is replaced by an error that says why (each alone fits: agents' results
+/// are checked when they arrive).
+fn fit_results(results: &mut [AgentResult], max_message_bytes: usize) {
+    use prost::Message as _;
+    let limit = croupier_proto::limits::max_payload_bytes(max_message_bytes);
+    let mut total: usize = results.iter().map(|r| r.encoded_len() + 8).sum();
+    while total > limit {
+        let Some(largest) = results
+            .iter_mut()
+            .filter(|r| r.result.is_some())
+            .max_by_key(|r| r.encoded_len())
+        else {
+            return;
+        };
+        let before = largest.encoded_len();
+        largest.result = None;
+        largest.success = false;
+        largest.error = format!(
+            "the result ({before} bytes) was dropped: all agents' results together pass the \
+             message limit of {max_message_bytes} bytes; call the agent alone (routing_mode \
+             targeted) to get it"
+        );
+        largest.error_code = "RESULT_TOO_LARGE".into();
+        total = total - before + largest.encoded_len();
+    }
+}
+
+fn cancel_frame(request_id: &str) -> croupier_proto::control::v1::ServerFrame {
+    use croupier_proto::control::v1::{Cancel, ServerFrame, server_frame};
+    ServerFrame {
+        frame: Some(server_frame::Frame::Cancel(Cancel {
+            request_id: request_id.to_string(),
+            reason: "the call's deadline passed".into(),
+        })),
+    }
 }
 
 fn response(r: InvokeResult, agent: &str) -> InvokeFunctionResponse {

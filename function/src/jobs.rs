@@ -63,6 +63,18 @@ pub struct JobConfig {
     pub orphan_after: Duration,
     /// Most events per stored chunk. Default 512.
     pub chunk_events: usize,
+    /// Most bytes of one event (encoded); a larger one keeps its type, seq and a cut message,
+    /// and its data is replaced by a note of its size. Default 1 MiB.
+    pub max_event_bytes: usize,
+    /// Bytes of events kept per job; older (stored) ones are dropped past it, like events past
+    /// `max_events`. Default 16 MiB.
+    pub max_job_bytes: usize,
+    /// Bytes of events kept for all the jobs of one agent; past it, the oldest stored events of
+    /// the job receiving events are dropped. Default 64 MiB.
+    pub max_agent_bytes: usize,
+    /// Bytes of events from one agent not yet stored; past it, the server stops reading the
+    /// agent's tunnel until the writer catches up (backpressure). Default 16 MiB.
+    pub max_agent_unstored_bytes: usize,
 }
 
 impl Default for JobConfig {
@@ -75,6 +87,10 @@ impl Default for JobConfig {
             linger: Duration::from_secs(60),
             orphan_after: Duration::from_secs(45),
             chunk_events: 512,
+            max_event_bytes: 1024 * 1024,
+            max_job_bytes: 16 * 1024 * 1024,
+            max_agent_bytes: 64 * 1024 * 1024,
+            max_agent_unstored_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -206,6 +222,8 @@ struct JobState {
     record: JobRecord,
     /// Retained events, ascending seq.
     events: VecDeque<JobEvent>,
+    /// Encoded bytes of `events`.
+    bytes: usize,
     /// Highest seq stored.
     persisted_seq: i64,
     /// Bumped on each record change; the writer stores the record when it moved.
@@ -229,6 +247,7 @@ impl JobState {
         JobState {
             record,
             events: VecDeque::new(),
+            bytes: 0,
             persisted_seq: 0,
             record_version: 0,
             stored_version: 0,
@@ -249,6 +268,18 @@ impl JobState {
     /// Index of the first retained event with seq >= `seq`.
     fn index_of(&self, seq: i64) -> usize {
         self.events.partition_point(|e| e.seq < seq)
+    }
+
+    /// Drops the oldest retained event if it is stored (and not the last one); returns its size.
+    fn prune_one(&mut self) -> Option<usize> {
+        let front = self.events.front()?;
+        if front.seq > self.persisted_seq || front.seq >= self.record.last_seq {
+            return None;
+        }
+        let ev = self.events.pop_front()?;
+        let n = ev.encoded_len();
+        self.bytes = self.bytes.saturating_sub(n);
+        Some(n)
     }
 
     /// Seq of the oldest event a subscriber can still get.
@@ -301,6 +332,19 @@ pub struct JobManager {
     dirty: Mutex<HashSet<String>>,
     wake: Notify,
     forwarder: std::sync::OnceLock<Arc<Forwarder>>,
+    /// Bytes of events per agent: kept in memory, and not yet stored.
+    usage: Mutex<HashMap<String, AgentUsage>>,
+    /// Notified when the writer stored events (agents waiting on backpressure look again).
+    stored: Notify,
+}
+
+/// Bytes of one agent's job events.
+#[derive(Default, Clone, Copy, Debug)]
+struct AgentUsage {
+    /// Kept in memory (all its live jobs).
+    retained: usize,
+    /// Received and not yet stored.
+    unstored: usize,
 }
 
 const FOLLOW_BATCH: usize = 256;
@@ -322,6 +366,8 @@ impl JobManager {
             dirty: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             forwarder: std::sync::OnceLock::new(),
+            usage: Mutex::new(HashMap::new()),
+            stored: Notify::new(),
         });
         m.load().await?;
         tokio::spawn(m.clone().run_writer(shutdown.clone()));
@@ -362,11 +408,69 @@ impl JobManager {
             .collect()
     }
 
+    /// Lets a job go from memory (its bytes no longer count for its agent).
     fn remove(&self, job_id: &str) {
-        self.jobs
+        let removed = self
+            .jobs
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(job_id);
+        if let Some(job) = removed {
+            let st = lock(&job.st);
+            let unstored: usize = st
+                .events
+                .iter()
+                .filter(|e| e.seq > st.persisted_seq)
+                .map(|e| e.encoded_len())
+                .sum();
+            self.account(
+                &st.record.agent_id,
+                -(st.bytes as isize),
+                -(unstored as isize),
+            );
+        }
+    }
+
+    /// Adds to (or takes from) an agent's byte counts.
+    fn account(&self, agent_id: &str, retained: isize, unstored: isize) {
+        let mut usage = lock(&self.usage);
+        let u = usage.entry(agent_id.to_string()).or_default();
+        u.retained = u.retained.saturating_add_signed(retained);
+        u.unstored = u.unstored.saturating_add_signed(unstored);
+        if u.retained == 0 && u.unstored == 0 {
+            usage.remove(agent_id);
+        }
+    }
+
+    fn usage_of(&self, agent_id: &str) -> AgentUsage {
+        lock(&self.usage).get(agent_id).copied().unwrap_or_default()
+    }
+
+    /// Waits while `agent_id` has more unstored event bytes than its budget: the tunnel's reader
+    /// waits here, so the agent is slowed by HTTP/2 flow control instead of filling memory.
+    async fn backpressure(&self, agent_id: &str) {
+        let budget = self.cfg.max_agent_unstored_bytes;
+        let mut logged = false;
+        loop {
+            let stored = self.stored.notified();
+            let unstored = self.usage_of(agent_id).unstored;
+            if unstored <= budget {
+                return;
+            }
+            if !logged {
+                logged = true;
+                metrics::counter!(crate::metrics::LIMITS_HIT, "kind" => "job_event_backpressure")
+                    .increment(1);
+                tracing::warn!(
+                    agent_id,
+                    unstored,
+                    budget,
+                    "agent's job events arrive faster than they are stored; reading its tunnel waits"
+                );
+            }
+            self.wake.notify_one();
+            let _ = tokio::time::timeout(Duration::from_millis(200), stored).await;
+        }
     }
 
     async fn load(&self) -> Result<(), StoreError> {
@@ -381,20 +485,20 @@ impl JobManager {
                 continue;
             }
             let (events, chunks) = self.load_events(&record.job_id).await?;
-            let mut st = JobState::new(record);
-            if let Some(last) = events.back() {
-                st.record.last_seq = st.record.last_seq.max(last.seq);
+            let mut st = self.restore(record, events, chunks);
+            if !st.record.status.is_terminal() {
+                st.orphan_since = Some(Instant::now());
             }
-            st.persisted_seq = st.record.last_seq;
-            st.record.first_seq = events.front().map(|e| e.seq).unwrap_or(0);
-            st.events = events;
-            st.chunks = chunks;
-            st.orphan_since = Some(Instant::now());
             let id = st.record.job_id.clone();
+            let ended = st.record.status.is_terminal();
+            let job = Job::new(id.clone(), st);
             self.jobs
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(id.clone(), Job::new(id, st));
+                .insert(id, job.clone());
+            if ended {
+                self.mark(&job); // its record catches up with its stored terminal event
+            }
             loaded += 1;
         }
         if loaded > 0 {
@@ -404,6 +508,35 @@ impl JobManager {
             );
         }
         Ok(())
+    }
+
+    /// A job's state from its stored record and events. When the events end with a terminal
+    /// event whose record update was not stored (a crash between the two writes), the job ends
+    /// as that event says: it never gets a second terminal event.
+    fn restore(
+        &self,
+        record: JobRecord,
+        events: VecDeque<JobEvent>,
+        chunks: VecDeque<Chunk>,
+    ) -> JobState {
+        let mut st = JobState::new(record);
+        if let Some(last) = events.back() {
+            st.record.last_seq = st.record.last_seq.max(last.seq);
+            let kind = EventType::try_from(last.r#type).unwrap_or(EventType::Log);
+            if is_terminal_event(last.r#type) && !st.record.status.is_terminal() {
+                tracing::info!(job_id = %st.record.job_id, "stored terminal event ends the job");
+                record_end(&mut st.record, kind, last);
+                st.ended = Some(Instant::now());
+                st.touch_record();
+            }
+        }
+        st.persisted_seq = st.record.last_seq;
+        st.record.first_seq = events.front().map(|e| e.seq).unwrap_or(0);
+        st.bytes = events.iter().map(|e| e.encoded_len()).sum();
+        self.account(&st.record.agent_id, st.bytes as isize, 0);
+        st.events = events;
+        st.chunks = chunks;
+        st
     }
 
     async fn load_events(
@@ -418,7 +551,12 @@ impl JobManager {
             let start = events.len();
             while !buf.is_empty() {
                 match JobEvent::decode_length_delimited(&mut buf) {
-                    Ok(e) => events.push_back(e),
+                    Ok(mut e) => {
+                        if e.received_at == 0 {
+                            e.received_at = now_ms(); // stored before receive times were kept
+                        }
+                        events.push_back(e)
+                    }
                     Err(e) => {
                         tracing::warn!(key = %kv.key, error = %e, "corrupt job event chunk cut short");
                         break;
@@ -763,16 +901,21 @@ impl JobManager {
             if st.record.status.is_terminal() {
                 return;
             }
+            let now = now_ms();
             let ev = JobEvent {
                 job_id: job.id.clone(),
                 r#type: kind as i32,
                 message,
                 progress: 0.0,
-                timestamp: now_ms(),
+                timestamp: now,
                 data: Some(json_to_struct(&serde_json::json!({ "code": code }))),
                 seq: st.record.last_seq + 1,
+                received_at: now,
             };
-            apply(&self.cfg, &mut st, ev);
+            let (added, dropped) = apply(&self.cfg, &mut st, ev);
+            let agent = st.record.agent_id.clone();
+            drop(st);
+            self.account(&agent, added as isize - dropped as isize, added as isize);
         }
         job.changed.send_replace(());
         self.mark(job);
@@ -841,6 +984,10 @@ impl JobManager {
                 first: first.seq,
                 last: last.seq,
             });
+            drop(st);
+            let stored: usize = chunk.iter().map(|e| e.encoded_len()).sum();
+            self.account(&agent, 0, -(stored as isize));
+            self.stored.notify_waiters();
         }
         if let Some((record, version)) = record {
             let value = serde_json::to_vec(&record)
@@ -904,18 +1051,16 @@ impl JobManager {
                             .cancel_sent
                             .is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
                 }
-                // Age retention, never past what is stored.
-                let mut pruned = false;
-                while st.events.front().is_some_and(|e| {
-                    e.timestamp < age_limit
-                        && e.seq <= st.persisted_seq
-                        && e.seq < st.record.last_seq
-                }) {
-                    st.events.pop_front();
-                    pruned = true;
+                // Age retention (by the server's receive time), never past what is stored.
+                let mut pruned = 0;
+                while st.events.front().is_some_and(|e| e.received_at < age_limit) {
+                    let Some(n) = st.prune_one() else { break };
+                    pruned += n;
                 }
-                if pruned {
+                if pruned > 0 {
                     st.record.first_seq = st.first_available();
+                    let agent = st.record.agent_id.clone();
+                    self.account(&agent, -(pruned as isize), 0);
                 }
                 let first = st.first_available();
                 while st.chunks.front().is_some_and(|c| c.last < first) {
@@ -1009,6 +1154,23 @@ impl JobManager {
             return Ok(());
         }
         let (events, _) = self.load_events(&r.job_id).await?;
+        if let Some(last) = events.back().filter(|e| is_terminal_event(e.r#type)) {
+            // It ended, and only its record missed the news: the record catches up.
+            let kind = EventType::try_from(last.r#type).unwrap_or(EventType::Error);
+            record_end(&mut r, kind, last);
+            r.last_seq = r.last_seq.max(last.seq);
+            let value = serde_json::to_vec(&r)
+                .map_err(|e| StoreError::Unavailable(format!("encoding job record: {e}")))?;
+            self.store
+                .compare_and_put(
+                    &keys::job(&r.job_id),
+                    Expect::ModRevision(mod_revision),
+                    value,
+                    None,
+                )
+                .await?;
+            return Ok(());
+        }
         let seq = events
             .back()
             .map(|e| e.seq)
@@ -1027,6 +1189,7 @@ impl JobManager {
             timestamp: now,
             data: Some(json_to_struct(&serde_json::json!({ "code": "AGENT_LOST" }))),
             seq,
+            received_at: now,
         };
         r.status = JobStatus::Failed;
         r.ended_at = now;
@@ -1074,56 +1237,9 @@ impl JobManager {
 }
 
 impl JobManager {
-    /// Takes over an unfinished job whose agent now holds its tunnel here (it moved from
-    /// another server): its record and stored events come from the store, and the agent sends
-    /// again what was not stored. False when the store has no such job for this agent.
-    async fn adopt(&self, agent_id: &str, job_id: &str) -> bool {
-        if self.get(job_id).is_some() {
-            return true;
-        }
-        let record = match self.load_record(job_id).await {
-            Ok(Some(r)) if r.agent_id == agent_id && !r.status.is_terminal() => r,
-            Ok(_) => return false,
-            Err(e) => {
-                tracing::warn!(job_id, error = %e, "reading a reported job failed");
-                return false;
-            }
-        };
-        let (events, chunks) = match self.load_events(job_id).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(job_id, error = %e, "reading a reported job's events failed");
-                return false;
-            }
-        };
-        let previous = record.server_id.clone();
-        let mut st = JobState::new(record);
-        if let Some(last) = events.back() {
-            st.record.last_seq = st.record.last_seq.max(last.seq);
-        }
-        st.persisted_seq = st.record.last_seq;
-        st.record.first_seq = events.front().map(|e| e.seq).unwrap_or(0);
-        st.events = events;
-        st.chunks = chunks;
-        if let Some(fwd) = self.forwarder.get() {
-            st.record.server_id = fwd.server_id().to_string();
-        }
-        st.touch_record();
-        let job = Job::new(job_id.to_string(), st);
-        self.jobs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(job_id.to_string())
-            .or_insert(job.clone());
-        self.mark(&job);
-        tracing::info!(job_id, agent_id, from = %previous, "job adopted: its agent moved here");
-        true
-    }
-}
-
-#[async_trait::async_trait]
-impl JobSink for JobManager {
-    fn event(&self, agent_id: &str, generation: u64, mut ev: JobEvent) {
+    /// Takes one event from an agent's tunnel: checks it belongs to a live job of the agent,
+    /// bounds its size, notes when it arrived and appends it (see [`apply`]).
+    fn accept_event(&self, agent_id: &str, generation: u64, mut ev: JobEvent) {
         let Some(job) = self.get(&ev.job_id) else {
             self.refuse(agent_id, &ev);
             return;
@@ -1163,10 +1279,75 @@ impl JobSink for JobManager {
             if ev.r#type == EventType::Gap as i32 {
                 ev.r#type = EventType::Log as i32; // GAP is the server's to send
             }
-            apply(&self.cfg, &mut st, ev);
+            ev.received_at = now_ms();
+            bound_event(&mut ev, self.cfg.max_event_bytes);
+            let (added, mut dropped) = apply(&self.cfg, &mut st, ev);
+            // The agent's jobs together keep at most max_agent_bytes.
+            let retained = self.usage_of(agent_id).retained + added - dropped;
+            let mut over = retained.saturating_sub(self.cfg.max_agent_bytes);
+            while over > 0 {
+                let Some(n) = st.prune_one() else { break };
+                over = over.saturating_sub(n);
+                dropped += n;
+            }
+            if over == 0 && retained > self.cfg.max_agent_bytes {
+                st.record.first_seq = st.first_available();
+                metrics::counter!(crate::metrics::LIMITS_HIT, "kind" => "agent_event_bytes")
+                    .increment(1);
+            }
+            self.account(agent_id, added as isize - dropped as isize, added as isize);
         }
         job.changed.send_replace(());
         self.mark(&job);
+    }
+}
+
+impl JobManager {
+    /// Takes over an unfinished job whose agent now holds its tunnel here (it moved from
+    /// another server): its record and stored events come from the store, and the agent sends
+    /// again what was not stored. False when the store has no such job for this agent.
+    async fn adopt(&self, agent_id: &str, job_id: &str) -> bool {
+        if self.get(job_id).is_some() {
+            return true;
+        }
+        let record = match self.load_record(job_id).await {
+            Ok(Some(r)) if r.agent_id == agent_id && !r.status.is_terminal() => r,
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::warn!(job_id, error = %e, "reading a reported job failed");
+                return false;
+            }
+        };
+        let (events, chunks) = match self.load_events(job_id).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(job_id, error = %e, "reading a reported job's events failed");
+                return false;
+            }
+        };
+        let previous = record.server_id.clone();
+        let mut st = self.restore(record, events, chunks);
+        if let Some(fwd) = self.forwarder.get() {
+            st.record.server_id = fwd.server_id().to_string();
+        }
+        st.touch_record();
+        let job = Job::new(job_id.to_string(), st);
+        self.jobs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(job_id.to_string())
+            .or_insert(job.clone());
+        self.mark(&job);
+        tracing::info!(job_id, agent_id, from = %previous, "job adopted: its agent moved here");
+        true
+    }
+}
+
+#[async_trait::async_trait]
+impl JobSink for JobManager {
+    async fn event(&self, agent_id: &str, generation: u64, ev: JobEvent) {
+        self.accept_event(agent_id, generation, ev);
+        self.backpressure(agent_id).await;
     }
 
     async fn report(&self, agent_id: &str, generation: u64, jobs: Vec<RunningJob>) {
@@ -1280,8 +1461,9 @@ impl JobSink for JobManager {
     }
 }
 
-/// Appends a new event to a job and applies what it means to the record.
-fn apply(cfg: &JobConfig, st: &mut JobState, ev: JobEvent) {
+/// Appends a new event to a job and applies what it means to the record; then drops the oldest
+/// stored events past the job's count and byte retention. Returns the bytes added and dropped.
+fn apply(cfg: &JobConfig, st: &mut JobState, ev: JobEvent) -> (usize, usize) {
     let kind = EventType::try_from(ev.r#type).unwrap_or(EventType::Log);
     let r = &mut st.record;
     match kind {
@@ -1297,35 +1479,7 @@ fn apply(cfg: &JobConfig, st: &mut JobState, ev: JobEvent) {
             }
         }
         EventType::Done | EventType::Error | EventType::Cancelled => {
-            let data = opt_struct_to_json(ev.data.as_ref());
-            r.status = match kind {
-                EventType::Done => JobStatus::Completed,
-                EventType::Error => JobStatus::Failed,
-                _ => JobStatus::Cancelled,
-            };
-            r.ended_at = if ev.timestamp > 0 {
-                ev.timestamp
-            } else {
-                now_ms()
-            };
-            if r.started_at == 0 {
-                r.started_at = r.ended_at;
-            }
-            match kind {
-                EventType::Done => r.result = data,
-                _ => {
-                    r.error = ev.message.clone();
-                    r.error_code = data
-                        .get("code")
-                        .and_then(|c| c.as_str())
-                        .unwrap_or(if kind == EventType::Cancelled {
-                            "CANCELLED"
-                        } else {
-                            "ERROR"
-                        })
-                        .to_string();
-                }
-            }
+            record_end(r, kind, &ev);
             st.ended = Some(Instant::now());
             st.record_version += 1;
         }
@@ -1335,18 +1489,83 @@ fn apply(cfg: &JobConfig, st: &mut JobState, ev: JobEvent) {
     if r.first_seq == 0 {
         r.first_seq = ev.seq;
     }
+    let added = ev.encoded_len();
+    st.bytes += added;
     st.events.push_back(ev);
-    // Count retention, never past what is stored.
-    let mut pruned = false;
-    while st.events.len() > cfg.max_events.max(1)
-        && st.events.front().is_some_and(|e| e.seq <= st.persisted_seq)
-    {
-        st.events.pop_front();
-        pruned = true;
+    // Count and byte retention, never past what is stored.
+    let mut dropped = 0;
+    while st.events.len() > cfg.max_events.max(1) || st.bytes > cfg.max_job_bytes {
+        let Some(n) = st.prune_one() else { break };
+        dropped += n;
     }
-    if pruned {
+    if dropped > 0 {
         st.record.first_seq = st.first_available();
+        if st.bytes + dropped > cfg.max_job_bytes {
+            metrics::counter!(crate::metrics::LIMITS_HIT, "kind" => "job_event_bytes").increment(1);
+        }
     }
+    (added, dropped)
+}
+
+/// Writes what a terminal event means into the job's record: status, end time, result or error.
+fn record_end(r: &mut JobRecord, kind: EventType, ev: &JobEvent) {
+    let data = opt_struct_to_json(ev.data.as_ref());
+    r.status = match kind {
+        EventType::Done => JobStatus::Completed,
+        EventType::Error => JobStatus::Failed,
+        _ => JobStatus::Cancelled,
+    };
+    r.ended_at = if ev.timestamp > 0 {
+        ev.timestamp
+    } else {
+        now_ms()
+    };
+    if r.started_at == 0 {
+        r.started_at = r.ended_at;
+    }
+    match kind {
+        EventType::Done => r.result = data,
+        _ => {
+            r.error = ev.message.clone();
+            r.error_code = data
+                .get("code")
+                .and_then(|c| c.as_str())
+                .unwrap_or(if kind == EventType::Cancelled {
+                    "CANCELLED"
+                } else {
+                    "ERROR"
+                })
+                .to_string();
+        }
+    }
+}
+
+/// Keeps an event within `max_bytes`: a larger one keeps its type, seq and times, its message
+/// is cut, and its data becomes a note of its size (a `DONE` whose result is dropped becomes an
+/// `ERROR`, since its result is gone).
+fn bound_event(ev: &mut JobEvent, max_bytes: usize) {
+    let bytes = ev.encoded_len();
+    if bytes <= max_bytes {
+        return;
+    }
+    metrics::counter!(crate::metrics::LIMITS_HIT, "kind" => "job_event_size").increment(1);
+    tracing::warn!(job_id = %ev.job_id, seq = ev.seq, bytes, max_bytes, "job event too large; its data was dropped");
+    let mut message = croupier_proto::limits::excerpt(&ev.message, 4096);
+    let mut code = "EVENT_TOO_LARGE";
+    if ev.r#type == EventType::Done as i32 {
+        ev.r#type = EventType::Error as i32;
+        code = "RESULT_TOO_LARGE";
+        message = format!(
+            "the job's result was {bytes} bytes, more than the {max_bytes} an event may hold \
+             (jobs.max_event_bytes)"
+        );
+    }
+    ev.message = message;
+    ev.data = Some(json_to_struct(&serde_json::json!({
+        "code": code,
+        "bytes": bytes,
+        "limit": max_bytes,
+    })));
 }
 
 /// Follows a live job for one subscriber.
@@ -1419,6 +1638,7 @@ fn gap(job_id: &str, from: i64, next: i64) -> JobEvent {
             &serde_json::json!({ "from_seq": from, "next_seq": next }),
         )),
         seq: 0,
+        received_at: 0,
     }
 }
 

@@ -10,12 +10,14 @@
 //! - [`pipeline`] — pipeline templates and how `pipeline.start` is filled.
 //! - [`service`] — the `FunctionService` handler.
 //! - [`error`] — [`FunctionError`] and its gRPC mapping.
+//! - [`metrics`] — the names of the metrics this crate records.
 
 pub mod error;
 pub mod forward;
 pub mod idempotency;
 pub mod invoke;
 pub mod jobs;
+pub mod metrics;
 pub mod pipeline;
 pub mod router;
 pub mod service;

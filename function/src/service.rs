@@ -126,6 +126,19 @@ impl FunctionService for FunctionServer {
         }))
     }
 
+    async fn delete_function(
+        &self,
+        request: Request<pb::DeleteFunctionRequest>,
+    ) -> Result<Response<pb::DeleteFunctionResponse>, Status> {
+        let who = caller(&request)?;
+        let r = request.into_inner();
+        let deleted = self
+            .invoker
+            .delete_function(&who, &r.game_id, &r.env, &r.function_id)
+            .await?;
+        Ok(Response::new(pb::DeleteFunctionResponse { deleted }))
+    }
+
     async fn get_job(
         &self,
         request: Request<pb::GetJobRequest>,

@@ -5,11 +5,15 @@
 //! Layout:
 //! - [`common`], [`control`], [`function`], [`registry`]: generated code, one module per package.
 //! - [`json`] — `Struct` ⇄ JSON conversions.
+//! - [`limits`] — the depth and size limits every decoder shares, checked at the edge.
+//! - [`codec`] — the gRPC codec: prost's, with substitutes for undecodable tunnel frames.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 
 #![allow(missing_docs)] // generated code carries the proto comments; helpers below are documented
 
+pub mod codec;
 pub mod json;
+pub mod limits;
 
 /// `croupier.common.v1`: descriptors and node states.
 pub mod common {

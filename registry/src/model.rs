@@ -150,8 +150,10 @@ pub enum DescriptorSource {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DescriptorRecord {
     /// Game.
+    #[serde(default)]
     pub game_id: String,
     /// Environment.
+    #[serde(default)]
     pub env: String,
     /// Function id.
     pub id: String,
@@ -206,6 +208,10 @@ pub struct DescriptorRecord {
     /// Who registered it.
     #[serde(default)]
     pub source: DescriptorSource,
+    /// For an agent's descriptor: the agent that declared it (while it lives, other agents
+    /// cannot declare the function differently). Empty for admin descriptors and old records.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub declared_by: String,
 }
 
 impl DescriptorRecord {
@@ -248,7 +254,15 @@ impl DescriptorRecord {
             icon: ui.icon,
             hints: ui.hints.into_iter().collect(),
             source,
+            declared_by: String::new(),
         }
+    }
+
+    /// True when both describe the function the same way (who declared it aside).
+    pub fn same_content(&self, other: &DescriptorRecord) -> bool {
+        let mut a = self.clone();
+        a.declared_by.clone_from(&other.declared_by);
+        a == *other
     }
 
     /// The proto descriptor.

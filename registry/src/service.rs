@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::identity::caller;
-use crate::view::{ChangeKind, Filter, RegistryView, ViewError};
+use crate::view::{ChangeKind, Filter, FnKey, RegistryView, ViewError};
 
 /// Live facts about an agent that only the server holding its tunnel knows.
 #[derive(Clone, Debug, Default)]
@@ -42,6 +42,47 @@ pub struct RegistryServer {
     view: Arc<RegistryView>,
     presence: Arc<dyn PresenceSource>,
     shutdown: CancellationToken,
+    max_message_bytes: usize,
+}
+
+/// Registrations in a page when the request does not say.
+pub const DEFAULT_REGISTRATIONS_PAGE: usize = 500;
+/// Agents in a page when the request does not say.
+pub const DEFAULT_AGENTS_PAGE: usize = 1000;
+/// Most items in one page.
+pub const MAX_PAGE: usize = 5000;
+
+fn page_size(asked: i32, default: usize) -> Result<usize, Status> {
+    match asked {
+        0 => Ok(default),
+        n if n < 0 => Err(Status::invalid_argument(format!(
+            "page_size is {n}; give 1-{MAX_PAGE}, or 0 for the default ({default})"
+        ))),
+        n => Ok((n as usize).min(MAX_PAGE)),
+    }
+}
+
+fn encode_token(key: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+}
+
+fn decode_token(token: &str) -> Result<Option<String>, Status> {
+    use base64::Engine as _;
+    if token.is_empty() {
+        return Ok(None);
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Status::invalid_argument(
+                "page_token is not one this server gave; pass the next_page_token of the \
+                 previous answer, or none for the first page",
+            )
+        })
 }
 
 impl RegistryServer {
@@ -56,7 +97,19 @@ impl RegistryServer {
             view,
             presence,
             shutdown,
+            max_message_bytes: croupier_proto::limits::DEFAULT_MAX_MESSAGE_BYTES,
         }
+    }
+
+    /// Keeps every answer under `bytes` (the server's message limit).
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Bytes one page may use: the message limit less room for the envelope.
+    fn page_bytes(&self) -> usize {
+        croupier_proto::limits::max_payload_bytes(self.max_message_bytes)
     }
 
     fn overlay(&self, reg: &mut pb::FunctionRegistration) {
@@ -98,12 +151,29 @@ impl RegistryService for RegistryServer {
     ) -> Result<Response<pb::GetRegistrationsResponse>, Status> {
         caller(&request)?;
         let r = request.into_inner();
+        let size = page_size(r.page_size, DEFAULT_REGISTRATIONS_PAGE)?;
+        let after = decode_token(&r.page_token)?
+            .map(|t| {
+                let mut parts = t.splitn(3, '/');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some(g), Some(e), Some(f)) => Ok(FnKey::new(g, e, f)),
+                    _ => Err(Status::invalid_argument(
+                        "page_token is not one this server gave; start again without it",
+                    )),
+                }
+            })
+            .transpose()?;
         let filter = Filter::new(r.game_id, r.env, r.function_id);
-        let (mut registrations, revision) = self.view.registrations(&filter);
+        let (mut registrations, revision, next) =
+            self.view
+                .registrations_page(&filter, after.as_ref(), size, self.page_bytes());
         registrations.iter_mut().for_each(|reg| self.overlay(reg));
         Ok(Response::new(pb::GetRegistrationsResponse {
             registrations,
             revision,
+            next_page_token: next
+                .map(|k| encode_token(&format!("{}/{}/{}", k.game_id, k.env, k.function_id)))
+                .unwrap_or_default(),
         }))
     }
 
@@ -193,34 +263,57 @@ impl RegistryService for RegistryServer {
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         caller(&request)?;
         let r = request.into_inner();
+        let size = page_size(r.page_size, DEFAULT_AGENTS_PAGE)?;
+        let after = decode_token(&r.page_token)?;
         let filter = Filter::new(r.game_id, r.env, String::new());
-        let agents = self
-            .view
-            .agents(&filter)
-            .into_iter()
-            .map(|(a, node)| {
-                let p = self.presence.presence(&a.agent_id).unwrap_or_default();
-                pb::AgentDetail {
-                    agent_id: a.agent_id.clone(),
-                    game_id: a.game_id.clone(),
-                    env: a.env.clone(),
-                    version: a.version.clone(),
-                    functions: a.functions.iter().map(|f| f.id.clone()).collect(),
-                    labels: a.labels.clone().into_iter().collect(),
-                    node_state: Some(NodeStateRecord::from(&node)),
-                    online: p.online,
-                    last_heartbeat: if p.last_heartbeat > 0 {
-                        p.last_heartbeat
-                    } else {
-                        a.registered_at
-                    },
-                    owner: a.owner.clone(),
-                    status: p.status,
-                    addr: a.addr.clone(),
-                    in_flight: p.in_flight,
-                }
-            })
-            .collect();
-        Ok(Response::new(pb::ListAgentsResponse { agents }))
+        let budget = self.page_bytes();
+        let (mut agents, mut bytes, mut more) = (Vec::new(), 0usize, false);
+        for (a, node) in self.view.agents(&filter) {
+            if after
+                .as_ref()
+                .is_some_and(|t| a.agent_id.as_str() <= t.as_str())
+            {
+                continue;
+            }
+            if agents.len() >= size {
+                more = true;
+                break;
+            }
+            let p = self.presence.presence(&a.agent_id).unwrap_or_default();
+            let detail = pb::AgentDetail {
+                agent_id: a.agent_id.clone(),
+                game_id: a.game_id.clone(),
+                env: a.env.clone(),
+                version: a.version.clone(),
+                functions: a.functions.iter().map(|f| f.id.clone()).collect(),
+                labels: a.labels.clone().into_iter().collect(),
+                node_state: Some(NodeStateRecord::from(&node)),
+                online: p.online,
+                last_heartbeat: if p.last_heartbeat > 0 {
+                    p.last_heartbeat
+                } else {
+                    a.registered_at
+                },
+                owner: a.owner.clone(),
+                status: p.status,
+                addr: a.addr.clone(),
+                in_flight: p.in_flight,
+            };
+            let len = prost::Message::encoded_len(&detail) + 8;
+            if !agents.is_empty() && bytes + len > budget {
+                more = true;
+                break;
+            }
+            bytes += len;
+            agents.push(detail);
+        }
+        let next_page_token = match (more, agents.last()) {
+            (true, Some(last)) => encode_token(&last.agent_id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents,
+            next_page_token,
+        }))
     }
 }

@@ -479,6 +479,63 @@ impl RegistryView {
         (collect_registrations(&st, filter), st.revision)
     }
 
+    /// One page of the registrations matching a filter, sorted by (game, env, function): those
+    /// after `after`, at most `max_items`, and no more than `max_bytes` encoded (at least one).
+    /// Returns the page, the revision, and the key to continue after when more follow.
+    pub fn registrations_page(
+        &self,
+        filter: &Filter,
+        after: Option<&FnKey>,
+        max_items: usize,
+        max_bytes: usize,
+    ) -> (Vec<pb::FunctionRegistration>, Revision, Option<FnKey>) {
+        use prost::Message as _;
+        let st = self.read();
+        let keys: BTreeSet<&FnKey> = st
+            .functions
+            .keys()
+            .chain(st.providers.keys())
+            .filter(|k| filter.matches(k) && after.is_none_or(|a| *k > a))
+            .collect();
+        let mut page = Vec::new();
+        let mut bytes = 0usize;
+        let mut last: Option<&FnKey> = None;
+        let mut more = false;
+        for k in keys {
+            if page.len() >= max_items.max(1) {
+                more = true;
+                break;
+            }
+            let reg = registration(&st, k);
+            let len = reg.encoded_len() + 8;
+            if !page.is_empty() && bytes + len > max_bytes {
+                more = true;
+                break;
+            }
+            bytes += len;
+            page.push(reg);
+            last = Some(k);
+        }
+        let next = if more { last.cloned() } else { None };
+        (page, st.revision, next)
+    }
+
+    /// How many functions (registered or provided) exist in a game and env, and whether `key`
+    /// is one of them.
+    pub fn function_count(&self, key: &FnKey) -> (usize, bool) {
+        let st = self.read();
+        let in_scope = |k: &&FnKey| k.game_id == key.game_id && k.env == key.env;
+        let provided_only = st
+            .providers
+            .keys()
+            .filter(in_scope)
+            .filter(|k| !st.functions.contains_key(*k))
+            .count();
+        let count = st.functions.keys().filter(in_scope).count() + provided_only;
+        let known = st.functions.contains_key(key) || st.providers.contains_key(key);
+        (count, known)
+    }
+
     /// Registrations matching a filter plus a cursor that yields every later change, taken
     /// atomically so nothing is missed or seen twice.
     pub fn snapshot_and_follow(

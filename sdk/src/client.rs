@@ -14,9 +14,10 @@ use croupier_proto::control::v1::{
     SetNodeStateRequest, SetNodeStateResponse, control_service_client::ControlServiceClient,
 };
 use croupier_proto::function::v1::{
-    CancelJobRequest, CancelJobResponse, EventType, GetJobRequest, InvokeFunctionRequest,
-    InvokeFunctionResponse, InvokeJobRequest, JobEvent, JobRecord, ListJobsRequest,
-    ListJobsResponse, StreamJobEventsRequest, function_service_client::FunctionServiceClient,
+    CancelJobRequest, CancelJobResponse, DeleteFunctionRequest, EventType, GetJobRequest,
+    InvokeFunctionRequest, InvokeFunctionResponse, InvokeJobRequest, JobEvent, JobRecord,
+    ListJobsRequest, ListJobsResponse, RegisterFunctionRequest, StreamJobEventsRequest,
+    function_service_client::FunctionServiceClient,
 };
 use croupier_proto::json::{json_to_struct, opt_struct_to_json};
 use croupier_proto::registry::v1::{
@@ -654,26 +655,40 @@ impl Client {
         .await
     }
 
-    /// Function registrations; empty arguments match everything.
+    /// Function registrations; empty arguments match everything. Pages through the server's
+    /// answers and returns them all (the revision is that of the last page).
     pub async fn registrations(
         &self,
         game_id: &str,
         env: &str,
         function_id: &str,
     ) -> Result<GetRegistrationsResponse, Status> {
-        self.read("GetRegistrations", |left| {
-            let req = timed(
-                GetRegistrationsRequest {
-                    game_id: game_id.into(),
-                    env: env.into(),
-                    function_id: function_id.into(),
-                },
-                left,
-            );
-            let mut svc = self.registry.clone();
-            async move { svc.get_registrations(req).await.map(Response::into_inner) }
-        })
-        .await
+        let mut all = GetRegistrationsResponse::default();
+        loop {
+            let token = std::mem::take(&mut all.next_page_token);
+            let page = self
+                .read("GetRegistrations", |left| {
+                    let req = timed(
+                        GetRegistrationsRequest {
+                            game_id: game_id.into(),
+                            env: env.into(),
+                            function_id: function_id.into(),
+                            page_size: 0,
+                            page_token: token.clone(),
+                        },
+                        left,
+                    );
+                    let mut svc = self.registry.clone();
+                    async move { svc.get_registrations(req).await.map(Response::into_inner) }
+                })
+                .await?;
+            all.registrations.extend(page.registrations);
+            all.revision = page.revision;
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            all.next_page_token = page.next_page_token;
+        }
     }
 
     /// The functions of a game and environment (empty arguments match everything), sorted by
@@ -696,20 +711,33 @@ impl Client {
         Ok(out)
     }
 
-    /// Agents, sorted by id; empty arguments match everything.
+    /// Agents, sorted by id; empty arguments match everything. Pages through the server's
+    /// answers and returns them all.
     pub async fn agents(&self, game_id: &str, env: &str) -> Result<Vec<AgentDetail>, Status> {
-        self.read("ListAgents", |left| {
-            let req = timed(
-                ListAgentsRequest {
-                    game_id: game_id.into(),
-                    env: env.into(),
-                },
-                left,
-            );
-            let mut svc = self.registry.clone();
-            async move { svc.list_agents(req).await.map(|r| r.into_inner().agents) }
-        })
-        .await
+        let mut agents = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self
+                .read("ListAgents", |left| {
+                    let req = timed(
+                        ListAgentsRequest {
+                            game_id: game_id.into(),
+                            env: env.into(),
+                            page_size: 0,
+                            page_token: token.clone(),
+                        },
+                        left,
+                    );
+                    let mut svc = self.registry.clone();
+                    async move { svc.list_agents(req).await.map(Response::into_inner) }
+                })
+                .await?;
+            agents.extend(page.agents);
+            if page.next_page_token.is_empty() {
+                return Ok(agents);
+            }
+            token = page.next_page_token;
+        }
     }
 
     /// Watches registrations: the current state (ADDED…, SYNCED), then changes. Empty filter
@@ -749,6 +777,59 @@ impl Client {
             );
             let mut svc = self.control.clone();
             async move { svc.set_node_state(req).await.map(Response::into_inner) }
+        })
+        .await
+    }
+
+    /// Registers (or, with an admin certificate, overrides) a function's descriptor; returns
+    /// the store revision of the write.
+    pub async fn register_function(
+        &self,
+        game_id: &str,
+        env: &str,
+        descriptor: FunctionDescriptor,
+    ) -> Result<i64, Status> {
+        self.read("RegisterFunction", |left| {
+            let req = timed(
+                RegisterFunctionRequest {
+                    game_id: game_id.into(),
+                    env: env.into(),
+                    function_descriptor: Some(descriptor.clone()),
+                },
+                left,
+            );
+            let mut svc = self.function.clone();
+            async move {
+                svc.register_function(req)
+                    .await
+                    .map(|r| r.into_inner().revision)
+            }
+        })
+        .await
+    }
+
+    /// Deletes a function's descriptor (admin certificate). True when one was deleted.
+    pub async fn delete_function(
+        &self,
+        game_id: &str,
+        env: &str,
+        function_id: &str,
+    ) -> Result<bool, Status> {
+        self.read("DeleteFunction", |left| {
+            let req = timed(
+                DeleteFunctionRequest {
+                    game_id: game_id.into(),
+                    env: env.into(),
+                    function_id: function_id.into(),
+                },
+                left,
+            );
+            let mut svc = self.function.clone();
+            async move {
+                svc.delete_function(req)
+                    .await
+                    .map(|r| r.into_inner().deleted)
+            }
         })
         .await
     }
@@ -827,6 +908,7 @@ impl Client {
                 game_id: game_id.into(),
                 env: env.into(),
                 function_id: function.into(),
+                ..Default::default()
             },
             LOOKUP_TIMEOUT,
         );

@@ -17,6 +17,7 @@ use croupier_proto::json::json_to_struct;
 use tokio::sync::{Mutex, Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::client::MAX_MESSAGE_BYTES;
 use crate::provider::{Handler, HandlerError, Invocation};
 
 /// Most unacknowledged events one job may have; emitting more waits for acknowledgements.
@@ -215,6 +216,49 @@ struct State {
 pub(crate) struct Outbox {
     st: Mutex<State>,
     space: Notify,
+    /// The server's message limit (from its Welcome): events must fit in it.
+    limit: std::sync::atomic::AtomicUsize,
+}
+
+/// Most characters of an event's message.
+const MAX_EVENT_MESSAGE_CHARS: usize = 64 * 1024;
+
+/// An event as it may be sent: data past the payload limits (which the server's decoder shares)
+/// is replaced by an error saying so, a `DONE` with such a result becomes an `ERROR`, and a
+/// very long message is cut.
+pub(crate) fn bounded_event(
+    kind: EventType,
+    message: String,
+    data: Option<&serde_json::Value>,
+    max_message_bytes: usize,
+) -> (EventType, String, Option<prost_types::Struct>) {
+    let message = if message.len() > MAX_EVENT_MESSAGE_CHARS {
+        let mut cut = message
+            .chars()
+            .take(MAX_EVENT_MESSAGE_CHARS)
+            .collect::<String>();
+        cut.push('…');
+        cut
+    } else {
+        message
+    };
+    let data = data.map(json_to_struct);
+    match croupier_proto::limits::check_payload(data.as_ref(), max_message_bytes) {
+        Ok(()) => (kind, message, data),
+        Err(e) => {
+            tracing::warn!(error = %e, "job event data refused");
+            let kind = if kind == EventType::Done {
+                EventType::Error
+            } else {
+                kind
+            };
+            let refused = serde_json::json!({
+                "code": "EVENT_DATA_REFUSED",
+                "error": format!("the event's data {e}"),
+            });
+            (kind, message, Some(json_to_struct(&refused)))
+        }
+    }
 }
 
 fn frame(ev: JobEvent) -> AgentFrame {
@@ -233,6 +277,7 @@ impl Outbox {
                 jobs: BTreeMap::new(),
             }),
             space: Notify::new(),
+            limit: std::sync::atomic::AtomicUsize::new(MAX_MESSAGE_BYTES),
         })
     }
 
@@ -293,14 +338,17 @@ impl Outbox {
                 space.await;
                 continue;
             }
+            let limit = self.limit.load(std::sync::atomic::Ordering::Relaxed);
+            let (kind, message, data) = bounded_event(kind, message, data.as_ref(), limit);
             let ev = JobEvent {
                 job_id: job_id.to_string(),
                 r#type: kind as i32,
                 message,
                 progress,
                 timestamp: now_ms(),
-                data: data.as_ref().map(json_to_struct),
+                data,
                 seq: job.next_seq,
+                received_at: 0,
             };
             job.next_seq += 1;
             job.finished = terminal;
@@ -335,6 +383,16 @@ impl Outbox {
     /// The report lists finished jobs whose last events the server has not acknowledged too:
     /// a server that restarted before storing a job's end still thinks it runs, and would call
     /// it lost if the report left it out, before the terminal event sent again could arrive.
+    /// Sets the server's message limit (from its Welcome; 0 keeps the default).
+    pub(crate) fn set_limit(&self, max_message_bytes: usize) {
+        if max_message_bytes > 0 {
+            self.limit.store(
+                max_message_bytes.min(MAX_MESSAGE_BYTES),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
     pub(crate) async fn attach(&self, generation: u64, tx: mpsc::Sender<AgentFrame>) {
         let mut st = self.st.lock().await;
         let report = JobsReport {

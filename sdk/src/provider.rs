@@ -31,7 +31,7 @@ use std::time::Duration;
 use croupier_proto::common::v1::{FunctionDescriptor, NodeState};
 use croupier_proto::control::v1::{
     AgentFrame, Goodbye, HeartbeatRequest, Hello, Invoke, InvokeResult, RegisterAgentRequest,
-    agent_frame, control_service_client::ControlServiceClient, server_frame,
+    ServerFrame, agent_frame, control_service_client::ControlServiceClient, server_frame,
 };
 use croupier_proto::function::v1::EventType;
 use croupier_proto::json::{json_to_struct, opt_struct_to_json};
@@ -200,6 +200,8 @@ pub struct Provider {
     in_flight: Arc<AtomicI64>,
     running: RunningMap,
     outbox: Arc<Outbox>,
+    /// The server's message limit (from its Welcome): results must fit in it.
+    server_limit: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// How one session ended.
@@ -219,6 +221,7 @@ impl Provider {
             status: None,
             state: watch::channel(ProviderState::default()).0,
             in_flight: Arc::new(AtomicI64::new(0)),
+            server_limit: Arc::new(std::sync::atomic::AtomicUsize::new(MAX_MESSAGE_BYTES)),
             running: Arc::default(),
             outbox: Outbox::new(),
         }
@@ -337,6 +340,7 @@ impl Provider {
             labels: self.cfg.labels.clone(),
             descriptors: self.descriptors.clone(),
             session_id: session_id.clone(),
+            max_message_bytes: MAX_MESSAGE_BYTES as i64,
         };
         let registered = match control.register_agent(reg).await {
             Ok(r) => r.into_inner(),
@@ -368,7 +372,16 @@ impl Provider {
             Err(s) => return Ended::Reconnect(format!("Connect: {}", s.message())),
         };
         match inbound.message().await {
-            Ok(Some(f)) if matches!(f.frame, Some(server_frame::Frame::Welcome(_))) => {}
+            Ok(Some(ServerFrame {
+                frame: Some(server_frame::Frame::Welcome(w)),
+            })) => {
+                let limit = usize::try_from(w.max_message_bytes).unwrap_or(0);
+                self.outbox.set_limit(limit);
+                if limit > 0 {
+                    self.server_limit
+                        .store(limit.min(MAX_MESSAGE_BYTES), Ordering::Relaxed);
+                }
+            }
             Ok(_) => return Ended::Reconnect("server did not welcome the tunnel".into()),
             Err(s) => return Ended::Reconnect(format!("Connect: {}", s.message())),
         }
@@ -477,6 +490,26 @@ impl Provider {
     fn spawn_call(&self, inv: Invoke, out: &mpsc::Sender<AgentFrame>) {
         let out = out.clone();
         let request_id = inv.request_id.clone();
+        if let Some(why) = croupier_proto::codec::undecodable_reason(inv.payload.as_ref()) {
+            // The codec could not decode this call's payload: fail the call, keep the tunnel.
+            let message = format!("the agent could not decode the call's payload: {why}");
+            tracing::warn!(request_id = %request_id, function = %inv.function_id, %message);
+            if inv.job_id.is_empty() {
+                let result = failure(&request_id, "INVALID_ARGUMENT", message);
+                tokio::spawn(async move { out.send(result).await });
+            } else {
+                let outbox = self.outbox.clone();
+                tokio::spawn(async move {
+                    if outbox.begin(&inv.job_id, &inv.function_id).await {
+                        let data = Some(serde_json::json!({ "code": "INVALID_ARGUMENT" }));
+                        outbox
+                            .emit(&inv.job_id, EventType::Error, message, 0.0, data)
+                            .await;
+                    }
+                });
+            }
+            return;
+        }
         let Some(handler) = self.handlers.get(&inv.function_id).cloned() else {
             let message = format!("this agent does not provide {}", inv.function_id);
             if inv.job_id.is_empty() {
@@ -519,18 +552,30 @@ impl Provider {
             agent_id: self.cfg.agent_id.clone(),
             cancel_grace: self.cfg.cancel_grace,
         };
+        let limit = self.server_limit.load(Ordering::Relaxed);
         tokio::spawn(async move {
             if job_id.is_empty() {
                 let outcome = run_call(handler, call, timeout, &running, &env.locals).await;
-                let frame = match outcome {
-                    Ok(v) => AgentFrame {
-                        frame: Some(agent_frame::Frame::Result(InvokeResult {
-                            request_id: request_id.clone(),
-                            success: true,
-                            result: Some(json_to_struct(&v)),
-                            error: String::new(),
-                            error_code: String::new(),
-                        })),
+                let frame = match outcome.map(|v| json_to_struct(&v)) {
+                    Ok(result) => match croupier_proto::limits::check_payload(Some(&result), limit)
+                    {
+                        Ok(()) => AgentFrame {
+                            frame: Some(agent_frame::Frame::Result(InvokeResult {
+                                request_id: request_id.clone(),
+                                success: true,
+                                result: Some(result),
+                                error: String::new(),
+                                error_code: String::new(),
+                            })),
+                        },
+                        Err(e) => {
+                            tracing::warn!(request_id = %request_id, error = %e, "result refused");
+                            failure(
+                                &request_id,
+                                "RESULT_REFUSED",
+                                format!("the handler's result {e}"),
+                            )
+                        }
                     },
                     Err(e) => failure(&request_id, &e.code, e.message),
                 };
