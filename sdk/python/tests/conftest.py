@@ -220,8 +220,12 @@ class Proxy:
             finally:
                 dst.close()
 
-        await asyncio.gather(pump(r, uw), pump(ur, w))
-        self._conns.discard(pair)
+        try:
+            await asyncio.gather(pump(r, uw), pump(ur, w))
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._conns.discard(pair)
 
     def kill_one(self) -> None:
         """Kills one connection (both sides)."""

@@ -73,6 +73,8 @@ class AgentState:
     resumed: bool = False
     #: Why the last session ended or failed, if it did.
     last_error: str = ""
+    #: Heartbeats the server answered, over every session.
+    heartbeats: int = 0
 
 
 class _SessionEnded(Exception):
@@ -306,13 +308,12 @@ class Agent:
                 except (NotImplementedError, RuntimeError):
                     pass
         backoff = self._backoff.fresh()
-        session_id = ""
         index = 0
         try:
             while not self._stop.is_set():
                 server = self.servers[index % len(self.servers)]
                 try:
-                    session_id = await self._session(server, tls, session_id, backoff)
+                    await self._session(server, tls, backoff)
                 except _SessionEnded as e:
                     await self._set_state(connected=False, last_error=str(e))
                     log.warning("tunnel to %s lost: %s; reconnecting", server, e)
@@ -348,19 +349,19 @@ class Agent:
             except Exception:  # noqa: BLE001 — a callback must not end the session
                 log.exception("node state callback failed")
 
-    async def _session(self, server: str, tls: Tls, session_id: str, backoff: Backoff) -> str:
-        """One session on ``server``: returns the session id after a shutdown; raises
-        :class:`_SessionEnded` when the session is lost."""
+    async def _session(self, server: str, tls: Tls, backoff: Backoff) -> None:
+        """One session on ``server``, presenting the last session id to resume it: returns
+        after a shutdown; raises :class:`_SessionEnded` when the session is lost."""
         assert self._stop is not None
         channel = open_channel(server, tls)
         try:
-            return await self._session_on(channel, server, session_id, backoff)
+            await self._session_on(channel, server, self._state.session_id, backoff)
         finally:
             await channel.close(grace=None)
 
     async def _session_on(
         self, channel: grpc.aio.Channel, server: str, session_id: str, backoff: Backoff
-    ) -> str:
+    ) -> None:
         assert self._stop is not None
         control = control_pb2_grpc.ControlServiceStub(channel)  # type: ignore[no-untyped-call]
         req = control_pb2.RegisterAgentRequest(
@@ -385,6 +386,7 @@ class Agent:
                 log.error("registration refused: %s: %s", e.code().name, e.details())
             raise _SessionEnded(f"RegisterAgent: {e.code().name}: {e.details()}") from None
         session_id = reg.session_id
+        await self._set_state(session_id=session_id, resumed=reg.resumed)
         interval = float(max(reg.heartbeat_interval, 1))
         out: asyncio.Queue[control_pb2.AgentFrame | None] = asyncio.Queue(maxsize=1024)
         await out.put(
@@ -453,7 +455,6 @@ class Agent:
                 await reader
             raise _SessionEnded(ended)
         await self._goodbye(call, out, generation, reader)
-        return session_id
 
     async def _read_frames(
         self,
@@ -517,9 +518,9 @@ class Agent:
                     return
                 log.warning("heartbeat failed: %s: %s", e.code().name, e.details())
                 continue
-            state = NodeState(resp.node_state)
-            if state != self._state.node_state:
-                await self._set_state(node_state=state)
+            await self._set_state(
+                node_state=NodeState(resp.node_state), heartbeats=self._state.heartbeats + 1
+            )
 
     async def _goodbye(
         self,
