@@ -13,14 +13,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
 
 from .breaker import BreakerPolicy, BreakerState, CircuitBreaker, Outcome, Permit
 from .errors import CircuitOpenError, ConfigError, RpcError
-from .pool import ChannelPool, PoolSlot, PoolStats
+from .pool import EOF, ChannelPool, PoolSlot, PoolStats
 from .retry import Decision, Failure, RetryPolicy, decide
 from .stats import CallStats, StatsSnapshot
 from .tls import Tls
@@ -292,11 +292,11 @@ class Transport:
                         conn.pool.mark_broken(slot, channel, e.details() or "")
                         self._failed_over(conn)
                     raise RpcError(e.code(), e.details() or e.code().name, server=conn.url) from None
-                if msg is grpc.aio.EOF:
+                if msg is EOF:
                     permit.record(Outcome.REACHED)
                     return
                 permit.record(Outcome.REACHED)
-                yield msg
+                yield cast(T, msg)
         finally:
             permit.record(Outcome.NEUTRAL)
             call.cancel()

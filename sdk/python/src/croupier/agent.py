@@ -31,7 +31,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 import grpc
 import grpc.aio
@@ -43,7 +43,7 @@ from .errors import ConfigError
 from .functions import FunctionSpec, Options, make_spec, service_specs
 from .models import NodeState, NodeStateRecord
 from .outbox import Outbox
-from .pool import open_channel
+from .pool import EOF, open_channel
 from .stats import StatsSnapshot
 from .tls import Tls
 
@@ -299,12 +299,12 @@ class Agent:
         self._stop = asyncio.Event()
         tls = self._tls.resolved(f"agent-{self.agent_id}")
         loop = asyncio.get_running_loop()
-        installed: list[int] = []
+        installed: list[signal.Signals] = []
         if handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT):
                 try:
-                    loop.add_signal_handler(sig, self._on_signal, sig)
-                    installed.append(sig)
+                    loop.add_signal_handler(signum, self._on_signal, signum)
+                    installed.append(signum)
                 except (NotImplementedError, RuntimeError):
                     pass
         backoff = self._backoff.fresh()
@@ -325,8 +325,8 @@ class Agent:
                 except asyncio.TimeoutError:
                     pass
         finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
+            for signum in installed:
+                loop.remove_signal_handler(signum)
             await self._set_state(connected=False)
             await self._runner.close()
             self._running = False
@@ -408,7 +408,7 @@ class Agent:
         except (grpc.aio.AioRpcError, asyncio.TimeoutError) as e:
             call.cancel()
             raise _SessionEnded(f"Connect: {e}") from None
-        if first is grpc.aio.EOF or first.WhichOneof("frame") != "welcome":
+        if first is EOF or first.WhichOneof("frame") != "welcome":
             call.cancel()
             raise _SessionEnded("the server did not welcome the tunnel")
         backoff.reset()
@@ -467,9 +467,9 @@ class Agent:
                 frame = await call.read()
             except grpc.aio.AioRpcError as e:
                 return f"{e.code().name}: {e.details()}"
-            if frame is grpc.aio.EOF:
+            if frame is EOF:
                 return "the server closed the tunnel"
-            await self._dispatch(frame, out)
+            await self._dispatch(cast(control_pb2.ServerFrame, frame), out)
 
     async def _dispatch(
         self, frame: control_pb2.ServerFrame, out: asyncio.Queue[control_pb2.AgentFrame | None]

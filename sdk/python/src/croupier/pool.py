@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -27,6 +28,8 @@ _S = TypeVar("_S")
 
 #: Largest message sent or accepted (the server's default limit).
 MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+#: What a stream's ``read()`` returns at its end (``grpc.aio.EOF``, missing from the stubs).
+EOF: Any = getattr(grpc.aio, "EOF")
 #: The service whose health the pool checks.
 HEALTH_SERVICE = "croupier.function.v1.FunctionService"
 
@@ -83,14 +86,14 @@ class PoolSlot:
         self.channel = channel
         self.broken = False
         self.index = index
-        self._stubs: dict[type[Any], Any] = {}
+        self._stubs: dict[Any, Any] = {}
 
-    def stub(self, cls: type[_S]) -> _S:
+    def stub(self, cls: Callable[[grpc.aio.Channel], _S]) -> _S:
         """A stub of ``cls`` on this slot's channel (made once per channel)."""
         s = self._stubs.get(cls)
         if s is None:
             s = self._stubs[cls] = cls(self.channel)
-        return s  # type: ignore[no-any-return]
+        return s
 
     def replace(self, channel: grpc.aio.Channel) -> None:
         """Puts a new channel in the slot."""
@@ -164,7 +167,7 @@ class ChannelPool:
                 continue
             if state != grpc.ChannelConnectivity.READY:
                 continue  # idle or connecting: nothing to check yet
-            stub = health_pb2_grpc.HealthStub(slot.channel)  # type: ignore[no-untyped-call]
+            stub = health_pb2_grpc.HealthStub(slot.channel)
             try:
                 resp = await stub.Check(
                     health_pb2.HealthCheckRequest(service=HEALTH_SERVICE), timeout=3.0

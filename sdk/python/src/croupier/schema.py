@@ -147,7 +147,7 @@ def derive(fn: Callable[..., Any]) -> Signature:
     else:
         config = ConfigDict(extra="allow" if kwargs else "forbid", arbitrary_types_allowed=False)
         try:
-            model = pydantic.create_model(  # type: ignore[call-overload]
+            model = pydantic.create_model(
                 f"{fn.__name__}_params", __config__=config, **fields
             )
         except (pydantic.PydanticSchemaGenerationError, TypeError) as e:
