@@ -82,13 +82,16 @@ def decode(function_id: str, result: dict[str, Any], model: type[M] | None) -> A
         ) from None
 
 
+_ANY: TypeAdapter[Any] = TypeAdapter(Any)
+
+
 def _payload(function_id: str, payload: Any) -> Any:
     if payload is None:
         return {}
     if isinstance(payload, pydantic.BaseModel):
         return payload.model_dump(mode="json")
     if isinstance(payload, Mapping):
-        return TypeAdapter(Any).dump_python(payload, mode="json")
+        return _ANY.dump_python(payload, mode="json")
     raise TypeError(
         f"the payload of {function_id} must be a mapping or a pydantic model, not "
         f"{type(payload).__name__}"

@@ -29,6 +29,9 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 from .errors import ConfigError, HandlerError
 
 
+_ANY: TypeAdapter[Any] = TypeAdapter(Any)
+
+
 def _is_model(t: Any) -> bool:
     return isinstance(t, type) and issubclass(t, BaseModel)
 
@@ -101,7 +104,7 @@ class Signature:
             return self._result.dump_python(value, mode="json")
         if isinstance(value, BaseModel):
             return value.model_dump(mode="json")
-        return TypeAdapter(Any).dump_python(value, mode="json")
+        return _ANY.dump_python(value, mode="json")
 
 
 def derive(fn: Callable[..., Any]) -> Signature:
