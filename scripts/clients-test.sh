@@ -3,11 +3,12 @@
 # them against a live `croupier server` with a `croupier agent` (a1) and the Python provider (py1).
 #
 #   1. installs what is missing: Debian packages with apt-get (cmake, g++, protoc, grpc_cpp_plugin,
-#      libgrpc++-dev, python3-grpcio, python3-grpc-tools, ...), pinned protoc-gen-go and
-#      protoc-gen-go-grpc with `go install` into target/clients/bin;
+#      libgrpc++-dev, python3-venv, ...), pinned protoc-gen-go and protoc-gen-go-grpc with
+#      `go install` into target/clients/bin, and the Python SDK (`pip install sdk/python`, which
+#      brings grpcio, protobuf and pydantic from PyPI) into a venv in target/clients/python;
 #   2. makes certificates (certs init --agent a1 --agent py1 --client c1 --admin ops) in a temp dir,
 #      starts the server on 127.0.0.1:0 and agent a1, and waits until a1's functions are registered;
-#   3. generates the Python code and starts provider.py as agent py1 (serves py.echo over Connect);
+#   3. starts provider.py (the SDK's Agent) as agent py1 (serves py.echo over Connect);
 #   4. Go:     generate.sh, go build, then the example: registry, invoke agent.ping, watch, job;
 #   5. C++:    cmake + build (-j2), then the same example;
 #   6. Python: the same example;
@@ -20,8 +21,6 @@
 # Environment:
 #   CROUPIER_BIN=PATH            the croupier binary (default target/debug/croupier; not built here)
 #   CROUPIER_CLIENTS_OUT=DIR     build outputs (default target/clients: bin/, cpp/, python/)
-#   CROUPIER_CLIENTS_PYTHON=pypi use a venv with grpcio/grpcio-tools from PyPI instead of Debian's
-#                                python3-grpcio/python3-grpc-tools (the fallback when those fail)
 #   CROUPIER_KEEP_TMP=1          keep the temp dir (certs, data, logs) even when everything passed
 set -euo pipefail
 
@@ -32,8 +31,6 @@ CROUPIER_BIN="${CROUPIER_BIN:-target/debug/croupier}"
 OUT="${CROUPIER_CLIENTS_OUT:-$ROOT/target/clients}"
 PROTOC_GEN_GO_VERSION=v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
-# Only used when Debian's Python gRPC packages do not work.
-PYPI_PACKAGES=(grpcio==1.66.2 grpcio-tools==1.66.2 "protobuf>=5.27,<6")
 export DEBIAN_FRONTEND=noninteractive
 START_TS=$SECONDS
 
@@ -72,7 +69,7 @@ apt_install() {
 # ---------------------------------------------------------------------------------------------
 section "1/7 tools"
 # Each entry: "package:check". The check is a command on PATH, an absolute path that must exist,
-# pkgconfig=NAME, or py=MODULE (importable by /usr/bin/python3, where Debian's modules live).
+# or pkgconfig=NAME.
 needs=(
     "ca-certificates:/etc/ssl/certs/ca-certificates.crt"
     "cmake:cmake"
@@ -85,14 +82,10 @@ needs=(
     "libgrpc++-dev:pkgconfig=grpc++"
     "python3:/usr/bin/python3"
 )
-if [[ "${CROUPIER_CLIENTS_PYTHON:-debian}" != pypi ]]; then
-    needs+=("python3-protobuf:py=google.protobuf" "python3-grpcio:py=grpc" "python3-grpc-tools:py=grpc_tools.protoc")
-fi
 check_ok() {
     case "$1" in
         /*) [[ -e "$1" ]] ;;
         pkgconfig=*) command -v pkg-config >/dev/null 2>&1 && pkg-config --exists "${1#pkgconfig=}" ;;
-        py=*) [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c "import ${1#py=}" >/dev/null 2>&1 ;;
         *) command -v "$1" >/dev/null 2>&1 ;;
     esac
 }
@@ -118,28 +111,22 @@ go_tool() {
 go_tool protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go "$PROTOC_GEN_GO_VERSION"
 go_tool protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc "$PROTOC_GEN_GO_GRPC_VERSION"
 
-# Python: Debian's packages when they work, else a venv with the PyPI packages.
-PYTHON=/usr/bin/python3
-py_ok() { "$1" -c 'import grpc, grpc_tools.protoc, google.protobuf' >/dev/null 2>&1; }
-if [[ "${CROUPIER_CLIENTS_PYTHON:-debian}" == pypi ]] || ! py_ok "$PYTHON"; then
-    [[ "${CROUPIER_CLIENTS_PYTHON:-debian}" == pypi ]] || echo "Debian's Python gRPC packages do not import; using a venv from PyPI"
-    VENV="$OUT/python/venv"
-    if ! py_ok "$VENV/bin/python"; then
-        /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || apt_install python3-venv
-        rm -rf "$VENV"
-        /usr/bin/python3 -m venv "$VENV"
-        "$VENV/bin/pip" install -q "${PYPI_PACKAGES[@]}"
-    fi
-    PYTHON="$VENV/bin/python"
-    py_ok "$PYTHON" || die "$PYTHON cannot import grpc, grpc_tools and google.protobuf"
+# Python: the SDK (sdk/python) installed into a venv; its dependencies come from PyPI.
+VENV="$OUT/python/venv"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1 || apt_install python3-venv
+    /usr/bin/python3 -m venv "$VENV"
 fi
+PYTHON="$VENV/bin/python"
+"$PYTHON" -m pip install -q --upgrade "$ROOT/sdk/python" || die "pip install sdk/python failed"
+(cd /tmp && "$PYTHON" -c 'import croupier') || die "$PYTHON cannot import croupier"
 # Bytecode caches go to the build dir, not next to the sources.
 export PYTHONPYCACHEPREFIX="$OUT/python/pycache"
 
 echo "croupier:  $CROUPIER_BIN ($("$CROUPIER_BIN" --version))"
 echo "protoc:    $(protoc --version); grpc++ $(pkg-config --modversion grpc++); cmake $(cmake --version | head -n1 | awk '{print $3}')"
 echo "go:        $(go version | awk '{print $3}'); $(protoc-gen-go --version); $(protoc-gen-go-grpc --version)"
-echo "python:    $PYTHON ($("$PYTHON" -c 'import sys, grpc, google.protobuf as p; print("Python", sys.version.split()[0] + ", grpcio", grpc.__version__ + ", protobuf", p.__version__)'))"
+echo "python:    $PYTHON ($("$PYTHON" -c 'import sys, grpc, google.protobuf as p, croupier; print("Python", sys.version.split()[0] + ", croupier", croupier.__version__ + ", grpcio", grpc.__version__ + ", protobuf", p.__version__)'))"
 echo "build dir: $OUT"
 
 # ---------------------------------------------------------------------------------------------
@@ -252,12 +239,9 @@ step() {
     fi
 }
 
-section "3/7 Python codegen and provider py1"
-PY_GEN="$OUT/python/gen"
-export CROUPIER_PY_GEN="$PY_GEN"
+section "3/7 Python provider py1"
 PROVIDER_UP=0
 start_provider() {
-    PYTHON="$PYTHON" sdk/clients/python/generate.sh "$PY_GEN" || return 1
     "$PYTHON" -u sdk/clients/python/provider.py --id py1 --server "$SERVER" --tls-dir "$CERTS" \
         >"$TMP/provider.log" 2>&1 &
     PROVIDER_PID=$!
@@ -270,7 +254,7 @@ start_provider() {
     cat "$TMP/provider.log"
     PROVIDER_UP=1
 }
-step "python: generate + start provider py1 (RegisterAgent, Connect/Hello/Welcome)" start_provider || true
+step "python: start provider py1 (SDK Agent: RegisterAgent, Connect/Hello/Welcome)" start_provider || true
 
 # run_example LANG BINARY...: the full example, then py.echo through the server to the provider.
 run_example() {
@@ -314,11 +298,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 section "6/7 Python"
-if [[ -d "$PY_GEN/croupier" ]]; then
-    run_example python "$PYTHON" sdk/clients/python/example.py
-else
-    FAILED+=("python example (no generated code)")
-fi
+run_example python "$PYTHON" sdk/clients/python/example.py
 
 # ---------------------------------------------------------------------------------------------
 section "7/7 Python provider: heartbeats, SIGTERM, Goodbye"
@@ -347,7 +327,7 @@ check_provider() {
     PROVIDER_PID=""
     tail -n 4 "$TMP/provider.log"
     ((rc == 0)) || { echo "the provider exited with status $rc"; return 1; }
-    grep -q 'stopping: sending Goodbye' "$TMP/provider.log" || { echo "no Goodbye in the provider log"; return 1; }
+    grep -q 'stopping: sent Goodbye' "$TMP/provider.log" || { echo "no Goodbye in the provider log"; return 1; }
     # Goodbye removes the registration at once; the descriptor stays, with no agent.
     for ((i = 0; i < 20; i++)); do
         left="$(agents_of py.echo)"

@@ -1,0 +1,271 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from croupier.common.v1 import common_pb2 as _common_pb2
+from croupier.function.v1 import function_pb2 as _function_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RegisterAgentRequest(_message.Message):
+    __slots__ = ("agent_id", "game_id", "env", "version", "functions", "labels", "descriptors", "session_id")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    GAME_ID_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTORS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    game_id: str
+    env: str
+    version: str
+    functions: _containers.RepeatedScalarFieldContainer[str]
+    labels: _containers.ScalarMap[str, str]
+    descriptors: _containers.RepeatedCompositeFieldContainer[_common_pb2.FunctionDescriptor]
+    session_id: str
+    def __init__(self, agent_id: _Optional[str] = ..., game_id: _Optional[str] = ..., env: _Optional[str] = ..., version: _Optional[str] = ..., functions: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., descriptors: _Optional[_Iterable[_Union[_common_pb2.FunctionDescriptor, _Mapping]]] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class RegisterAgentResponse(_message.Message):
+    __slots__ = ("success", "agent_id", "heartbeat_interval", "session_id", "resumed", "node_state")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    NODE_STATE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    agent_id: str
+    heartbeat_interval: int
+    session_id: str
+    resumed: bool
+    node_state: _common_pb2.NodeState
+    def __init__(self, success: _Optional[bool] = ..., agent_id: _Optional[str] = ..., heartbeat_interval: _Optional[int] = ..., session_id: _Optional[str] = ..., resumed: _Optional[bool] = ..., node_state: _Optional[_Union[_common_pb2.NodeState, str]] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("agent_id", "timestamp", "status", "session_id")
+    class StatusEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    timestamp: int
+    status: _containers.ScalarMap[str, str]
+    session_id: str
+    def __init__(self, agent_id: _Optional[str] = ..., timestamp: _Optional[int] = ..., status: _Optional[_Mapping[str, str]] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("success", "node_state")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    NODE_STATE_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    node_state: _common_pb2.NodeState
+    def __init__(self, success: _Optional[bool] = ..., node_state: _Optional[_Union[_common_pb2.NodeState, str]] = ...) -> None: ...
+
+class GetAssignmentsRequest(_message.Message):
+    __slots__ = ("agent_id", "game_id", "env")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    GAME_ID_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    game_id: str
+    env: str
+    def __init__(self, agent_id: _Optional[str] = ..., game_id: _Optional[str] = ..., env: _Optional[str] = ...) -> None: ...
+
+class GetAssignmentsResponse(_message.Message):
+    __slots__ = ("assignments", "version")
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    assignments: _containers.RepeatedCompositeFieldContainer[FunctionAssignment]
+    version: int
+    def __init__(self, assignments: _Optional[_Iterable[_Union[FunctionAssignment, _Mapping]]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class FunctionAssignment(_message.Message):
+    __slots__ = ("function_id", "enabled", "config")
+    class ConfigEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    function_id: str
+    enabled: bool
+    config: _containers.ScalarMap[str, str]
+    def __init__(self, function_id: _Optional[str] = ..., enabled: _Optional[bool] = ..., config: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class SetNodeStateRequest(_message.Message):
+    __slots__ = ("agent_id", "state", "reason")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    state: _common_pb2.NodeState
+    reason: str
+    def __init__(self, agent_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.NodeState, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SetNodeStateResponse(_message.Message):
+    __slots__ = ("success", "record")
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    success: bool
+    record: _common_pb2.NodeStateRecord
+    def __init__(self, success: _Optional[bool] = ..., record: _Optional[_Union[_common_pb2.NodeStateRecord, _Mapping]] = ...) -> None: ...
+
+class AgentFrame(_message.Message):
+    __slots__ = ("hello", "result", "job_event", "jobs_report", "goodbye")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    JOB_EVENT_FIELD_NUMBER: _ClassVar[int]
+    JOBS_REPORT_FIELD_NUMBER: _ClassVar[int]
+    GOODBYE_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    result: InvokeResult
+    job_event: AgentJobEvent
+    jobs_report: JobsReport
+    goodbye: Goodbye
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[InvokeResult, _Mapping]] = ..., job_event: _Optional[_Union[AgentJobEvent, _Mapping]] = ..., jobs_report: _Optional[_Union[JobsReport, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("agent_id", "session_id")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    session_id: str
+    def __init__(self, agent_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class InvokeResult(_message.Message):
+    __slots__ = ("request_id", "success", "result", "error", "error_code")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    success: bool
+    result: _struct_pb2.Struct
+    error: str
+    error_code: str
+    def __init__(self, request_id: _Optional[str] = ..., success: _Optional[bool] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., error: _Optional[str] = ..., error_code: _Optional[str] = ...) -> None: ...
+
+class AgentJobEvent(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: _function_pb2.JobEvent
+    def __init__(self, event: _Optional[_Union[_function_pb2.JobEvent, _Mapping]] = ...) -> None: ...
+
+class JobsReport(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[RunningJob]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[RunningJob, _Mapping]]] = ...) -> None: ...
+
+class RunningJob(_message.Message):
+    __slots__ = ("job_id", "function_id", "last_seq")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    function_id: str
+    last_seq: int
+    def __init__(self, job_id: _Optional[str] = ..., function_id: _Optional[str] = ..., last_seq: _Optional[int] = ...) -> None: ...
+
+class Goodbye(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class ServerFrame(_message.Message):
+    __slots__ = ("invoke", "cancel", "state_change", "ack", "goaway", "welcome")
+    INVOKE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    STATE_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    GOAWAY_FIELD_NUMBER: _ClassVar[int]
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    invoke: Invoke
+    cancel: Cancel
+    state_change: StateChange
+    ack: Ack
+    goaway: Goaway
+    welcome: Welcome
+    def __init__(self, invoke: _Optional[_Union[Invoke, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., state_change: _Optional[_Union[StateChange, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., goaway: _Optional[_Union[Goaway, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ...) -> None: ...
+
+class Invoke(_message.Message):
+    __slots__ = ("request_id", "function_id", "payload", "timeout_ms", "game_id", "env", "caller", "idempotency_key", "job_id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    GAME_ID_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    function_id: str
+    payload: _struct_pb2.Struct
+    timeout_ms: int
+    game_id: str
+    env: str
+    caller: str
+    idempotency_key: str
+    job_id: str
+    def __init__(self, request_id: _Optional[str] = ..., function_id: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., game_id: _Optional[str] = ..., env: _Optional[str] = ..., caller: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
+
+class Cancel(_message.Message):
+    __slots__ = ("request_id", "reason")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    reason: str
+    def __init__(self, request_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class StateChange(_message.Message):
+    __slots__ = ("record",)
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    record: _common_pb2.NodeStateRecord
+    def __init__(self, record: _Optional[_Union[_common_pb2.NodeStateRecord, _Mapping]] = ...) -> None: ...
+
+class Ack(_message.Message):
+    __slots__ = ("job_id", "seq")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    seq: int
+    def __init__(self, job_id: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class Goaway(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("session_id", "node_state")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_STATE_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    node_state: _common_pb2.NodeState
+    def __init__(self, session_id: _Optional[str] = ..., node_state: _Optional[_Union[_common_pb2.NodeState, str]] = ...) -> None: ...
