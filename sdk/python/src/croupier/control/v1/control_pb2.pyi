@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterAgentRequest(_message.Message):
-    __slots__ = ("agent_id", "game_id", "env", "version", "functions", "labels", "descriptors", "session_id")
+    __slots__ = ("agent_id", "game_id", "env", "version", "functions", "labels", "descriptors", "session_id", "max_message_bytes")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,7 @@ class RegisterAgentRequest(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTORS_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     game_id: str
     env: str
@@ -34,7 +35,8 @@ class RegisterAgentRequest(_message.Message):
     labels: _containers.ScalarMap[str, str]
     descriptors: _containers.RepeatedCompositeFieldContainer[_common_pb2.FunctionDescriptor]
     session_id: str
-    def __init__(self, agent_id: _Optional[str] = ..., game_id: _Optional[str] = ..., env: _Optional[str] = ..., version: _Optional[str] = ..., functions: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., descriptors: _Optional[_Iterable[_Union[_common_pb2.FunctionDescriptor, _Mapping]]] = ..., session_id: _Optional[str] = ...) -> None: ...
+    max_message_bytes: int
+    def __init__(self, agent_id: _Optional[str] = ..., game_id: _Optional[str] = ..., env: _Optional[str] = ..., version: _Optional[str] = ..., functions: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., descriptors: _Optional[_Iterable[_Union[_common_pb2.FunctionDescriptor, _Mapping]]] = ..., session_id: _Optional[str] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class RegisterAgentResponse(_message.Message):
     __slots__ = ("success", "agent_id", "heartbeat_interval", "session_id", "resumed", "node_state")
@@ -263,9 +265,11 @@ class Goaway(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "node_state")
+    __slots__ = ("session_id", "node_state", "max_message_bytes")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_STATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     node_state: _common_pb2.NodeState
-    def __init__(self, session_id: _Optional[str] = ..., node_state: _Optional[_Union[_common_pb2.NodeState, str]] = ...) -> None: ...
+    max_message_bytes: int
+    def __init__(self, session_id: _Optional[str] = ..., node_state: _Optional[_Union[_common_pb2.NodeState, str]] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...

@@ -130,7 +130,7 @@ class StreamJobEventsRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., from_seq: _Optional[int] = ...) -> None: ...
 
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "type", "message", "progress", "timestamp", "data", "seq")
+    __slots__ = ("job_id", "type", "message", "progress", "timestamp", "data", "seq", "received_at")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +138,7 @@ class JobEvent(_message.Message):
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     type: EventType
     message: str
@@ -145,7 +146,8 @@ class JobEvent(_message.Message):
     timestamp: int
     data: _struct_pb2.Struct
     seq: int
-    def __init__(self, job_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., message: _Optional[str] = ..., progress: _Optional[float] = ..., timestamp: _Optional[int] = ..., data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
+    received_at: int
+    def __init__(self, job_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., message: _Optional[str] = ..., progress: _Optional[float] = ..., timestamp: _Optional[int] = ..., data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., seq: _Optional[int] = ..., received_at: _Optional[int] = ...) -> None: ...
 
 class CancelJobRequest(_message.Message):
     __slots__ = ("job_id", "reason")
@@ -184,6 +186,22 @@ class RegisterFunctionResponse(_message.Message):
     function_id: str
     revision: int
     def __init__(self, success: _Optional[bool] = ..., function_id: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class DeleteFunctionRequest(_message.Message):
+    __slots__ = ("game_id", "env", "function_id")
+    GAME_ID_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
+    game_id: str
+    env: str
+    function_id: str
+    def __init__(self, game_id: _Optional[str] = ..., env: _Optional[str] = ..., function_id: _Optional[str] = ...) -> None: ...
+
+class DeleteFunctionResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -90,6 +90,11 @@ class FunctionServiceStub:
                 request_serializer=croupier_dot_function_dot_v1_dot_function__pb2.DeletePipelineRequest.SerializeToString,
                 response_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.DeletePipelineResponse.FromString,
                 _registered_method=True)
+        self.DeleteFunction = channel.unary_unary(
+                '/croupier.function.v1.FunctionService/DeleteFunction',
+                request_serializer=croupier_dot_function_dot_v1_dot_function__pb2.DeleteFunctionRequest.SerializeToString,
+                response_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.DeleteFunctionResponse.FromString,
+                _registered_method=True)
 
 
 class FunctionServiceServicer:
@@ -175,6 +180,14 @@ class FunctionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteFunction(self, request, context):
+        """Deletes a function's descriptor. Needs an admin certificate. Agents that still provide the
+        function keep serving it; the next one to register declares its descriptor again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FunctionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -232,6 +245,11 @@ def add_FunctionServiceServicer_to_server(servicer, server):
                     servicer.DeletePipeline,
                     request_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.DeletePipelineRequest.FromString,
                     response_serializer=croupier_dot_function_dot_v1_dot_function__pb2.DeletePipelineResponse.SerializeToString,
+            ),
+            'DeleteFunction': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteFunction,
+                    request_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.DeleteFunctionRequest.FromString,
+                    response_serializer=croupier_dot_function_dot_v1_dot_function__pb2.DeleteFunctionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -532,6 +550,33 @@ class FunctionService:
             '/croupier.function.v1.FunctionService/DeletePipeline',
             croupier_dot_function_dot_v1_dot_function__pb2.DeletePipelineRequest.SerializeToString,
             croupier_dot_function_dot_v1_dot_function__pb2.DeletePipelineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteFunction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.function.v1.FunctionService/DeleteFunction',
+            croupier_dot_function_dot_v1_dot_function__pb2.DeleteFunctionRequest.SerializeToString,
+            croupier_dot_function_dot_v1_dot_function__pb2.DeleteFunctionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -20,22 +20,28 @@ REMOVED: EventType
 SYNCED: EventType
 
 class GetRegistrationsRequest(_message.Message):
-    __slots__ = ("game_id", "env", "function_id")
+    __slots__ = ("game_id", "env", "function_id", "page_size", "page_token")
     GAME_ID_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     game_id: str
     env: str
     function_id: str
-    def __init__(self, game_id: _Optional[str] = ..., env: _Optional[str] = ..., function_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, game_id: _Optional[str] = ..., env: _Optional[str] = ..., function_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class GetRegistrationsResponse(_message.Message):
-    __slots__ = ("registrations", "revision")
+    __slots__ = ("registrations", "revision", "next_page_token")
     REGISTRATIONS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     registrations: _containers.RepeatedCompositeFieldContainer[FunctionRegistration]
     revision: int
-    def __init__(self, registrations: _Optional[_Iterable[_Union[FunctionRegistration, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, registrations: _Optional[_Iterable[_Union[FunctionRegistration, _Mapping]]] = ..., revision: _Optional[int] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class FunctionRegistration(_message.Message):
     __slots__ = ("function_id", "game_id", "env", "agents", "function_descriptor")
@@ -101,18 +107,24 @@ class RegistrationEvent(_message.Message):
     def __init__(self, type: _Optional[_Union[EventType, str]] = ..., registration: _Optional[_Union[FunctionRegistration, _Mapping]] = ..., revision: _Optional[int] = ..., agent_id: _Optional[str] = ...) -> None: ...
 
 class ListAgentsRequest(_message.Message):
-    __slots__ = ("game_id", "env")
+    __slots__ = ("game_id", "env", "page_size", "page_token")
     GAME_ID_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     game_id: str
     env: str
-    def __init__(self, game_id: _Optional[str] = ..., env: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, game_id: _Optional[str] = ..., env: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListAgentsResponse(_message.Message):
-    __slots__ = ("agents",)
+    __slots__ = ("agents", "next_page_token")
     AGENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     agents: _containers.RepeatedCompositeFieldContainer[AgentDetail]
-    def __init__(self, agents: _Optional[_Iterable[_Union[AgentDetail, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, agents: _Optional[_Iterable[_Union[AgentDetail, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AgentDetail(_message.Message):
     __slots__ = ("agent_id", "game_id", "env", "version", "functions", "labels", "node_state", "online", "last_heartbeat", "owner", "status", "addr", "in_flight")
