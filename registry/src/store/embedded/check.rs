@@ -85,8 +85,10 @@ impl fmt::Display for CheckReport {
         };
         writeln!(
             f,
-            "records: {}, keys: {}, revision: {}{upto}",
-            self.records, self.keys, self.revision
+            "{}, {}, revision {}{upto}",
+            plural(self.records, "record"),
+            plural(self.keys, "key"),
+            self.revision
         )?;
         for (prefix, count) in &self.keys_by_prefix {
             writeln!(f, "  {prefix:<40} {count:>8}")?;
@@ -105,14 +107,8 @@ impl fmt::Display for CheckReport {
                 writeln!(f, "CORRUPT: {c}")?;
                 writeln!(
                     f,
-                    "  a store refuses to open this log; after the damage {} record{} can still \
-                     be read",
-                    self.readable_after_damage,
-                    if self.readable_after_damage == 1 {
-                        ""
-                    } else {
-                        "s"
-                    }
+                    "  a store refuses to open this log; after the damage {} can still be read",
+                    plural(self.readable_after_damage, "record"),
                 )?;
                 for line in &self.damaged_lines {
                     write!(
@@ -173,6 +169,15 @@ pub fn check(dir: &Path) -> Result<CheckReport, StoreError> {
         readable_after_damage,
         damaged_lines,
     })
+}
+
+/// `1 record`, `2 records`.
+pub(super) fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }
 
 /// The first two levels of a key: `/croupier/functions/g/e/f` → `/croupier/functions`.

@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::super::{Corruption, Revision, StoreError};
+use super::check::plural;
 use super::log::{DirLock, LOG_FILE, io_context, sync_dir, unused_path, write_snapshot};
 use super::read::{Contents, DamagedLine, StrictRead, read_salvage, read_strict};
 
@@ -91,28 +92,18 @@ impl fmt::Display for RepairReport {
         };
         writeln!(
             f,
-            "rewrote {}: {} records kept, {} keys, revision {}: {why}",
+            "rewrote {}: kept {}, {}, revision {}: {why}",
             self.path.display(),
-            self.kept_records,
-            self.keys,
+            plural(self.kept_records, "record"),
+            plural(self.keys, "key"),
             self.revision
         )?;
         writeln!(
             f,
-            "dropped {} bytes: {} unreadable line{}, {} readable record{}",
-            self.dropped_bytes,
-            self.dropped_lines.len(),
-            if self.dropped_lines.len() == 1 {
-                ""
-            } else {
-                "s"
-            },
-            self.dropped_readable_records,
-            if self.dropped_readable_records == 1 {
-                ""
-            } else {
-                "s"
-            }
+            "dropped {}: {}, {}",
+            plural(self.dropped_bytes as usize, "byte"),
+            plural(self.dropped_lines.len(), "unreadable line"),
+            plural(self.dropped_readable_records, "readable record"),
         )?;
         for line in &self.dropped_lines {
             writeln!(
@@ -208,14 +199,6 @@ pub fn repair(dir: &Path, mode: RepairMode) -> Result<RepairReport, StoreError> 
     let (dropped_lines, dropped_keys) = dropped_lines;
     let backup = keep_copy(dir, &path)?;
     install(&path, revision, &kept)?;
-    tracing::warn!(
-        path = %path.display(),
-        backup = %backup.display(),
-        %mode,
-        kept_records,
-        dropped_bytes,
-        "embedded store: log repaired"
-    );
     Ok(RepairReport {
         path,
         mode,
