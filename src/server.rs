@@ -75,9 +75,8 @@ fn open_embedded(cfg: &ServerConfig) -> anyhow::Result<EmbeddedStore> {
              repair it with `croupier store repair --data-dir {data}` (it keeps a copy of the \
              original)"
         ),
-        Err(e) => {
-            return Err(e).with_context(|| format!("opening the store in {data}"));
-        }
+        // The message once: the I/O source of `e` says the same again.
+        Err(e) => anyhow::bail!("opening the store in {data}: {e}"),
     };
     let report = store.open_report();
     if let Some(torn) = &report.torn_tail {

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Subcommand;
 use croupier_registry::store::StoreError;
 use croupier_registry::store::embedded::{self, RepairMode};
@@ -66,7 +66,7 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<i32> {
     match cmd {
         StoreCommand::Check { data_dir, json } => {
             let dir = existing_store_dir(&data_dir)?;
-            let report = embedded::check(&dir)?;
+            let report = embedded::check(&dir).map_err(|e| failed("checking the store", e))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -90,8 +90,9 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<i32> {
             } else {
                 RepairMode::Prefix
             };
-            let report = embedded::repair(&dir, mode)
-                .with_context(|| format!("repairing the store in {}", data_dir.display()))?;
+            let report = embedded::repair(&dir, mode).map_err(|e| {
+                failed(&format!("repairing the store in {}", data_dir.display()), e)
+            })?;
             print!("{report}");
             Ok(0)
         }
@@ -103,14 +104,15 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<i32> {
                     "{e}; nothing was backed up. See `croupier store check --data-dir {}`",
                     data_dir.display()
                 ),
-                Err(e) => return Err(e).context("backing up the store"),
+                Err(e) => return Err(failed("backing up the store", e)),
             }
             Ok(0)
         }
         StoreCommand::Restore { data_dir, from } => {
             let dir = store_dir(&data_dir);
-            let report = embedded::restore(&dir, &from).with_context(|| {
-                format!("restoring {} into {}", from.display(), data_dir.display())
+            let report = embedded::restore(&dir, &from).map_err(|e| {
+                let doing = format!("restoring {} into {}", from.display(), data_dir.display());
+                failed(&doing, e)
             })?;
             print!("{report}");
             println!(
@@ -120,6 +122,11 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// `doing: error`, the store error's message once (its I/O source says the same again).
+fn failed(doing: &str, e: StoreError) -> anyhow::Error {
+    anyhow::anyhow!("{doing}: {e}")
 }
 
 /// The store dir of a server data dir: `<dir>/store`, or `dir` itself when it is a store dir

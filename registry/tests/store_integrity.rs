@@ -527,6 +527,12 @@ async fn backup_reads_a_running_store_and_restore_installs_it_keeping_the_previo
 
     let err = embedded::restore(dir.path(), &file).unwrap_err();
     assert!(err.to_string().contains("is locked"), "{err}");
+    let err = embedded::backup(dir.path(), &log_path(dir.path())).unwrap_err();
+    assert!(
+        err.to_string().contains("write the backup elsewhere"),
+        "{err}"
+    );
+    assert_eq!(store.range("/").await.unwrap().kvs, expected);
     drop(store);
 
     let fresh = tempfile::tempdir().unwrap();

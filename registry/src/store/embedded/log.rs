@@ -290,7 +290,10 @@ pub(super) fn write_snapshot<'a>(
     revision: Revision,
     kvs: impl Iterator<Item = &'a KeyValue>,
 ) -> io::Result<Written> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
     tmp_name.push(".tmp");
     let tmp_path = path.with_file_name(tmp_name);

@@ -236,10 +236,10 @@ impl fmt::Display for BackupReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "backed up {} to {}: {} keys at revision {}",
+            "backed up {} to {}: {} at revision {}",
             self.source.display(),
             self.out.display(),
-            self.keys,
+            plural(self.keys, "key"),
             self.revision
         )?;
         if self.live {
@@ -282,8 +282,21 @@ pub fn backup(dir: &Path, out: &Path) -> Result<BackupReport, StoreError> {
     if let Some(corruption) = read.corrupt {
         return Err(StoreError::Corrupt(Box::new(corruption)));
     }
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent).map_err(|e| io_context(e, "creating", parent))?;
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(|e| io_context(e, "creating", parent))?;
+    if fs::canonicalize(parent).ok() == fs::canonicalize(dir).ok() {
+        // A rename over the live log would cut a running store off from its own file.
+        return Err(StoreError::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is inside the store's own directory {}: write the backup elsewhere",
+                out.display(),
+                dir.display()
+            ),
+        )));
     }
     install(out, read.contents.revision, &read.contents)?;
     Ok(BackupReport {
@@ -319,10 +332,10 @@ impl fmt::Display for RestoreReport {
         }
         writeln!(
             f,
-            "restored {} from {}: {} keys, revision {}",
+            "restored {} from {}: {}, revision {}",
             self.path.display(),
             self.from.display(),
-            self.keys,
+            plural(self.keys, "key"),
             self.revision
         )
     }
