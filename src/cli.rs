@@ -59,6 +59,9 @@ pub enum Command {
     /// Certificates.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// The embedded store of a data dir: check, repair, backup, restore.
+    #[command(subcommand)]
+    Store(crate::store_cmd::StoreCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),

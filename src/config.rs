@@ -53,6 +53,10 @@ pub struct ServerConfig {
     /// Where registrations, descriptors, node states, jobs and idempotency records live:
     /// `embedded` (default; in `<data_dir>/store`) or `etcd` (several servers can share it).
     pub store: StoreKind,
+    /// With the embedded store: fdatasync every log record before the change is acknowledged,
+    /// so acknowledged writes survive power loss too, not only a crash of the process. Default
+    /// false (each write costs a disk flush when on).
+    pub store_fsync: bool,
     /// etcd client URLs, for `store = "etcd"`.
     pub etcd_endpoints: Vec<String>,
     /// Prefix of every key in etcd (several meshes can share one cluster). Default empty.
@@ -252,6 +256,7 @@ impl Default for ServerConfig {
             audit_log: true,
             audit: Audit::default(),
             store: StoreKind::Embedded,
+            store_fsync: false,
             etcd_endpoints: Vec::new(),
             etcd_namespace: String::new(),
             etcd_ca: None,
@@ -281,6 +286,7 @@ const ENV_KEYS: &[&str] = &[
     "audit_log",
     "audit",
     "store",
+    "store_fsync",
     "etcd_endpoints",
     "etcd_namespace",
     "etcd_ca",

@@ -9,6 +9,7 @@
 //! - [`cli`] — arguments and the client commands.
 //! - [`job`] — `croupier job …`.
 //! - [`pipeline`] — `croupier pipeline …`.
+//! - [`store_cmd`] — `croupier store check|repair|backup|restore`.
 //! - [`dev`] — `croupier dev`.
 //! - [`bench`] — `croupier bench invoke` and `bench jobs`.
 //! - [`bench_scale`] — `croupier bench agents`.
@@ -25,3 +26,4 @@ pub mod job;
 pub mod output;
 pub mod pipeline;
 pub mod server;
+pub mod store_cmd;

@@ -20,9 +20,9 @@ use croupier_proto::registry::v1::registry_service_server::RegistryServiceServer
 use croupier_registry::identity::IdentityResolver;
 use croupier_registry::model::{ServerRecord, now_ms};
 use croupier_registry::service::RegistryServer;
-use croupier_registry::store::Store;
-use croupier_registry::store::embedded::EmbeddedStore;
+use croupier_registry::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use croupier_registry::store::etcd::{EtcdOptions, EtcdStore};
+use croupier_registry::store::{Store, StoreError};
 use croupier_registry::view::RegistryView;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -95,6 +95,37 @@ pub fn rustls_config(dir: &std::path::Path) -> anyhow::Result<Arc<rustls::Server
     Ok(Arc::new(config))
 }
 
+/// Opens the embedded store in `<data_dir>/store`. A damaged log stops the server with where the
+/// damage is and what to run; a dropped torn last record and a converted version 1 log are
+/// printed.
+fn open_embedded(cfg: &ServerConfig) -> anyhow::Result<EmbeddedStore> {
+    let opts = EmbeddedOptions::default().with_fsync(cfg.store_fsync);
+    let data = cfg.data_dir.display();
+    let store = match EmbeddedStore::open_with(&cfg.data_dir.join("store"), opts) {
+        Ok(store) => store,
+        Err(StoreError::Corrupt(c)) => anyhow::bail!(
+            "the embedded store is damaged: {c}. The server will not start on it and left the file \
+             untouched. See what is wrong with `croupier store check --data-dir {data}` and \
+             repair it with `croupier store repair --data-dir {data}` (it keeps a copy of the \
+             original)"
+        ),
+        // The message once: the I/O source of `e` says the same again.
+        Err(e) => anyhow::bail!("opening the store in {data}: {e}"),
+    };
+    let report = store.open_report();
+    if let Some(torn) = &report.torn_tail {
+        println!("croupier server: embedded store: {torn}");
+    }
+    if let Some(kept) = &report.converted_from_v1 {
+        println!(
+            "croupier server: embedded store: converted the log to format version 2; the \
+             version 1 log is kept as {}",
+            kept.display()
+        );
+    }
+    Ok(store)
+}
+
 /// Runs the server on `listener` until `shutdown` resolves, then drains: health goes
 /// NOT_SERVING, new registrations are refused, agents are told to go away, in-flight calls get
 /// up to `shutdown_grace` to finish, watches end, and the listener closes.
@@ -108,10 +139,7 @@ pub async fn serve(
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let store: Arc<dyn Store> = match cfg.store {
-        StoreKind::Embedded => Arc::new(
-            EmbeddedStore::open(&cfg.data_dir.join("store"))
-                .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
-        ),
+        StoreKind::Embedded => Arc::new(open_embedded(&cfg)?),
         StoreKind::Etcd => Arc::new(
             EtcdStore::connect(EtcdOptions {
                 endpoints: cfg.etcd_endpoints.clone(),

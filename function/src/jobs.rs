@@ -29,7 +29,7 @@ use croupier_registry::identity::{Identity, Role};
 use croupier_registry::ids::check_id;
 use croupier_registry::keys;
 use croupier_registry::model::now_ms;
-use croupier_registry::store::{CasOutcome, Expect, Store, StoreError};
+use croupier_registry::store::{CasOutcome, Expect, MAX_BATCH_OPS, Store, StoreError, WriteOp};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, watch};
@@ -968,6 +968,10 @@ impl JobManager {
                 .then(|| (st.record.clone(), st.record_version));
             (batch, record, st.record.agent_id.clone())
         };
+        // The chunks and the record go in one atomic write, so a crash never leaves a record
+        // without the events it counts, nor the reverse.
+        let mut puts = Vec::new();
+        let mut stored = Vec::new();
         for chunk in batch.chunks(self.cfg.chunk_events.max(1)) {
             let mut buf = Vec::new();
             for e in chunk {
@@ -975,26 +979,50 @@ impl JobManager {
                     .map_err(|e| StoreError::Unavailable(format!("encoding job event: {e}")))?;
             }
             let (first, last) = (&chunk[0], &chunk[chunk.len() - 1]);
-            self.store
-                .put(&keys::job_event_chunk(&job.id, first.seq), buf, None)
-                .await?;
-            let mut st = lock(&job.st);
-            st.persisted_seq = st.persisted_seq.max(last.seq);
-            st.chunks.push_back(Chunk {
+            puts.push(WriteOp::put(keys::job_event_chunk(&job.id, first.seq), buf));
+            stored.push(Chunk {
                 first: first.seq,
                 last: last.seq,
             });
-            drop(st);
-            let stored: usize = chunk.iter().map(|e| e.encoded_len()).sum();
-            self.account(&agent, 0, -(stored as isize));
-            self.stored.notify_waiters();
         }
-        if let Some((record, version)) = record {
-            let value = serde_json::to_vec(&record)
+        if let Some((record, _)) = &record {
+            let value = serde_json::to_vec(record)
                 .map_err(|e| StoreError::Unavailable(format!("encoding job record: {e}")))?;
-            self.store.put(&keys::job(&job.id), value, None).await?;
+            puts.push(WriteOp::put(keys::job(&job.id), value));
+        }
+        // A backlog too big for one write (etcd takes about 1.5 MiB) sends its oldest chunks
+        // ahead one by one; the newest chunk and the record still share the last write.
+        const BATCH_BYTES: usize = 1 << 20;
+        let bytes: usize = puts
+            .iter()
+            .map(|op| match op {
+                WriteOp::Put { value, .. } => value.len(),
+                WriteOp::Delete { .. } => 0,
+            })
+            .sum();
+        if puts.len() > MAX_BATCH_OPS || bytes > BATCH_BYTES {
+            let ahead = puts.len().saturating_sub(2);
+            for op in puts.drain(..ahead) {
+                self.store.write_all(vec![op]).await?;
+            }
+        }
+        if !puts.is_empty() {
+            self.store.write_all(puts).await?;
+        }
+        {
             let mut st = lock(&job.st);
-            st.stored_version = st.stored_version.max(version);
+            for chunk in stored {
+                st.persisted_seq = st.persisted_seq.max(chunk.last);
+                st.chunks.push_back(chunk);
+            }
+            if let Some((_, version)) = record {
+                st.stored_version = st.stored_version.max(version);
+            }
+        }
+        if !batch.is_empty() {
+            let bytes: usize = batch.iter().map(|e| e.encoded_len()).sum();
+            self.account(&agent, 0, -(bytes as isize));
+            self.stored.notify_waiters();
         }
         if let Some(last) = batch.last() {
             self.link.send_frame(&agent, ack_frame(&job.id, last.seq));

@@ -1,7 +1,8 @@
 //! The Croupier registry: where agents, function descriptors and node states live.
 //!
 //! Layout:
-//! - [`store`] — the `Store` trait (etcd semantics) and its backends.
+//! - [`store`] — the `Store` trait (etcd semantics) and its backends: etcd, and the embedded
+//!   one with its checksummed log and offline tools (check, repair, backup, restore).
 //! - [`keys`], [`ids`] — the key layout and the id rules that keep keys safe.
 //! - [`model`] — records as stored, with proto conversions.
 //! - [`view`] — the in-memory registry view fed by one watch; routing reads it.

@@ -246,23 +246,38 @@ async fn a_torn_last_line_is_ignored_and_cut_off() {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         store.put("/a", b"1".to_vec(), None).await.unwrap();
         store.put("/b", b"2".to_vec(), None).await.unwrap();
+        store.put("/torn", b"3".to_vec(), None).await.unwrap();
     }
-    // A crash in the middle of writing a record.
-    append_to_log(dir.path(), br#"{"op":"put","key":"/torn","val"#);
-    {
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        assert_eq!(store.get("/a").await.unwrap(), Some(kv("/a", b"1", 1, 1)));
-        assert_eq!(store.get("/b").await.unwrap(), Some(kv("/b", b"2", 2, 2)));
-        assert_eq!(store.get("/torn").await.unwrap(), None);
-        assert!(
-            !log_text(dir.path()).contains("torn"),
-            "the torn tail is cut off"
-        );
-        assert_eq!(store.put("/c", b"3".to_vec(), None).await.unwrap(), 3);
-    }
-    // An unreadable but terminated last line (e.g. zeros left by a lost page) is torn too.
-    append_to_log(dir.path(), b"\0\0\0\0\n");
+    // A crash in the middle of writing the last record.
+    let log = dir.path().join("store.log");
+    let full = std::fs::metadata(&log).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&log)
+        .unwrap()
+        .set_len(full - 10)
+        .unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.get("/a").await.unwrap(), Some(kv("/a", b"1", 1, 1)));
+    assert_eq!(store.get("/b").await.unwrap(), Some(kv("/b", b"2", 2, 2)));
+    assert_eq!(store.get("/torn").await.unwrap(), None);
+    let torn = store
+        .open_report()
+        .torn_tail
+        .clone()
+        .expect("the drop is reported");
+    assert_eq!(torn.keys, ["/torn"]);
+    assert_eq!(torn.seq, Some(4));
+    assert_eq!(torn.revision, None, "its mod_revision was cut");
+    assert_eq!(torn.offset + torn.bytes, full - 10);
+    assert!(
+        !log_text(dir.path()).contains("torn"),
+        "the torn tail is cut off"
+    );
+    assert_eq!(store.put("/c", b"3".to_vec(), None).await.unwrap(), 3);
+    drop(store);
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(store.open_report().torn_tail, None);
     let keys: Vec<_> = store
         .range("/")
         .await
@@ -272,8 +287,6 @@ async fn a_torn_last_line_is_ignored_and_cut_off() {
         .map(|kv| kv.key)
         .collect();
     assert_eq!(keys, ["/a", "/b", "/c"]);
-    assert_eq!(store.get("/c").await.unwrap(), Some(kv("/c", b"3", 3, 3)));
-    assert!(log_text(dir.path()).ends_with("}\n"));
 }
 
 #[tokio::test]
@@ -288,8 +301,12 @@ async fn an_unreadable_line_before_good_ones_is_corruption() {
     append_to_log(dir.path(), b"\n");
     let err = EmbeddedStore::open(dir.path()).unwrap_err();
     match &err {
-        StoreError::Corrupt(message) => {
-            assert!(message.contains("store.log line 2"), "{message}");
+        StoreError::Corrupt(c) => {
+            assert_eq!(
+                (c.line, c.offset),
+                (2, log_text(dir.path()).find("not").unwrap() as u64)
+            );
+            assert!(c.to_string().contains("store.log line 2"), "{c}");
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
@@ -301,13 +318,41 @@ async fn a_log_from_another_format_version_is_refused_and_left_alone() {
     let foreign = b"{\"op\":\"header\",\"format\":\"croupier-embedded-store\",\"version\":2}\n";
     std::fs::write(dir.path().join("store.log"), foreign).unwrap();
     match EmbeddedStore::open(dir.path()).unwrap_err() {
-        StoreError::Corrupt(message) => assert!(message.contains("version 2"), "{message}"),
+        StoreError::Corrupt(c) => assert!(c.reason.contains("version 2"), "{c}"),
         other => panic!("expected Corrupt, got {other:?}"),
     }
     assert_eq!(
         std::fs::read(dir.path().join("store.log")).unwrap(),
         foreign
     );
+    // A checksummed header of a later version.
+    let body = "1 {\"op\":\"header\",\"format\":\"croupier-embedded-store\",\"version\":3}";
+    let later = format!("{:08x} {body}\n", crc32(body.as_bytes()));
+    std::fs::write(dir.path().join("store.log"), &later).unwrap();
+    match EmbeddedStore::open(dir.path()).unwrap_err() {
+        StoreError::Corrupt(c) => assert!(c.reason.contains("version 3"), "{c}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("store.log")).unwrap(),
+        later
+    );
+}
+
+/// CRC-32 (IEEE), bit by bit: the checksum of the log's lines, computed independently.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }
 
 #[tokio::test]

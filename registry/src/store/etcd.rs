@@ -7,8 +7,12 @@
 //! the cluster (not contiguous per namespace), lease TTLs are whole seconds (at least 1), and a
 //! watch from a compacted revision ends with [`StoreError::Compacted`].
 //!
+//! [`Store::write_all`] is one etcd transaction (no conditions), so its changes share one
+//! revision.
+//!
 //! Errors: a connection or quorum failure is [`StoreError::Unavailable`] with etcd's message; a
-//! lease that ended is [`StoreError::LeaseNotFound`].
+//! lease that ended is [`StoreError::LeaseNotFound`]; a batch etcd refuses (too many ops, too
+//! large) is [`StoreError::InvalidBatch`].
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -23,7 +27,7 @@ use futures::StreamExt;
 
 use super::{
     CasOutcome, EventKind, Expect, KeyValue, LeaseId, RangeResult, Revision, Store, StoreError,
-    WatchEvent, WatchStream,
+    WatchEvent, WatchStream, WriteOp, check_batch,
 };
 
 /// How to reach etcd.
@@ -285,6 +289,35 @@ impl Store for EtcdStore {
             .await
             .map_err(unavailable)?;
         Ok((resp.deleted() > 0).then(|| resp.header().map(|h| h.revision()).unwrap_or(0)))
+    }
+
+    async fn write_all(&self, ops: Vec<WriteOp>) -> Result<Revision, StoreError> {
+        check_batch(&ops)?;
+        if ops.is_empty() {
+            return self.current_revision().await;
+        }
+        let txn = Txn::new().and_then(
+            ops.iter()
+                .map(|op| match op {
+                    WriteOp::Put { key, value } => TxnOp::put(self.key(key), value.clone(), None),
+                    WriteOp::Delete { key } => TxnOp::delete(self.key(key), None),
+                })
+                .collect::<Vec<_>>(),
+        );
+        // A retried attempt writes the same values again: harmless, one more revision.
+        let (resp, _) = self
+            .call(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(|e| match &e {
+                etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::InvalidArgument => {
+                    StoreError::InvalidBatch(format!("etcd refused the batch: {}", s.message()))
+                }
+                _ => unavailable(e),
+            })?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
 
     async fn compare_and_put(

@@ -2,10 +2,13 @@
 //! compare-and-set, watch from a revision), and its backends.
 //!
 //! Layout:
-//! - [`embedded`] — the in-process backend (default), persisting non-lease keys in a data dir.
+//! - [`embedded`] — the in-process backend (default), persisting non-lease keys in a checksummed
+//!   log in a data dir, with the offline tools behind `croupier store check|repair|backup|restore`.
 //! - [`etcd`] — the etcd backend, for several server replicas.
 //! - [`conformance`] (feature `test-util`): the suite every backend must pass.
 
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -93,6 +96,97 @@ pub enum CasOutcome {
     Conflict(Option<KeyValue>),
 }
 
+/// One write of an atomic batch ([`Store::write_all`]). Batched keys carry no lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Create or replace `key` with `value`.
+    Put {
+        /// The key.
+        key: String,
+        /// The value bytes.
+        value: Vec<u8>,
+    },
+    /// Delete `key` (nothing happens when it does not exist).
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+impl WriteOp {
+    /// A put of `value` at `key`.
+    pub fn put(key: impl Into<String>, value: Vec<u8>) -> Self {
+        WriteOp::Put {
+            key: key.into(),
+            value,
+        }
+    }
+
+    /// A delete of `key`.
+    pub fn delete(key: impl Into<String>) -> Self {
+        WriteOp::Delete { key: key.into() }
+    }
+
+    /// The key the op writes.
+    pub fn key(&self) -> &str {
+        match self {
+            WriteOp::Put { key, .. } | WriteOp::Delete { key } => key,
+        }
+    }
+}
+
+/// The most ops one [`Store::write_all`] batch may hold: etcd's default `--max-txn-ops`.
+pub const MAX_BATCH_OPS: usize = 128;
+
+/// Checks what every backend refuses in a batch: more than [`MAX_BATCH_OPS`] ops, or one key
+/// written twice (etcd refuses that too, and the order of two writes to one key in one
+/// transaction means nothing there).
+pub fn check_batch(ops: &[WriteOp]) -> Result<(), StoreError> {
+    if ops.len() > MAX_BATCH_OPS {
+        return Err(StoreError::InvalidBatch(format!(
+            "{} ops in one batch; at most {MAX_BATCH_OPS} are allowed: split it into batches \
+             that may be seen apart",
+            ops.len()
+        )));
+    }
+    let mut seen = BTreeSet::new();
+    for op in ops {
+        if !seen.insert(op.key()) {
+            return Err(StoreError::InvalidBatch(format!(
+                "key {:?} is written twice in one batch; write it once",
+                op.key()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Where and how persisted store data is damaged ([`StoreError::Corrupt`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Corruption {
+    /// The damaged file.
+    pub path: PathBuf,
+    /// The line (1-based) where the damage starts.
+    pub line: usize,
+    /// The byte offset of the start of that line.
+    pub offset: u64,
+    /// What is wrong there.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Corruption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} line {} (byte {}): {}",
+            self.path.display(),
+            self.line,
+            self.offset,
+            self.reason
+        )
+    }
+}
+
 /// A stream of changes, in revision order.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send>>;
 
@@ -121,9 +215,13 @@ pub enum StoreError {
     /// Reading or writing the data dir failed.
     #[error("store data dir: {0}")]
     Io(#[from] std::io::Error),
-    /// The persisted data could not be read back.
-    #[error("store data is corrupt: {0}")]
-    Corrupt(String),
+    /// The persisted data is damaged somewhere other than a torn last write. The file was left
+    /// as it was; `croupier store check` shows the damage and `croupier store repair` fixes it.
+    #[error("store data is corrupt: {0}; the file was left untouched")]
+    Corrupt(Box<Corruption>),
+    /// A [`Store::write_all`] batch the store refuses (see [`check_batch`]). Permanent.
+    #[error("invalid write batch: {0}")]
+    InvalidBatch(String),
 }
 
 /// A key-value store with etcd's semantics. Keys are strings; values are bytes.
@@ -150,6 +248,16 @@ pub trait Store: Send + Sync + 'static {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<CasOutcome, StoreError>;
+    /// Applies every op of `ops` or none, in order: no reader, watcher or restart ever sees part
+    /// of the batch. Returns the store revision after the batch (the revision of its last
+    /// change; the current revision when nothing changed). Puts detach a key from its lease;
+    /// deleting a missing key is a no-op. Watchers get one event per change. Refused with
+    /// [`StoreError::InvalidBatch`] when [`check_batch`] fails.
+    ///
+    /// The embedded backend gives each change its own revision (consecutive, in `ops` order) and
+    /// writes the batch as one log record; etcd applies it as one transaction at one revision
+    /// (and also refuses a request over its size limit, 1.5 MiB by default).
+    async fn write_all(&self, ops: Vec<WriteOp>) -> Result<Revision, StoreError>;
     /// Deletes a key only if it exists with `mod_revision`.
     async fn compare_and_delete(
         &self,
