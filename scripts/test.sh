@@ -11,8 +11,9 @@
 #   5. runs scripts/check-protos.sh (C++ and Go codegen from proto/croupier/ compile),
 #   6. runs cargo fmt --check, cargo clippy -D warnings and cargo test --workspace with
 #      CROUPIER_REQUIRE_DOCKER=1 and CROUPIER_REQUIRE_ETCD=1 (tests fail instead of skipping),
-#   7. runs scripts/clients-test.sh: the Go, C++ and Python clients and the Python provider,
-#      built and run against a live server and agent (skipped when extra cargo args are given).
+#   7. runs scripts/python-test.sh (the Python asyncio SDK: wheel, mypy --strict, pytest against
+#      real servers) and scripts/clients-test.sh (the Go, C++ and Python clients and the Python
+#      provider against a live server and agent); skipped when extra cargo args are given.
 #
 # Usage: scripts/test.sh [extra args passed to `cargo test --workspace`]
 #   e.g. scripts/test.sh -p croupier-registry -- store::
@@ -264,12 +265,13 @@ section "cargo test --workspace --all-features $*"
 cargo test --workspace --all-features "$@"
 
 # ---------------------------------------------------------------------------------------------
-section "7/7 clients: Go, C++, Python against a live server"
+section "7/7 Python SDK and clients: Go, C++, Python against a live server"
 if [[ $# -gt 0 ]]; then
     echo "extra cargo test arguments given: skipping the client examples"
     exit 0
 fi
 cargo build --bin croupier
+CROUPIER_BIN="$ROOT/target/debug/croupier" "$ROOT/scripts/python-test.sh"
 CROUPIER_BIN="$ROOT/target/debug/croupier" "$ROOT/scripts/clients-test.sh"
 echo
 echo "all done in $((SECONDS - START_TS)) s"
