@@ -27,6 +27,10 @@ pub enum FunctionError {
     /// A limit was hit.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The first call with the same idempotency key is still running; retry later for its
+    /// outcome (nothing runs twice).
+    #[error("{0}")]
+    StillRunning(String),
     /// The store failed.
     #[error("{context}: {source}")]
     Store {
@@ -57,6 +61,7 @@ impl FunctionError {
             FunctionError::PermissionDenied(_) => "PERMISSION_DENIED",
             FunctionError::FailedPrecondition(_) => "FAILED_PRECONDITION",
             FunctionError::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
+            FunctionError::StillRunning(_) => "ABORTED",
             FunctionError::Store { source, .. } => match source {
                 StoreError::Unavailable(_) | StoreError::Lagged => "UNAVAILABLE",
                 _ => "INTERNAL",
@@ -77,6 +82,7 @@ impl From<FunctionError> for Status {
             "PERMISSION_DENIED" => Status::permission_denied(msg),
             "FAILED_PRECONDITION" => Status::failed_precondition(msg),
             "RESOURCE_EXHAUSTED" => Status::resource_exhausted(msg),
+            "ABORTED" => Status::aborted(msg),
             _ => Status::internal(msg),
         }
     }

@@ -11,7 +11,7 @@
 //! the record stays pending: the server cancels the call and waits (up to a grace period) for
 //! the agent's last word; an outcome that completed is stored, a cancelled one frees the key.
 //! Meanwhile a repeat waits for the outcome, or, when its own deadline comes first, gets
-//! `UNAVAILABLE` ("still running"), which is safe to retry. A pending record whose executor
+//! `ABORTED` ("still running"): retrying later with the same key gets the outcome. A pending record whose executor
 //! died expires after the deadline plus that grace.
 //!
 //! Keys are shared by every caller identity: a repeat by another identity with the same key and
@@ -180,7 +180,7 @@ impl Idempotency {
             .await
             .map_err(FunctionError::store("watching the idempotency key"))?;
         let timeout = || {
-            FunctionError::Unavailable(
+            FunctionError::StillRunning(
                 "the first call with this idempotency key is still running; its outcome did not \
                  arrive before this call's deadline. Retry with the same key to get it (nothing \
                  runs twice)"

@@ -349,6 +349,29 @@ struct AgentUsage {
 
 const FOLLOW_BATCH: usize = 256;
 
+/// Most bytes of events in one stored chunk (one event larger than this is a chunk alone).
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Splits `events` into runs of at most `max_events` events and `max_bytes` bytes (at least
+/// one event each).
+fn chunks_of(events: &[JobEvent], max_events: usize, max_bytes: usize) -> Vec<&[JobEvent]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, e) in events.iter().enumerate() {
+        let n = e.encoded_len();
+        if i > start && (i - start >= max_events || bytes + n > max_bytes) {
+            out.push(&events[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += n;
+    }
+    if start < events.len() {
+        out.push(&events[start..]);
+    }
+    out
+}
+
 impl JobManager {
     /// Loads unfinished jobs from the store (they wait for their agents to report them) and
     /// starts the writer and the sweeper, which end with `shutdown` (the writer flushes first).
@@ -972,7 +995,7 @@ impl JobManager {
         // without the events it counts, nor the reverse.
         let mut puts = Vec::new();
         let mut stored = Vec::new();
-        for chunk in batch.chunks(self.cfg.chunk_events.max(1)) {
+        for chunk in chunks_of(&batch, self.cfg.chunk_events.max(1), CHUNK_BYTES) {
             let mut buf = Vec::new();
             for e in chunk {
                 e.encode_length_delimited(&mut buf)

@@ -10,9 +10,12 @@ use std::time::{Duration, Instant};
 
 use croupier_sdk::{Client, TlsFiles};
 
-/// The `croupier` binary under test.
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_croupier")
+pub mod raw_agent;
+
+/// The `croupier` binary under test: the one cargo built, or `CROUPIER_TEST_BIN` (to run a
+/// test against another build, e.g. to see it fail on a build without a fix).
+pub fn bin() -> String {
+    std::env::var("CROUPIER_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_croupier").into())
 }
 
 /// A child process killed when dropped.
@@ -61,6 +64,8 @@ pub struct Mesh {
     pub server_env: Vec<(String, String)>,
     /// Extra arguments of the server process (e.g. `--store etcd`).
     pub server_args: Vec<String>,
+    /// A command the main server runs under (e.g. `prlimit --nofile=256 --`); empty for none.
+    pub server_wrap: Vec<String>,
 }
 
 /// Writes certificates into `dir` with the given agents, clients `c1`, and admin `ops`.
@@ -97,6 +102,17 @@ impl Mesh {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Mesh {
+        Mesh::start_wrapped(agents, heartbeat, env, args, &[])
+    }
+
+    /// Like [`Mesh::start_with`], the server running under `wrap` (e.g. `prlimit …`).
+    pub fn start_wrapped(
+        agents: &[&str],
+        heartbeat: Duration,
+        env: &[(&str, &str)],
+        args: &[&str],
+        wrap: &[&str],
+    ) -> Mesh {
         let dir = tempfile::tempdir().unwrap();
         certs(&dir.path().join("certs"), agents);
         let mut mesh = Mesh {
@@ -109,6 +125,7 @@ impl Mesh {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             server_args: args.iter().map(|a| a.to_string()).collect(),
+            server_wrap: wrap.iter().map(|a| a.to_string()).collect(),
         };
         mesh.start_server("127.0.0.1:0");
         mesh
@@ -136,7 +153,20 @@ impl Mesh {
         } else {
             format!("data-{name}")
         };
-        let mut child = Command::new(bin())
+        let wrap = if name == "server" {
+            &self.server_wrap[..]
+        } else {
+            &[]
+        };
+        let mut cmd = match wrap.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let mut child = cmd
             .args(["server", "--listen", listen, "--data-dir"])
             .arg(self.dir.path().join(data))
             .arg("--tls-dir")
@@ -187,6 +217,38 @@ impl Mesh {
                 name: name.into(),
             },
             url,
+        )
+    }
+
+    /// The server process's resident memory, in MiB (from /proc).
+    pub fn server_rss_mib(&self) -> u64 {
+        let pid = self.server.as_ref().expect("server running").child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb / 1024)
+    }
+
+    /// Runs the CLI with this mesh's server and `identity`: (exit code, stdout, stderr).
+    pub fn cli(&self, identity: &str, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(bin())
+            .args(args)
+            .arg("--server")
+            .arg(&self.url)
+            .arg("--tls-dir")
+            .arg(self.certs())
+            .arg("--identity")
+            .arg(identity)
+            .env_remove("CROUPIER_GAME_ID")
+            .env_remove("CROUPIER_ENV")
+            .output()
+            .expect("running the croupier CLI");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
 

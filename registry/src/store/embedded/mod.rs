@@ -21,7 +21,8 @@
 //!   so nobody reads a key whose lease has run out. The task uses `tokio::time`, so tests can
 //!   `tokio::time::pause()` and `advance`, and it ends when the store is dropped.
 //! - **Watches** replay history from the asked revision, then follow live changes. History keeps
-//!   the last [`EmbeddedOptions::history_limit`] events and nothing before [`Store::compact`];
+//!   the last [`EmbeddedOptions::history_limit`] events (and at most
+//!   [`EmbeddedOptions::history_bytes_limit`] bytes of values) and nothing before [`Store::compact`];
 //!   older asks fail with [`StoreError::Compacted`]. Each watcher has a bounded queue
 //!   ([`EmbeddedOptions::watch_queue`]); a watcher that lets it fill is dropped — its stream yields
 //!   the queued events, then [`StoreError::Lagged`], then ends — and writers never wait for it.
@@ -141,6 +142,9 @@ pub struct EmbeddedOptions {
     /// How many past events are kept for watch replay; a watch from an older revision fails with
     /// [`StoreError::Compacted`]. Default 100 000.
     pub history_limit: usize,
+    /// How many bytes of values (new and previous) the history may hold; older events go first
+    /// (a watch from before them fails with [`StoreError::Compacted`]). Default 64 MiB.
+    pub history_bytes_limit: usize,
     /// How many undelivered events a watcher may have queued before it is dropped with
     /// [`StoreError::Lagged`]. Default 10 000 (at least 1 is used).
     pub watch_queue: usize,
@@ -158,6 +162,7 @@ impl Default for EmbeddedOptions {
     fn default() -> Self {
         Self {
             history_limit: 100_000,
+            history_bytes_limit: 64 << 20,
             watch_queue: 10_000,
             log_compaction_min_records: 10_000,
             fsync: false,
@@ -169,6 +174,12 @@ impl EmbeddedOptions {
     /// Sets [`EmbeddedOptions::history_limit`].
     pub fn with_history_limit(mut self, events: usize) -> Self {
         self.history_limit = events;
+        self
+    }
+
+    /// Sets [`EmbeddedOptions::history_bytes_limit`].
+    pub fn with_history_bytes_limit(mut self, bytes: usize) -> Self {
+        self.history_bytes_limit = bytes;
         self
     }
 

@@ -38,6 +38,8 @@ pub(super) struct State {
     lease_seq: u64,
     /// Past events with contiguous revisions `first_kept..=revision` (fewer when empty).
     pub(super) history: VecDeque<WatchEvent>,
+    /// Bytes of values held in `history`.
+    pub(super) history_bytes: usize,
     /// The oldest revision a watch may start from.
     pub(super) first_kept: Revision,
     pub(super) watchers: HashMap<u64, Watcher>,
@@ -107,6 +109,7 @@ impl State {
             lease_ids: RandomState::new(),
             lease_seq: 0,
             history: VecDeque::new(),
+            history_bytes: 0,
             first_kept: revision + 1,
             watchers: HashMap::new(),
             next_watcher: 0,

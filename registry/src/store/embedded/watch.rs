@@ -53,9 +53,13 @@ impl State {
             self.first_kept = revision + 1;
             return;
         }
+        self.history_bytes += event_bytes(&event);
         self.history.push_back(event);
-        while self.history.len() > self.opts.history_limit {
+        while self.history.len() > self.opts.history_limit
+            || (self.history_bytes > self.opts.history_bytes_limit && self.history.len() > 1)
+        {
             if let Some(old) = self.history.pop_front() {
+                self.history_bytes = self.history_bytes.saturating_sub(event_bytes(&old));
                 self.first_kept = old.revision() + 1;
             }
         }
@@ -72,7 +76,9 @@ impl State {
             .front()
             .is_some_and(|event| event.revision() < target)
         {
-            self.history.pop_front();
+            if let Some(old) = self.history.pop_front() {
+                self.history_bytes = self.history_bytes.saturating_sub(event_bytes(&old));
+            }
         }
     }
 
@@ -194,4 +200,9 @@ impl Drop for Registration {
             inner.lock().watchers.remove(&self.id);
         }
     }
+}
+
+/// Bytes an event holds in history (its value and the previous one).
+fn event_bytes(event: &WatchEvent) -> usize {
+    event.kv.value.len() + event.prev.as_ref().map_or(0, |p| p.value.len())
 }
