@@ -451,6 +451,28 @@ mod tests {
     }
 
     #[test]
+    fn example_config_in_deploy_lists_every_field() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/croupier.toml");
+        let text = std::fs::read_to_string(file).unwrap();
+        let example: toml::Table = toml::from_str(&text).unwrap();
+        let defaults = toml::Table::try_from(ServerConfig::default()).unwrap();
+        fn missing(want: &toml::Table, have: &toml::Table, at: &str, out: &mut Vec<String>) {
+            for (k, v) in want {
+                match (v, have.get(k)) {
+                    (toml::Value::Table(w), Some(toml::Value::Table(h))) => {
+                        missing(w, h, &format!("{at}{k}."), out)
+                    }
+                    (_, Some(_)) => {}
+                    (_, None) => out.push(format!("{at}{k}")),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        missing(&defaults, &example, "", &mut out);
+        assert!(out.is_empty(), "deploy/croupier.toml lacks {out:?}");
+    }
+
+    #[test]
     fn example_config_in_deploy_is_valid() {
         // In a jail: no CROUPIER_* variable of the process or another test leaks in.
         figment::Jail::expect_with(|_| {
