@@ -1,0 +1,451 @@
+//! [`Invoker`]: one invocation from request to response — resolve the function, authorise the
+//! caller, validate the payload, apply idempotency, route, enforce the deadline, retry only
+//! when it is safe, and answer.
+
+mod job_start;
+mod late;
+mod register;
+mod route;
+#[cfg(test)]
+mod tests;
+
+use late::*;
+use route::*;
+
+use crate::error::FunctionError;
+use crate::forward::Forwarder;
+use crate::idempotency::{Begin, Idempotency, payload_hash};
+use crate::jobs::JobManager;
+use crate::pipeline::Pipelines;
+use crate::router::{Mode, Rotation};
+use croupier_control::AgentLink;
+use croupier_control::audit::{AuditLog, AuditRecord};
+use croupier_proto::control::v1::InvokeResult;
+use croupier_proto::function::v1::{InvokeFunctionRequest, InvokeFunctionResponse};
+use croupier_proto::json::opt_struct_to_json;
+use croupier_proto::limits::{PayloadError, check_payload};
+use croupier_registry::identity::Identity;
+use croupier_registry::ids::check_id;
+use croupier_registry::model::{DescriptorRecord, now_ms};
+use croupier_registry::schema::{PayloadCheckError, SchemaCache, SchemaLimits};
+use croupier_registry::store::Store;
+use croupier_registry::view::{FnKey, RegistryView};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+/// Invocation settings.
+#[derive(Clone, Debug)]
+pub struct InvokeConfig {
+    /// Deadline when neither the call nor the descriptor sets one. Default 30 s.
+    pub default_timeout: Duration,
+    /// Longest deadline accepted. Default 1 h.
+    pub max_timeout: Duration,
+    /// How long idempotent outcomes are kept. Default 24 h.
+    pub idempotency_retention: Duration,
+    /// Most calls one caller identity may have in flight. Default 1024.
+    pub max_concurrent_per_caller: usize,
+    /// The server's message limit: payloads must fit in it with room for the tunnel frame.
+    /// Default 10 MiB.
+    pub max_message_bytes: usize,
+    /// Bounds on params schemas.
+    pub schema_limits: SchemaLimits,
+    /// Longest a payload's schema validation may take. Default 1 s.
+    pub schema_budget: Duration,
+    /// Most bytes of one function descriptor, encoded. Default 64 KiB.
+    pub max_descriptor_bytes: usize,
+    /// How long after the deadline of a call with an idempotency key the server still waits for
+    /// the agent's answer (the key stays claimed meanwhile, so nothing runs twice). Default 30 s.
+    pub late_answer_grace: Duration,
+}
+
+impl Default for InvokeConfig {
+    fn default() -> Self {
+        InvokeConfig {
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(3600),
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            max_concurrent_per_caller: 1024,
+            max_message_bytes: croupier_proto::limits::DEFAULT_MAX_MESSAGE_BYTES,
+            schema_limits: SchemaLimits::default(),
+            schema_budget: Duration::from_secs(1),
+            max_descriptor_bytes: 64 * 1024,
+            late_answer_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Runs invocations. Share it as `Arc<Invoker>`.
+pub struct Invoker {
+    cfg: InvokeConfig,
+    store: Arc<dyn Store>,
+    view: Arc<RegistryView>,
+    link: Arc<dyn AgentLink>,
+    idem: Arc<Idempotency>,
+    schemas: SchemaCache,
+    rotation: Rotation,
+    audit: AuditLog,
+    per_caller: Mutex<HashMap<String, Arc<Semaphore>>>,
+    jobs: Option<Arc<JobManager>>,
+    forwarder: Option<Arc<Forwarder>>,
+    pipelines: Pipelines,
+}
+
+/// A request whose function is resolved, caller authorised and payload checked.
+struct Prepared {
+    key: FnKey,
+    descriptor: Option<Arc<DescriptorRecord>>,
+    opts: croupier_proto::function::v1::InvokeOptions,
+    mode: Mode,
+    /// The payload as JSON, when it was needed (schema or idempotency key).
+    payload_json: Option<Arc<serde_json::Value>>,
+    /// Another replica forwarded the request: only this server's agents may take it.
+    local_only: bool,
+}
+
+/// A call, resolved and checked, ready to route.
+struct Call<'a> {
+    local_only: bool,
+    who: &'a Identity,
+    key: FnKey,
+    req: &'a InvokeFunctionRequest,
+    deadline: Instant,
+    timeout: Duration,
+    retry_safe: bool,
+    /// The call claimed an idempotency key: an answer after the deadline still counts.
+    keyed: bool,
+    /// Set by [`Invoker::send`] when the deadline passed while the agent still ran the call.
+    late: Mutex<Option<LateAnswer>>,
+}
+
+impl Invoker {
+    /// Builds an invoker over the registry `view`, reaching agents through `link`.
+    pub fn new(
+        cfg: InvokeConfig,
+        store: Arc<dyn Store>,
+        view: Arc<RegistryView>,
+        link: Arc<dyn AgentLink>,
+        audit: AuditLog,
+    ) -> Self {
+        let idem = Arc::new(Idempotency::new(store.clone(), cfg.idempotency_retention));
+        let pipelines = Pipelines::new(store.clone());
+        let schemas = SchemaCache::new(cfg.schema_limits, cfg.schema_budget);
+        Invoker {
+            cfg,
+            store,
+            view,
+            link,
+            idem,
+            schemas,
+            rotation: Rotation::default(),
+            audit,
+            per_caller: Mutex::new(HashMap::new()),
+            jobs: None,
+            forwarder: None,
+            pipelines,
+        }
+    }
+
+    /// Forwards calls and jobs for agents held by other replicas through `forwarder`.
+    pub fn with_forwarder(mut self, forwarder: Arc<Forwarder>) -> Self {
+        self.forwarder = Some(forwarder);
+        self
+    }
+
+    /// Runs jobs with `jobs` (without it, `InvokeJob` answers UNAVAILABLE).
+    pub fn with_jobs(mut self, jobs: Arc<JobManager>) -> Self {
+        self.jobs = Some(jobs);
+        self
+    }
+
+    /// The pipeline templates.
+    pub fn pipelines(&self) -> &Pipelines {
+        &self.pipelines
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The job manager, when jobs are served.
+    pub fn jobs(&self) -> Option<&Arc<JobManager>> {
+        self.jobs.as_ref()
+    }
+
+    /// The idempotency records (for the periodic sweep).
+    pub fn idempotency(&self) -> &Idempotency {
+        &self.idem
+    }
+
+    /// Invokes a function for `who`. `caller_timeout` is the gRPC deadline the caller sent.
+    #[tracing::instrument(level = "debug", skip_all, fields(function = %req.function_id, caller = %who))]
+    pub async fn invoke(
+        &self,
+        who: &Identity,
+        req: InvokeFunctionRequest,
+        caller_timeout: Option<Duration>,
+    ) -> Result<InvokeFunctionResponse, FunctionError> {
+        self.invoke_as(who, req, caller_timeout, false).await
+    }
+
+    /// Like [`Invoker::invoke`]; with `forwarded` (another replica sent it), only this
+    /// server's agents are candidates.
+    pub async fn invoke_as(
+        &self,
+        who: &Identity,
+        req: InvokeFunctionRequest,
+        caller_timeout: Option<Duration>,
+        forwarded: bool,
+    ) -> Result<InvokeFunctionResponse, FunctionError> {
+        let started = Instant::now();
+        let _permit = self.admit(who)?;
+        let result = self
+            .invoke_inner(who, &req, caller_timeout, started, forwarded)
+            .await;
+        if self.audit.enabled() {
+            let descriptor =
+                self.view
+                    .descriptor(&FnKey::new(&req.game_id, &req.env, &req.function_id));
+            let sensitive = descriptor
+                .map(|d| d.sensitive_fields.clone())
+                .unwrap_or_default();
+            let outcome = match &result {
+                Ok(r) if r.success => "ok".to_string(),
+                Ok(r) => format!("handler error: {}", r.error_code),
+                Err(e) => e.code_name().to_string(),
+            };
+            self.audit.record(AuditRecord {
+                at: now_ms(),
+                who: who.uri(),
+                action: "invoke",
+                target: format!("{}/{}/{}", req.game_id, req.env, req.function_id),
+                outcome,
+                details: serde_json::json!({
+                    "agent": result.as_ref().map(|r| r.agent_id.clone()).unwrap_or_default(),
+                    "payload": self.audit.payload(&opt_struct_to_json(req.payload.as_ref()), &sensitive),
+                    "millis": started.elapsed().as_millis() as u64,
+                }),
+            });
+        }
+        result
+    }
+
+    /// Takes one of the caller's concurrency slots.
+    fn admit(&self, who: &Identity) -> Result<OwnedSemaphorePermit, FunctionError> {
+        let limit = self.cfg.max_concurrent_per_caller;
+        let sem = {
+            let mut map = self.per_caller.lock().unwrap_or_else(|e| e.into_inner());
+            if map.len() > 10_000 {
+                map.retain(|_, s| s.available_permits() < limit);
+            }
+            map.entry(who.uri())
+                .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+                .clone()
+        };
+        sem.try_acquire_owned().map_err(|_| {
+            FunctionError::ResourceExhausted(format!(
+                "identity {who} already has {limit} calls in flight (the per-caller limit); \
+                 wait for some to finish"
+            ))
+        })
+    }
+
+    /// Checks ids, resolves the function, authorises the caller and validates the payload
+    /// (its depth and size against the limits every decoder shares, then its schema, within
+    /// the caller's deadline).
+    async fn prepare(
+        &self,
+        who: &Identity,
+        req: &InvokeFunctionRequest,
+        local_only: bool,
+        caller_timeout: Option<Duration>,
+    ) -> Result<Prepared, FunctionError> {
+        check_id("game_id", &req.game_id).map_err(FunctionError::InvalidArgument)?;
+        check_id("env", &req.env).map_err(FunctionError::InvalidArgument)?;
+        check_id("function_id", &req.function_id).map_err(FunctionError::InvalidArgument)?;
+        check_payload(req.payload.as_ref(), self.cfg.max_message_bytes).map_err(|e| {
+            let msg = format!("the payload of {} {e}", req.function_id);
+            match e {
+                PayloadError::TooDeep { .. } => FunctionError::InvalidArgument(msg),
+                PayloadError::TooLarge { .. } => FunctionError::ResourceExhausted(msg),
+            }
+        })?;
+        let opts = req.options.clone().unwrap_or_default();
+        let mode = Mode::parse(&opts.routing_mode)?;
+        let key = FnKey::new(&req.game_id, &req.env, &req.function_id);
+        let descriptor = self.view.descriptor(&key);
+        if descriptor.is_none() && self.view.candidates(&key).is_empty() {
+            return Err(FunctionError::NotFound(format!(
+                "function {} is not registered in game {:?} env {:?}; `croupier functions` lists \
+                 what is",
+                req.function_id, req.game_id, req.env
+            )));
+        }
+        if let Some(d) = &descriptor {
+            authorize(who, d)?;
+        }
+        let keyed = !opts.idempotency_key.is_empty();
+        let payload_json = if keyed
+            || descriptor
+                .as_ref()
+                .is_some_and(|d| !d.params_schema.is_null())
+        {
+            Some(Arc::new(opt_struct_to_json(req.payload.as_ref())))
+        } else {
+            None
+        };
+        if let (Some(d), Some(p)) = (&descriptor, &payload_json) {
+            let deadline = caller_timeout.map(|t| Instant::now() + t);
+            self.schemas
+                .check(&key, d, p.clone(), deadline)
+                .await
+                .map_err(|e| match e {
+                    PayloadCheckError::Mismatch(e) => FunctionError::InvalidArgument(format!(
+                        "payload does not match the params schema of {}: {e}",
+                        req.function_id
+                    )),
+                    PayloadCheckError::BadSchema(e) => FunctionError::FailedPrecondition(format!(
+                        "the params_schema of {} {e}; fix its descriptor",
+                        req.function_id
+                    )),
+                    PayloadCheckError::Overran(t) => FunctionError::ResourceExhausted(format!(
+                        "checking the payload against the params schema of {} took longer than \
+                         {t:?}; the schema is too costly, and calls of {} are refused until its \
+                         descriptor changes",
+                        req.function_id, req.function_id
+                    )),
+                })?;
+        }
+        Ok(Prepared {
+            key,
+            descriptor,
+            opts,
+            mode,
+            payload_json,
+            local_only,
+        })
+    }
+
+    async fn invoke_inner(
+        &self,
+        who: &Identity,
+        req: &InvokeFunctionRequest,
+        caller_timeout: Option<Duration>,
+        started: Instant,
+        forwarded: bool,
+    ) -> Result<InvokeFunctionResponse, FunctionError> {
+        let Prepared {
+            key,
+            descriptor,
+            opts,
+            mode,
+            payload_json,
+            local_only,
+        } = self.prepare(who, req, forwarded, caller_timeout).await?;
+        let timeout = self.timeout(opts.timeout, descriptor.as_deref(), caller_timeout)?;
+        let idem_key = (!opts.idempotency_key.is_empty()).then_some(opts.idempotency_key.as_str());
+        let call = Call {
+            local_only,
+            who,
+            key,
+            retry_safe: idem_key.is_some() || descriptor.as_ref().is_some_and(|d| d.idempotent),
+            req,
+            deadline: started + timeout,
+            timeout,
+            keyed: idem_key.is_some() && mode != Mode::Broadcast,
+            late: Mutex::new(None),
+        };
+        let Some(idem_key) = idem_key else {
+            return self.route(&call, mode, &opts).await;
+        };
+        let record = Idempotency::record_key(&req.game_id, &req.env, &req.function_id, idem_key);
+        let hash = payload_hash(payload_json.as_deref().unwrap_or(&serde_json::Value::Null));
+        let hold = timeout + self.cfg.late_answer_grace;
+        match self.idem.begin(record, hash, timeout, hold).await? {
+            Begin::Replay(resp) => Ok(resp),
+            Begin::Execute(ticket) => match self.route(&call, mode, &opts).await {
+                Ok(resp) => {
+                    self.idem.finish(ticket, &resp).await;
+                    Ok(resp)
+                }
+                Err(e) => {
+                    let late = call.late.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    match late {
+                        Some(late) => self.await_late_answer(ticket, late),
+                        None => self.idem.abandon(ticket).await,
+                    }
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    fn timeout(
+        &self,
+        requested_secs: i32,
+        d: Option<&DescriptorRecord>,
+        caller: Option<Duration>,
+    ) -> Result<Duration, FunctionError> {
+        if requested_secs < 0 {
+            return Err(FunctionError::InvalidArgument(format!(
+                "options.timeout is {requested_secs}; give seconds > 0, or 0 for the default"
+            )));
+        }
+        let chosen = if requested_secs > 0 {
+            Duration::from_secs(requested_secs as u64)
+        } else if let Some(t) = d.map(|d| d.timeout_secs).filter(|t| *t > 0) {
+            Duration::from_secs(t as u64)
+        } else {
+            self.cfg.default_timeout
+        };
+        let chosen = chosen.min(self.cfg.max_timeout);
+        Ok(caller.map_or(chosen, |c| c.min(chosen)))
+    }
+}
+
+fn response(r: InvokeResult, agent: &str) -> InvokeFunctionResponse {
+    InvokeFunctionResponse {
+        success: r.success,
+        result: r.result,
+        error: r.error,
+        error_code: r.error_code,
+        agent_id: agent.to_string(),
+        results: Vec::new(),
+        request_id: r.request_id,
+    }
+}
+
+fn authorize(who: &Identity, d: &DescriptorRecord) -> Result<(), FunctionError> {
+    let role_ok =
+        d.allowed_roles.is_empty() || d.allowed_roles.iter().any(|r| r == who.role.as_str());
+    let id_ok =
+        d.allowed_identities.is_empty() || d.allowed_identities.iter().any(|i| *i == who.uri());
+    if role_ok && id_ok {
+        return Ok(());
+    }
+    Err(FunctionError::PermissionDenied(format!(
+        "identity {who} may not invoke {} (allowed roles: {:?}, allowed identities: {:?})",
+        d.id, d.allowed_roles, d.allowed_identities
+    )))
+}
+
+/// Parses a `grpc-timeout` header value ("100m", "5S", "1H"…).
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 {
+        return None;
+    }
+    let (num, unit) = v.split_at(v.len() - 1);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
