@@ -1,6 +1,7 @@
 //! Unit tests of the invoker's pure parts.
 
 use super::*;
+use croupier_registry::identity::Role;
 
 #[test]
 fn parses_grpc_timeouts() {
