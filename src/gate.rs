@@ -12,12 +12,13 @@
 //! once a second per kind, with how many were shed meanwhile). Refused handshakes are logged
 //! with the peer's address.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -186,7 +187,7 @@ impl Throttled {
     /// Counts one event; returns the count to report when a line is due.
     fn hit(&self) -> Option<u64> {
         let n = self.since.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last.lock();
         if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             return None;
         }
@@ -244,17 +245,13 @@ pub fn incoming(
                         tracing::warn!(error = %e, times = n, "accepting a connection failed; closing the oldest unauthenticated one");
                     }
                     hit("accept");
-                    lock(&shared.handshakes).shed_oldest(None);
+                    shared.handshakes.lock().shed_oldest(None);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         }
     });
     ReceiverStream::new(rx)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn admit(
@@ -275,7 +272,7 @@ fn admit(
     let _ = tcp.set_nodelay(true);
     let ip = peer.ip();
     let (id, token) = {
-        let mut hs = lock(&shared.handshakes);
+        let mut hs = shared.handshakes.lock();
         let mut shed = false;
         if hs.count_from(ip) >= cfg.max_handshakes_per_source {
             shed |= hs.shed_oldest(Some(ip));
@@ -305,7 +302,7 @@ fn admit(
                 Err(_) => Err(format!("no TLS handshake within {:?} (limits.handshake_timeout)", cfg.handshake_timeout)),
             },
         };
-        lock(&shared.handshakes).remove(id);
+        shared.handshakes.lock().remove(id);
         match outcome {
             Ok(inner) => {
                 let _ = tx
@@ -368,7 +365,7 @@ mod tests {
         assert_eq!(t.hit(), Some(1));
         assert_eq!(t.hit(), None);
         assert_eq!(t.hit(), None);
-        *t.last.lock().unwrap() = Some(Instant::now() - Duration::from_secs(2));
+        *t.last.lock() = Some(Instant::now() - Duration::from_secs(2));
         assert_eq!(t.hit(), Some(3));
     }
 }

@@ -4,8 +4,9 @@
 //! in the [`ON_BEHALF_OF`] header. The owner trusts that header only from a `server` identity,
 //! and runs forwarded requests on its own agents only (no second hop).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use croupier_proto::function::v1::{self as pb, function_service_client::FunctionServiceClient};
@@ -118,7 +119,7 @@ impl Forwarder {
                  unreachable until they move to another server"
             ))
         })?;
-        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        let mut channels = self.channels.lock();
         let channel = match channels.get(&server.url) {
             Some(c) => c.clone(),
             None => {

@@ -1,8 +1,8 @@
 //! Routing modes over the candidates for a call (DESIGN §4). Pure functions over agent ids and
 //! their load, so they are tested without a network.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use croupier_control::Load;
@@ -84,7 +84,7 @@ impl Rotation {
         if slots.is_empty() {
             return None;
         }
-        let mut map = self.per_function.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.per_function.lock();
         if map.len() > 100_000 {
             map.clear();
         }

@@ -4,10 +4,11 @@
 //! provides the tonic interceptor that puts the caller's [`Identity`] into the request
 //! extensions, where handlers read it back with [`caller`].
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -188,10 +189,10 @@ impl IdentityResolver {
         IdentityResolver::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Identity>> {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<Vec<u8>, Identity>> {
         // The map is always left consistent, so a panic elsewhere while holding the lock does
         // not make its contents wrong.
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+        self.cache.lock()
     }
 
     /// The identity of a DER-encoded certificate, from the cache when it was seen before.

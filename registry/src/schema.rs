@@ -17,9 +17,10 @@
 //! overruns the budget is marked costly, and calls of its function fail fast until the
 //! descriptor changes.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use croupier_proto::limits::MAX_PAYLOAD_DEPTH;
@@ -426,7 +427,7 @@ impl SchemaCache {
         key: &FnKey,
         descriptor: &Arc<DescriptorRecord>,
     ) -> Result<Option<Arc<Compiled>>, SchemaError> {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self.entries.lock();
         if let Some(e) = entries.get(key)
             && Arc::ptr_eq(&e.descriptor, descriptor)
         {

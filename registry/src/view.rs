@@ -5,8 +5,9 @@
 //! providing which function, descriptor and node-state updates), each tagged with the store
 //! revision that caused it, so `WatchRegistrations` can resume from a revision.
 
+use parking_lot::RwLock;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use croupier_proto::registry::v1 as pb;
@@ -240,7 +241,7 @@ impl RegistryView {
         for kv in &kvs {
             apply_put_silent(&mut fresh, kv);
         }
-        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.write();
         let old = std::mem::take(&mut *st);
         fresh.log = old.log;
         fresh.oldest = if diff { old.oldest } else { revision + 1 };
@@ -285,7 +286,7 @@ impl RegistryView {
     /// Applies one watch event.
     fn apply(&self, ev: &WatchEvent) {
         let rev = ev.revision();
-        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut st = self.state.write();
         st.revision = rev;
         let key = ev.kv.key.as_str();
         let mut changes = Vec::new();
@@ -570,8 +571,8 @@ impl RegistryView {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> parking_lot::RwLockReadGuard<'_, State> {
+        self.state.read()
     }
 }
 

@@ -17,7 +17,8 @@
 //! client off from every other function. Those answers are the retry rule's business
 //! ([`crate::retry`]). A call that ran out of its own deadline is neutral.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
@@ -144,8 +145,8 @@ impl CircuitBreaker {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
+        self.inner.lock()
     }
 
     /// The current state (an open breaker whose interval is over reports half-open).

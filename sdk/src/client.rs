@@ -4,9 +4,10 @@
 //! through the client's [circuit breaker](crate::breaker) and, when it is safe to repeat, is
 //! retried by the client's [`RetryPolicy`] (the rule is in [`crate::retry`]).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use croupier_proto::common::v1::{FunctionDescriptor, NodeState};
@@ -703,7 +704,7 @@ impl Client {
             .collect();
         out.sort_by(|a, b| (&a.game_id, &a.env, &a.id).cmp(&(&b.game_id, &b.env, &b.id)));
         let now = Instant::now();
-        let mut cache = lock(&self.semantics);
+        let mut cache = self.semantics.lock();
         for f in &out {
             let key = (f.game_id.clone(), f.env.clone(), f.id.clone());
             cache.insert(key, (f.safe_to_retry(), now));
@@ -898,7 +899,7 @@ impl Client {
             return true;
         }
         let key = (game_id.to_string(), env.to_string(), function.to_string());
-        if let Some((safe, at)) = lock(&self.semantics).get(&key)
+        if let Some((safe, at)) = self.semantics.lock().get(&key)
             && at.elapsed() < SEMANTICS_TTL
         {
             return *safe;
@@ -925,7 +926,7 @@ impl Client {
                 return false;
             }
         };
-        lock(&self.semantics).insert(key, (safe, Instant::now()));
+        self.semantics.lock().insert(key, (safe, Instant::now()));
         safe
     }
 }
@@ -935,10 +936,6 @@ fn timed<M>(msg: M, timeout: Duration) -> Request<M> {
     let mut req = Request::new(msg);
     req.set_timeout(timeout);
     req
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

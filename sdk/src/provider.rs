@@ -21,11 +21,12 @@
 //! # Ok(()) }
 //! ```
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use croupier_proto::common::v1::{FunctionDescriptor, NodeState};
@@ -112,7 +113,7 @@ struct Running {
 
 impl Running {
     fn cancel(&self, reason: &str) {
-        lock(&self.reason).get_or_insert_with(|| reason.to_string());
+        self.reason.lock().get_or_insert_with(|| reason.to_string());
         self.cancel.cancel();
     }
 }
@@ -427,7 +428,7 @@ impl Provider {
             match frame.frame {
                 Some(server_frame::Frame::Invoke(inv)) => self.spawn_call(inv, &out_tx),
                 Some(server_frame::Frame::Cancel(c)) => {
-                    if let Some(r) = lock(&self.running).get(&c.request_id) {
+                    if let Some(r) = self.running.lock().get(&c.request_id) {
                         tracing::debug!(request_id = %c.request_id, reason = %c.reason, "call cancelled");
                         r.cancel(&c.reason);
                     }
@@ -460,7 +461,7 @@ impl Provider {
             while self.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            let left: Vec<Arc<Running>> = lock(&self.running).values().cloned().collect();
+            let left: Vec<Arc<Running>> = self.running.lock().values().cloned().collect();
             for r in &left {
                 r.cancel("the agent shut down");
             }
@@ -529,7 +530,9 @@ impl Provider {
             return;
         };
         let running = Arc::new(Running::default());
-        lock(&self.running).insert(request_id.clone(), running.clone());
+        self.running
+            .lock()
+            .insert(request_id.clone(), running.clone());
         let running_map = self.running.clone();
         let in_flight = self.in_flight.clone();
         in_flight.fetch_add(1, Ordering::Relaxed);
@@ -583,7 +586,7 @@ impl Provider {
             } else {
                 run_job(handler, call, timeout, &running, &env).await;
             }
-            lock(&running_map).remove(&request_id);
+            running_map.lock().remove(&request_id);
             in_flight.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -668,7 +671,7 @@ async fn run_job(
             })
         }
     };
-    let reason = lock(&running.reason).clone();
+    let reason = running.reason.lock().clone();
     let (kind, message, progress, data) = match (reason, deadline_passed, outcome) {
         (Some(reason), _, _) => (
             EventType::Cancelled,
@@ -705,10 +708,6 @@ fn failure(request_id: &str, code: &str, message: String) -> AgentFrame {
             error_code: code.to_string(),
         })),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What the heartbeat loop sends.

@@ -30,8 +30,9 @@ use croupier_registry::model::{DescriptorRecord, now_ms};
 use croupier_registry::schema::{PayloadCheckError, SchemaCache, SchemaLimits};
 use croupier_registry::store::Store;
 use croupier_registry::view::{FnKey, RegistryView};
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -237,7 +238,7 @@ impl Invoker {
     fn admit(&self, who: &Identity) -> Result<OwnedSemaphorePermit, FunctionError> {
         let limit = self.cfg.max_concurrent_per_caller;
         let sem = {
-            let mut map = self.per_caller.lock().unwrap_or_else(|e| e.into_inner());
+            let mut map = self.per_caller.lock();
             if map.len() > 10_000 {
                 map.retain(|_, s| s.available_permits() < limit);
             }
@@ -372,7 +373,7 @@ impl Invoker {
                     Ok(resp)
                 }
                 Err(e) => {
-                    let late = call.late.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    let late = call.late.lock().take();
                     match late {
                         Some(late) => self.await_late_answer(ticket, late),
                         None => self.idem.abandon(ticket).await,

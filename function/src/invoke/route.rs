@@ -327,7 +327,7 @@ impl Invoker {
                 Ok(joined) => Ok(joined.unwrap_or_else(|_| Err(LinkError::Lost(agent.into())))),
                 Err(elapsed) => {
                     self.link.send_frame(agent, cancel_frame(&request_id));
-                    *call.late.lock().unwrap_or_else(|e| e.into_inner()) = Some(LateAnswer {
+                    *call.late.lock() = Some(LateAnswer {
                         agent: agent.to_string(),
                         answer,
                     });

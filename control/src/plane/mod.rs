@@ -1,0 +1,441 @@
+//! [`ControlPlane`]: agent sessions, heartbeats and liveness, the tunnel, node states.
+//!
+//! A session is created by `RegisterAgent` and lives while heartbeats arrive: after
+//! `missed_heartbeats` intervals without one, the session is expired, its lease revoked and its
+//! registration disappears (watchers see `REMOVED`). Work reaches the agent only through its
+//! `Connect` tunnel; an agent whose tunnel is down is registered but not routable.
+
+mod register;
+mod session;
+mod tunnel;
+
+pub use register::check_descriptor;
+use session::*;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use crate::audit::{AuditLog, AuditRecord};
+use crate::error::ControlError;
+use crate::link::JobSink;
+use croupier_proto::common::v1 as common;
+use croupier_proto::control::v1::{self as pb, ServerFrame, server_frame};
+use croupier_proto::limits::{DEFAULT_MAX_MESSAGE_BYTES, excerpt};
+use croupier_registry::identity::{Identity, Role};
+use croupier_registry::ids::check_id;
+use croupier_registry::keys;
+use croupier_registry::model::{NodeRecord, NodeState, now_ms};
+use croupier_registry::schema::SchemaLimits;
+use croupier_registry::service::{Presence, PresenceSource};
+use croupier_registry::store::Store;
+use croupier_registry::view::RegistryView;
+use parking_lot::RwLock;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Control-plane settings.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// This server's id (recorded as the owner of the agents it holds).
+    pub server_id: String,
+    /// How often agents heartbeat. Default 15 s.
+    pub heartbeat_interval: Duration,
+    /// Heartbeats an agent may miss before it is offline. Default 3.
+    pub missed_heartbeats: u32,
+    /// Most labels an agent may carry. Default 64.
+    pub max_labels: usize,
+    /// Most functions an agent may provide. Default 1024.
+    pub max_functions: usize,
+    /// Frames queued towards one agent before senders wait. Default 1024.
+    pub tunnel_queue: usize,
+    /// The largest message the server decodes and sends (`limits.max_message_bytes`). Default
+    /// 10 MiB. No frame larger than this, or than the agent's own limit, goes down a tunnel.
+    pub max_message_bytes: usize,
+    /// Most bytes of one function descriptor, encoded. Default 64 KiB.
+    pub max_descriptor_bytes: usize,
+    /// Most functions (registered or provided) in one game and environment. Default 10 000.
+    pub max_functions_per_scope: usize,
+    /// Most entries of a heartbeat's status map. Default 64.
+    pub max_status_entries: usize,
+    /// Most bytes of a heartbeat's status map (keys and values). Default 16 KiB.
+    pub max_status_bytes: usize,
+    /// Most characters of a free-text field (a node-state reason, a goodbye). Default 1024.
+    pub max_text_chars: usize,
+    /// Bounds on the JSON Schemas in descriptors.
+    pub schema_limits: SchemaLimits,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            server_id: "server".into(),
+            heartbeat_interval: Duration::from_secs(15),
+            missed_heartbeats: 3,
+            max_labels: 64,
+            max_functions: 1024,
+            tunnel_queue: 1024,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_descriptor_bytes: 64 * 1024,
+            max_functions_per_scope: 10_000,
+            max_status_entries: 64,
+            max_status_bytes: 16 * 1024,
+            max_text_chars: 1024,
+            schema_limits: SchemaLimits::default(),
+        }
+    }
+}
+
+impl ControlConfig {
+    /// Time without heartbeat after which an agent is offline.
+    pub fn offline_after(&self) -> Duration {
+        self.heartbeat_interval * self.missed_heartbeats.max(1)
+    }
+}
+
+/// The control plane. Share it as `Arc<ControlPlane>`.
+pub struct ControlPlane {
+    cfg: ControlConfig,
+    store: Arc<dyn Store>,
+    view: Arc<RegistryView>,
+    sessions: RwLock<HashMap<String, Arc<Session>>>,
+    audit: AuditLog,
+    draining: AtomicBool,
+    generations: AtomicU64,
+    jobs: OnceLock<Arc<dyn JobSink>>,
+}
+
+impl ControlPlane {
+    /// Builds the control plane and starts its liveness task, which ends with `shutdown`.
+    pub fn start(
+        cfg: ControlConfig,
+        store: Arc<dyn Store>,
+        view: Arc<RegistryView>,
+        audit: AuditLog,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let plane = Arc::new(ControlPlane {
+            cfg,
+            store,
+            view,
+            sessions: RwLock::new(HashMap::new()),
+            audit,
+            draining: AtomicBool::new(false),
+            generations: AtomicU64::new(1),
+            jobs: OnceLock::new(),
+        });
+        let task = plane.clone();
+        tokio::spawn(async move { task.run_liveness(shutdown).await });
+        plane
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ControlConfig {
+        &self.cfg
+    }
+
+    /// The registry view.
+    pub fn view(&self) -> &Arc<RegistryView> {
+        &self.view
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Hands job frames from agents (events, reports) and lost agents to `sink`. Set once,
+    /// before agents connect; later calls are ignored.
+    pub fn set_job_sink(&self, sink: Arc<dyn JobSink>) {
+        let _ = self.jobs.set(sink);
+    }
+
+    fn session(&self, agent_id: &str) -> Option<Arc<Session>> {
+        self.sessions.read().get(agent_id).cloned()
+    }
+
+    fn require_agent(who: &Identity, agent_id: &str, action: &str) -> Result<(), ControlError> {
+        match who.role {
+            Role::Agent if who.name == agent_id => Ok(()),
+            Role::Agent => Err(ControlError::PermissionDenied(format!(
+                "identity {who} may only {action} as agent {:?}, not {agent_id:?}",
+                who.name
+            ))),
+            _ => Err(ControlError::PermissionDenied(format!(
+                "identity {who} may not {action}: only an agent certificate \
+                 (spiffe://croupier/agent/{agent_id}) may"
+            ))),
+        }
+    }
+
+    /// Handles `Heartbeat`.
+    pub async fn heartbeat(
+        &self,
+        who: &Identity,
+        req: pb::HeartbeatRequest,
+    ) -> Result<pb::HeartbeatResponse, ControlError> {
+        Self::require_agent(who, &req.agent_id, "heartbeat")?;
+        self.check_status(&req.status)?;
+        let session = self
+            .session(&req.agent_id)
+            .filter(|s| req.session_id.is_empty() || s.session_id == req.session_id)
+            .ok_or_else(|| expired(&req.agent_id))?;
+        if let Err(e) = self.store.keep_alive(session.lease).await {
+            if matches!(e, croupier_registry::store::StoreError::LeaseNotFound(_)) {
+                self.expire(&session, "lease ended").await;
+                return Err(expired(&req.agent_id));
+            }
+            // The store is down, not the agent: liveness is this server's to judge (the agent
+            // heartbeats and holds its tunnel), so the session stays alive; the lease is only
+            // the backup for a server that died.
+            tracing::warn!(agent_id = %req.agent_id, error = %e, "refreshing the agent's lease failed; the session stays alive");
+        }
+        session.touch();
+        session.take_summary(&req.status);
+        *session.status.lock() = req.status;
+        Ok(pb::HeartbeatResponse {
+            success: true,
+            node_state: common::NodeState::from(self.view.node(&req.agent_id).state) as i32,
+        })
+    }
+
+    fn check_status(&self, status: &HashMap<String, String>) -> Result<(), ControlError> {
+        let bytes: usize = status.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if status.len() > self.cfg.max_status_entries || bytes > self.cfg.max_status_bytes {
+            return Err(ControlError::ResourceExhausted(format!(
+                "heartbeat status has {} entries, {bytes} bytes; at most {} entries and {} bytes \
+                 are allowed (limits.max_status_entries, limits.max_status_bytes)",
+                status.len(),
+                self.cfg.max_status_entries,
+                self.cfg.max_status_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Ends a session: closes its tunnel, fails its pending invocations, forgets it and revokes
+    /// its lease (its registration disappears).
+    async fn expire(&self, session: &Arc<Session>, reason: &str) {
+        session.tunnel.lock().take();
+        session.fail_pending(None);
+        self.forget(session, reason).await;
+        if let Some(sink) = self.jobs.get() {
+            sink.agent_gone(&session.agent_id, reason);
+        }
+    }
+
+    /// Forgets a session and revokes its lease (its registration disappears) without touching
+    /// its tunnel.
+    async fn forget(&self, session: &Arc<Session>, reason: &str) {
+        {
+            let mut sessions = self.sessions.write();
+            if sessions
+                .get(&session.agent_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session))
+            {
+                sessions.remove(&session.agent_id);
+            }
+        }
+        if let Err(e) = self.store.revoke_lease(session.lease).await {
+            tracing::warn!(agent_id = %session.agent_id, error = %e, "revoking lease failed; it will expire");
+        }
+        tracing::info!(agent_id = %session.agent_id, reason, "agent session ended");
+    }
+
+    async fn run_liveness(self: Arc<Self>, shutdown: CancellationToken) {
+        let period = (self.cfg.heartbeat_interval / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let limit = self.cfg.offline_after();
+            let stale: Vec<Arc<Session>> = self
+                .sessions
+                .read()
+                .values()
+                .filter(|s| s.last_heartbeat.lock().elapsed() > limit)
+                .cloned()
+                .collect();
+            for s in stale {
+                tracing::warn!(agent_id = %s.agent_id, missed = self.cfg.missed_heartbeats, "agent offline: heartbeats missed");
+                self.expire(&s, "heartbeats missed").await;
+            }
+        }
+    }
+
+    /// Handles `SetNodeState` (admin only).
+    pub async fn set_node_state(
+        &self,
+        who: &Identity,
+        req: pb::SetNodeStateRequest,
+    ) -> Result<pb::SetNodeStateResponse, ControlError> {
+        if who.role != Role::Admin {
+            return Err(ControlError::PermissionDenied(format!(
+                "identity {who} may not set node states: an admin certificate is required"
+            )));
+        }
+        check_id("agent_id", &req.agent_id).map_err(ControlError::InvalidArgument)?;
+        if req.reason.chars().count() > self.cfg.max_text_chars {
+            return Err(ControlError::InvalidArgument(format!(
+                "reason is {} characters; at most {} are allowed",
+                req.reason.chars().count(),
+                self.cfg.max_text_chars
+            )));
+        }
+        let state = common::NodeState::try_from(req.state).map_err(|_| {
+            ControlError::InvalidArgument(format!(
+                "state {} is not a node state (0 normal, 1 maintenance, 2 disabled)",
+                req.state
+            ))
+        })?;
+        let record = NodeRecord {
+            agent_id: req.agent_id.clone(),
+            state: state.into(),
+            reason: req.reason.clone(),
+            actor: who.uri(),
+            changed_at: now_ms(),
+        };
+        let value = serde_json::to_vec(&record)
+            .map_err(|e| ControlError::InvalidArgument(format!("node record: {e}")))?;
+        let rev = self
+            .store
+            .put(&keys::node(&req.agent_id), value, None)
+            .await
+            .map_err(ControlError::store("storing the node state"))?;
+        self.view.wait_for(rev, Duration::from_secs(5)).await;
+        let pb_record = common::NodeStateRecord::from(&record);
+        if let Some(t) = self.session(&req.agent_id).and_then(|s| s.tunnel()) {
+            let _ = t.tx.try_send(Ok(ServerFrame {
+                frame: Some(server_frame::Frame::StateChange(pb::StateChange {
+                    record: Some(pb_record.clone()),
+                })),
+            }));
+        }
+        tracing::info!(agent_id = %req.agent_id, state = record.state.as_str(), actor = %record.actor, reason = %excerpt(&record.reason, 200), "node state changed");
+        if record.state == NodeState::Disabled
+            && let Some(sink) = self.jobs.get()
+        {
+            sink.node_disabled(
+                &req.agent_id,
+                &format!("node disabled by {}: {}", record.actor, record.reason),
+            );
+        }
+        self.audit.record(AuditRecord {
+            at: record.changed_at,
+            who: who.uri(),
+            action: "set_node_state",
+            target: req.agent_id,
+            outcome: "ok".into(),
+            details: serde_json::json!({"state": record.state.as_str(), "reason": record.reason}),
+        });
+        Ok(pb::SetNodeStateResponse {
+            success: true,
+            record: Some(pb_record),
+        })
+    }
+
+    /// Handles `GetAssignments`.
+    pub async fn assignments(
+        &self,
+        who: &Identity,
+        req: pb::GetAssignmentsRequest,
+    ) -> Result<pb::GetAssignmentsResponse, ControlError> {
+        if who.role != Role::Admin {
+            Self::require_agent(who, &req.agent_id, "read assignments")?;
+        }
+        let agent = self.view.agent(&req.agent_id).ok_or_else(|| {
+            ControlError::NotFound(format!("agent {:?} is not registered", req.agent_id))
+        })?;
+        let node = self.view.node(&req.agent_id);
+        let game = if req.game_id.is_empty() {
+            &agent.game_id
+        } else {
+            &req.game_id
+        };
+        let env = if req.env.is_empty() {
+            &agent.env
+        } else {
+            &req.env
+        };
+        let assignments = agent
+            .functions
+            .iter()
+            .map(|f| {
+                let d = self
+                    .view
+                    .descriptor(&croupier_registry::view::FnKey::new(game, env, &f.id));
+                let mut config: HashMap<String, String> = HashMap::new();
+                if let Some(d) = &d {
+                    if d.timeout_secs > 0 {
+                        config.insert("timeout".into(), d.timeout_secs.to_string());
+                    }
+                    config.insert(
+                        "kind".into(),
+                        if d.kind.is_empty() {
+                            "command".into()
+                        } else {
+                            d.kind.clone()
+                        },
+                    );
+                }
+                pb::FunctionAssignment {
+                    function_id: f.id.clone(),
+                    enabled: node.state == NodeState::Normal,
+                    config,
+                }
+            })
+            .collect();
+        Ok(pb::GetAssignmentsResponse {
+            assignments,
+            version: self.view.revision(),
+        })
+    }
+
+    /// Begins shutdown: refuses new registrations, tells every agent to go away, waits up to
+    /// `grace` for in-flight invocations, then closes the tunnels.
+    pub async fn drain(&self, grace: Duration) {
+        self.draining.store(true, Ordering::Relaxed);
+        let sessions: Vec<Arc<Session>> = self.sessions.read().values().cloned().collect();
+        for s in &sessions {
+            if let Some(t) = s.tunnel() {
+                let _ = t.tx.try_send(Ok(ServerFrame {
+                    frame: Some(server_frame::Frame::Goaway(pb::Goaway {
+                        reason: "server shutting down".into(),
+                    })),
+                }));
+            }
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline && sessions.iter().any(|s| !s.pending.lock().is_empty()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for s in &sessions {
+            s.tunnel.lock().take();
+            s.fail_pending(None);
+        }
+    }
+}
+
+fn expired(agent_id: &str) -> ControlError {
+    ControlError::NotFound(format!(
+        "agent {agent_id:?} has no live session on this server (expired or never registered); \
+         call RegisterAgent again"
+    ))
+}
+
+impl PresenceSource for ControlPlane {
+    fn presence(&self, agent_id: &str) -> Option<Presence> {
+        let s = self.session(agent_id)?;
+        Some(Presence {
+            online: s.tunnel().is_some(),
+            last_heartbeat: s.last_heartbeat_ms.load(Ordering::Relaxed),
+            in_flight: s.in_flight.load(Ordering::Relaxed),
+            status: s.status.lock().clone(),
+        })
+    }
+}
