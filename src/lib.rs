@@ -6,10 +6,8 @@
 //! - [`server`] — [`server::serve`], the control plane on one TLS listener.
 //! - [`gate`] — TLS accept with the limits that hold before authentication.
 //! - [`certs`] — `croupier certs init`.
-//! - [`cli`] — arguments and the client commands.
-//! - [`job`] — `croupier job …`.
-//! - [`pipeline`] — `croupier pipeline …`.
-//! - [`store_cmd`] — `croupier store check|repair|backup|restore`.
+//! - [`cli`] — arguments and the client commands, one module per command group (`invoke`,
+//!   `registry`, `job`, `pipeline`, `function`, `node`, `store`, `certs`, `serve`).
 //! - [`dev`] — `croupier dev`.
 //! - [`bench`] — `croupier bench invoke` and `bench jobs`.
 //! - [`bench_scale`] — `croupier bench agents`.
@@ -22,8 +20,5 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod gate;
-pub mod job;
 pub mod output;
-pub mod pipeline;
 pub mod server;
-pub mod store_cmd;

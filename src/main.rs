@@ -103,9 +103,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Dev(args) => croupier::dev::run(args, shutdown_signal()).await?,
         Command::Invoke(args) => return cli::invoke(args).await,
-        Command::Job(cmd) => return croupier::job::run(cmd).await,
-        Command::Store(cmd) => return croupier::store_cmd::run(cmd),
-        Command::Pipeline(cmd) => croupier::pipeline::run(cmd).await?,
+        Command::Job(cmd) => return croupier::cli::job::run(cmd).await,
+        Command::Store(cmd) => return croupier::cli::store::run(cmd),
+        Command::Pipeline(cmd) => croupier::cli::pipeline::run(cmd).await?,
         Command::Agents(args) => cli::agents(args).await?,
         Command::Functions(args) => cli::functions(args).await?,
         Command::Watch(args) => {

@@ -1,0 +1,278 @@
+//! Command-line interface: argument definitions and the client commands (`invoke`, `agents`,
+//! `functions`, `watch`, `node state`).
+
+pub mod certs;
+pub mod function;
+pub mod invoke;
+pub mod job;
+pub mod node;
+pub mod pipeline;
+pub mod registry;
+pub mod serve;
+pub mod store;
+
+pub use certs::CertsCommand;
+pub use function::{FunctionCommand, function};
+pub use invoke::{InvokeArgs, invoke};
+pub use node::{NodeCommand, node_state};
+use registry::node_state_name;
+pub use registry::{ListArgs, WatchArgs, agents, functions, watch};
+pub use serve::{AgentArgs, DevArgs, ServerArgs};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use croupier_sdk::{CallOptions, Client, TlsFiles};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Croupier: a function registry and invocation mesh.
+#[derive(Parser, Debug)]
+#[command(name = "croupier", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter (e.g. "info", "croupier=debug").
+    #[arg(long, global = true, env = "CROUPIER_LOG", default_value = "info")]
+    pub log: String,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a control-plane server.
+    Server(ServerArgs),
+    /// Run an agent that dials a server and serves functions.
+    Agent(AgentArgs),
+    /// Run a server and an agent in one process with generated certificates (try Croupier).
+    Dev(DevArgs),
+    /// Invoke a function and print its result.
+    Invoke(InvokeArgs),
+    /// List agents.
+    Agents(ListArgs),
+    /// List functions and the agents providing them.
+    Functions(ListArgs),
+    /// Watch registrations change.
+    Watch(WatchArgs),
+    /// Jobs: start, watch, cancel, get, list.
+    #[command(subcommand)]
+    Job(job::JobCommand),
+    /// Pipeline templates: put, get, list, delete.
+    #[command(subcommand)]
+    Pipeline(pipeline::PipelineCommand),
+    /// Function descriptors: delete (admin certificate).
+    #[command(subcommand)]
+    Function(FunctionCommand),
+    /// Node administration.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Certificates.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// The embedded store of a data dir: check, repair, backup, restore.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Connection flags of client commands.
+#[derive(Args, Debug, Clone)]
+pub struct Conn {
+    /// Server URL.
+    #[arg(
+        long,
+        env = "CROUPIER_SERVER",
+        default_value = "https://127.0.0.1:8443"
+    )]
+    pub server: String,
+    /// Directory with ca.pem and the identity's certificate (default: the dev certificates).
+    #[arg(long, env = "CROUPIER_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Certificate file stem, e.g. client-c1 for client-c1.pem/.key.
+    #[arg(long, env = "CROUPIER_IDENTITY")]
+    pub identity: Option<String>,
+}
+
+/// Payload and options of a call or job.
+#[derive(Args, Debug, Clone)]
+pub struct CallArgs {
+    /// JSON payload (an object), or @FILE to read it from a file.
+    #[arg(long, default_value = "{}")]
+    pub payload: String,
+    /// Game.
+    #[arg(long, env = "CROUPIER_GAME_ID", default_value = "default")]
+    pub game_id: String,
+    /// Environment.
+    #[arg(long, env = "CROUPIER_ENV", default_value = "dev")]
+    pub env: String,
+    /// Routing: lb, round_robin, hash, targeted, broadcast.
+    #[arg(long, default_value = "lb")]
+    pub route: String,
+    /// Key for hash routing.
+    #[arg(long)]
+    pub hash_key: Option<String>,
+    /// Agent for targeted routing (implies --route targeted).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Label selector (repeatable): --selector region=eu.
+    #[arg(long = "selector", value_parser = parse_pair)]
+    pub selector: Vec<(String, String)>,
+    /// Function version to match.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Idempotency key.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Deadline in seconds.
+    #[arg(long)]
+    pub timeout: Option<u64>,
+}
+
+impl CallArgs {
+    /// The payload: JSON text or @FILE, which must hold a JSON object.
+    pub fn payload(&self) -> anyhow::Result<serde_json::Value> {
+        let text = match self.payload.strip_prefix('@') {
+            Some(path) => {
+                std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
+            }
+            None => self.payload.clone(),
+        };
+        let payload: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("--payload is not valid JSON: {text}"))?;
+        if !payload.is_object() {
+            bail!("--payload must be a JSON object, e.g. '{{\"ms\": 100}}'");
+        }
+        Ok(payload)
+    }
+
+    /// The call options.
+    pub fn options(&self) -> CallOptions {
+        let route = if self.target.is_some() && self.route == "lb" {
+            "targeted".to_string()
+        } else {
+            self.route.clone()
+        };
+        CallOptions {
+            game_id: self.game_id.clone(),
+            env: self.env.clone(),
+            routing: route,
+            hash_key: self.hash_key.clone().unwrap_or_default(),
+            target: self.target.clone().unwrap_or_default(),
+            selector: self.selector.iter().cloned().collect::<HashMap<_, _>>(),
+            version: self.version.clone().unwrap_or_default(),
+            idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
+            timeout: self.timeout.map(Duration::from_secs),
+        }
+    }
+}
+
+/// `croupier bench …`.
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Invocations through the mesh vs. the same handler called directly over mTLS.
+    Invoke(crate::bench::InvokeBenchArgs),
+    /// Job events per second from one job to one subscriber, and time to the first event.
+    Jobs(crate::bench::JobsBenchArgs),
+    /// Many lightweight agents (real sessions, no handlers) against two servers on etcd:
+    /// registration time, server CPU and memory while they heartbeat, watch latency, invoke via
+    /// the owner vs another replica.
+    Agents(crate::bench_scale::AgentsBenchArgs),
+}
+
+/// Parses "k=v".
+pub fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not key=value")),
+    }
+}
+
+/// `$CROUPIER_HOME` or `~/.croupier`.
+pub fn croupier_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("CROUPIER_HOME") {
+        return PathBuf::from(h);
+    }
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".croupier"))
+        .unwrap_or_else(|| PathBuf::from(".croupier"))
+}
+
+/// Where `croupier dev` keeps its files by default.
+pub fn dev_dir() -> PathBuf {
+    croupier_home().join("dev")
+}
+
+impl Conn {
+    /// The TLS files for this connection: `--tls-dir` (or the dev certificates) and
+    /// `--identity` (or `default_stem`, or the only `<role>-*.pem` in the directory).
+    pub fn tls(&self, default_stem: &str) -> anyhow::Result<TlsFiles> {
+        let dir = match &self.tls_dir {
+            Some(d) => d.clone(),
+            None => {
+                let d = dev_dir().join("certs");
+                if !d.join("ca.pem").exists() {
+                    bail!(
+                        "no --tls-dir given and no dev certificates in {}; start `croupier dev` \
+                         or pass --tls-dir and --identity",
+                        d.display()
+                    );
+                }
+                d
+            }
+        };
+        let stem = match &self.identity {
+            Some(s) => s.clone(),
+            None => pick_identity(&dir, default_stem)?,
+        };
+        let files = TlsFiles::from_dir(&dir, &stem);
+        if !files.cert.exists() {
+            bail!(
+                "{} does not exist; choose an identity with --identity (a NAME with NAME.pem and \
+                 NAME.key in {})",
+                files.cert.display(),
+                dir.display()
+            );
+        }
+        Ok(files)
+    }
+
+    /// Connects with the identity `default_stem` unless told otherwise.
+    pub async fn client(&self, default_stem: &str) -> anyhow::Result<Client> {
+        let tls = self.tls(default_stem)?;
+        Client::connect(&self.server, &tls)
+            .await
+            .with_context(|| format!("connecting to {} as {}", self.server, tls.cert.display()))
+    }
+}
+
+fn pick_identity(dir: &Path, default_stem: &str) -> anyhow::Result<String> {
+    if dir.join(format!("{default_stem}.pem")).exists() {
+        return Ok(default_stem.to_string());
+    }
+    let role = default_stem.split('-').next().unwrap_or("client");
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&format!("{role}-")) && n.ends_with(".pem"))
+        .map(|n| n.trim_end_matches(".pem").to_string())
+        .collect();
+    found.sort();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no {role}-*.pem in {}; pass --identity", dir.display()),
+        many => bail!(
+            "several {role} certificates in {} ({}); pass --identity",
+            dir.display(),
+            many.join(", ")
+        ),
+    }
+}
+
+/// A gRPC status as an error: its code and message.
+pub fn status_error(s: &tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), crate::output::clean(s.message()))
+}

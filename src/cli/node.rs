@@ -1,0 +1,48 @@
+//! `croupier node state`: a node's administrative state.
+
+use super::*;
+use anyhow::bail;
+use clap::Subcommand;
+use croupier_proto::common::v1::NodeState;
+
+/// `croupier node …`.
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Set a node's state: normal, maintenance or disabled (admin certificate).
+    State {
+        /// Agent id.
+        agent: String,
+        /// normal, maintenance or disabled.
+        state: String,
+        /// Why (recorded with who did it).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Connection (identity defaults to the admin certificate).
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+/// Runs `croupier node state`.
+pub async fn node_state(agent: &str, state: &str, reason: &str, conn: &Conn) -> anyhow::Result<()> {
+    let state = match state {
+        "normal" => NodeState::Normal,
+        "maintenance" => NodeState::Maintenance,
+        "disabled" => NodeState::Disabled,
+        other => bail!("state {other:?} is not normal, maintenance or disabled"),
+    };
+    let client = conn.client("admin-admin").await?;
+    let resp = client
+        .set_node_state(agent, state, reason)
+        .await
+        .map_err(|s| status_error(&s))?;
+    let rec = resp.record.unwrap_or_default();
+    println!(
+        "{} is now {} (by {}: {:?})",
+        rec.agent_id,
+        node_state_name(rec.state),
+        rec.actor,
+        rec.reason
+    );
+    Ok(())
+}

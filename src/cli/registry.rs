@@ -1,0 +1,252 @@
+//! `croupier agents`, `functions` and `watch`: what the registry holds and how it changes.
+
+use super::*;
+use crate::output::{age, table};
+use clap::Args;
+use croupier_proto::common::v1::NodeState;
+use croupier_proto::json::struct_to_json;
+use croupier_proto::registry::v1::{EventType, WatchRegistrationsRequest};
+
+/// `croupier agents` / `croupier functions`.
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Only this game.
+    #[arg(long, default_value = "")]
+    pub game_id: String,
+    /// Only this environment.
+    #[arg(long, default_value = "")]
+    pub env: String,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+/// `croupier watch`.
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// Only this function.
+    #[arg(long, default_value = "")]
+    pub function: String,
+    /// Only this game.
+    #[arg(long, default_value = "")]
+    pub game_id: String,
+    /// Only this environment.
+    #[arg(long, default_value = "")]
+    pub env: String,
+    /// Resume from this revision instead of starting with the current state.
+    #[arg(long, default_value_t = 0)]
+    pub from_revision: i64,
+    /// JSON lines output.
+    #[arg(long)]
+    pub json: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+/// Runs `croupier agents`.
+pub async fn agents(args: ListArgs) -> anyhow::Result<()> {
+    let client = args.conn.client("client-dev").await?;
+    let agents = client
+        .agents(&args.game_id, &args.env)
+        .await
+        .map_err(|s| status_error(&s))?;
+    if args.json {
+        let list: Vec<serde_json::Value> = agents
+            .iter()
+            .map(|a| {
+                let node = a.node_state.clone().unwrap_or_default();
+                serde_json::json!({
+                    "agent_id": a.agent_id, "game_id": a.game_id, "env": a.env,
+                    "version": a.version, "functions": a.functions, "labels": a.labels,
+                    "node_state": node_state_name(node.state), "node_reason": node.reason,
+                    "node_actor": node.actor, "online": a.online,
+                    "last_heartbeat": a.last_heartbeat, "owner": a.owner, "addr": a.addr,
+                    "in_flight": a.in_flight, "status": a.status,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = agents
+        .iter()
+        .map(|a| {
+            let mut labels: Vec<String> =
+                a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            labels.sort();
+            vec![
+                a.agent_id.clone(),
+                format!("{}/{}", a.game_id, a.env),
+                node_state_name(a.node_state.as_ref().map(|n| n.state).unwrap_or(0)).into(),
+                if a.online { "online" } else { "offline" }.into(),
+                age(a.last_heartbeat),
+                a.functions.len().to_string(),
+                a.in_flight.to_string(),
+                summary(&a.status, "running_jobs", ""),
+                summary(&a.status, "cpu_percent", "%"),
+                summary(&a.status, "memory_percent", "%"),
+                labels.join(","),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "AGENT",
+                "GAME/ENV",
+                "STATE",
+                "TUNNEL",
+                "HEARTBEAT",
+                "FUNCTIONS",
+                "IN-FLIGHT",
+                "JOBS",
+                "CPU",
+                "MEM",
+                "LABELS"
+            ],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+pub(super) fn node_state_name(s: i32) -> &'static str {
+    match NodeState::try_from(s).unwrap_or_default() {
+        NodeState::Normal => "normal",
+        NodeState::Maintenance => "maintenance",
+        NodeState::Disabled => "disabled",
+    }
+}
+
+/// Runs `croupier functions`.
+pub async fn functions(args: ListArgs) -> anyhow::Result<()> {
+    let client = args.conn.client("client-dev").await?;
+    let regs = client
+        .registrations(&args.game_id, &args.env, "")
+        .await
+        .map_err(|s| status_error(&s))?;
+    if args.json {
+        let list: Vec<serde_json::Value> =
+            regs.registrations.iter().map(registration_json).collect();
+        println!(
+            "{}",
+            serde_json::json!({"revision": regs.revision, "registrations": list})
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = regs
+        .registrations
+        .iter()
+        .map(|r| {
+            let d = r.function_descriptor.clone().unwrap_or_default();
+            let kind = d
+                .semantics
+                .map(|s| s.kind)
+                .filter(|k| !k.is_empty())
+                .unwrap_or("command".into());
+            let agents: Vec<String> = r.agents.iter().map(|a| a.agent_id.clone()).collect();
+            vec![
+                r.function_id.clone(),
+                format!("{}/{}", r.game_id, r.env),
+                kind,
+                if agents.is_empty() {
+                    "-".into()
+                } else {
+                    agents.join(",")
+                },
+                d.description,
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["FUNCTION", "GAME/ENV", "KIND", "AGENTS", "DESCRIPTION"],
+            &rows
+        )
+    );
+    Ok(())
+}
+
+pub(super) fn registration_json(
+    r: &croupier_proto::registry::v1::FunctionRegistration,
+) -> serde_json::Value {
+    let d = r.function_descriptor.clone().unwrap_or_default();
+    serde_json::json!({
+        "function_id": r.function_id,
+        "game_id": r.game_id,
+        "env": r.env,
+        "description": d.description,
+        "params_schema": d.params_schema.as_ref().map(struct_to_json),
+        "agents": r.agents.iter().map(|a| serde_json::json!({
+            "agent_id": a.agent_id, "online": a.online, "labels": a.labels,
+            "node_state": node_state_name(a.node_state), "version": a.version,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Runs `croupier watch` until interrupted or the server ends the stream.
+pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
+    let client = args.conn.client("client-dev").await?;
+    let mut stream = client
+        .watch(WatchRegistrationsRequest {
+            game_id: args.game_id.clone(),
+            env: args.env.clone(),
+            function_id: args.function.clone(),
+            start_revision: args.from_revision,
+        })
+        .await
+        .map_err(|s| status_error(&s))?;
+    loop {
+        let ev = match stream.message().await {
+            Ok(Some(ev)) => ev,
+            Ok(None) => return Ok(()),
+            Err(s) => return Err(status_error(&s)),
+        };
+        let kind = EventType::try_from(ev.r#type)
+            .unwrap_or(EventType::Updated)
+            .as_str_name();
+        if args.json {
+            let mut out =
+                serde_json::json!({"type": kind, "revision": ev.revision, "agent_id": ev.agent_id});
+            if let Some(r) = &ev.registration {
+                out["registration"] = registration_json(r);
+            }
+            println!("{out}");
+        } else if let Some(r) = &ev.registration {
+            let agents: Vec<&str> = r.agents.iter().map(|a| a.agent_id.as_str()).collect();
+            println!(
+                "{:>6} {:<8} {:<24} {}/{} agent={} agents=[{}]",
+                ev.revision,
+                kind,
+                crate::output::clean(&r.function_id),
+                crate::output::clean(&r.game_id),
+                crate::output::clean(&r.env),
+                if ev.agent_id.is_empty() {
+                    "-".to_string()
+                } else {
+                    crate::output::clean(&ev.agent_id)
+                },
+                crate::output::clean(&agents.join(","))
+            );
+        } else {
+            println!("{:>6} {kind}", ev.revision);
+        }
+    }
+}
+
+/// One figure of an agent's heartbeat summary for the table, `-` when it sent none.
+pub(super) fn summary(
+    status: &std::collections::HashMap<String, String>,
+    key: &str,
+    unit: &str,
+) -> String {
+    status
+        .get(key)
+        .map_or_else(|| "-".to_string(), |v| format!("{v}{unit}"))
+}

@@ -1,0 +1,120 @@
+//! The arguments of the long-running commands: `croupier server`, `agent` and `dev`.
+
+use super::*;
+use clap::Args;
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// `croupier server`.
+#[derive(Args, Debug, Serialize)]
+pub struct ServerArgs {
+    /// TOML configuration file (see deploy/croupier.toml).
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (host:port; port 0 picks a free one).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Data directory (embedded store, audit log).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory with ca.pem, server.pem and server.key.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_dir: Option<PathBuf>,
+    /// This server's id (unique per replica).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+    /// URL other replicas use to reach this server (default: the bound address).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_url: Option<String>,
+    /// Agent heartbeat interval (e.g. "15s").
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval: Option<String>,
+    /// Default call deadline (e.g. "30s").
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_timeout: Option<String>,
+    /// Shutdown grace period (e.g. "10s").
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace: Option<String>,
+    /// Store backend: embedded or etcd.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// etcd client URLs, comma-separated (with --store etcd).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_endpoints: Option<Vec<String>>,
+    /// Prefix of every key in etcd.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_namespace: Option<String>,
+    /// CA certificate of etcd's TLS (enables TLS to etcd).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate for etcd.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Client key for etcd.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_key: Option<PathBuf>,
+}
+
+/// `croupier agent`.
+#[derive(Args, Debug)]
+pub struct AgentArgs {
+    /// Server URL(s), comma-separated; the agent fails over in order.
+    #[arg(
+        long,
+        env = "CROUPIER_SERVER",
+        value_delimiter = ',',
+        default_value = "https://127.0.0.1:8443"
+    )]
+    pub server: Vec<String>,
+    /// Agent id (must match the agent certificate).
+    #[arg(long, env = "CROUPIER_AGENT_ID")]
+    pub id: String,
+    /// Game.
+    #[arg(long, env = "CROUPIER_GAME_ID", default_value = "default")]
+    pub game_id: String,
+    /// Environment.
+    #[arg(long, env = "CROUPIER_ENV", default_value = "dev")]
+    pub env: String,
+    /// Directory with ca.pem and agent-ID.pem/.key.
+    #[arg(long, env = "CROUPIER_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Certificate file stem in the TLS directory (default agent-ID).
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Label for selector routing (repeatable): --label region=eu.
+    #[arg(long = "label", value_parser = parse_pair)]
+    pub labels: Vec<(String, String)>,
+    /// Function packs to serve besides the built-in agent.* functions, comma-separated:
+    /// node, container, pipeline; "all" for every pack, "none" (or empty) for none.
+    #[arg(long, env = "CROUPIER_PACKS", default_value = "all")]
+    pub packs: croupier_agent::Packs,
+}
+
+/// `croupier dev`.
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Directory for certificates and data (default ~/.croupier/dev).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: String,
+    /// Id of the built-in agent.
+    #[arg(long, default_value = "dev-agent")]
+    pub agent_id: String,
+}
