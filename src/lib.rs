@@ -9,12 +9,10 @@
 //! - [`cli`] — arguments and the client commands, one module per command group (`invoke`,
 //!   `registry`, `job`, `pipeline`, `function`, `node`, `store`, `certs`, `serve`).
 //! - [`dev`] — `croupier dev`.
-//! - [`bench`] — `croupier bench invoke` and `bench jobs`.
-//! - [`bench_scale`] — `croupier bench agents`.
+//! - [`bench`] — `croupier bench invoke`, `bench jobs` and `bench agents`.
 //! - [`output`] — tables.
 
 pub mod bench;
-pub mod bench_scale;
 pub mod certs;
 pub mod cli;
 pub mod config;

@@ -151,7 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Bench(BenchCommand::Invoke(args)) => croupier::bench::invoke(args).await?,
         Command::Bench(BenchCommand::Jobs(args)) => croupier::bench::jobs(args).await?,
-        Command::Bench(BenchCommand::Agents(args)) => croupier::bench_scale::agents(args).await?,
+        Command::Bench(BenchCommand::Agents(args)) => croupier::bench::agents(args).await?,
     }
     Ok(0)
 }

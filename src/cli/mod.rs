@@ -179,7 +179,7 @@ pub enum BenchCommand {
     /// Many lightweight agents (real sessions, no handlers) against two servers on etcd:
     /// registration time, server CPU and memory while they heartbeat, watch latency, invoke via
     /// the owner vs another replica.
-    Agents(crate::bench_scale::AgentsBenchArgs),
+    Agents(crate::bench::AgentsBenchArgs),
 }
 
 /// Parses "k=v".
