@@ -20,7 +20,6 @@
 mod container;
 mod node;
 mod pipeline;
-mod procs;
 
 use std::collections::HashMap;
 use std::fmt;
