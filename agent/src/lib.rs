@@ -8,6 +8,7 @@
 //! - [`run`] — builds the provider from an [`AgentConfig`] and runs it.
 
 pub mod builtin;
+mod descriptor;
 pub mod packs;
 
 use croupier_sdk::{Provider, ProviderConfig};

@@ -3,51 +3,28 @@
 //! `container.exec`. An exec whose call is dropped or cancelled before its command ended is
 //! killed ([`KillOnDrop`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bollard::container::LogOutput;
-use bollard::models::{ContainerInspectResponse, ContainerSummary, ExecConfig};
+use bollard::models::ExecConfig;
 use croupier_sdk::tls::error_chain;
 use croupier_sdk::{HandlerError, Invocation};
 use futures::StreamExt;
-use serde_json::{Value, json};
 
 use super::docker::{DockerApi, exec_exit_code};
 use super::error::{Subject, docker_error, invalid};
 use super::params::{
-    ExecParams, ListParams, RemoveParams, Spec, StopParams, Target, env_list, non_empty, params,
+    ExecParams, ListParams, RemoveParams, Spec, StopParams, Target, env_list, non_empty,
     stop_timeout,
 };
+use super::results::{Acted, Created, Executed, Inspection, Listed, Summary};
 use super::{AGENT_LABEL, Ctx};
 
 /// Most bytes of stdout (and of stderr) `container.exec` returns.
 const MAX_EXEC_OUTPUT: usize = 1 << 20;
 
-fn sorted(labels: Option<HashMap<String, String>>) -> BTreeMap<String, String> {
-    labels.unwrap_or_default().into_iter().collect()
-}
-
-fn summary(c: ContainerSummary) -> Value {
-    let name = c
-        .names
-        .and_then(|n| n.into_iter().next())
-        .map(|n| n.trim_start_matches('/').to_string())
-        .unwrap_or_default();
-    json!({
-        "id": c.id.unwrap_or_default(),
-        "name": name,
-        "image": c.image.unwrap_or_default(),
-        "command": c.command.unwrap_or_default(),
-        "created": c.created.unwrap_or_default(),
-        "state": c.state.map(|s| s.to_string()).unwrap_or_default(),
-        "status": c.status.unwrap_or_default(),
-        "labels": sorted(c.labels),
-    })
-}
-
-pub(super) async fn list(ctx: Ctx, call: Invocation) -> Result<Value, HandlerError> {
-    let p: ListParams = params("container.list", &call.payload)?;
+pub(super) async fn list(ctx: Ctx, p: ListParams, _: Invocation) -> Result<Listed, HandlerError> {
     let mut labels = p.labels;
     if p.mine {
         if let Some(other) = labels.get(AGENT_LABEL).filter(|v| **v != *ctx.agent_id) {
@@ -67,43 +44,16 @@ pub(super) async fn list(ctx: Ctx, call: Invocation) -> Result<Value, HandlerErr
         .list(p.all, filters)
         .await
         .map_err(|e| docker_error("listing containers", Subject::Daemon, e))?;
-    let containers: Vec<Value> = containers.into_iter().map(summary).collect();
-    Ok(json!({ "containers": containers }))
-}
-
-fn inspection(c: ContainerInspectResponse) -> Value {
-    let state = c.state.unwrap_or_default();
-    let config = c.config.unwrap_or_default();
-    json!({
-        "id": c.id.unwrap_or_default(),
-        "name": c.name.unwrap_or_default().trim_start_matches('/'),
-        "image": config.image.unwrap_or_default(),
-        "image_id": c.image.unwrap_or_default(),
-        "created": serde_json::to_value(&c.created).unwrap_or(Value::Null),
-        "state": {
-            "status": state.status.map(|s| s.to_string()).unwrap_or_default(),
-            "running": state.running.unwrap_or(false),
-            "paused": state.paused.unwrap_or(false),
-            "restarting": state.restarting.unwrap_or(false),
-            "oom_killed": state.oom_killed.unwrap_or(false),
-            "dead": state.dead.unwrap_or(false),
-            "pid": state.pid.unwrap_or(0),
-            "exit_code": state.exit_code.unwrap_or(0),
-            "error": state.error.unwrap_or_default(),
-            "started_at": state.started_at.unwrap_or_default(),
-            "finished_at": state.finished_at.unwrap_or_default(),
-        },
-        "labels": sorted(config.labels),
-        "cmd": config.cmd,
-        "entrypoint": config.entrypoint,
-        "working_dir": config.working_dir.unwrap_or_default(),
-        "user": config.user.unwrap_or_default(),
-        "restart_count": c.restart_count.unwrap_or(0),
+    Ok(Listed {
+        containers: containers.into_iter().map(Summary::from).collect(),
     })
 }
 
-pub(super) async fn inspect(ctx: Ctx, call: Invocation) -> Result<Value, HandlerError> {
-    let p: Target = params("container.inspect", &call.payload)?;
+pub(super) async fn inspect(
+    ctx: Ctx,
+    p: Target,
+    _: Invocation,
+) -> Result<Inspection, HandlerError> {
     non_empty("id", &p.id)?;
     let c = ctx.docker.inspect(&p.id).await.map_err(|e| {
         docker_error(
@@ -112,11 +62,10 @@ pub(super) async fn inspect(ctx: Ctx, call: Invocation) -> Result<Value, Handler
             e,
         )
     })?;
-    Ok(inspection(c))
+    Ok(Inspection::from(c))
 }
 
-pub(super) async fn create(ctx: Ctx, call: Invocation) -> Result<Value, HandlerError> {
-    let spec: Spec = params("container.create", &call.payload)?;
+pub(super) async fn create(ctx: Ctx, spec: Spec, _: Invocation) -> Result<Created, HandlerError> {
     let image = spec.image.clone();
     let (name, body) = spec.into_body(&ctx.agent_id, "")?;
     let created = ctx
@@ -124,11 +73,13 @@ pub(super) async fn create(ctx: Ctx, call: Invocation) -> Result<Value, HandlerE
         .create(name.as_deref(), body)
         .await
         .map_err(|e| docker_error("creating the container", Subject::Image(&image), e))?;
-    Ok(json!({"id": created.id, "warnings": created.warnings}))
+    Ok(Created {
+        id: created.id,
+        warnings: created.warnings,
+    })
 }
 
-pub(super) async fn start(ctx: Ctx, call: Invocation) -> Result<Value, HandlerError> {
-    let p: Target = params("container.start", &call.payload)?;
+pub(super) async fn start(ctx: Ctx, p: Target, _: Invocation) -> Result<Acted, HandlerError> {
     non_empty("id", &p.id)?;
     ctx.docker.start(&p.id).await.map_err(|e| {
         docker_error(
@@ -137,11 +88,10 @@ pub(super) async fn start(ctx: Ctx, call: Invocation) -> Result<Value, HandlerEr
             e,
         )
     })?;
-    Ok(json!({"id": p.id}))
+    Ok(Acted { id: p.id })
 }
 
-pub(super) async fn stop(ctx: Ctx, call: Invocation) -> Result<Value, HandlerError> {
-    let p: StopParams = params("container.stop", &call.payload)?;
+pub(super) async fn stop(ctx: Ctx, p: StopParams, _: Invocation) -> Result<Acted, HandlerError> {
     non_empty("id", &p.id)?;
     let timeout = stop_timeout("container.stop", p.timeout)?;
     ctx.docker.stop(&p.id, timeout).await.map_err(|e| {
@@ -151,11 +101,10 @@ pub(super) async fn stop(ctx: Ctx, call: Invocation) -> Result<Value, HandlerErr
             e,
         )
     })?;
-    Ok(json!({"id": p.id}))
+    Ok(Acted { id: p.id })
 }
 
-pub(super) async fn restart(ctx: Ctx, call: Invocation) -> Result<Value, HandlerError> {
-    let p: StopParams = params("container.restart", &call.payload)?;
+pub(super) async fn restart(ctx: Ctx, p: StopParams, _: Invocation) -> Result<Acted, HandlerError> {
     non_empty("id", &p.id)?;
     let timeout = stop_timeout("container.restart", p.timeout)?;
     ctx.docker.restart(&p.id, timeout).await.map_err(|e| {
@@ -165,11 +114,14 @@ pub(super) async fn restart(ctx: Ctx, call: Invocation) -> Result<Value, Handler
             e,
         )
     })?;
-    Ok(json!({"id": p.id}))
+    Ok(Acted { id: p.id })
 }
 
-pub(super) async fn remove(ctx: Ctx, call: Invocation) -> Result<Value, HandlerError> {
-    let p: RemoveParams = params("container.remove", &call.payload)?;
+pub(super) async fn remove(
+    ctx: Ctx,
+    p: RemoveParams,
+    _: Invocation,
+) -> Result<Acted, HandlerError> {
     non_empty("id", &p.id)?;
     ctx.docker
         .remove(&p.id, p.force, p.volumes)
@@ -181,7 +133,7 @@ pub(super) async fn remove(ctx: Ctx, call: Invocation) -> Result<Value, HandlerE
                 e,
             )
         })?;
-    Ok(json!({"id": p.id}))
+    Ok(Acted { id: p.id })
 }
 
 /// Output kept up to a limit.
@@ -212,8 +164,11 @@ impl Capped {
     }
 }
 
-pub(super) async fn exec(ctx: Ctx, call: Invocation) -> Result<Value, HandlerError> {
-    let p: ExecParams = params("container.exec", &call.payload)?;
+pub(super) async fn exec(
+    ctx: Ctx,
+    p: ExecParams,
+    call: Invocation,
+) -> Result<Executed, HandlerError> {
     non_empty("id", &p.id)?;
     if p.cmd.is_empty() {
         return Err(invalid("container.exec: cmd must name a command"));
@@ -262,13 +217,13 @@ pub(super) async fn exec(ctx: Ctx, call: Invocation) -> Result<Value, HandlerErr
         .await
         .map_err(fail)?;
     guard.disarm();
-    Ok(json!({
-        "id": p.id,
-        "exit_code": exit_code,
-        "stdout": stdout.text(),
-        "stderr": stderr.text(),
-        "truncated": stdout.truncated || stderr.truncated,
-    }))
+    Ok(Executed {
+        id: p.id,
+        exit_code,
+        stdout: stdout.text(),
+        stderr: stderr.text(),
+        truncated: stdout.truncated || stderr.truncated,
+    })
 }
 
 /// Kills an exec's processes when the `container.exec` call that started it is dropped before

@@ -1,11 +1,16 @@
-//! The descriptors of the `container.*` functions: ids, descriptions, semantics, default
-//! timeouts and the JSON Schemas of their parameters and results.
+//! The descriptors of the `container.*` functions: ids, descriptions, semantics and default
+//! timeouts. Their JSON Schemas are derived from the parameter types ([`super::params`]) and the
+//! result types ([`super::results`]) with `schemars` (see [`crate::descriptor`]).
 
-use croupier_proto::common::v1::{FunctionDescriptor, Semantics};
-use croupier_proto::json::json_to_struct;
-use serde_json::{Value, json};
+use croupier_proto::common::v1::FunctionDescriptor;
+use schemars::JsonSchema;
 
 use super::MAX_STOP_SECS;
+use super::params::{
+    ExecParams, ListParams, LogsParams, RemoveParams, RunParams, Spec, StopParams, Target,
+};
+use super::results::{Acted, Created, Executed, Inspection, Listed, Logged, Ran};
+use crate::descriptor::{Typed, semantics, typed};
 
 /// Default timeouts (seconds) of the pack's functions.
 const QUERY_TIMEOUT: i32 = 30;
@@ -14,121 +19,23 @@ const STOP_TIMEOUT: i32 = MAX_STOP_SECS as i32 + 30;
 const EXEC_TIMEOUT: i32 = 300;
 const JOB_TIMEOUT: i32 = 3600;
 
-fn descriptor(
+/// A `container` descriptor with its schemas derived from `P` and `R`.
+fn descriptor<P: JsonSchema, R: JsonSchema>(
     id: &str,
     kind: &str,
     idempotent: bool,
     timeout: i32,
     description: &str,
-    params: Value,
-    result: Value,
-) -> FunctionDescriptor {
-    FunctionDescriptor {
-        id: id.into(),
-        name: id.into(),
-        category: "container".into(),
-        description: description.into(),
-        params_schema: Some(json_to_struct(&params)),
-        result_schema: Some(json_to_struct(&result)),
-        semantics: Some(Semantics {
-            kind: kind.into(),
-            idempotent,
-            timeout,
-            job: false,
-        }),
-        version: "1".into(),
-        ..Default::default()
-    }
+) -> Typed<P, R> {
+    typed(
+        id,
+        "container",
+        description,
+        semantics(kind, idempotent, timeout),
+    )
 }
 
-/// JSON Schema of an object with these properties, the `required` ones, and no others.
-fn params_object(properties: Value, required: &[&str]) -> Value {
-    json!({
-        "type": "object",
-        "properties": properties,
-        "required": required,
-        "additionalProperties": false,
-    })
-}
-
-/// JSON Schema of an object whose listed properties are all required.
-fn object(properties: Value) -> Value {
-    let required: Vec<String> = properties
-        .as_object()
-        .map(|p| p.keys().cloned().collect())
-        .unwrap_or_default();
-    json!({"type": "object", "properties": properties, "required": required})
-}
-
-fn string_map(description: &str) -> Value {
-    json!({
-        "type": "object",
-        "additionalProperties": {"type": "string"},
-        "description": description,
-    })
-}
-
-fn strings(description: &str) -> Value {
-    json!({"type": "array", "items": {"type": "string"}, "description": description})
-}
-
-fn nullable(schema: Value) -> Value {
-    json!({"anyOf": [schema, {"type": "null"}]})
-}
-
-fn container_id() -> Value {
-    json!({
-        "type": "string",
-        "minLength": 1,
-        "description": "The container's id (or a unique prefix of it) or name."
-    })
-}
-
-fn id_result() -> Value {
-    object(json!({"id": {"type": "string"}}))
-}
-
-/// The properties of a container to create (`container.create`, `container.run`).
-fn spec_properties() -> Value {
-    json!({
-        "image": {
-            "type": "string",
-            "minLength": 1,
-            "description": "Image, present on the agent's host (never pulled)."
-        },
-        "name": {"type": "string", "minLength": 1, "description": "Container name."},
-        "cmd": strings("Command and arguments (default: the image's)."),
-        "entrypoint": strings("Entrypoint (default: the image's)."),
-        "env": string_map("Environment variables, name → value."),
-        "labels": {
-            "type": "object",
-            "additionalProperties": {"type": "string"},
-            "propertyNames": {"not": {"pattern": "^croupier\\."}},
-            "description": "Labels; croupier.* are set by Croupier and may not be given."
-        },
-        "working_dir": {"type": "string"},
-        "user": {"type": "string", "description": "User (name or uid[:gid]) the command runs as."},
-        "network_mode": {
-            "type": "string",
-            "description": "Network mode: bridge (default), host, none or a network's name."
-        },
-        "memory_bytes": {"type": "integer", "minimum": 0, "description": "Memory limit."},
-        "cpus": {"type": "number", "exclusiveMinimum": 0, "description": "CPU limit, in CPUs."},
-        "binds": strings("Bind mounts, host-path:container-path[:ro]."),
-    })
-}
-
-pub(super) fn list_descriptor() -> FunctionDescriptor {
-    let summary = object(json!({
-        "id": {"type": "string"},
-        "name": {"type": "string"},
-        "image": {"type": "string"},
-        "command": {"type": "string"},
-        "created": {"type": "integer", "description": "Unix seconds."},
-        "state": {"type": "string", "description": "created, running, exited…"},
-        "status": {"type": "string", "description": "Docker's status text, e.g. \"Up 3 minutes\"."},
-        "labels": string_map("The container's labels."),
-    }));
+pub(super) fn list() -> Typed<ListParams, Listed> {
     descriptor(
         "container.list",
         "query",
@@ -137,32 +44,10 @@ pub(super) fn list_descriptor() -> FunctionDescriptor {
         "Lists the containers of the agent's host, newest first: running ones, or all with \
          `all`; `labels` keeps those carrying every given label (e.g. {\"croupier.job\": id}); \
          `mine` keeps those this agent created.",
-        params_object(
-            json!({
-                "all": {"type": "boolean", "description": "Include stopped containers."},
-                "labels": string_map("Labels every listed container carries, name → value."),
-                "mine": {"type": "boolean", "description": "Only containers this agent created."},
-            }),
-            &[],
-        ),
-        object(json!({"containers": {"type": "array", "items": summary}})),
     )
 }
 
-pub(super) fn inspect_descriptor() -> FunctionDescriptor {
-    let state = object(json!({
-        "status": {"type": "string"},
-        "running": {"type": "boolean"},
-        "paused": {"type": "boolean"},
-        "restarting": {"type": "boolean"},
-        "oom_killed": {"type": "boolean"},
-        "dead": {"type": "boolean"},
-        "pid": {"type": "integer"},
-        "exit_code": {"type": "integer"},
-        "error": {"type": "string"},
-        "started_at": {"type": "string"},
-        "finished_at": {"type": "string"},
-    }));
+pub(super) fn inspect() -> Typed<Target, Inspection> {
     descriptor(
         "container.inspect",
         "query",
@@ -170,25 +55,10 @@ pub(super) fn inspect_descriptor() -> FunctionDescriptor {
         QUERY_TIMEOUT,
         "Describes one container: id, name, image, state (status, exit code, pid, times), \
          labels, command, entrypoint, working directory, user and restart count.",
-        params_object(json!({"id": container_id()}), &["id"]),
-        object(json!({
-            "id": {"type": "string"},
-            "name": {"type": "string"},
-            "image": {"type": "string", "description": "The image as given at creation."},
-            "image_id": {"type": "string"},
-            "created": nullable(json!({"type": "string"})),
-            "state": state,
-            "labels": string_map("The container's labels."),
-            "cmd": nullable(json!({"type": "array", "items": {"type": "string"}})),
-            "entrypoint": nullable(json!({"type": "array", "items": {"type": "string"}})),
-            "working_dir": {"type": "string"},
-            "user": {"type": "string"},
-            "restart_count": {"type": "integer"},
-        })),
     )
 }
 
-pub(super) fn create_descriptor() -> FunctionDescriptor {
+pub(super) fn create() -> Typed<Spec, Created> {
     descriptor(
         "container.create",
         "command",
@@ -196,43 +66,20 @@ pub(super) fn create_descriptor() -> FunctionDescriptor {
         COMMAND_TIMEOUT,
         "Creates a container (not started) from an image present on the host, labelled \
          croupier.agent=<agent id>. Images are never pulled.",
-        params_object(spec_properties(), &["image"]),
-        object(json!({
-            "id": {"type": "string"},
-            "warnings": {"type": "array", "items": {"type": "string"}},
-        })),
     )
 }
 
-pub(super) fn start_descriptor() -> FunctionDescriptor {
+pub(super) fn start() -> Typed<Target, Acted> {
     descriptor(
         "container.start",
         "command",
         true,
         COMMAND_TIMEOUT,
         "Starts a container; a running one is left as it is.",
-        params_object(json!({"id": container_id()}), &["id"]),
-        id_result(),
     )
 }
 
-fn stop_params() -> Value {
-    params_object(
-        json!({
-            "id": container_id(),
-            "timeout": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": MAX_STOP_SECS,
-                "description": "Seconds to wait after the stop signal before killing \
-                                (default: the container's, usually 10)."
-            },
-        }),
-        &["id"],
-    )
-}
-
-pub(super) fn stop_descriptor() -> FunctionDescriptor {
+pub(super) fn stop() -> Typed<StopParams, Acted> {
     descriptor(
         "container.stop",
         "command",
@@ -240,24 +87,20 @@ pub(super) fn stop_descriptor() -> FunctionDescriptor {
         STOP_TIMEOUT,
         "Stops a container: its stop signal, then SIGKILL after `timeout` seconds; a stopped \
          one is left as it is.",
-        stop_params(),
-        id_result(),
     )
 }
 
-pub(super) fn restart_descriptor() -> FunctionDescriptor {
+pub(super) fn restart() -> Typed<StopParams, Acted> {
     descriptor(
         "container.restart",
         "command",
         false,
         STOP_TIMEOUT,
         "Restarts a container (stopping it first, killing it after `timeout` seconds).",
-        stop_params(),
-        id_result(),
     )
 }
 
-pub(super) fn remove_descriptor() -> FunctionDescriptor {
+pub(super) fn remove() -> Typed<RemoveParams, Acted> {
     descriptor(
         "container.remove",
         "command",
@@ -265,19 +108,10 @@ pub(super) fn remove_descriptor() -> FunctionDescriptor {
         COMMAND_TIMEOUT,
         "Removes a container; a running one only with `force` (which kills it). `volumes` \
          also removes its anonymous volumes.",
-        params_object(
-            json!({
-                "id": container_id(),
-                "force": {"type": "boolean", "description": "Kill and remove a running container."},
-                "volumes": {"type": "boolean", "description": "Remove its anonymous volumes."},
-            }),
-            &["id"],
-        ),
-        id_result(),
     )
 }
 
-pub(super) fn exec_descriptor() -> FunctionDescriptor {
+pub(super) fn exec() -> Typed<ExecParams, Executed> {
     descriptor(
         "container.exec",
         "command",
@@ -286,35 +120,10 @@ pub(super) fn exec_descriptor() -> FunctionDescriptor {
         "Runs a command in a running container and answers when it ends: exit code, stdout and \
          stderr (each cut at 1 MiB, `truncated` says so). A call cancelled or past its deadline \
          kills the command.",
-        params_object(
-            json!({
-                "id": container_id(),
-                "cmd": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "minItems": 1,
-                    "description": "Command and arguments."
-                },
-                "env": string_map("Extra environment variables, name → value."),
-                "working_dir": {"type": "string"},
-                "user": {"type": "string"},
-            }),
-            &["id", "cmd"],
-        ),
-        object(json!({
-            "id": {"type": "string"},
-            "exit_code": nullable(json!({
-                "type": "integer",
-                "description": "null when the command closed its output but still runs."
-            })),
-            "stdout": {"type": "string"},
-            "stderr": {"type": "string"},
-            "truncated": {"type": "boolean"},
-        })),
     )
 }
 
-pub(super) fn logs_descriptor() -> FunctionDescriptor {
+pub(super) fn logs() -> Typed<LogsParams, Logged> {
     descriptor(
         "container.logs",
         "query",
@@ -323,29 +132,10 @@ pub(super) fn logs_descriptor() -> FunctionDescriptor {
         "A job: streams a container's output as LOG events, one per line, with data \
          {\"stream\": \"stdout\"|\"stderr\"}; with `follow` (default) until the container ends \
          or the job is cancelled.",
-        params_object(
-            json!({
-                "id": container_id(),
-                "follow": {"type": "boolean", "description": "Keep streaming new output (default true)."},
-                "tail": {"type": "integer", "minimum": 0, "description": "Start with the last N lines (default: all)."},
-                "since": {"type": "integer", "minimum": 0, "description": "Only output since this Unix time (seconds)."},
-                "timestamps": {"type": "boolean", "description": "Prefix lines with Docker's timestamps."},
-            }),
-            &["id"],
-        ),
-        object(json!({
-            "id": {"type": "string"},
-            "lines": {"type": "integer", "minimum": 0, "description": "Lines streamed."},
-        })),
     )
 }
 
-pub(super) fn run_descriptor() -> FunctionDescriptor {
-    let mut params = spec_properties();
-    params["remove"] = json!({
-        "type": "boolean",
-        "description": "Remove the container once it ended (default true)."
-    });
+pub(super) fn run() -> Typed<RunParams, Ran> {
     descriptor(
         "container.run",
         "command",
@@ -355,13 +145,6 @@ pub(super) fn run_descriptor() -> FunctionDescriptor {
          streams its output as LOG events (data {\"stream\": \"stdout\"|\"stderr\"}), waits for \
          it to end and removes it (unless `remove` is false). The result has the exit code. \
          Cancelling the job stops and removes the container. Images are never pulled.",
-        params_object(params, &["image"]),
-        object(json!({
-            "id": {"type": "string"},
-            "exit_code": {"type": "integer"},
-            "lines": {"type": "integer", "minimum": 0, "description": "Lines streamed."},
-            "removed": {"type": "boolean"},
-        })),
     )
 }
 
@@ -382,23 +165,23 @@ pub(super) fn with_note(
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
     use crate::packs::container::fake::IMAGE;
 
     fn descriptors() -> Vec<FunctionDescriptor> {
         vec![
-            list_descriptor(),
-            inspect_descriptor(),
-            create_descriptor(),
-            start_descriptor(),
-            stop_descriptor(),
-            restart_descriptor(),
-            remove_descriptor(),
-            exec_descriptor(),
-            logs_descriptor(),
-            run_descriptor(),
+            list().descriptor,
+            inspect().descriptor,
+            create().descriptor,
+            start().descriptor,
+            stop().descriptor,
+            restart().descriptor,
+            remove().descriptor,
+            exec().descriptor,
+            logs().descriptor,
+            run().descriptor,
         ]
     }
 
@@ -409,6 +192,10 @@ mod tests {
             &d.params_schema
         };
         croupier_proto::json::opt_struct_to_json(s.as_ref())
+    }
+
+    fn params_validator(d: &FunctionDescriptor) -> jsonschema::Validator {
+        jsonschema::validator_for(&schema(d, false)).unwrap()
     }
 
     #[test]
@@ -448,20 +235,158 @@ mod tests {
                 jsonschema::validator_for(&schema(d, result))
                     .unwrap_or_else(|e| panic!("{} schema invalid: {e}", d.id));
             }
+            assert_inline_without_null(&schema(d, false), &d.id);
         }
-        let create = jsonschema::validator_for(&schema(&create_descriptor(), false)).unwrap();
+        let create = params_validator(&create().descriptor);
         assert!(create.is_valid(&json!({"image": IMAGE, "labels": {"team": "x"}})));
         assert!(!create.is_valid(&json!({"name": "x"})), "image is required");
         assert!(!create.is_valid(&json!({"image": IMAGE, "labels": {"croupier.job": "x"}})));
         assert!(!create.is_valid(&json!({"image": IMAGE, "bogus": 1})));
-        let run = jsonschema::validator_for(&schema(&run_descriptor(), false)).unwrap();
+        let run = params_validator(&run().descriptor);
         assert!(run.is_valid(&json!({"image": IMAGE, "cmd": ["true"], "remove": false})));
+    }
+
+    /// No `$ref`s (each schema reads on its own) and no `null` for a parameter that may be
+    /// left out.
+    fn assert_inline_without_null(schema: &Value, id: &str) {
+        let text = schema.to_string();
+        assert!(!text.contains("$ref"), "{id}: {schema:#}");
+        assert!(!text.contains("\"null\""), "{id}: {schema:#}");
+    }
+
+    /// What the hand-written schemas refused is still refused, and what they accepted is still
+    /// accepted.
+    #[test]
+    fn params_schemas_refuse_what_they_always_refused() {
+        let cases: Vec<(FunctionDescriptor, Vec<Value>, Vec<Value>)> = vec![
+            (
+                list().descriptor,
+                vec![
+                    json!({}),
+                    json!({"all": true, "labels": {"a": "b"}, "mine": false}),
+                ],
+                vec![
+                    json!({"all": "yes"}),
+                    json!({"labels": {"a": 1}}),
+                    json!({"bogus": 1}),
+                ],
+            ),
+            (
+                inspect().descriptor,
+                vec![json!({"id": "x"})],
+                vec![
+                    json!({}),
+                    json!({"id": ""}),
+                    json!({"id": "x", "force": true}),
+                ],
+            ),
+            (
+                start().descriptor,
+                vec![json!({"id": "x"})],
+                vec![
+                    json!({}),
+                    json!({"id": 1}),
+                    json!({"id": "x", "timeout": 1}),
+                ],
+            ),
+            (
+                stop().descriptor,
+                vec![
+                    json!({"id": "x"}),
+                    json!({"id": "x", "timeout": 0}),
+                    json!({"id": "x", "timeout": 300}),
+                ],
+                vec![
+                    json!({"id": "x", "timeout": 301}),
+                    json!({"id": "x", "timeout": -1}),
+                    json!({"id": "x", "timeout": 1.5}),
+                    json!({"id": "x", "timeout": null}),
+                    json!({"timeout": 1}),
+                ],
+            ),
+            (
+                restart().descriptor,
+                vec![json!({"id": "x", "timeout": 10})],
+                vec![json!({"id": "x", "timeout": 301})],
+            ),
+            (
+                remove().descriptor,
+                vec![json!({"id": "x", "force": true, "volumes": true})],
+                vec![
+                    json!({"id": "x", "force": 1}),
+                    json!({"id": "x", "all": true}),
+                ],
+            ),
+            (
+                exec().descriptor,
+                vec![json!({"id": "x", "cmd": ["true"], "env": {"A": "1"}, "user": "0"})],
+                vec![
+                    json!({"id": "x"}),
+                    json!({"id": "x", "cmd": []}),
+                    json!({"id": "x", "cmd": "true"}),
+                    json!({"id": "x", "cmd": ["true"], "user": null}),
+                    json!({"id": "x", "cmd": ["true"], "working_dir": 1}),
+                ],
+            ),
+            (
+                logs().descriptor,
+                vec![json!({"id": "x", "follow": false, "tail": 10, "since": 0})],
+                vec![
+                    json!({"id": "x", "tail": -1}),
+                    json!({"id": "x", "since": -1}),
+                    json!({"id": "x", "tail": null}),
+                    json!({"id": "x", "follow": "no"}),
+                ],
+            ),
+            (
+                create().descriptor,
+                vec![json!({
+                    "image": IMAGE, "name": "n", "cmd": ["a"], "entrypoint": ["b"],
+                    "env": {"A": "1"}, "labels": {"team": "x", "croupierx": "y"},
+                    "working_dir": "/", "user": "0", "network_mode": "none",
+                    "memory_bytes": 0, "cpus": 0.5, "binds": ["/a:/b:ro"]
+                })],
+                vec![
+                    json!({"image": ""}),
+                    json!({"image": IMAGE, "name": ""}),
+                    json!({"image": IMAGE, "name": null}),
+                    json!({"image": IMAGE, "cmd": null}),
+                    json!({"image": IMAGE, "memory_bytes": -1}),
+                    json!({"image": IMAGE, "cpus": 0}),
+                    json!({"image": IMAGE, "cpus": -1}),
+                    json!({"image": IMAGE, "remove": false}),
+                ],
+            ),
+            (
+                run().descriptor,
+                vec![
+                    json!({"image": IMAGE}),
+                    json!({"image": IMAGE, "remove": true}),
+                ],
+                vec![
+                    json!({"remove": true}),
+                    json!({"image": IMAGE, "remove": "no"}),
+                    json!({"image": IMAGE, "labels": {"croupier.agent": "x"}}),
+                    json!({"image": IMAGE, "cpus": 0}),
+                    json!({"image": IMAGE, "bogus": 1}),
+                ],
+            ),
+        ];
+        for (d, good, bad) in cases {
+            let v = params_validator(&d);
+            for p in good {
+                assert!(v.is_valid(&p), "{} refused {p}", d.id);
+            }
+            for p in bad {
+                assert!(!v.is_valid(&p), "{} accepted {p}", d.id);
+            }
+        }
     }
 
     #[test]
     fn descriptions_say_when_docker_is_unavailable() {
         let d = with_note(
-            list_descriptor(),
+            list().descriptor,
             Some("Docker is not running (no Docker socket at /x)"),
         );
         assert!(
@@ -470,6 +395,6 @@ mod tests {
             "{}",
             d.description
         );
-        assert_eq!(with_note(list_descriptor(), None), list_descriptor());
+        assert_eq!(with_note(list().descriptor, None), list().descriptor);
     }
 }

@@ -16,12 +16,14 @@ use bollard::models::{
 use bollard::query_parameters::LogsOptions;
 use croupier_sdk::Invocation;
 use futures::StreamExt;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
 use super::docker::{DockerApi, LogStream};
 use super::jobs::{Report, short};
+use super::params::params;
 
 pub(super) fn server(status: u16, message: &str) -> DockerError {
     DockerError::DockerResponseServerError {
@@ -346,4 +348,9 @@ pub(super) fn err(bytes: &str) -> LogOutput {
     LogOutput::StdErr {
         message: bytes.to_string().into(),
     }
+}
+
+/// A payload decoded as a handler's parameters, as [`super::serve`] decodes it.
+pub(super) fn decode<P: DeserializeOwned>(payload: Value) -> P {
+    params("test", &payload).unwrap_or_else(|e| panic!("{payload} does not decode: {e:?}"))
 }

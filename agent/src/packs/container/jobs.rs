@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::Ctx;
 use super::docker::{DockerApi, LogStream};
 use super::error::{Subject, docker_error, invalid};
-use super::params::{LogsParams, non_empty, params, run_params};
+use super::params::{LogsParams, RunParams, non_empty};
+use super::results::{Logged, Ran};
 
 /// Seconds a cancelled `container.run` gives its container to stop before it is killed.
 pub(super) const CANCEL_STOP_SECS: i32 = 2;
@@ -138,18 +139,21 @@ fn logs_options(follow: bool) -> LogsOptionsBuilder {
         .stderr(true)
 }
 
-pub(super) async fn logs_job(ctx: Ctx, job: JobContext) -> Result<Value, HandlerError> {
-    follow_logs(&ctx, job.payload(), job.cancel(), &job).await
+pub(super) async fn logs_job(
+    ctx: Ctx,
+    p: LogsParams,
+    job: JobContext,
+) -> Result<Logged, HandlerError> {
+    follow_logs(&ctx, p, job.cancel(), &job).await
 }
 
 /// `container.logs`: the container's output until it ends or the job is cancelled.
 pub(super) async fn follow_logs(
     ctx: &Ctx,
-    payload: &Value,
+    p: LogsParams,
     cancel: &CancellationToken,
     out: &dyn Report,
-) -> Result<Value, HandlerError> {
-    let p: LogsParams = params("container.logs", payload)?;
+) -> Result<Logged, HandlerError> {
     non_empty("id", &p.id)?;
     let mut options = logs_options(p.follow).timestamps(p.timestamps);
     if let Some(tail) = p.tail {
@@ -168,7 +172,7 @@ pub(super) async fn follow_logs(
         )
     })?;
     match pump(output, &p.id, cancel, out).await? {
-        Pumped::Ended(lines) => Ok(json!({"id": p.id, "lines": lines})),
+        Pumped::Ended(lines) => Ok(Logged { id: p.id, lines }),
         Pumped::Cancelled => Err(HandlerError::new(
             "CANCELLED",
             format!("following the logs of container {} cancelled", p.id),
@@ -246,20 +250,20 @@ pub(super) fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
 }
 
-pub(super) async fn run_job(ctx: Ctx, job: JobContext) -> Result<Value, HandlerError> {
-    run_container(&ctx, job.payload(), job.job_id(), job.cancel(), &job).await
+pub(super) async fn run_job(ctx: Ctx, p: RunParams, job: JobContext) -> Result<Ran, HandlerError> {
+    run_container(&ctx, p, job.job_id(), job.cancel(), &job).await
 }
 
 /// `container.run`: create, start, stream the output, wait, remove. Cancelled, it stops and
 /// removes the container before answering `CANCELLED`.
 pub(super) async fn run_container(
     ctx: &Ctx,
-    payload: &Value,
+    p: RunParams,
     job_id: &str,
     cancel: &CancellationToken,
     out: &dyn Report,
-) -> Result<Value, HandlerError> {
-    let (spec, remove) = run_params(payload)?;
+) -> Result<Ran, HandlerError> {
+    let RunParams { spec, remove } = p;
     let image = spec.image.clone();
     let (name, body) = spec.into_body(&ctx.agent_id, job_id)?;
     // Not raced against cancel: dropping the request would not stop Docker from creating the
@@ -333,11 +337,16 @@ pub(super) async fn run_container(
     } else {
         guard.disarm();
     }
-    Ok(json!({"id": id, "exit_code": exit_code, "lines": lines, "removed": remove}))
+    Ok(Ran {
+        id,
+        exit_code,
+        lines,
+        removed: remove,
+    })
 }
 
 /// The cancel path of `container.run`: stop and remove the container, say so, answer CANCELLED.
-async fn cancelled(guard: Cleanup, out: &dyn Report) -> Result<Value, HandlerError> {
+async fn cancelled<T>(guard: Cleanup, out: &dyn Report) -> Result<T, HandlerError> {
     let id = guard.id.clone();
     let message = match guard.stop_and_remove().await {
         Ok(()) => format!("cancelled: container {} stopped and removed", short(&id)),

@@ -34,14 +34,16 @@
 //! with `targeted` routing to the agent that holds it.
 //!
 //! Layout:
-//! - this module — the labels, [`register`] and the adapters between the provider and the
-//!   handlers.
+//! - this module — the labels, [`register`], and [`serve`] / [`serve_job`], which decode a
+//!   payload as the handler's parameter type and encode its result.
 //! - [`docker`] — [`DockerApi`], the Docker operations the pack uses, and [`LocalDocker`], their
 //!   bollard implementation for the local daemon (connection, API version, startup [`probe`]).
 //! - [`procs`] — the processes of a `container.exec`, from `/proc`, to kill a cancelled one.
 //! - [`error`] — Docker errors as handler errors with codes.
-//! - [`descriptors`] — the functions' descriptors.
-//! - [`params`] — the functions' parameters and their checks.
+//! - [`descriptors`] — the functions' descriptors, with schemas derived from their parameter
+//!   and result types.
+//! - [`params`] — the functions' parameters and the checks JSON Schema does not make.
+//! - [`results`] — the functions' results, made from Docker's answers.
 //! - [`calls`] — the synchronous functions: list, inspect, create, start, stop, restart,
 //!   remove, exec.
 //! - [`jobs`] — the jobs `container.logs` and `container.run`.
@@ -54,24 +56,24 @@ mod error;
 mod jobs;
 mod params;
 mod procs;
+mod results;
 
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
 mod tests;
 
+use std::future::Future;
 use std::sync::Arc;
 
-use croupier_proto::common::v1::FunctionDescriptor;
-use croupier_sdk::{Invocation, JobContext, Provider};
+use croupier_sdk::{HandlerError, Invocation, JobContext, Provider};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
-use calls::{create, exec, inspect, list, remove, restart, start, stop};
-use descriptors::{
-    create_descriptor, exec_descriptor, inspect_descriptor, list_descriptor, logs_descriptor,
-    remove_descriptor, restart_descriptor, run_descriptor, start_descriptor, stop_descriptor,
-    with_note,
-};
-use jobs::{logs_job, run_job};
+use crate::descriptor::Typed;
+use descriptors::with_note;
+use params::params;
 
 pub(crate) use docker::{DockerApi, LocalDocker, probe};
 
@@ -104,32 +106,107 @@ pub(crate) fn register(
         docker,
         agent_id: agent_id.into(),
     };
-    let d = |descriptor: FunctionDescriptor| with_note(descriptor, unavailable.as_deref());
-    provider
-        .function(d(list_descriptor()), handler(&ctx, list))
-        .function(d(inspect_descriptor()), handler(&ctx, inspect))
-        .function(d(create_descriptor()), handler(&ctx, create))
-        .function(d(start_descriptor()), handler(&ctx, start))
-        .function(d(stop_descriptor()), handler(&ctx, stop))
-        .function(d(restart_descriptor()), handler(&ctx, restart))
-        .function(d(remove_descriptor()), handler(&ctx, remove))
-        .function(d(exec_descriptor()), handler(&ctx, exec))
-        .job(d(logs_descriptor()), job_handler(&ctx, logs_job))
-        .job(d(run_descriptor()), job_handler(&ctx, run_job))
+    Registrar {
+        provider,
+        ctx,
+        unavailable,
+    }
+    .function(descriptors::list(), calls::list)
+    .function(descriptors::inspect(), calls::inspect)
+    .function(descriptors::create(), calls::create)
+    .function(descriptors::start(), calls::start)
+    .function(descriptors::stop(), calls::stop)
+    .function(descriptors::restart(), calls::restart)
+    .function(descriptors::remove(), calls::remove)
+    .function(descriptors::exec(), calls::exec)
+    .job(descriptors::logs(), jobs::logs_job)
+    .job(descriptors::run(), jobs::run_job)
+    .provider
 }
 
-fn handler<F, Fut>(ctx: &Ctx, f: F) -> impl Fn(Invocation) -> Fut + Send + Sync + 'static
-where
-    F: Fn(Ctx, Invocation) -> Fut + Send + Sync + 'static,
-{
-    let ctx = ctx.clone();
-    move |call| f(ctx.clone(), call)
+/// Registers the pack's functions, each with the handler whose parameter and result types its
+/// schemas were derived from.
+struct Registrar {
+    provider: Provider,
+    ctx: Ctx,
+    unavailable: Option<String>,
 }
 
-fn job_handler<F, Fut>(ctx: &Ctx, f: F) -> impl Fn(JobContext) -> Fut + Send + Sync + 'static
+impl Registrar {
+    /// A synchronous function, served by [`serve`].
+    fn function<P, R, F, Fut>(self, d: Typed<P, R>, f: F) -> Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Ctx, P, Invocation) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+    {
+        let descriptor = with_note(d.descriptor, self.unavailable.as_deref());
+        let id: Arc<str> = descriptor.id.as_str().into();
+        let (ctx, f) = (self.ctx.clone(), Arc::new(f));
+        let provider = self.provider.function(descriptor, move |call| {
+            let (id, ctx, f) = (id.clone(), ctx.clone(), f.clone());
+            async move { serve(&id, ctx, call, &*f).await }
+        });
+        Registrar { provider, ..self }
+    }
+
+    /// A job, served by [`serve_job`].
+    fn job<P, R, F, Fut>(self, d: Typed<P, R>, f: F) -> Self
+    where
+        P: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+        F: Fn(Ctx, P, JobContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+    {
+        let descriptor = with_note(d.descriptor, self.unavailable.as_deref());
+        let id: Arc<str> = descriptor.id.as_str().into();
+        let (ctx, f) = (self.ctx.clone(), Arc::new(f));
+        let provider = self.provider.job(descriptor, move |job| {
+            let (id, ctx, f) = (id.clone(), ctx.clone(), f.clone());
+            async move { serve_job(&id, ctx, job, &*f).await }
+        });
+        Registrar { provider, ..self }
+    }
+}
+
+/// One call of function `id`: the payload decoded as `P` (a payload that does not decode is
+/// `INVALID_ARGUMENT` naming the function, and `f` is not called), `f`'s result as JSON.
+async fn serve<P, R, Fut>(
+    id: &str,
+    ctx: Ctx,
+    call: Invocation,
+    f: impl FnOnce(Ctx, P, Invocation) -> Fut,
+) -> Result<Value, HandlerError>
 where
-    F: Fn(Ctx, JobContext) -> Fut + Send + Sync + 'static,
+    P: DeserializeOwned,
+    R: Serialize,
+    Fut: Future<Output = Result<R, HandlerError>>,
 {
-    let ctx = ctx.clone();
-    move |job| f(ctx.clone(), job)
+    let p = params::<P>(id, &call.payload)?;
+    let r = f(ctx, p, call).await?;
+    encode(id, &r)
+}
+
+/// [`serve`] for the job `id`.
+async fn serve_job<P, R, Fut>(
+    id: &str,
+    ctx: Ctx,
+    job: JobContext,
+    f: impl FnOnce(Ctx, P, JobContext) -> Fut,
+) -> Result<Value, HandlerError>
+where
+    P: DeserializeOwned,
+    R: Serialize,
+    Fut: Future<Output = Result<R, HandlerError>>,
+{
+    let p = params::<P>(id, job.payload())?;
+    let r = f(ctx, p, job).await?;
+    encode(id, &r)
+}
+
+/// A handler's result as JSON.
+fn encode<R: Serialize>(id: &str, r: &R) -> Result<Value, HandlerError> {
+    serde_json::to_value(r)
+        .map_err(|e| HandlerError::internal(format!("encoding the result of {id}: {e}")))
 }

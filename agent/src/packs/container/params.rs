@@ -5,8 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use croupier_sdk::HandlerError;
-use serde::Deserialize;
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
 use super::error::invalid;
@@ -25,48 +27,72 @@ pub(super) fn params<T: DeserializeOwned>(
     serde_json::from_value(payload).map_err(|e| invalid(format!("{function}: {e}")))
 }
 
-#[derive(Deserialize)]
+/// What every `id` parameter says.
+const CONTAINER_ID: &str = "The container's id (or a unique prefix of it) or name.";
+
+/// `container.list`'s parameters.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListParams {
+    /// Include stopped containers.
     #[serde(default)]
     pub(super) all: bool,
+    /// Labels every listed container carries, name → value.
     #[serde(default)]
     pub(super) labels: BTreeMap<String, String>,
+    /// Only containers this agent created.
     #[serde(default)]
     pub(super) mine: bool,
 }
 
-#[derive(Deserialize)]
+/// The container a function acts on (`container.inspect`, `container.start`).
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Target {
+    #[schemars(description = CONTAINER_ID, length(min = 1))]
     pub(super) id: String,
 }
 
-#[derive(Deserialize)]
+/// `container.stop`'s and `container.restart`'s parameters.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct StopParams {
+    #[schemars(description = CONTAINER_ID, length(min = 1))]
     pub(super) id: String,
+    /// Seconds to wait after the stop signal before killing (default: the container's, usually 10).
+    #[schemars(range(min = 0, max = MAX_STOP_SECS))]
     pub(super) timeout: Option<i64>,
 }
 
-#[derive(Deserialize)]
+/// `container.remove`'s parameters.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RemoveParams {
+    #[schemars(description = CONTAINER_ID, length(min = 1))]
     pub(super) id: String,
+    /// Kill and remove a running container.
     #[serde(default)]
     pub(super) force: bool,
+    /// Remove its anonymous volumes.
     #[serde(default)]
     pub(super) volumes: bool,
 }
 
-#[derive(Deserialize)]
+/// `container.exec`'s parameters.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ExecParams {
+    #[schemars(description = CONTAINER_ID, length(min = 1))]
     pub(super) id: String,
+    /// Command and arguments.
+    #[schemars(length(min = 1))]
     pub(super) cmd: Vec<String>,
+    /// Extra environment variables, name → value.
     #[serde(default)]
     pub(super) env: BTreeMap<String, String>,
+    /// Working directory of the command (default: the container's).
     pub(super) working_dir: Option<String>,
+    /// User (name or uid[:gid]) the command runs as (default: the container's).
     pub(super) user: Option<String>,
 }
 
@@ -74,37 +100,98 @@ fn default_true() -> bool {
     true
 }
 
-#[derive(Deserialize)]
+/// `container.logs`'s parameters.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct LogsParams {
+    #[schemars(description = CONTAINER_ID, length(min = 1))]
     pub(super) id: String,
+    /// Keep streaming new output (default true).
     #[serde(default = "default_true")]
     pub(super) follow: bool,
+    /// Start with the last N lines (default: all).
     pub(super) tail: Option<u64>,
+    /// Only output since this Unix time (seconds).
+    #[schemars(range(min = 0))]
     pub(super) since: Option<i64>,
+    /// Prefix lines with Docker's timestamps.
     #[serde(default)]
     pub(super) timestamps: bool,
 }
 
-/// A container to create.
-#[derive(Deserialize)]
+/// A container to create (`container.create`).
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct Spec {
+    /// Image, present on the agent's host (never pulled).
+    #[schemars(length(min = 1))]
     pub(super) image: String,
+    /// Container name.
+    #[schemars(length(min = 1))]
     pub(super) name: Option<String>,
+    /// Command and arguments (default: the image's).
     pub(super) cmd: Option<Vec<String>>,
+    /// Entrypoint (default: the image's).
     pub(super) entrypoint: Option<Vec<String>>,
+    /// Environment variables, name → value.
     #[serde(default)]
     pub(super) env: BTreeMap<String, String>,
+    /// Labels; croupier.* are set by Croupier and may not be given.
     #[serde(default)]
+    #[schemars(extend("propertyNames" = reserved_labels_refused()))]
     pub(super) labels: BTreeMap<String, String>,
+    /// Working directory (default: the image's).
     pub(super) working_dir: Option<String>,
+    /// User (name or uid[:gid]) the command runs as.
     pub(super) user: Option<String>,
+    /// Network mode: bridge (default), host, none or a network's name.
     pub(super) network_mode: Option<String>,
+    /// Memory limit.
+    #[schemars(range(min = 0))]
     pub(super) memory_bytes: Option<i64>,
+    /// CPU limit, in CPUs.
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub(super) cpus: Option<f64>,
+    /// Bind mounts, host-path:container-path[:ro].
     #[serde(default)]
     pub(super) binds: Vec<String>,
+}
+
+/// The JSON Schema of label names that are not under [`RESERVED_PREFIX`].
+fn reserved_labels_refused() -> Value {
+    json!({"not": {"pattern": format!("^{}", RESERVED_PREFIX.replace('.', "\\."))}})
+}
+
+/// `container.run`'s parameters: a container to create, and whether to remove it once it ended.
+///
+/// Decoded by hand (see the `Deserialize` impl): serde cannot combine `flatten` with
+/// `deny_unknown_fields`. The serde attributes here tell `schemars` the shape that impl
+/// accepts: the properties of [`Spec`] and `remove`, and no others.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RunParams {
+    #[serde(flatten)]
+    pub(super) spec: Spec,
+    /// Remove the container once it ended (default true).
+    #[serde(default = "default_true")]
+    pub(super) remove: bool,
+}
+
+impl<'de> Deserialize<'de> for RunParams {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut payload = Value::deserialize(deserializer)?;
+        let remove = match payload.as_object_mut().and_then(|o| o.remove("remove")) {
+            None => true,
+            Some(Value::Bool(b)) => b,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "remove must be a boolean, not {other}"
+                )));
+            }
+        };
+        let spec = Spec::deserialize(payload).map_err(D::Error::custom)?;
+        Ok(RunParams { spec, remove })
+    }
 }
 
 pub(super) fn non_empty(field: &str, value: &str) -> Result<(), HandlerError> {
@@ -196,25 +283,6 @@ impl Spec {
         };
         Ok((self.name, body))
     }
-}
-
-/// `container.run`'s parameters: a [`Spec`] plus `remove`.
-pub(super) fn run_params(payload: &Value) -> Result<(Spec, bool), HandlerError> {
-    let mut payload = if payload.is_null() {
-        json!({})
-    } else {
-        payload.clone()
-    };
-    let remove = match payload.as_object_mut().and_then(|o| o.remove("remove")) {
-        None => true,
-        Some(Value::Bool(b)) => b,
-        Some(other) => {
-            return Err(invalid(format!(
-                "container.run: remove must be a boolean, not {other}"
-            )));
-        }
-    };
-    Ok((params("container.run", &payload)?, remove))
 }
 
 pub(super) fn stop_timeout(

@@ -7,16 +7,18 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::calls::{create, exec, inspect, list, remove, restart, start, stop};
-use super::fake::{Fake, IMAGE, Recorder, call, ctx, err, out};
+use super::fake::{Fake, IMAGE, Recorder, call, ctx, decode, err, out};
 use super::jobs::{CANCEL_STOP_SECS, follow_logs, run_container, short};
-use super::{AGENT_LABEL, Ctx, JOB_LABEL};
+use super::{AGENT_LABEL, Ctx, JOB_LABEL, serve};
 
 #[tokio::test]
 async fn created_containers_carry_the_agent_label_and_reserved_labels_are_refused() {
     let fake = Fake::with_image(IMAGE);
-    let r = create(
+    let r = serve(
+        "container.create",
         ctx(&fake),
         call(json!({"image": IMAGE, "name": "web", "labels": {"team": "x"}, "env": {"A": "1"}})),
+        create,
     )
     .await
     .unwrap();
@@ -28,9 +30,11 @@ async fn created_containers_carry_the_agent_label_and_reserved_labels_are_refuse
         assert_eq!(labels.get("team").map(String::as_str), Some("x"));
         assert!(!labels.contains_key(JOB_LABEL), "not made by a job");
     }
-    let e = create(
+    let e = serve(
+        "container.create",
         ctx(&fake),
         call(json!({"image": IMAGE, "labels": {"croupier.agent": "someone-else"}})),
+        create,
     )
     .await
     .unwrap_err();
@@ -41,14 +45,24 @@ async fn created_containers_carry_the_agent_label_and_reserved_labels_are_refuse
         e.message
     );
     // Same name again: ALREADY_EXISTS.
-    let e = create(ctx(&fake), call(json!({"image": IMAGE, "name": "web"})))
-        .await
-        .unwrap_err();
+    let e = serve(
+        "container.create",
+        ctx(&fake),
+        call(json!({"image": IMAGE, "name": "web"})),
+        create,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code, "ALREADY_EXISTS", "{e:?}");
     // Unknown image.
-    let e = create(ctx(&fake), call(json!({"image": "nope/nope:1"})))
-        .await
-        .unwrap_err();
+    let e = serve(
+        "container.create",
+        ctx(&fake),
+        call(json!({"image": "nope/nope:1"})),
+        create,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code, "NOT_FOUND");
     assert!(
         e.message.starts_with("image nope/nope:1 not found locally"),
@@ -63,7 +77,9 @@ async fn created_containers_carry_the_agent_label_and_reserved_labels_are_refuse
         json!({"image": IMAGE, "cpus": 0}),
         json!({"image": IMAGE, "env": {"A=B": "1"}}),
     ] {
-        let e = create(ctx(&fake), call(bad.clone())).await.unwrap_err();
+        let e = serve("container.create", ctx(&fake), call(bad.clone()), create)
+            .await
+            .unwrap_err();
         assert_eq!(e.code, "INVALID_ARGUMENT", "{bad}: {e:?}");
     }
     assert_eq!(fake.calls().len(), calls);
@@ -72,9 +88,11 @@ async fn created_containers_carry_the_agent_label_and_reserved_labels_are_refuse
 #[tokio::test]
 async fn list_filters_on_labels_and_mine() {
     let fake = Fake::with_image(IMAGE);
-    let mine = create(
+    let mine = serve(
+        "container.create",
         ctx(&fake),
         call(json!({"image": IMAGE, "labels": {"team": "x"}})),
+        create,
     )
     .await
     .unwrap();
@@ -82,16 +100,20 @@ async fn list_filters_on_labels_and_mine() {
         docker: fake.clone(),
         agent_id: "a2".into(),
     };
-    create(
+    serve(
+        "container.create",
         theirs,
         call(json!({"image": IMAGE, "labels": {"team": "x"}})),
+        create,
     )
     .await
     .unwrap();
 
-    let r = list(
+    let r = serve(
+        "container.list",
         ctx(&fake),
         call(json!({"all": true, "labels": {"team": "x"}, "mine": true})),
+        list,
     )
     .await
     .unwrap();
@@ -108,16 +130,22 @@ async fn list_filters_on_labels_and_mine() {
     assert_eq!(filters["label"], ["croupier.agent=a1", "team=x"]);
 
     // Without `all`, only running ones; without filters, no filter is sent.
-    let r = list(ctx(&fake), call(json!({}))).await.unwrap();
+    let r = serve("container.list", ctx(&fake), call(json!({})), list)
+        .await
+        .unwrap();
     assert_eq!(r["containers"], json!([]));
     let (all, filters) = fake.st().filters.last().cloned().unwrap();
     assert!(!all);
     assert!(filters.is_empty());
-    let r = list(ctx(&fake), call(Value::Null)).await.unwrap();
+    let r = serve("container.list", ctx(&fake), call(Value::Null), list)
+        .await
+        .unwrap();
     assert_eq!(r["containers"], json!([]));
-    let e = list(
+    let e = serve(
+        "container.list",
         ctx(&fake),
         call(json!({"mine": true, "labels": {"croupier.agent": "a2"}})),
+        list,
     )
     .await
     .unwrap_err();
@@ -138,21 +166,43 @@ async fn assert_called_soon(fake: &Fake, call: &str) {
 #[tokio::test]
 async fn lifecycle_and_exec_through_the_fake() {
     let fake = Fake::with_image(IMAGE);
-    let id = create(ctx(&fake), call(json!({"image": IMAGE, "name": "box"})))
-        .await
-        .unwrap()["id"]
+    let id = serve(
+        "container.create",
+        ctx(&fake),
+        call(json!({"image": IMAGE, "name": "box"})),
+        create,
+    )
+    .await
+    .unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
     // exec in a container that does not run: FAILED_PRECONDITION.
-    let e = exec(ctx(&fake), call(json!({"id": "box", "cmd": ["true"]})))
-        .await
-        .unwrap_err();
+    let e = serve(
+        "container.exec",
+        ctx(&fake),
+        call(json!({"id": "box", "cmd": ["true"]})),
+        exec,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code, "FAILED_PRECONDITION", "{e:?}");
-    start(ctx(&fake), call(json!({"id": "box"}))).await.unwrap();
-    let i = inspect(ctx(&fake), call(json!({"id": "box"})))
-        .await
-        .unwrap();
+    serve(
+        "container.start",
+        ctx(&fake),
+        call(json!({"id": "box"})),
+        start,
+    )
+    .await
+    .unwrap();
+    let i = serve(
+        "container.inspect",
+        ctx(&fake),
+        call(json!({"id": "box"})),
+        inspect,
+    )
+    .await
+    .unwrap();
     assert_eq!(i["id"], id);
     assert_eq!(i["name"], "box");
     assert_eq!(i["state"]["running"], true);
@@ -164,9 +214,11 @@ async fn lifecycle_and_exec_through_the_fake() {
         st.output = vec![out("hi\n"), err("oops\n")];
         st.exit_code = 3;
     }
-    let r = exec(
+    let r = serve(
+        "container.exec",
         ctx(&fake),
         call(json!({"id": "box", "cmd": ["sh", "-c", "x"]})),
+        exec,
     )
     .await
     .unwrap();
@@ -181,9 +233,11 @@ async fn lifecycle_and_exec_through_the_fake() {
     fake.st().hang = true;
     let dropped = tokio::time::timeout(
         Duration::from_millis(50),
-        exec(
+        serve(
+            "container.exec",
             ctx(&fake),
             call(json!({"id": "box", "cmd": ["sleep", "300"]})),
+            exec,
         ),
     )
     .await;
@@ -193,7 +247,7 @@ async fn lifecycle_and_exec_through_the_fake() {
     fake.st().calls.clear();
     let cancelled = call(json!({"id": "box", "cmd": ["sleep", "300"]}));
     let token = cancelled.cancel.clone();
-    let running = tokio::spawn(exec(ctx(&fake), cancelled));
+    let running = tokio::spawn(serve("container.exec", ctx(&fake), cancelled, exec));
     tokio::time::sleep(Duration::from_millis(20)).await;
     token.cancel();
     let e = running.await.unwrap().unwrap_err();
@@ -202,28 +256,58 @@ async fn lifecycle_and_exec_through_the_fake() {
     fake.st().hang = false;
 
     // Removing a running container needs force.
-    let e = remove(ctx(&fake), call(json!({"id": "box"})))
-        .await
-        .unwrap_err();
+    let e = serve(
+        "container.remove",
+        ctx(&fake),
+        call(json!({"id": "box"})),
+        remove,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code, "FAILED_PRECONDITION");
-    let e = stop(ctx(&fake), call(json!({"id": "box", "timeout": 301})))
-        .await
-        .unwrap_err();
+    let e = serve(
+        "container.stop",
+        ctx(&fake),
+        call(json!({"id": "box", "timeout": 301})),
+        stop,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code, "INVALID_ARGUMENT");
-    stop(ctx(&fake), call(json!({"id": "box", "timeout": 1})))
-        .await
-        .unwrap();
-    restart(ctx(&fake), call(json!({"id": "box"})))
-        .await
-        .unwrap();
-    remove(ctx(&fake), call(json!({"id": "box", "force": true})))
-        .await
-        .unwrap();
+    serve(
+        "container.stop",
+        ctx(&fake),
+        call(json!({"id": "box", "timeout": 1})),
+        stop,
+    )
+    .await
+    .unwrap();
+    serve(
+        "container.restart",
+        ctx(&fake),
+        call(json!({"id": "box"})),
+        restart,
+    )
+    .await
+    .unwrap();
+    serve(
+        "container.remove",
+        ctx(&fake),
+        call(json!({"id": "box", "force": true})),
+        remove,
+    )
+    .await
+    .unwrap();
     assert!(fake.st().containers.is_empty());
     assert!(fake.calls().contains(&"stop box Some(1)".to_string()));
-    let e = inspect(ctx(&fake), call(json!({"id": "box"})))
-        .await
-        .unwrap_err();
+    let e = serve(
+        "container.inspect",
+        ctx(&fake),
+        call(json!({"id": "box"})),
+        inspect,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code, "NOT_FOUND");
     assert!(
         e.message.starts_with("no such container box"),
@@ -236,7 +320,9 @@ async fn lifecycle_and_exec_through_the_fake() {
 async fn docker_down_answers_unavailable() {
     let fake = Fake::with_image(IMAGE);
     fake.st().down = true;
-    let e = list(ctx(&fake), call(json!({}))).await.unwrap_err();
+    let e = serve("container.list", ctx(&fake), call(json!({})), list)
+        .await
+        .unwrap_err();
     assert_eq!(e.code, "UNAVAILABLE");
     assert!(
         e.message.starts_with("Docker is not running ("),
@@ -246,7 +332,7 @@ async fn docker_down_answers_unavailable() {
     let rec = Recorder::default();
     let e = run_container(
         &ctx(&fake),
-        &json!({"image": IMAGE}),
+        decode(json!({"image": IMAGE})),
         "j1",
         &CancellationToken::new(),
         &rec,
@@ -267,16 +353,16 @@ async fn run_streams_lines_labels_the_job_and_reports_the_exit_code() {
     let rec = Recorder::default();
     let r = run_container(
         &ctx(&fake),
-        &json!({"image": IMAGE, "cmd": ["sh", "-c", "exit 3"], "remove": false}),
+        decode(json!({"image": IMAGE, "cmd": ["sh", "-c", "exit 3"], "remove": false})),
         "job-1",
         &CancellationToken::new(),
         &rec,
     )
     .await
     .unwrap();
-    assert_eq!(r["exit_code"], 3);
-    assert_eq!(r["lines"], 3);
-    assert_eq!(r["removed"], false);
+    assert_eq!(r.exit_code, 3);
+    assert_eq!(r.lines, 3);
+    assert!(!r.removed);
     assert_eq!(
         rec.lines(),
         [
@@ -285,7 +371,7 @@ async fn run_streams_lines_labels_the_job_and_reports_the_exit_code() {
             ("stdout".to_string(), "bye".to_string()),
         ]
     );
-    let id = r["id"].as_str().unwrap();
+    let id = r.id.as_str();
     {
         let st = fake.st();
         let labels = &st.containers[id].labels;
@@ -295,19 +381,19 @@ async fn run_streams_lines_labels_the_job_and_reports_the_exit_code() {
     // By default the container is removed once it ended.
     let r = run_container(
         &ctx(&fake),
-        &json!({"image": IMAGE}),
+        decode(json!({"image": IMAGE})),
         "job-2",
         &CancellationToken::new(),
         &rec,
     )
     .await
     .unwrap();
-    assert_eq!(r["removed"], true);
-    assert!(!fake.st().containers.contains_key(r["id"].as_str().unwrap()));
+    assert!(r.removed);
+    assert!(!fake.st().containers.contains_key(&r.id));
     // An unknown image: NOT_FOUND, and nothing was created.
     let e = run_container(
         &ctx(&fake),
-        &json!({"image": "nope:1"}),
+        decode(json!({"image": "nope:1"})),
         "job-3",
         &CancellationToken::new(),
         &rec,
@@ -333,7 +419,7 @@ async fn cancelling_run_stops_and_removes_the_container() {
         tokio::spawn(async move {
             run_container(
                 &ctx(&fake),
-                &json!({"image": IMAGE, "cmd": ["sleep", "300"]}),
+                decode(json!({"image": IMAGE, "cmd": ["sleep", "300"]})),
                 "job-9",
                 &cancel,
                 rec.as_ref(),
@@ -372,7 +458,7 @@ async fn cancelling_run_stops_and_removes_the_container() {
     cancel.cancel();
     let e = run_container(
         &ctx(&fake),
-        &json!({"image": IMAGE}),
+        decode(json!({"image": IMAGE})),
         "job-10",
         &cancel,
         rec.as_ref(),
@@ -392,7 +478,13 @@ async fn a_dropped_run_still_removes_its_container() {
     // A synchronous caller that gives up drops the handler.
     let dropped = tokio::time::timeout(
         Duration::from_millis(100),
-        run_container(&ctx(&fake), &json!({"image": IMAGE}), "", &cancel, &rec),
+        run_container(
+            &ctx(&fake),
+            decode(json!({"image": IMAGE})),
+            "",
+            &cancel,
+            &rec,
+        ),
     )
     .await;
     assert!(dropped.is_err());
@@ -409,9 +501,14 @@ async fn a_dropped_run_still_removes_its_container() {
 #[tokio::test]
 async fn logs_stream_until_the_output_ends_or_the_job_is_cancelled() {
     let fake = Fake::with_image(IMAGE);
-    let id = create(ctx(&fake), call(json!({"image": IMAGE})))
-        .await
-        .unwrap()["id"]
+    let id = serve(
+        "container.create",
+        ctx(&fake),
+        call(json!({"image": IMAGE})),
+        create,
+    )
+    .await
+    .unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -419,13 +516,14 @@ async fn logs_stream_until_the_output_ends_or_the_job_is_cancelled() {
     let rec = Recorder::default();
     let r = follow_logs(
         &ctx(&fake),
-        &json!({"id": id}),
+        decode(json!({"id": id})),
         &CancellationToken::new(),
         &rec,
     )
     .await
     .unwrap();
-    assert_eq!(r["lines"], 2);
+    assert_eq!(r.id, id);
+    assert_eq!(r.lines, 2);
     assert_eq!(rec.lines().len(), 2);
     assert!(
         fake.calls()
@@ -441,7 +539,7 @@ async fn logs_stream_until_the_output_ends_or_the_job_is_cancelled() {
     });
     let e = follow_logs(
         &ctx(&fake),
-        &json!({"id": id, "follow": true}),
+        decode(json!({"id": id, "follow": true})),
         &cancel,
         &rec,
     )
@@ -451,7 +549,7 @@ async fn logs_stream_until_the_output_ends_or_the_job_is_cancelled() {
 
     let e = follow_logs(
         &ctx(&fake),
-        &json!({"id": "nope"}),
+        decode(json!({"id": "nope"})),
         &CancellationToken::new(),
         &rec,
     )
