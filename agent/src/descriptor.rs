@@ -17,8 +17,10 @@ use std::marker::PhantomData;
 
 use croupier_proto::common::v1::{FunctionDescriptor, Semantics};
 use croupier_proto::json::json_to_struct;
+use croupier_sdk::HandlerError;
 use schemars::JsonSchema;
 use schemars::generate::SchemaSettings;
+use serde::Serialize;
 use serde_json::Value;
 
 /// The semantics of a function that is not a job (the provider marks jobs itself): its kind
@@ -81,6 +83,12 @@ pub(crate) fn typed<P: JsonSchema, R: JsonSchema>(
         ),
         types: PhantomData,
     }
+}
+
+/// The result `r` of function `id` as JSON, as its [`result_schema`] describes it.
+pub(crate) fn encode<R: Serialize>(id: &str, r: &R) -> Result<Value, HandlerError> {
+    serde_json::to_value(r)
+        .map_err(|e| HandlerError::internal(format!("encoding the result of {id}: {e}")))
 }
 
 /// The JSON Schema of `T` as a payload (how `T` deserializes).
@@ -153,6 +161,39 @@ fn refuse_null_for_optional(schema: &mut Value) {
                 }
             }
         }
+    }
+}
+
+/// Checks the packs' unit tests make of descriptors and results.
+#[cfg(test)]
+pub(crate) mod check {
+    use croupier_proto::common::v1::FunctionDescriptor;
+    use croupier_proto::json::{json_to_struct, opt_struct_to_json, struct_to_json};
+    use serde_json::Value;
+
+    /// A descriptor's params schema, or with `result` its result schema.
+    pub(crate) fn schema(d: &FunctionDescriptor, result: bool) -> Value {
+        let s = if result {
+            &d.result_schema
+        } else {
+            &d.params_schema
+        };
+        opt_struct_to_json(s.as_ref())
+    }
+
+    /// Asserts that `value` matches `schema`, listing every mismatch.
+    pub(crate) fn assert_valid(schema: &Value, value: &Value) {
+        let validator = jsonschema::validator_for(schema).expect("schema compiles");
+        let errors: Vec<String> = validator
+            .iter_errors(value)
+            .map(|e| format!("at {}: {e}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}\n{value:#}");
+    }
+
+    /// What the caller gets: a handler's JSON after the trip through `google.protobuf.Struct`.
+    pub(crate) fn over_the_wire(v: &Value) -> Value {
+        struct_to_json(&json_to_struct(v))
     }
 }
 

@@ -168,6 +168,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+    use crate::descriptor::check::schema;
     use crate::packs::container::fake::IMAGE;
 
     fn descriptors() -> Vec<FunctionDescriptor> {
@@ -183,15 +184,6 @@ mod tests {
             logs().descriptor,
             run().descriptor,
         ]
-    }
-
-    fn schema(d: &FunctionDescriptor, result: bool) -> Value {
-        let s = if result {
-            &d.result_schema
-        } else {
-            &d.params_schema
-        };
-        croupier_proto::json::opt_struct_to_json(s.as_ref())
     }
 
     fn params_validator(d: &FunctionDescriptor) -> jsonschema::Validator {

@@ -24,6 +24,7 @@ use super::Ctx;
 use super::docker::{DockerApi, LogStream};
 use super::jobs::{Report, short};
 use super::params::params;
+use crate::lock;
 
 pub(super) fn server(status: u16, message: &str) -> DockerError {
     DockerError::DockerResponseServerError {
@@ -75,7 +76,7 @@ impl Fake {
     }
 
     pub(super) fn st(&self) -> MutexGuard<'_, State> {
-        self.st.lock().unwrap()
+        lock(&self.st)
     }
 
     pub(super) fn calls(&self) -> Vec<String> {
@@ -294,23 +295,26 @@ impl DockerApi for Fake {
 
 /// Job events recorded in memory.
 #[derive(Default)]
-pub(super) struct Recorder(pub(super) Mutex<Vec<(String, Value)>>);
+pub(super) struct Recorder(Mutex<Vec<(String, Value)>>);
 
 #[async_trait]
 impl Report for Recorder {
     async fn emit(&self, message: String, data: Value) {
-        self.0.lock().unwrap().push((message, data));
+        lock(&self.0).push((message, data));
     }
 }
 
 impl Recorder {
+    /// Every event reported, as (message, data).
+    pub(super) fn events(&self) -> Vec<(String, Value)> {
+        lock(&self.0).clone()
+    }
+
     /// The output lines reported, as (stream, line).
     pub(super) fn lines(&self) -> Vec<(String, String)> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|(m, d)| Some((d["stream"].as_str()?.to_string(), m.clone())))
+        self.events()
+            .into_iter()
+            .filter_map(|(m, d)| Some((d["stream"].as_str()?.to_string(), m)))
             .collect()
     }
 }

@@ -71,7 +71,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::descriptor::Typed;
+use crate::descriptor::{Typed, encode};
 use descriptors::with_note;
 use params::params;
 
@@ -203,10 +203,4 @@ where
     let p = params::<P>(id, job.payload())?;
     let r = f(ctx, p, job).await?;
     encode(id, &r)
-}
-
-/// A handler's result as JSON.
-fn encode<R: Serialize>(id: &str, r: &R) -> Result<Value, HandlerError> {
-    serde_json::to_value(r)
-        .map_err(|e| HandlerError::internal(format!("encoding the result of {id}: {e}")))
 }

@@ -450,7 +450,7 @@ async fn cancelling_run_stops_and_removes_the_container() {
         "{calls:?}"
     );
     // The last event says what happened.
-    let last = rec.0.lock().unwrap().last().cloned().unwrap();
+    let last = rec.events().last().cloned().unwrap();
     assert!(last.0.starts_with("cancelled: container"), "{last:?}");
 
     // Cancelled before it started: removed as well, never started.
