@@ -8,16 +8,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use croupier_proto::common::v1::{FunctionDescriptor, Semantics};
-use croupier_proto::json::json_to_struct;
+use croupier_proto::common::v1::FunctionDescriptor;
 use croupier_sdk::{HandlerError, JobContext, Provider};
 use serde_json::json;
+
+use crate::descriptor::semantics;
 
 /// Longest `agent.sleep` accepted, in milliseconds (one hour).
 pub const MAX_SLEEP_MS: u64 = 3_600_000;
 /// Most steps of `agent.countdown`.
 pub const MAX_COUNTDOWN_STEPS: u64 = 1_000_000;
 
+/// A built-in function's descriptor: category `agent`, the server's default timeout, and
+/// queries idempotent.
 fn descriptor(
     id: &str,
     description: &str,
@@ -25,22 +28,14 @@ fn descriptor(
     params: serde_json::Value,
     result: serde_json::Value,
 ) -> FunctionDescriptor {
-    FunctionDescriptor {
-        id: id.into(),
-        name: id.into(),
-        category: "agent".into(),
-        description: description.into(),
-        params_schema: Some(json_to_struct(&params)),
-        result_schema: Some(json_to_struct(&result)),
-        semantics: Some(Semantics {
-            kind: kind.into(),
-            idempotent: kind == "query",
-            timeout: 0,
-            job: false,
-        }),
-        version: "1".into(),
-        ..Default::default()
-    }
+    crate::descriptor::descriptor(
+        id,
+        "agent",
+        description,
+        semantics(kind, kind == "query", 0),
+        &params,
+        &result,
+    )
 }
 
 /// Adds the built-in functions to `provider`.

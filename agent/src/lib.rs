@@ -3,11 +3,15 @@
 //! Layout:
 //! - [`builtin`] — the `agent.*` functions every agent carries (`agent.ping`, `agent.sleep`,
 //!   the job `agent.countdown`).
+//! - `descriptor` — how every function is described: the descriptor builder, and JSON Schemas
+//!   derived with `schemars` from the types a handler decodes and returns.
 //! - [`packs`] — packs switched on by name (`--packs`): `node` (host metrics and inventory),
-//!   `container` (the host's Docker containers).
-//! - [`run`] — builds the provider from an [`AgentConfig`] and runs it.
+//!   `container` (the host's Docker containers), `pipeline` (runs stored pipeline templates).
+//! - this module — [`AgentConfig`], [`provider`] and [`run`], which build the provider from an
+//!   [`AgentConfig`] and run it.
 
 pub mod builtin;
+mod descriptor;
 pub mod packs;
 
 use croupier_sdk::{Provider, ProviderConfig};
@@ -29,6 +33,12 @@ pub fn provider(cfg: AgentConfig) -> Provider {
     let agent_id = cfg.provider.agent_id.clone();
     let provider = builtin::register(Provider::new(cfg.provider), &agent_id);
     packs::install(provider, &cfg.packs, &agent_id)
+}
+
+/// Locks `m`, taking over a lock poisoned by a panic: what it guards stays consistent at every
+/// step (counters, samples), so the next user can go on.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs the agent until `shutdown` is cancelled.

@@ -6,13 +6,15 @@
 //!   `--packs` / `CROUPIER_PACKS`) and [`install`], which registers the chosen packs on a
 //!   provider and merges what they add to the heartbeat status.
 //! - `node` — `node.metrics` and `node.resources` (sysinfo, bollard for the Docker version),
-//!   plus the `cpu_percent` and `memory_percent` heartbeat summary.
+//!   plus the `cpu_percent` and `memory_percent` heartbeat summary: `node/metrics.rs`,
+//!   `node/resources.rs`, `node/heartbeat.rs`.
 //! - `container` — `container.*`: list, inspect, create, start, stop, restart, remove, exec,
-//!   and the jobs `container.logs` and `container.run` (bollard, through a small trait so
-//!   tests can fake Docker).
-//!
+//!   and the jobs `container.logs` and `container.run`, through a small Docker trait so that
+//!   tests can fake Docker: `container/docker.rs` (the trait and the bollard client),
+//!   `error.rs`, `descriptors.rs`, `params.rs`, `results.rs`, `calls.rs` (the synchronous
+//!   functions), `jobs.rs`, `procs.rs` (the processes of a cancelled exec, from `/proc`), and
+//!   for tests `fake.rs` and `tests.rs`.
 //! - `pipeline` — `pipeline.start`: runs a stored pipeline template's steps as local calls.
-//! - `procs` — the processes of a `container.exec`, from `/proc`, to kill a cancelled one.
 //!
 //! A new pack is a module beside `node` with a `register` function, a variant of [`Pack`] and
 //! a line in [`Pack::ALL`] and [`install`].
@@ -20,7 +22,6 @@
 mod container;
 mod node;
 mod pipeline;
-mod procs;
 
 use std::collections::HashMap;
 use std::fmt;

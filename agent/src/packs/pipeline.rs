@@ -17,9 +17,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use croupier_proto::common::v1::{FunctionDescriptor, Semantics};
-use croupier_proto::json::json_to_struct;
 use croupier_sdk::{HandlerError, JobContext, Provider};
 use serde_json::{Value, json};
+
+use crate::descriptor;
 
 /// Registers `pipeline.start`.
 pub(crate) fn register(provider: Provider) -> Provider {
@@ -27,14 +28,16 @@ pub(crate) fn register(provider: Provider) -> Provider {
 }
 
 fn descriptor() -> FunctionDescriptor {
-    FunctionDescriptor {
-        id: "pipeline.start".into(),
-        name: "pipeline.start".into(),
-        category: "pipeline".into(),
-        description: "Runs a stored pipeline template's steps in order on this agent. Start it \
-                      with {template_id, args, envs}; the server fills the template's args."
-            .into(),
-        params_schema: Some(json_to_struct(&json!({
+    descriptor::descriptor(
+        "pipeline.start",
+        "pipeline",
+        "Runs a stored pipeline template's steps in order on this agent. Start it with \
+         {template_id, args, envs}; the server fills the template's args.",
+        Semantics {
+            job: true,
+            ..descriptor::semantics("command", false, 0)
+        },
+        &json!({
             "type": "object",
             "properties": {
                 "template_id": {"type": "string"},
@@ -42,23 +45,15 @@ fn descriptor() -> FunctionDescriptor {
                 "envs": {"type": "object", "additionalProperties": {"type": "string"}},
                 "template": {"type": "object"}
             }
-        }))),
-        result_schema: Some(json_to_struct(&json!({
+        }),
+        &json!({
             "type": "object",
             "properties": {
                 "pipeline": {"type": "string"},
                 "steps": {"type": "array", "items": {"type": "object"}}
             }
-        }))),
-        semantics: Some(Semantics {
-            kind: "command".into(),
-            idempotent: false,
-            timeout: 0,
-            job: true,
         }),
-        version: "1".into(),
-        ..Default::default()
-    }
+    )
 }
 
 /// The caller's envs with the agent's environment over them.
