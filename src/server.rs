@@ -13,6 +13,7 @@ use croupier_control::service::ControlServer;
 use croupier_control::{AgentLink, ControlConfig, ControlPlane};
 use croupier_function::forward::Forwarder;
 use croupier_function::service::FunctionServer;
+use croupier_function::pipeline::Pipelines;
 use croupier_function::{InvokeConfig, Invoker, JobConfig, JobManager};
 use croupier_proto::control::v1::control_service_server::ControlServiceServer;
 use croupier_proto::function::v1::function_service_server::FunctionServiceServer;
@@ -190,6 +191,15 @@ pub async fn serve(
         audit.clone(),
         background.child_token(),
     );
+    let addr: SocketAddr = listener.local_addr()?;
+    let advertise = advertise_url(&cfg, addr);
+    let forwarder = Arc::new(Forwarder::new(
+        &cfg.server_id,
+        view.clone(),
+        &read_tls(&cfg.tls_dir, "ca.pem")?,
+        &read_tls(&cfg.tls_dir, "server.pem")?,
+        &read_tls(&cfg.tls_dir, "server.key")?,
+    ));
     let jobs = JobManager::start(
         JobConfig {
             max_events: cfg.jobs.max_events,
@@ -206,21 +216,18 @@ pub async fn serve(
         },
         store.clone(),
         control.clone() as Arc<dyn AgentLink>,
+        Some(forwarder.clone()),
+        audit.clone(),
         background.child_token(),
     )
     .await
     .context("loading jobs")?;
+    // The one cycle of the assembly: the control plane hands job frames from agents' tunnels to
+    // the job manager, which reaches agents through the control plane. The plane is built first
+    // (the manager needs it as its AgentLink) and is given the manager here, before any agent
+    // can connect (the listener is not serving yet).
     control.set_job_sink(jobs.clone());
-    let addr: SocketAddr = listener.local_addr()?;
-    let advertise = advertise_url(&cfg, addr);
-    let forwarder = Arc::new(Forwarder::new(
-        &cfg.server_id,
-        view.clone(),
-        &read_tls(&cfg.tls_dir, "ca.pem")?,
-        &read_tls(&cfg.tls_dir, "server.pem")?,
-        &read_tls(&cfg.tls_dir, "server.key")?,
-    ));
-    jobs.set_forwarder(forwarder.clone());
+    let pipelines = Arc::new(Pipelines::new(store.clone(), audit.clone()));
     let invoker = Arc::new(
         Invoker::new(
             InvokeConfig {
@@ -238,8 +245,9 @@ pub async fn serve(
             view.clone(),
             control.clone() as Arc<dyn AgentLink>,
             audit,
+            jobs.clone(),
+            pipelines.clone(),
         )
-        .with_jobs(jobs)
         .with_forwarder(forwarder.clone()),
     );
     spawn_idempotency_sweep(invoker.clone(), background.child_token());
@@ -261,7 +269,7 @@ pub async fn serve(
     let control_svc = ControlServiceServer::new(ControlServer::new(control.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let function_svc = FunctionServiceServer::new(FunctionServer::new(invoker))
+    let function_svc = FunctionServiceServer::new(FunctionServer::new(invoker, jobs, pipelines))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let registry_svc = RegistryServiceServer::new(

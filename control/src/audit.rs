@@ -34,6 +34,32 @@ pub struct AuditRecord {
     pub details: serde_json::Value,
 }
 
+impl AuditRecord {
+    /// A record of `action` on `target` by `who`, now, with outcome "ok" and no details.
+    pub fn new(who: impl Into<String>, action: &'static str, target: impl Into<String>) -> Self {
+        AuditRecord {
+            at: croupier_registry::model::now_ms(),
+            who: who.into(),
+            action,
+            target: target.into(),
+            outcome: "ok".into(),
+            details: serde_json::Value::Null,
+        }
+    }
+
+    /// Sets the outcome ("ok", or what went wrong).
+    pub fn outcome(mut self, outcome: impl Into<String>) -> Self {
+        self.outcome = outcome.into();
+        self
+    }
+
+    /// Sets the details.
+    pub fn details(mut self, details: serde_json::Value) -> Self {
+        self.details = details;
+        self
+    }
+}
+
 /// Bounds of the audit log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AuditOptions {
@@ -299,14 +325,12 @@ mod tests {
     }
 
     fn record(n: usize) -> AuditRecord {
-        AuditRecord {
-            at: n as i64,
-            who: "spiffe://croupier/admin/ops".into(),
-            action: "set_node_state",
-            target: format!("a{n}"),
-            outcome: "ok".into(),
-            details: json!({"state": "maintenance"}),
-        }
+        AuditRecord::new(
+            "spiffe://croupier/admin/ops",
+            "set_node_state",
+            format!("a{n}"),
+        )
+        .details(json!({"state": "maintenance"}))
     }
 
     #[tokio::test]

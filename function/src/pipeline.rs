@@ -18,6 +18,7 @@ use prost::Message;
 use serde_json::{Value, json};
 
 use crate::error::FunctionError;
+use croupier_control::audit::{AuditLog, AuditRecord};
 
 /// The function that starts a pipeline (a job, provided by the agent's `pipeline` pack).
 pub const START: &str = "pipeline.start";
@@ -25,16 +26,43 @@ pub const START: &str = "pipeline.start";
 /// Pipeline templates in the store.
 pub struct Pipelines {
     store: Arc<dyn Store>,
+    audit: AuditLog,
 }
 
 impl Pipelines {
-    /// Templates in `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Pipelines { store }
+    /// Templates in `store`; changes are audited in `audit`.
+    pub fn new(store: Arc<dyn Store>, audit: AuditLog) -> Self {
+        Pipelines { store, audit }
+    }
+
+    fn audited<T>(
+        &self,
+        who: &Identity,
+        action: &'static str,
+        id: &str,
+        outcome: &Result<T, FunctionError>,
+    ) {
+        let result = match outcome {
+            Ok(_) => "ok",
+            Err(e) => e.code_name(),
+        };
+        self.audit
+            .record(AuditRecord::new(who.uri(), action, id).outcome(result));
     }
 
     /// Stores a template (admin only) after checking it.
     pub async fn put(
+        &self,
+        who: &Identity,
+        t: PipelineTemplate,
+    ) -> Result<PutPipelineResponse, FunctionError> {
+        let id = t.id.clone();
+        let outcome = self.put_inner(who, t).await;
+        self.audited(who, "put_pipeline", &id, &outcome);
+        outcome
+    }
+
+    async fn put_inner(
         &self,
         who: &Identity,
         t: PipelineTemplate,
@@ -86,6 +114,12 @@ impl Pipelines {
 
     /// Deletes a template (admin only); false when there was none.
     pub async fn delete(&self, who: &Identity, id: &str) -> Result<bool, FunctionError> {
+        let outcome = self.delete_inner(who, id).await;
+        self.audited(who, "delete_pipeline", id, &outcome);
+        outcome
+    }
+
+    async fn delete_inner(&self, who: &Identity, id: &str) -> Result<bool, FunctionError> {
         if who.role != Role::Admin {
             return Err(FunctionError::PermissionDenied(format!(
                 "identity {who} may not delete pipelines: an admin certificate is required"

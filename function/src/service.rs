@@ -11,25 +11,26 @@ use tonic::{Request, Response, Status};
 
 use crate::invoke::{Invoker, parse_grpc_timeout};
 
-use crate::error::FunctionError;
 use crate::forward::origin;
 use crate::jobs::JobManager;
+use crate::pipeline::Pipelines;
 
-/// The `FunctionService` implementation.
+/// The `FunctionService` implementation: each rpc calls one method of the invoker, the job
+/// manager or the pipelines.
 pub struct FunctionServer {
     invoker: Arc<Invoker>,
+    jobs: Arc<JobManager>,
+    pipelines: Arc<Pipelines>,
 }
 
 impl FunctionServer {
-    /// Serves `invoker` (and its job manager, when it has one).
-    pub fn new(invoker: Arc<Invoker>) -> Self {
-        FunctionServer { invoker }
-    }
-
-    fn jobs(&self) -> Result<&Arc<JobManager>, Status> {
-        self.invoker.jobs().ok_or_else(|| {
-            FunctionError::Unavailable("this server does not run jobs".into()).into()
-        })
+    /// Serves calls through `invoker`, jobs from `jobs` and templates from `pipelines`.
+    pub fn new(invoker: Arc<Invoker>, jobs: Arc<JobManager>, pipelines: Arc<Pipelines>) -> Self {
+        FunctionServer {
+            invoker,
+            jobs,
+            pipelines,
+        }
     }
 }
 
@@ -49,7 +50,7 @@ impl FunctionService for FunctionServer {
             .and_then(parse_grpc_timeout);
         let resp = self
             .invoker
-            .invoke_as(&o.who, request.into_inner(), deadline, o.forwarded)
+            .invoke(&o.who, request.into_inner(), deadline, o.forwarded)
             .await?;
         Ok(Response::new(resp))
     }
@@ -61,7 +62,7 @@ impl FunctionService for FunctionServer {
         let o = origin(&request)?;
         let resp = self
             .invoker
-            .start_job_as(&o.who, request.into_inner(), o.forwarded)
+            .start_job(&o.who, request.into_inner(), o.forwarded)
             .await?;
         Ok(Response::new(resp))
     }
@@ -75,7 +76,7 @@ impl FunctionService for FunctionServer {
         let o = origin(&request)?;
         let r = request.into_inner();
         let stream = self
-            .jobs()?
+            .jobs
             .subscribe(&o.who, &r.job_id, r.from_seq)
             .await?;
         Ok(Response::new(Box::pin(stream)))
@@ -87,21 +88,7 @@ impl FunctionService for FunctionServer {
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
         let who = origin(&request)?.who;
         let r = request.into_inner();
-        let resp = self.jobs()?.cancel(&who, &r.job_id, &r.reason).await?;
-        self.invoker
-            .audit()
-            .record(croupier_control::audit::AuditRecord {
-                at: croupier_registry::model::now_ms(),
-                who: who.uri(),
-                action: "cancel_job",
-                target: r.job_id,
-                outcome: if resp.success {
-                    "ok".into()
-                } else {
-                    resp.message.clone()
-                },
-                details: serde_json::json!({ "reason": r.reason }),
-            });
+        let resp = self.jobs.cancel(&who, &r.job_id, &r.reason).await?;
         Ok(Response::new(resp))
     }
 
@@ -145,7 +132,7 @@ impl FunctionService for FunctionServer {
     ) -> Result<Response<pb::GetJobResponse>, Status> {
         let who = origin(&request)?.who;
         let job = self
-            .jobs()?
+            .jobs
             .get_job(&who, &request.into_inner().job_id)
             .await?;
         Ok(Response::new(pb::GetJobResponse { job: Some(job) }))
@@ -156,7 +143,7 @@ impl FunctionService for FunctionServer {
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         caller(&request)?;
-        let resp = self.jobs()?.list_jobs(&request.into_inner()).await?;
+        let resp = self.jobs.list_jobs(&request.into_inner()).await?;
         Ok(Response::new(resp))
     }
 
@@ -169,18 +156,7 @@ impl FunctionService for FunctionServer {
             .into_inner()
             .template
             .ok_or_else(|| Status::invalid_argument("template is required"))?;
-        let id = t.id.clone();
-        let resp = self.invoker.pipelines().put(&who, t).await?;
-        self.invoker
-            .audit()
-            .record(croupier_control::audit::AuditRecord {
-                at: croupier_registry::model::now_ms(),
-                who: who.uri(),
-                action: "put_pipeline",
-                target: id,
-                outcome: "ok".into(),
-                details: serde_json::Value::Null,
-            });
+        let resp = self.pipelines.put(&who, t).await?;
         Ok(Response::new(resp))
     }
 
@@ -190,8 +166,7 @@ impl FunctionService for FunctionServer {
     ) -> Result<Response<pb::GetPipelineResponse>, Status> {
         caller(&request)?;
         let t = self
-            .invoker
-            .pipelines()
+            .pipelines
             .get(&request.into_inner().id)
             .await?;
         Ok(Response::new(pb::GetPipelineResponse { template: Some(t) }))
@@ -202,7 +177,7 @@ impl FunctionService for FunctionServer {
         request: Request<pb::ListPipelinesRequest>,
     ) -> Result<Response<pb::ListPipelinesResponse>, Status> {
         caller(&request)?;
-        let templates = self.invoker.pipelines().list().await?;
+        let templates = self.pipelines.list().await?;
         Ok(Response::new(pb::ListPipelinesResponse { templates }))
     }
 
@@ -212,7 +187,7 @@ impl FunctionService for FunctionServer {
     ) -> Result<Response<pb::DeletePipelineResponse>, Status> {
         let who = origin(&request)?.who;
         let id = request.into_inner().id;
-        let deleted = self.invoker.pipelines().delete(&who, &id).await?;
+        let deleted = self.pipelines.delete(&who, &id).await?;
         Ok(Response::new(pb::DeletePipelineResponse { deleted }))
     }
 }

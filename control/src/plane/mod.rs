@@ -325,14 +325,11 @@ impl ControlPlane {
                 &format!("node disabled by {}: {}", record.actor, record.reason),
             );
         }
-        self.audit.record(AuditRecord {
-            at: record.changed_at,
-            who: who.uri(),
-            action: "set_node_state",
-            target: req.agent_id,
-            outcome: "ok".into(),
-            details: serde_json::json!({"state": record.state.as_str(), "reason": record.reason}),
-        });
+        self.audit.record(
+            AuditRecord::new(who.uri(), "set_node_state", req.agent_id).details(
+                serde_json::json!({"state": record.state.as_str(), "reason": record.reason}),
+            ),
+        );
         Ok(pb::SetNodeStateResponse {
             success: true,
             record: Some(pb_record),

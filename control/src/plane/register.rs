@@ -135,14 +135,11 @@ impl ControlPlane {
             resumed,
             "agent registered"
         );
-        self.audit.record(AuditRecord {
-            at: now_ms(),
-            who: who.uri(),
-            action: "register_agent",
-            target: req.agent_id.clone(),
-            outcome: "ok".into(),
-            details: serde_json::json!({"game_id": req.game_id, "env": req.env, "resumed": resumed}),
-        });
+        self.audit.record(
+            AuditRecord::new(who.uri(), "register_agent", req.agent_id.clone()).details(
+                serde_json::json!({"game_id": req.game_id, "env": req.env, "resumed": resumed}),
+            ),
+        );
         Ok(pb::RegisterAgentResponse {
             success: true,
             agent_id: req.agent_id,

@@ -24,26 +24,15 @@ use tokio::time::Instant;
 impl Invoker {
     /// Starts a function as a job for `who` (`InvokeJob`): routes like `InvokeFunction`, stores
     /// the job and answers with its id at once. The same idempotency key returns the same job.
+    /// With `forwarded` (another replica sent it), only this server's agents are candidates.
     #[tracing::instrument(skip_all, fields(function = %req.function_id, caller = %who))]
     pub async fn start_job(
         &self,
         who: &Identity,
         req: InvokeJobRequest,
-    ) -> Result<InvokeJobResponse, FunctionError> {
-        self.start_job_as(who, req, false).await
-    }
-
-    /// Like [`Invoker::start_job`]; with `forwarded`, only this server's agents are candidates.
-    pub async fn start_job_as(
-        &self,
-        who: &Identity,
-        req: InvokeJobRequest,
         forwarded: bool,
     ) -> Result<InvokeJobResponse, FunctionError> {
-        let jobs = self
-            .jobs
-            .clone()
-            .ok_or_else(|| FunctionError::Unavailable("this server does not run jobs".into()))?;
+        let jobs = self.jobs.clone();
         let _permit = self.admit(who)?;
         let mut req = InvokeFunctionRequest {
             game_id: req.game_id,
@@ -152,13 +141,14 @@ impl Invoker {
             Ok(_) => "ok".to_string(),
             Err(e) => e.code_name().to_string(),
         };
-        self.audit.record(AuditRecord {
-            at: now_ms(),
-            who: who.uri(),
-            action: "invoke_job",
-            target: format!("{}/{}/{}", req.game_id, req.env, req.function_id),
-            outcome: outcome_name,
-            details: serde_json::json!({
+        self.audit.record(
+            AuditRecord::new(
+                who.uri(),
+                "invoke_job",
+                format!("{}/{}/{}", req.game_id, req.env, req.function_id),
+            )
+            .outcome(outcome_name)
+            .details(serde_json::json!({
                 "job_id": outcome.as_ref().map(|(j, _)| j.clone()).unwrap_or_default(),
                 "agent": outcome.as_ref().map(|(_, a)| a.clone()).unwrap_or_default(),
                 "payload": self.audit.payload(
@@ -166,8 +156,8 @@ impl Invoker {
                     &p.descriptor.as_ref().map(|d| d.sensitive_fields.clone()).unwrap_or_default(),
                 ),
                 "millis": started.elapsed().as_millis() as u64,
-            }),
-        });
+            })),
+        );
         let (job_id, _) = outcome?;
         Ok(InvokeJobResponse {
             success: true,

@@ -26,7 +26,7 @@ use croupier_proto::json::opt_struct_to_json;
 use croupier_proto::limits::{PayloadError, check_payload};
 use croupier_registry::identity::Identity;
 use croupier_registry::ids::check_id;
-use croupier_registry::model::{DescriptorRecord, now_ms};
+use croupier_registry::model::DescriptorRecord;
 use croupier_registry::schema::{PayloadCheckError, SchemaCache, SchemaLimits};
 use croupier_registry::store::Store;
 use croupier_registry::view::{FnKey, RegistryView};
@@ -89,9 +89,9 @@ pub struct Invoker {
     rotation: Rotation,
     audit: AuditLog,
     per_caller: Mutex<HashMap<String, Arc<Semaphore>>>,
-    jobs: Option<Arc<JobManager>>,
+    jobs: Arc<JobManager>,
     forwarder: Option<Arc<Forwarder>>,
-    pipelines: Pipelines,
+    pipelines: Arc<Pipelines>,
 }
 
 /// A request whose function is resolved, caller authorised and payload checked.
@@ -122,16 +122,18 @@ struct Call<'a> {
 }
 
 impl Invoker {
-    /// Builds an invoker over the registry `view`, reaching agents through `link`.
+    /// Builds an invoker over the registry `view`, reaching agents through `link`, running jobs
+    /// with `jobs` and starting pipelines from `pipelines`.
     pub fn new(
         cfg: InvokeConfig,
         store: Arc<dyn Store>,
         view: Arc<RegistryView>,
         link: Arc<dyn AgentLink>,
         audit: AuditLog,
+        jobs: Arc<JobManager>,
+        pipelines: Arc<Pipelines>,
     ) -> Self {
         let idem = Arc::new(Idempotency::new(store.clone(), cfg.idempotency_retention));
-        let pipelines = Pipelines::new(store.clone());
         let schemas = SchemaCache::new(cfg.schema_limits, cfg.schema_budget);
         Invoker {
             cfg,
@@ -143,7 +145,7 @@ impl Invoker {
             rotation: Rotation::default(),
             audit,
             per_caller: Mutex::new(HashMap::new()),
-            jobs: None,
+            jobs,
             forwarder: None,
             pipelines,
         }
@@ -155,46 +157,19 @@ impl Invoker {
         self
     }
 
-    /// Runs jobs with `jobs` (without it, `InvokeJob` answers UNAVAILABLE).
-    pub fn with_jobs(mut self, jobs: Arc<JobManager>) -> Self {
-        self.jobs = Some(jobs);
-        self
-    }
 
-    /// The pipeline templates.
-    pub fn pipelines(&self) -> &Pipelines {
-        &self.pipelines
-    }
 
-    /// The audit log.
-    pub fn audit(&self) -> &AuditLog {
-        &self.audit
-    }
 
-    /// The job manager, when jobs are served.
-    pub fn jobs(&self) -> Option<&Arc<JobManager>> {
-        self.jobs.as_ref()
-    }
 
     /// The idempotency records (for the periodic sweep).
     pub fn idempotency(&self) -> &Idempotency {
         &self.idem
     }
 
-    /// Invokes a function for `who`. `caller_timeout` is the gRPC deadline the caller sent.
+    /// Invokes a function for `who`. `caller_timeout` is the gRPC deadline the caller sent;
+    /// with `forwarded` (another replica sent it), only this server's agents are candidates.
     #[tracing::instrument(level = "debug", skip_all, fields(function = %req.function_id, caller = %who))]
     pub async fn invoke(
-        &self,
-        who: &Identity,
-        req: InvokeFunctionRequest,
-        caller_timeout: Option<Duration>,
-    ) -> Result<InvokeFunctionResponse, FunctionError> {
-        self.invoke_as(who, req, caller_timeout, false).await
-    }
-
-    /// Like [`Invoker::invoke`]; with `forwarded` (another replica sent it), only this
-    /// server's agents are candidates.
-    pub async fn invoke_as(
         &self,
         who: &Identity,
         req: InvokeFunctionRequest,
@@ -218,18 +193,11 @@ impl Invoker {
                 Ok(r) => format!("handler error: {}", r.error_code),
                 Err(e) => e.code_name().to_string(),
             };
-            self.audit.record(AuditRecord {
-                at: now_ms(),
-                who: who.uri(),
-                action: "invoke",
-                target: format!("{}/{}/{}", req.game_id, req.env, req.function_id),
-                outcome,
-                details: serde_json::json!({
+            self.audit.record(AuditRecord::new(who.uri(), "invoke", format!("{}/{}/{}", req.game_id, req.env, req.function_id)).outcome(outcome).details(serde_json::json!({
                     "agent": result.as_ref().map(|r| r.agent_id.clone()).unwrap_or_default(),
                     "payload": self.audit.payload(&opt_struct_to_json(req.payload.as_ref()), &sensitive),
                     "millis": started.elapsed().as_millis() as u64,
-                }),
-            });
+                })));
         }
         result
     }

@@ -7,7 +7,7 @@ use croupier_proto::common::v1::FunctionDescriptor;
 use croupier_registry::identity::{Identity, Role};
 use croupier_registry::ids::check_id;
 use croupier_registry::keys;
-use croupier_registry::model::{DescriptorRecord, DescriptorSource, now_ms};
+use croupier_registry::model::{DescriptorRecord, DescriptorSource};
 use croupier_registry::view::FnKey;
 use std::time::Duration;
 
@@ -89,14 +89,11 @@ impl Invoker {
             .await
             .map_err(FunctionError::store("storing the descriptor"))?;
         self.view.wait_for(rev, Duration::from_secs(5)).await;
-        self.audit.record(AuditRecord {
-            at: now_ms(),
-            who: who.uri(),
-            action: "register_function",
-            target: format!("{game_id}/{env}/{}", d.id),
-            outcome: "ok".into(),
-            details: serde_json::Value::Null,
-        });
+        self.audit.record(AuditRecord::new(
+            who.uri(),
+            "register_function",
+            format!("{game_id}/{env}/{}", d.id),
+        ));
         Ok(rev)
     }
 
@@ -126,14 +123,14 @@ impl Invoker {
         if let Some(rev) = rev {
             self.view.wait_for(rev, Duration::from_secs(5)).await;
         }
-        self.audit.record(AuditRecord {
-            at: now_ms(),
-            who: who.uri(),
-            action: "delete_function",
-            target: format!("{game_id}/{env}/{function_id}"),
-            outcome: if rev.is_some() { "ok" } else { "not found" }.into(),
-            details: serde_json::Value::Null,
-        });
+        self.audit.record(
+            AuditRecord::new(
+                who.uri(),
+                "delete_function",
+                format!("{game_id}/{env}/{function_id}"),
+            )
+            .outcome(if rev.is_some() { "ok" } else { "not found" }),
+        );
         Ok(rev.is_some())
     }
 }

@@ -35,6 +35,7 @@ use std::sync::Arc;
 
 use crate::error::FunctionError;
 use crate::forward::Forwarder;
+use croupier_control::audit::{AuditLog, AuditRecord};
 use croupier_control::{AgentLink, LinkError};
 use croupier_proto::control::v1::{self as cpb, ServerFrame, server_frame};
 use croupier_proto::function::v1::{self as pb, EventType, JobEvent};
@@ -72,7 +73,8 @@ pub struct JobManager {
     jobs: RwLock<HashMap<String, Arc<Job>>>,
     dirty: Mutex<HashSet<String>>,
     wake: Notify,
-    forwarder: std::sync::OnceLock<Arc<Forwarder>>,
+    forwarder: Option<Arc<Forwarder>>,
+    audit: AuditLog,
     /// Bytes of events per agent: kept in memory, and not yet stored.
     usage: Mutex<HashMap<String, AgentUsage>>,
     /// Notified when the writer stored events (agents waiting on backpressure look again).
@@ -86,6 +88,8 @@ impl JobManager {
         cfg: JobConfig,
         store: Arc<dyn Store>,
         link: Arc<dyn AgentLink>,
+        forwarder: Option<Arc<Forwarder>>,
+        audit: AuditLog,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, StoreError> {
         let m = Arc::new(JobManager {
@@ -95,7 +99,8 @@ impl JobManager {
             jobs: RwLock::new(HashMap::new()),
             dirty: Mutex::new(HashSet::new()),
             wake: Notify::new(),
-            forwarder: std::sync::OnceLock::new(),
+            forwarder,
+            audit,
             usage: Mutex::new(HashMap::new()),
             stored: Notify::new(),
         });
@@ -110,14 +115,10 @@ impl JobManager {
         &self.cfg
     }
 
-    /// Sends requests about jobs that run on other replicas to them. Set once.
-    pub fn set_forwarder(&self, forwarder: Arc<Forwarder>) {
-        let _ = self.forwarder.set(forwarder);
-    }
 
     /// The replica running `record`'s job, when it is not finished and runs elsewhere.
     fn remote_owner(&self, record: &JobRecord) -> Option<&Arc<Forwarder>> {
-        let fwd = self.forwarder.get()?;
+        let fwd = self.forwarder.as_ref()?;
         (!record.status.is_terminal() && fwd.is_remote_server(&record.server_id)).then_some(fwd)
     }
 
@@ -312,6 +313,26 @@ impl JobManager {
     /// `CancelJob`: asks the job's agent to cancel it; only the caller who started the job or
     /// an admin may.
     pub async fn cancel(
+        &self,
+        who: &Identity,
+        job_id: &str,
+        reason: &str,
+    ) -> Result<pb::CancelJobResponse, FunctionError> {
+        let outcome = self.cancel_inner(who, job_id, reason).await;
+        let result = match &outcome {
+            Ok(r) if r.success => "ok".to_string(),
+            Ok(r) => r.message.clone(),
+            Err(e) => e.code_name().to_string(),
+        };
+        self.audit.record(
+            AuditRecord::new(who.uri(), "cancel_job", job_id)
+                .outcome(result)
+                .details(serde_json::json!({ "reason": reason })),
+        );
+        outcome
+    }
+
+    async fn cancel_inner(
         &self,
         who: &Identity,
         job_id: &str,

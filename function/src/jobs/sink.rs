@@ -151,7 +151,7 @@ impl JobManager {
         };
         let previous = record.server_id.clone();
         let mut st = self.restore(record, events, chunks);
-        if let Some(fwd) = self.forwarder.get() {
+        if let Some(fwd) = self.forwarder.as_ref() {
             st.record.server_id = fwd.server_id().to_string();
         }
         st.touch_record();
@@ -248,7 +248,7 @@ impl JobSink for JobManager {
     }
 
     fn agent_gone(&self, agent_id: &str, reason: &str) {
-        if let Some(fwd) = self.forwarder.get()
+        if let Some(fwd) = self.forwarder.as_ref()
             && let Some(owner) = fwd.remote_owner(agent_id)
         {
             // The agent moved to another replica, which adopts its jobs: let them go here.

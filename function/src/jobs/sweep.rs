@@ -155,7 +155,7 @@ impl JobManager {
         mod_revision: i64,
         now: i64,
     ) -> Result<(), StoreError> {
-        let Some(fwd) = self.forwarder.get() else {
+        let Some(fwd) = self.forwarder.as_ref() else {
             return Ok(());
         };
         let abandoned = r.server_id != fwd.server_id()
