@@ -1,29 +1,39 @@
-//! Control-plane errors and their one mapping to gRPC statuses.
+//! Control-plane errors and their one mapping to gRPC statuses: each variant says what went
+//! wrong for an agent or an admin; [`ControlError::code`] picks its code.
 
 use croupier_registry::store::StoreError;
-use tonic::Status;
+use tonic::{Code, Status};
 
 /// What can go wrong in the control plane.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The caller's identity may not do this.
     #[error("{0}")]
-    PermissionDenied(String),
-    /// A field is missing or malformed.
+    NotAllowed(String),
+    /// A request field is missing or malformed (ids, labels, descriptors, states). Final.
     #[error("{0}")]
-    InvalidArgument(String),
-    /// The agent or session is unknown (or expired).
+    BadRequest(String),
+    /// The agent has no live session here (expired or never registered): register again.
     #[error("{0}")]
-    NotFound(String),
-    /// The request is valid but the node's state forbids it.
+    NoSession(String),
+    /// The agent is not registered anywhere.
     #[error("{0}")]
-    FailedPrecondition(String),
-    /// A limit was hit.
+    NotRegistered(String),
+    /// The node is disabled: it may not register until an admin sets it back.
     #[error("{0}")]
-    ResourceExhausted(String),
-    /// A transient failure; try again.
+    NodeDisabled(String),
+    /// Another live agent owns a descriptor the registration would change.
     #[error("{0}")]
-    Unavailable(String),
+    DescriptorOwned(String),
+    /// A limit was reached (labels, functions, status size).
+    #[error("{0}")]
+    LimitReached(String),
+    /// The server is shutting down; register with another one.
+    #[error("{0}")]
+    Draining(String),
+    /// The tunnel closed while it was being set up; connect again.
+    #[error("{0}")]
+    TunnelClosed(String),
     /// A bug: the server's own record could not be encoded.
     #[error("{0}")]
     Internal(String),
@@ -43,23 +53,29 @@ impl ControlError {
         let context = context.into();
         move |source| ControlError::Store { context, source }
     }
+
+    /// The gRPC code of the error, by retryability.
+    pub fn code(&self) -> Code {
+        match self {
+            ControlError::NotAllowed(_) => Code::PermissionDenied,
+            ControlError::BadRequest(_) => Code::InvalidArgument,
+            ControlError::NoSession(_) | ControlError::NotRegistered(_) => Code::NotFound,
+            ControlError::NodeDisabled(_) | ControlError::DescriptorOwned(_) => {
+                Code::FailedPrecondition
+            }
+            ControlError::LimitReached(_) => Code::ResourceExhausted,
+            ControlError::Draining(_) | ControlError::TunnelClosed(_) => Code::Unavailable,
+            ControlError::Internal(_) => Code::Internal,
+            ControlError::Store { source, .. } => match source {
+                StoreError::Unavailable(_) | StoreError::Lagged => Code::Unavailable,
+                _ => Code::Internal,
+            },
+        }
+    }
 }
 
 impl From<ControlError> for Status {
     fn from(e: ControlError) -> Self {
-        let msg = e.to_string();
-        match e {
-            ControlError::PermissionDenied(_) => Status::permission_denied(msg),
-            ControlError::InvalidArgument(_) => Status::invalid_argument(msg),
-            ControlError::NotFound(_) => Status::not_found(msg),
-            ControlError::FailedPrecondition(_) => Status::failed_precondition(msg),
-            ControlError::ResourceExhausted(_) => Status::resource_exhausted(msg),
-            ControlError::Unavailable(_) => Status::unavailable(msg),
-            ControlError::Internal(_) => Status::internal(msg),
-            ControlError::Store { source, .. } => match source {
-                StoreError::Unavailable(_) | StoreError::Lagged => Status::unavailable(msg),
-                _ => Status::internal(msg),
-            },
-        }
+        Status::new(e.code(), e.to_string())
     }
 }

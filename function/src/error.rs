@@ -1,36 +1,110 @@
-//! Invocation errors and their one mapping to gRPC statuses, picked by retryability.
+//! Invocation errors and their one mapping to gRPC statuses. Each variant says what went wrong
+//! in the domain; its gRPC code is chosen once, in [`FunctionError::code`], by retryability:
+//! `UNAVAILABLE` for what may work on retry, `INVALID_ARGUMENT`/`FAILED_PRECONDITION` only for
+//! what is final.
 
+use croupier_proto::limits::PayloadError;
+use croupier_registry::schema::SchemaError;
 use croupier_registry::store::StoreError;
-use tonic::Status;
+use tonic::{Code, Status};
 
-/// What can go wrong when invoking a function.
+/// What can go wrong when invoking a function, running a job or managing pipelines.
 #[derive(Debug, thiserror::Error)]
 pub enum FunctionError {
-    /// A field is missing or malformed, or the payload fails the schema. Final.
+    /// A request field is missing or malformed (ids, options, routing, templates). Final.
     #[error("{0}")]
-    InvalidArgument(String),
-    /// The function was never registered. Final.
+    BadRequest(String),
+    /// The payload passes the limits every decoder shares.
+    #[error("the payload of {function} {error}")]
+    Payload {
+        /// The function called.
+        function: String,
+        /// Which limit.
+        error: PayloadError,
+    },
+    /// The payload fails the function's params schema (the detail names the fields). Final.
+    #[error("payload does not match the params schema of {function}: {detail}")]
+    SchemaMismatch {
+        /// The function called.
+        function: String,
+        /// What failed, by JSON pointer.
+        detail: String,
+    },
+    /// The function's stored schema is refused (limits, or not a JSON Schema).
+    #[error("the params_schema of {function} {error}; fix its descriptor")]
+    BadSchema {
+        /// The function.
+        function: String,
+        /// Why.
+        error: SchemaError,
+    },
+    /// Validating the payload overran the schema budget; the schema is marked costly.
+    #[error(
+        "checking the payload against the params schema of {function} took longer than \
+         {budget:?}; the schema is too costly, and calls of {function} are refused until its \
+         descriptor changes"
+    )]
+    SchemaTooCostly {
+        /// The function.
+        function: String,
+        /// The budget it overran.
+        budget: std::time::Duration,
+    },
+    /// The function was never registered in the game and env. Final.
+    #[error(
+        "function {function} is not registered in game {game:?} env {env:?}; `croupier \
+         functions` lists what is"
+    )]
+    NotRegistered {
+        /// The function.
+        function: String,
+        /// Game.
+        game: String,
+        /// Environment.
+        env: String,
+    },
+    /// The targeted agent does not provide the function.
     #[error("{0}")]
-    NotFound(String),
-    /// No agent can take the call now (none online, all in maintenance, agent lost). Retryable.
+    NotProvided(String),
+    /// No such job (or its record passed retention).
+    #[error(
+        "job {0:?} does not exist (or its record passed retention); `croupier job list` shows \
+         the jobs there are"
+    )]
+    JobNotFound(String),
+    /// No such pipeline template.
+    #[error("pipeline {0:?} does not exist; `croupier pipeline list` shows those there are")]
+    PipelineNotFound(String),
+    /// No agent can take the call now (none online, in maintenance, disconnected). Retryable.
     #[error("{0}")]
-    Unavailable(String),
+    NoAgent(String),
+    /// The agent was lost before it answered; the call may or may not have run.
+    #[error("{0}")]
+    AgentLost(String),
+    /// Another replica (the owner of an agent or a job) cannot be reached now. Retryable.
+    #[error("{0}")]
+    ReplicaUnreachable(String),
     /// The deadline passed before the agent answered.
     #[error("{0}")]
-    DeadlineExceeded(String),
-    /// The caller may not invoke this function.
+    DeadlinePassed(String),
+    /// The caller's identity may not do this.
     #[error("{0}")]
-    PermissionDenied(String),
-    /// The request conflicts with recorded state (same idempotency key, other payload). Final.
-    #[error("{0}")]
-    FailedPrecondition(String),
-    /// A limit was hit.
-    #[error("{0}")]
-    ResourceExhausted(String),
-    /// The first call with the same idempotency key is still running; retry later for its
-    /// outcome (nothing runs twice).
+    NotAllowed(String),
+    /// The idempotency key was used with another payload. Final.
+    #[error(
+        "idempotency key was already used with a different payload; use a new key for a \
+         different request"
+    )]
+    IdempotencyConflict,
+    /// The first call with the idempotency key still runs; retry later for its outcome.
     #[error("{0}")]
     StillRunning(String),
+    /// Another live agent owns the function's descriptor. Final until it leaves.
+    #[error("{0}")]
+    DescriptorOwned(String),
+    /// A limit was reached (calls in flight, frame size).
+    #[error("{0}")]
+    LimitReached(String),
     /// The store failed.
     #[error("{context}: {source}")]
     Store {
@@ -39,9 +113,12 @@ pub enum FunctionError {
         /// The store error.
         source: StoreError,
     },
-    /// A bug or corrupt record.
+    /// A stored record could not be read back (a bug or a damaged store).
     #[error("{0}")]
-    Internal(String),
+    Corrupt(String),
+    /// Another replica answered a forwarded request with this status; its code is kept.
+    #[error("{}", .0.message())]
+    Remote(Status),
 }
 
 impl FunctionError {
@@ -51,39 +128,94 @@ impl FunctionError {
         move |source| FunctionError::Store { context, source }
     }
 
-    /// The gRPC status code name, for per-agent results of a broadcast.
-    pub fn code_name(&self) -> &'static str {
+    /// The gRPC code of the error.
+    pub fn code(&self) -> Code {
         match self {
-            FunctionError::InvalidArgument(_) => "INVALID_ARGUMENT",
-            FunctionError::NotFound(_) => "NOT_FOUND",
-            FunctionError::Unavailable(_) => "UNAVAILABLE",
-            FunctionError::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
-            FunctionError::PermissionDenied(_) => "PERMISSION_DENIED",
-            FunctionError::FailedPrecondition(_) => "FAILED_PRECONDITION",
-            FunctionError::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
-            FunctionError::StillRunning(_) => "ABORTED",
-            FunctionError::Store { source, .. } => match source {
-                StoreError::Unavailable(_) | StoreError::Lagged => "UNAVAILABLE",
-                _ => "INTERNAL",
+            FunctionError::BadRequest(_) | FunctionError::SchemaMismatch { .. } => {
+                Code::InvalidArgument
+            }
+            FunctionError::Payload { error, .. } => match error {
+                PayloadError::TooDeep { .. } => Code::InvalidArgument,
+                PayloadError::TooLarge { .. } => Code::ResourceExhausted,
             },
-            FunctionError::Internal(_) => "INTERNAL",
+            FunctionError::BadSchema { .. }
+            | FunctionError::IdempotencyConflict
+            | FunctionError::DescriptorOwned(_) => Code::FailedPrecondition,
+            FunctionError::SchemaTooCostly { .. } | FunctionError::LimitReached(_) => {
+                Code::ResourceExhausted
+            }
+            FunctionError::NotRegistered { .. }
+            | FunctionError::NotProvided(_)
+            | FunctionError::JobNotFound(_)
+            | FunctionError::PipelineNotFound(_) => Code::NotFound,
+            FunctionError::NoAgent(_)
+            | FunctionError::AgentLost(_)
+            | FunctionError::ReplicaUnreachable(_) => Code::Unavailable,
+            FunctionError::DeadlinePassed(_) => Code::DeadlineExceeded,
+            FunctionError::NotAllowed(_) => Code::PermissionDenied,
+            FunctionError::StillRunning(_) => Code::Aborted,
+            FunctionError::Store { source, .. } => match source {
+                StoreError::Unavailable(_) | StoreError::Lagged => Code::Unavailable,
+                _ => Code::Internal,
+            },
+            FunctionError::Corrupt(_) => Code::Internal,
+            FunctionError::Remote(s) => s.code(),
         }
+    }
+
+    /// The gRPC code's name ("UNAVAILABLE"…), for per-agent results of a broadcast and the audit.
+    pub fn code_name(&self) -> &'static str {
+        code_name(self.code())
+    }
+}
+
+/// The upper-case name of a gRPC code, as the API's `error_code` fields carry it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
 impl From<FunctionError> for Status {
     fn from(e: FunctionError) -> Self {
-        let msg = e.to_string();
-        match e.code_name() {
-            "INVALID_ARGUMENT" => Status::invalid_argument(msg),
-            "NOT_FOUND" => Status::not_found(msg),
-            "UNAVAILABLE" => Status::unavailable(msg),
-            "DEADLINE_EXCEEDED" => Status::deadline_exceeded(msg),
-            "PERMISSION_DENIED" => Status::permission_denied(msg),
-            "FAILED_PRECONDITION" => Status::failed_precondition(msg),
-            "RESOURCE_EXHAUSTED" => Status::resource_exhausted(msg),
-            "ABORTED" => Status::aborted(msg),
-            _ => Status::internal(msg),
-        }
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_retryability() {
+        assert_eq!(FunctionError::NoAgent("x".into()).code(), Code::Unavailable);
+        assert_eq!(
+            FunctionError::IdempotencyConflict.code(),
+            Code::FailedPrecondition
+        );
+        let deep = FunctionError::Payload {
+            function: "f".into(),
+            error: PayloadError::TooDeep { depth: 33 },
+        };
+        assert_eq!(Status::from(deep).code(), Code::InvalidArgument);
+        let remote = FunctionError::Remote(Status::permission_denied("no"));
+        assert_eq!(remote.code_name(), "PERMISSION_DENIED");
+        assert_eq!(Status::from(remote).message(), "no");
     }
 }

@@ -13,7 +13,7 @@ use croupier_proto::function::v1::{self as pb, function_service_client::Function
 use croupier_registry::identity::{Identity, Role, caller};
 use croupier_registry::view::RegistryView;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
-use tonic::{Code, Request, Status};
+use tonic::{Request, Status};
 
 use crate::error::FunctionError;
 
@@ -114,7 +114,7 @@ impl Forwarder {
 
     fn client(&self, server_id: &str) -> Result<FunctionServiceClient<Channel>, FunctionError> {
         let server = self.view.server(server_id).ok_or_else(|| {
-            FunctionError::Unavailable(format!(
+            FunctionError::ReplicaUnreachable(format!(
                 "server {server_id} is not registered (down?); its agents and jobs are \
                  unreachable until they move to another server"
             ))
@@ -126,7 +126,7 @@ impl Forwarder {
                 let endpoint = Endpoint::from_shared(server.url.clone())
                     .and_then(|e| e.tls_config(self.tls.clone()))
                     .map_err(|e| {
-                        FunctionError::Unavailable(format!(
+                        FunctionError::ReplicaUnreachable(format!(
                             "server {server_id} advertises an unusable URL {:?}: {e}",
                             server.url
                         ))
@@ -238,18 +238,6 @@ impl Forwarder {
 
 impl From<Status> for FunctionError {
     fn from(s: Status) -> Self {
-        let msg = s.message().to_string();
-        match s.code() {
-            Code::InvalidArgument => FunctionError::InvalidArgument(msg),
-            Code::NotFound => FunctionError::NotFound(msg),
-            Code::DeadlineExceeded => FunctionError::DeadlineExceeded(msg),
-            Code::PermissionDenied => FunctionError::PermissionDenied(msg),
-            Code::FailedPrecondition => FunctionError::FailedPrecondition(msg),
-            Code::ResourceExhausted => FunctionError::ResourceExhausted(msg),
-            Code::Unavailable | Code::Cancelled | Code::Unknown | Code::Aborted => {
-                FunctionError::Unavailable(msg)
-            }
-            _ => FunctionError::Internal(msg),
-        }
+        FunctionError::Remote(s)
     }
 }

@@ -111,7 +111,7 @@ impl Idempotency {
         };
         loop {
             let value = serde_json::to_vec(&pending(&payload_hash))
-                .map_err(|e| FunctionError::Internal(format!("encoding record: {e}")))?;
+                .map_err(|e| FunctionError::Corrupt(format!("encoding record: {e}")))?;
             let outcome = self
                 .store
                 .compare_and_put(&key, Expect::Absent, value.clone(), None)
@@ -129,7 +129,7 @@ impl Idempotency {
                 CasOutcome::Conflict(Some(kv)) => kv,
             };
             let rec: Record = serde_json::from_slice(&current.value).map_err(|e| {
-                FunctionError::Internal(format!("idempotency record unreadable: {e}"))
+                FunctionError::Corrupt(format!("idempotency record unreadable: {e}"))
             })?;
             if rec.expires_at < now_ms() {
                 // Expired (retention over, or its executor died): take it over.
@@ -148,18 +148,14 @@ impl Idempotency {
                 continue;
             }
             if rec.payload_hash != payload_hash {
-                return Err(FunctionError::FailedPrecondition(
-                    "idempotency key was already used with a different payload; use a new key \
-                     for a different request"
-                        .into(),
-                ));
+                return Err(FunctionError::IdempotencyConflict);
             }
             if rec.state == State::Done {
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(rec.response.as_bytes())
-                    .map_err(|e| FunctionError::Internal(format!("stored response: {e}")))?;
+                    .map_err(|e| FunctionError::Corrupt(format!("stored response: {e}")))?;
                 let resp = InvokeFunctionResponse::decode(bytes.as_slice())
-                    .map_err(|e| FunctionError::Internal(format!("stored response: {e}")))?;
+                    .map_err(|e| FunctionError::Corrupt(format!("stored response: {e}")))?;
                 return Ok(Begin::Replay(resp));
             }
             // Pending: wait for the first call to finish (or give up).

@@ -68,7 +68,7 @@ impl Pipelines {
         t: PipelineTemplate,
     ) -> Result<PutPipelineResponse, FunctionError> {
         if who.role != Role::Admin {
-            return Err(FunctionError::PermissionDenied(format!(
+            return Err(FunctionError::NotAllowed(format!(
                 "identity {who} may not store pipelines: an admin certificate is required"
             )));
         }
@@ -83,19 +83,15 @@ impl Pipelines {
 
     /// One template.
     pub async fn get(&self, id: &str) -> Result<PipelineTemplate, FunctionError> {
-        check_id("pipeline id", id).map_err(FunctionError::InvalidArgument)?;
+        check_id("pipeline id", id).map_err(FunctionError::BadRequest)?;
         let kv = self
             .store
             .get(&keys::pipeline(id))
             .await
             .map_err(FunctionError::store("reading the pipeline"))?
-            .ok_or_else(|| {
-                FunctionError::NotFound(format!(
-                    "pipeline {id:?} does not exist; `croupier pipeline list` shows those there are"
-                ))
-            })?;
+            .ok_or_else(|| FunctionError::PipelineNotFound(id.to_string()))?;
         PipelineTemplate::decode(kv.value.as_slice())
-            .map_err(|e| FunctionError::Internal(format!("pipeline {id}: {e}")))
+            .map_err(|e| FunctionError::Corrupt(format!("pipeline {id}: {e}")))
     }
 
     /// Every template, by id.
@@ -121,11 +117,11 @@ impl Pipelines {
 
     async fn delete_inner(&self, who: &Identity, id: &str) -> Result<bool, FunctionError> {
         if who.role != Role::Admin {
-            return Err(FunctionError::PermissionDenied(format!(
+            return Err(FunctionError::NotAllowed(format!(
                 "identity {who} may not delete pipelines: an admin certificate is required"
             )));
         }
-        check_id("pipeline id", id).map_err(FunctionError::InvalidArgument)?;
+        check_id("pipeline id", id).map_err(FunctionError::BadRequest)?;
         Ok(self
             .store
             .delete(&keys::pipeline(id))
@@ -138,7 +134,7 @@ impl Pipelines {
     /// `{template, args (filled), envs}`.
     pub async fn prepare_start(&self, payload: &Value) -> Result<Value, FunctionError> {
         let id = payload["template_id"].as_str().ok_or_else(|| {
-            FunctionError::InvalidArgument(
+            FunctionError::BadRequest(
                 "pipeline.start needs payload.template_id (a stored pipeline's id)".into(),
             )
         })?;
@@ -147,7 +143,7 @@ impl Pipelines {
             Value::Null => serde_json::Map::new(),
             Value::Object(m) => m.clone(),
             _ => {
-                return Err(FunctionError::InvalidArgument(
+                return Err(FunctionError::BadRequest(
                     "payload.args must be an object of strings".into(),
                 ));
             }
@@ -157,7 +153,7 @@ impl Pipelines {
             Value::Null => Value::Object(Default::default()),
             Value::Object(m) if m.values().all(Value::is_string) => Value::Object(m.clone()),
             _ => {
-                return Err(FunctionError::InvalidArgument(
+                return Err(FunctionError::BadRequest(
                     "payload.envs must be an object of strings".into(),
                 ));
             }
@@ -169,7 +165,7 @@ impl Pipelines {
 /// Checks ids, step functions and that every `${args.X}` names a declared arg and every
 /// `${env.X}` a declared env.
 pub fn validate(t: &PipelineTemplate) -> Result<(), FunctionError> {
-    let bad = FunctionError::InvalidArgument;
+    let bad = FunctionError::BadRequest;
     check_id("pipeline id", &t.id).map_err(bad)?;
     if t.steps.is_empty() {
         return Err(bad(format!("pipeline {} has no steps", t.id)));
@@ -223,7 +219,7 @@ fn fill_args(
     given: &serde_json::Map<String, Value>,
 ) -> Result<Value, FunctionError> {
     if let Some(unknown) = given.keys().find(|k| !t.args.iter().any(|a| &a.name == *k)) {
-        return Err(FunctionError::InvalidArgument(format!(
+        return Err(FunctionError::BadRequest(format!(
             "pipeline {} has no arg {unknown:?} (it declares: {})",
             t.id,
             t.args
@@ -240,13 +236,13 @@ fn fill_args(
             Some(Value::Number(n)) => n.to_string(),
             Some(Value::Bool(b)) => b.to_string(),
             Some(_) => {
-                return Err(FunctionError::InvalidArgument(format!(
+                return Err(FunctionError::BadRequest(format!(
                     "arg {:?} of pipeline {} must be a string",
                     a.name, t.id
                 )));
             }
             None if a.required => {
-                return Err(FunctionError::InvalidArgument(format!(
+                return Err(FunctionError::BadRequest(format!(
                     "pipeline {} needs arg {:?}{}",
                     t.id,
                     a.name,

@@ -34,7 +34,7 @@ impl Mode {
             "hash" => Ok(Mode::Hash),
             "targeted" => Ok(Mode::Targeted),
             "broadcast" => Ok(Mode::Broadcast),
-            other => Err(FunctionError::InvalidArgument(format!(
+            other => Err(FunctionError::BadRequest(format!(
                 "routing_mode {other:?} is unknown; use lb, round_robin, hash, targeted or broadcast"
             ))),
         }

@@ -75,10 +75,7 @@ impl FunctionService for FunctionServer {
     ) -> Result<Response<Self::StreamJobEventsStream>, Status> {
         let o = origin(&request)?;
         let r = request.into_inner();
-        let stream = self
-            .jobs
-            .subscribe(&o.who, &r.job_id, r.from_seq)
-            .await?;
+        let stream = self.jobs.subscribe(&o.who, &r.job_id, r.from_seq).await?;
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -165,10 +162,7 @@ impl FunctionService for FunctionServer {
         request: Request<pb::GetPipelineRequest>,
     ) -> Result<Response<pb::GetPipelineResponse>, Status> {
         caller(&request)?;
-        let t = self
-            .pipelines
-            .get(&request.into_inner().id)
-            .await?;
+        let t = self.pipelines.get(&request.into_inner().id).await?;
         Ok(Response::new(pb::GetPipelineResponse { template: Some(t) }))
     }
 

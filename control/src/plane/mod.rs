@@ -158,11 +158,11 @@ impl ControlPlane {
     fn require_agent(who: &Identity, agent_id: &str, action: &str) -> Result<(), ControlError> {
         match who.role {
             Role::Agent if who.name == agent_id => Ok(()),
-            Role::Agent => Err(ControlError::PermissionDenied(format!(
+            Role::Agent => Err(ControlError::NotAllowed(format!(
                 "identity {who} may only {action} as agent {:?}, not {agent_id:?}",
                 who.name
             ))),
-            _ => Err(ControlError::PermissionDenied(format!(
+            _ => Err(ControlError::NotAllowed(format!(
                 "identity {who} may not {action}: only an agent certificate \
                  (spiffe://croupier/agent/{agent_id}) may"
             ))),
@@ -203,7 +203,7 @@ impl ControlPlane {
     fn check_status(&self, status: &HashMap<String, String>) -> Result<(), ControlError> {
         let bytes: usize = status.iter().map(|(k, v)| k.len() + v.len()).sum();
         if status.len() > self.cfg.max_status_entries || bytes > self.cfg.max_status_bytes {
-            return Err(ControlError::ResourceExhausted(format!(
+            return Err(ControlError::LimitReached(format!(
                 "heartbeat status has {} entries, {bytes} bytes; at most {} entries and {} bytes \
                  are allowed (limits.max_status_entries, limits.max_status_bytes)",
                 status.len(),
@@ -275,20 +275,20 @@ impl ControlPlane {
         req: pb::SetNodeStateRequest,
     ) -> Result<pb::SetNodeStateResponse, ControlError> {
         if who.role != Role::Admin {
-            return Err(ControlError::PermissionDenied(format!(
+            return Err(ControlError::NotAllowed(format!(
                 "identity {who} may not set node states: an admin certificate is required"
             )));
         }
-        check_id("agent_id", &req.agent_id).map_err(ControlError::InvalidArgument)?;
+        check_id("agent_id", &req.agent_id).map_err(ControlError::BadRequest)?;
         if req.reason.chars().count() > self.cfg.max_text_chars {
-            return Err(ControlError::InvalidArgument(format!(
+            return Err(ControlError::BadRequest(format!(
                 "reason is {} characters; at most {} are allowed",
                 req.reason.chars().count(),
                 self.cfg.max_text_chars
             )));
         }
         let state = common::NodeState::try_from(req.state).map_err(|_| {
-            ControlError::InvalidArgument(format!(
+            ControlError::BadRequest(format!(
                 "state {} is not a node state (0 normal, 1 maintenance, 2 disabled)",
                 req.state
             ))
@@ -301,7 +301,7 @@ impl ControlPlane {
             changed_at: now_ms(),
         };
         let value = serde_json::to_vec(&record)
-            .map_err(|e| ControlError::InvalidArgument(format!("node record: {e}")))?;
+            .map_err(|e| ControlError::Internal(format!("encoding the node record: {e}")))?;
         let rev = self
             .store
             .put(&keys::node(&req.agent_id), value, None)
@@ -346,7 +346,7 @@ impl ControlPlane {
             Self::require_agent(who, &req.agent_id, "read assignments")?;
         }
         let agent = self.view.agent(&req.agent_id).ok_or_else(|| {
-            ControlError::NotFound(format!("agent {:?} is not registered", req.agent_id))
+            ControlError::NotRegistered(format!("agent {:?} is not registered", req.agent_id))
         })?;
         let node = self.view.node(&req.agent_id);
         let game = if req.game_id.is_empty() {
@@ -419,7 +419,7 @@ impl ControlPlane {
 }
 
 fn expired(agent_id: &str) -> ControlError {
-    ControlError::NotFound(format!(
+    ControlError::NoSession(format!(
         "agent {agent_id:?} has no live session on this server (expired or never registered); \
          call RegisterAgent again"
     ))

@@ -36,7 +36,7 @@ impl ControlPlane {
         self.check_registration(who, &req)?;
         let node = self.view.node(&req.agent_id);
         if node.state == NodeState::Disabled {
-            return Err(ControlError::FailedPrecondition(format!(
+            return Err(ControlError::NodeDisabled(format!(
                 "node {} is disabled (by {} : {:?}); an admin must set it back with \
                  `croupier node state {} normal` before it can register",
                 req.agent_id,
@@ -88,9 +88,8 @@ impl ControlPlane {
                 .await
                 .map_err(ControlError::store(format!("storing descriptor {key}")))?;
         }
-        let value = serde_json::to_vec(&record).map_err(|e| {
-            ControlError::InvalidArgument(format!("agent record cannot be encoded: {e}"))
-        })?;
+        let value = serde_json::to_vec(&record)
+            .map_err(|e| ControlError::Internal(format!("agent record cannot be encoded: {e}")))?;
         let rev = self
             .store
             .put(&key, value, Some(lease))
@@ -157,17 +156,17 @@ impl ControlPlane {
         who: &Identity,
         req: &pb::RegisterAgentRequest,
     ) -> Result<(), ControlError> {
-        check_id("agent_id", &req.agent_id).map_err(ControlError::InvalidArgument)?;
+        check_id("agent_id", &req.agent_id).map_err(ControlError::BadRequest)?;
         Self::require_agent(who, &req.agent_id, "register")?;
         if self.draining.load(Ordering::Relaxed) {
-            return Err(ControlError::Unavailable(
+            return Err(ControlError::Draining(
                 "server is shutting down; register with another server or retry".into(),
             ));
         }
-        check_id("game_id", &req.game_id).map_err(ControlError::InvalidArgument)?;
-        check_id("env", &req.env).map_err(ControlError::InvalidArgument)?;
+        check_id("game_id", &req.game_id).map_err(ControlError::BadRequest)?;
+        check_id("env", &req.env).map_err(ControlError::BadRequest)?;
         if req.labels.len() > self.cfg.max_labels {
-            return Err(ControlError::ResourceExhausted(format!(
+            return Err(ControlError::LimitReached(format!(
                 "agent {} has {} labels; at most {} are allowed",
                 req.agent_id,
                 req.labels.len(),
@@ -176,28 +175,28 @@ impl ControlPlane {
         }
         for (k, v) in &req.labels {
             if k.is_empty() || k.len() > 128 || v.len() > 256 {
-                return Err(ControlError::InvalidArgument(format!(
+                return Err(ControlError::BadRequest(format!(
                     "label {:?}: keys must be 1-128 characters and values at most 256",
                     excerpt(k, 40)
                 )));
             }
         }
         if req.version.chars().count() > 128 {
-            return Err(ControlError::InvalidArgument(
+            return Err(ControlError::BadRequest(
                 "version: at most 128 characters".into(),
             ));
         }
         let n = req.functions.len() + req.descriptors.len();
         if n > self.cfg.max_functions {
-            return Err(ControlError::ResourceExhausted(format!(
+            return Err(ControlError::LimitReached(format!(
                 "agent {} declares {n} functions; at most {} are allowed",
                 req.agent_id, self.cfg.max_functions
             )));
         }
         for d in &req.descriptors {
-            check_id("descriptor id", &d.id).map_err(ControlError::InvalidArgument)?;
+            check_id("descriptor id", &d.id).map_err(ControlError::BadRequest)?;
             check_descriptor(d, self.cfg.max_descriptor_bytes, &self.cfg.schema_limits)
-                .map_err(ControlError::InvalidArgument)?;
+                .map_err(ControlError::BadRequest)?;
         }
         Ok(())
     }
@@ -249,7 +248,7 @@ impl ControlPlane {
                     continue;
                 }
                 if let Some(owner) = self.other_declarer(c, &fk, &req.agent_id) {
-                    return Err(ControlError::FailedPrecondition(format!(
+                    return Err(ControlError::DescriptorOwned(format!(
                         "function {} in game {:?} env {:?} is declared differently by live agent \
                          {owner}; declare the same descriptor, stop {owner} first, or have an \
                          admin set the descriptor (`croupier function register`)",
@@ -264,7 +263,7 @@ impl ControlPlane {
         }
         let count = scope_count.unwrap_or(0);
         if new_functions > 0 && count + new_functions > self.cfg.max_functions_per_scope {
-            return Err(ControlError::ResourceExhausted(format!(
+            return Err(ControlError::LimitReached(format!(
                 "game {:?} env {:?} has {count} functions; {new_functions} more would pass the \
                  limit of {} (limits.max_functions_per_scope)",
                 req.game_id, req.env, self.cfg.max_functions_per_scope
@@ -311,7 +310,7 @@ pub(super) fn provided_functions(
         .iter()
         .chain(req.descriptors.iter().map(|d| &d.id))
     {
-        check_id("function id", f).map_err(ControlError::InvalidArgument)?;
+        check_id("function id", f).map_err(ControlError::BadRequest)?;
         if seen.insert(f.as_str()) {
             functions.push(ProvidedFunction {
                 id: f.clone(),

@@ -29,14 +29,12 @@ impl ControlPlane {
     ) -> Result<ReceiverStream<Result<ServerFrame, Status>>, ControlError> {
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
-            .map_err(|_| {
-                ControlError::InvalidArgument("no Hello frame within 10 s of Connect".into())
-            })?
-            .map_err(|e| ControlError::InvalidArgument(format!("reading Hello: {e}")))?;
+            .map_err(|_| ControlError::BadRequest("no Hello frame within 10 s of Connect".into()))?
+            .map_err(|e| ControlError::BadRequest(format!("reading Hello: {e}")))?;
         let hello = match first.and_then(|f| f.frame) {
             Some(agent_frame::Frame::Hello(h)) => h,
             _ => {
-                return Err(ControlError::InvalidArgument(
+                return Err(ControlError::BadRequest(
                     "the first frame on Connect must be Hello{agent_id, session_id}".into(),
                 ));
             }
@@ -57,7 +55,7 @@ impl ControlPlane {
         };
         tx.send(Ok(welcome))
             .await
-            .map_err(|_| ControlError::Unavailable("tunnel closed during setup".into()))?;
+            .map_err(|_| ControlError::TunnelClosed("tunnel closed during setup".into()))?;
         let previous = session.tunnel.lock().replace(Tunnel {
             generation,
             tx: tx.clone(),

@@ -49,14 +49,14 @@ impl Invoker {
         }
         let p = self.prepare(who, &req, forwarded, None).await?;
         if p.mode == Mode::Broadcast {
-            return Err(FunctionError::InvalidArgument(
+            return Err(FunctionError::BadRequest(
                 "routing_mode broadcast is not supported for jobs: a job runs on one agent; \
                  start one job per agent with routing_mode targeted"
                     .into(),
             ));
         }
         if p.opts.timeout < 0 {
-            return Err(FunctionError::InvalidArgument(format!(
+            return Err(FunctionError::BadRequest(format!(
                 "options.timeout is {}; give seconds > 0, or 0 for the default",
                 p.opts.timeout
             )));
@@ -185,7 +185,7 @@ impl Invoker {
         if p.mode == Mode::Targeted {
             self.check_target(&all, &p.key, &p.opts, p.local_only)?;
         } else if p.mode == Mode::Hash && p.opts.hash_key.is_empty() {
-            return Err(FunctionError::InvalidArgument(
+            return Err(FunctionError::BadRequest(
                 "routing_mode hash needs options.hash_key".into(),
             ));
         }
@@ -203,7 +203,7 @@ impl Invoker {
         let mut excluded: Vec<String> = Vec::new();
         loop {
             let Some(agent) = self.pick(&p.key, &candidates, p.mode, &p.opts, &excluded) else {
-                return Err(FunctionError::Unavailable(format!(
+                return Err(FunctionError::NoAgent(format!(
                     "no agent could be sent the job for {} (all disconnected)",
                     p.key.function_id
                 )));
@@ -258,7 +258,7 @@ impl Invoker {
                 }
                 Err(CreateError::Store(e)) => return Err(e),
                 Err(CreateError::Link(e @ LinkError::FrameTooLarge { .. })) => {
-                    return Err(FunctionError::ResourceExhausted(e.to_string()));
+                    return Err(FunctionError::LimitReached(e.to_string()));
                 }
                 Err(CreateError::Link(e)) => {
                     tracing::debug!(agent_id = %agent, error = %e, "job not sent; trying another agent");

@@ -23,7 +23,7 @@ use croupier_control::audit::{AuditLog, AuditRecord};
 use croupier_proto::control::v1::InvokeResult;
 use croupier_proto::function::v1::{InvokeFunctionRequest, InvokeFunctionResponse};
 use croupier_proto::json::opt_struct_to_json;
-use croupier_proto::limits::{PayloadError, check_payload};
+use croupier_proto::limits::check_payload;
 use croupier_registry::identity::Identity;
 use croupier_registry::ids::check_id;
 use croupier_registry::model::DescriptorRecord;
@@ -157,10 +157,6 @@ impl Invoker {
         self
     }
 
-
-
-
-
     /// The idempotency records (for the periodic sweep).
     pub fn idempotency(&self) -> &Idempotency {
         &self.idem
@@ -215,7 +211,7 @@ impl Invoker {
                 .clone()
         };
         sem.try_acquire_owned().map_err(|_| {
-            FunctionError::ResourceExhausted(format!(
+            FunctionError::LimitReached(format!(
                 "identity {who} already has {limit} calls in flight (the per-caller limit); \
                  wait for some to finish"
             ))
@@ -232,14 +228,13 @@ impl Invoker {
         local_only: bool,
         caller_timeout: Option<Duration>,
     ) -> Result<Prepared, FunctionError> {
-        check_id("game_id", &req.game_id).map_err(FunctionError::InvalidArgument)?;
-        check_id("env", &req.env).map_err(FunctionError::InvalidArgument)?;
-        check_id("function_id", &req.function_id).map_err(FunctionError::InvalidArgument)?;
-        check_payload(req.payload.as_ref(), self.cfg.max_message_bytes).map_err(|e| {
-            let msg = format!("the payload of {} {e}", req.function_id);
-            match e {
-                PayloadError::TooDeep { .. } => FunctionError::InvalidArgument(msg),
-                PayloadError::TooLarge { .. } => FunctionError::ResourceExhausted(msg),
+        check_id("game_id", &req.game_id).map_err(FunctionError::BadRequest)?;
+        check_id("env", &req.env).map_err(FunctionError::BadRequest)?;
+        check_id("function_id", &req.function_id).map_err(FunctionError::BadRequest)?;
+        check_payload(req.payload.as_ref(), self.cfg.max_message_bytes).map_err(|error| {
+            FunctionError::Payload {
+                function: req.function_id.clone(),
+                error,
             }
         })?;
         let opts = req.options.clone().unwrap_or_default();
@@ -247,11 +242,11 @@ impl Invoker {
         let key = FnKey::new(&req.game_id, &req.env, &req.function_id);
         let descriptor = self.view.descriptor(&key);
         if descriptor.is_none() && self.view.candidates(&key).is_empty() {
-            return Err(FunctionError::NotFound(format!(
-                "function {} is not registered in game {:?} env {:?}; `croupier functions` lists \
-                 what is",
-                req.function_id, req.game_id, req.env
-            )));
+            return Err(FunctionError::NotRegistered {
+                function: req.function_id.clone(),
+                game: req.game_id.clone(),
+                env: req.env.clone(),
+            });
         }
         if let Some(d) = &descriptor {
             authorize(who, d)?;
@@ -271,21 +266,19 @@ impl Invoker {
             self.schemas
                 .check(&key, d, p.clone(), deadline)
                 .await
-                .map_err(|e| match e {
-                    PayloadCheckError::Mismatch(e) => FunctionError::InvalidArgument(format!(
-                        "payload does not match the params schema of {}: {e}",
-                        req.function_id
-                    )),
-                    PayloadCheckError::BadSchema(e) => FunctionError::FailedPrecondition(format!(
-                        "the params_schema of {} {e}; fix its descriptor",
-                        req.function_id
-                    )),
-                    PayloadCheckError::Overran(t) => FunctionError::ResourceExhausted(format!(
-                        "checking the payload against the params schema of {} took longer than \
-                         {t:?}; the schema is too costly, and calls of {} are refused until its \
-                         descriptor changes",
-                        req.function_id, req.function_id
-                    )),
+                .map_err(|e| {
+                    let function = req.function_id.clone();
+                    match e {
+                        PayloadCheckError::Mismatch(detail) => {
+                            FunctionError::SchemaMismatch { function, detail }
+                        }
+                        PayloadCheckError::BadSchema(error) => {
+                            FunctionError::BadSchema { function, error }
+                        }
+                        PayloadCheckError::Overran(budget) => {
+                            FunctionError::SchemaTooCostly { function, budget }
+                        }
+                    }
                 })?;
         }
         Ok(Prepared {
@@ -359,7 +352,7 @@ impl Invoker {
         caller: Option<Duration>,
     ) -> Result<Duration, FunctionError> {
         if requested_secs < 0 {
-            return Err(FunctionError::InvalidArgument(format!(
+            return Err(FunctionError::BadRequest(format!(
                 "options.timeout is {requested_secs}; give seconds > 0, or 0 for the default"
             )));
         }
@@ -395,7 +388,7 @@ fn authorize(who: &Identity, d: &DescriptorRecord) -> Result<(), FunctionError> 
     if role_ok && id_ok {
         return Ok(());
     }
-    Err(FunctionError::PermissionDenied(format!(
+    Err(FunctionError::NotAllowed(format!(
         "identity {who} may not invoke {} (allowed roles: {:?}, allowed identities: {:?})",
         d.id, d.allowed_roles, d.allowed_identities
     )))

@@ -22,15 +22,15 @@ impl Invoker {
         env: &str,
         d: &FunctionDescriptor,
     ) -> Result<i64, FunctionError> {
-        check_id("game_id", game_id).map_err(FunctionError::InvalidArgument)?;
-        check_id("env", env).map_err(FunctionError::InvalidArgument)?;
-        check_id("descriptor.id", &d.id).map_err(FunctionError::InvalidArgument)?;
+        check_id("game_id", game_id).map_err(FunctionError::BadRequest)?;
+        check_id("env", env).map_err(FunctionError::BadRequest)?;
+        check_id("descriptor.id", &d.id).map_err(FunctionError::BadRequest)?;
         croupier_control::plane::check_descriptor(
             d,
             self.cfg.max_descriptor_bytes,
             &self.cfg.schema_limits,
         )
-        .map_err(FunctionError::InvalidArgument)?;
+        .map_err(FunctionError::BadRequest)?;
         let key = FnKey::new(game_id, env, &d.id);
         let current = self.view.descriptor(&key);
         let (source, declared_by) = match who.role {
@@ -41,14 +41,14 @@ impl Invoker {
                     .agent(&who.name)
                     .is_some_and(|a| a.game_id == game_id && a.env == env);
                 if !registered_here {
-                    return Err(FunctionError::PermissionDenied(format!(
+                    return Err(FunctionError::NotAllowed(format!(
                         "identity {who} may only register functions in the game and env it is \
                          registered in"
                     )));
                 }
                 if let Some(c) = &current {
                     if c.source == DescriptorSource::Admin {
-                        return Err(FunctionError::PermissionDenied(format!(
+                        return Err(FunctionError::NotAllowed(format!(
                             "identity {who} may not override {}: an admin registered its \
                              descriptor",
                             d.id
@@ -63,7 +63,7 @@ impl Invoker {
                             .iter()
                             .any(|p| &p.agent.agent_id == owner)
                     {
-                        return Err(FunctionError::FailedPrecondition(format!(
+                        return Err(FunctionError::DescriptorOwned(format!(
                             "function {} is declared by live agent {owner}; only it, or an \
                              admin, may change its descriptor",
                             d.id
@@ -73,7 +73,7 @@ impl Invoker {
                 (DescriptorSource::Agent, who.name.clone())
             }
             _ => {
-                return Err(FunctionError::PermissionDenied(format!(
+                return Err(FunctionError::NotAllowed(format!(
                     "identity {who} may not register functions: an admin or agent certificate is \
                      required"
                 )));
@@ -82,7 +82,7 @@ impl Invoker {
         let mut record = DescriptorRecord::from_proto(game_id, env, d, source);
         record.declared_by = declared_by;
         let value = serde_json::to_vec(&record)
-            .map_err(|e| FunctionError::Internal(format!("encoding descriptor: {e}")))?;
+            .map_err(|e| FunctionError::Corrupt(format!("encoding descriptor: {e}")))?;
         let rev = self
             .store
             .put(&keys::function(game_id, env, &d.id), value, None)
@@ -107,14 +107,14 @@ impl Invoker {
         function_id: &str,
     ) -> Result<bool, FunctionError> {
         if who.role != Role::Admin {
-            return Err(FunctionError::PermissionDenied(format!(
+            return Err(FunctionError::NotAllowed(format!(
                 "identity {who} may not delete function descriptors: an admin certificate is \
                  required"
             )));
         }
-        check_id("game_id", game_id).map_err(FunctionError::InvalidArgument)?;
-        check_id("env", env).map_err(FunctionError::InvalidArgument)?;
-        check_id("function_id", function_id).map_err(FunctionError::InvalidArgument)?;
+        check_id("game_id", game_id).map_err(FunctionError::BadRequest)?;
+        check_id("env", env).map_err(FunctionError::BadRequest)?;
+        check_id("function_id", function_id).map_err(FunctionError::BadRequest)?;
         let rev = self
             .store
             .delete(&keys::function(game_id, env, function_id))

@@ -44,18 +44,18 @@ impl Invoker {
         local_only: bool,
     ) -> Result<(), FunctionError> {
         if opts.target_agent.is_empty() {
-            return Err(FunctionError::InvalidArgument(
+            return Err(FunctionError::BadRequest(
                 "routing_mode targeted needs options.target_agent".into(),
             ));
         }
         let Some(c) = all.iter().find(|c| c.agent.agent_id == opts.target_agent) else {
-            return Err(FunctionError::NotFound(format!(
+            return Err(FunctionError::NotProvided(format!(
                 "agent {:?} does not provide {} in game {:?} env {:?}",
                 opts.target_agent, key.function_id, key.game_id, key.env
             )));
         };
         if !self.usable(c, key, opts, local_only) {
-            return Err(FunctionError::Unavailable(format!(
+            return Err(FunctionError::NoAgent(format!(
                 "agent {:?} cannot take {} now: {}",
                 opts.target_agent,
                 key.function_id,
@@ -93,7 +93,7 @@ impl Invoker {
             }
             _ => {
                 if mode == Mode::Hash && opts.hash_key.is_empty() {
-                    return Err(FunctionError::InvalidArgument(
+                    return Err(FunctionError::BadRequest(
                         "routing_mode hash needs options.hash_key".into(),
                     ));
                 }
@@ -148,7 +148,7 @@ impl Invoker {
         let mut lost: Option<String> = None;
         loop {
             let Some(agent) = self.pick(&call.key, candidates, mode, opts, &excluded) else {
-                return Err(FunctionError::Unavailable(match lost {
+                return Err(FunctionError::NoAgent(match lost {
                     Some(a) => format!(
                         "agent {a} was lost before it answered {} and no other agent could take \
                          the retry",
@@ -170,7 +170,7 @@ impl Invoker {
                     excluded.push(agent.to_string());
                 }
                 Err(Sent::Link(e @ LinkError::FrameTooLarge { .. })) => {
-                    return Err(FunctionError::ResourceExhausted(e.to_string()));
+                    return Err(FunctionError::LimitReached(e.to_string()));
                 }
                 Err(Sent::Link(LinkError::Lost(_)))
                     if call.retry_safe && mode != Mode::Targeted =>
@@ -183,7 +183,7 @@ impl Invoker {
                     lost = Some(agent.to_string());
                 }
                 Err(Sent::Link(LinkError::Lost(_))) => {
-                    return Err(FunctionError::Unavailable(format!(
+                    return Err(FunctionError::AgentLost(format!(
                         "agent {agent} was lost before it answered {}; the call may or may not \
                          have run, so it was not retried{}",
                         call.key.function_id,
@@ -357,7 +357,7 @@ impl Invoker {
     }
 
     pub(super) fn deadline(&self, call: &Call<'_>, agent: &str) -> FunctionError {
-        FunctionError::DeadlineExceeded(format!(
+        FunctionError::DeadlinePassed(format!(
             "agent {agent} did not answer {} within {:?}; the call was cancelled on the agent",
             call.key.function_id, call.timeout
         ))
@@ -403,7 +403,7 @@ impl Invoker {
     ) -> FunctionError {
         let f = &key.function_id;
         if all.is_empty() {
-            return FunctionError::Unavailable(format!(
+            return FunctionError::NoAgent(format!(
                 "no agent provides {f} in game {:?} env {:?} right now (the function is \
                  registered, but its agents are offline)",
                 key.game_id, key.env
@@ -415,7 +415,7 @@ impl Invoker {
             .map(|c| format!("{}: {}", c.agent.agent_id, self.why_not(c, opts, f)))
             .collect();
         let more = all.len().saturating_sub(5);
-        FunctionError::Unavailable(format!(
+        FunctionError::NoAgent(format!(
             "no agent can take {f} now ({}{})",
             reasons.join("; "),
             if more > 0 {
@@ -443,7 +443,7 @@ pub(super) fn remote_error(owner: &str, agent: &str, s: tonic::Status) -> Functi
         "via server {owner} (owner of agent {agent}): {}",
         s.message()
     );
-    FunctionError::from(tonic::Status::new(s.code(), message))
+    FunctionError::Remote(tonic::Status::new(s.code(), message))
 }
 
 /// Keeps a broadcast's answer within the message limit: while the results together are too

@@ -24,9 +24,9 @@ impl JobManager {
         job_id: &str,
         from_seq: i64,
     ) -> Result<EventStream, FunctionError> {
-        check_id("job_id", job_id).map_err(FunctionError::InvalidArgument)?;
+        check_id("job_id", job_id).map_err(FunctionError::BadRequest)?;
         if from_seq < 0 {
-            return Err(FunctionError::InvalidArgument(format!(
+            return Err(FunctionError::BadRequest(format!(
                 "from_seq is {from_seq}; give 0 or 1 for the whole stream, or a later seq"
             )));
         }

@@ -115,7 +115,6 @@ impl JobManager {
         &self.cfg
     }
 
-
     /// The replica running `record`'s job, when it is not finished and runs elsewhere.
     fn remote_owner(&self, record: &JobRecord) -> Option<&Arc<Forwarder>> {
         let fwd = self.forwarder.as_ref()?;
@@ -170,7 +169,7 @@ impl JobManager {
         let id = record.job_id.clone();
         let agent = record.agent_id.clone();
         let value = serde_json::to_vec(&record)
-            .map_err(|e| CreateError::Store(FunctionError::Internal(format!("job record: {e}"))))?;
+            .map_err(|e| CreateError::Store(FunctionError::Corrupt(format!("job record: {e}"))))?;
         let job = Job::new(id.clone(), JobState::new(record));
         self.jobs.write().insert(id.clone(), job.clone());
         let stored = self
@@ -181,7 +180,7 @@ impl JobManager {
             Ok(CasOutcome::Done(_)) => {}
             Ok(CasOutcome::Conflict(_)) => {
                 self.remove(&id);
-                return Err(CreateError::Store(FunctionError::Internal(format!(
+                return Err(CreateError::Store(FunctionError::Corrupt(format!(
                     "job id {id} already exists"
                 ))));
             }
@@ -214,7 +213,7 @@ impl JobManager {
         who: &Identity,
         job_id: &str,
     ) -> Result<pb::JobRecord, FunctionError> {
-        check_id("job_id", job_id).map_err(FunctionError::InvalidArgument)?;
+        check_id("job_id", job_id).map_err(FunctionError::BadRequest)?;
         if let Some(job) = self.get(job_id) {
             return Ok(job.st.lock().record.to_proto());
         }
@@ -244,14 +243,14 @@ impl JobManager {
             None
         } else {
             Some(JobStatus::parse(&req.status).ok_or_else(|| {
-                FunctionError::InvalidArgument(format!(
+                FunctionError::BadRequest(format!(
                     "status {:?} is not one of pending, running, completed, failed, cancelled",
                     req.status
                 ))
             })?)
         };
         if req.page_size < 0 {
-            return Err(FunctionError::InvalidArgument(format!(
+            return Err(FunctionError::BadRequest(format!(
                 "page_size is {}; give 1-1000, or 0 for 50",
                 req.page_size
             )));
@@ -338,7 +337,7 @@ impl JobManager {
         job_id: &str,
         reason: &str,
     ) -> Result<pb::CancelJobResponse, FunctionError> {
-        check_id("job_id", job_id).map_err(FunctionError::InvalidArgument)?;
+        check_id("job_id", job_id).map_err(FunctionError::BadRequest)?;
         let Some(job) = self.get(job_id) else {
             let record = self
                 .load_record(job_id)
@@ -352,7 +351,7 @@ impl JobManager {
                 return Ok(fwd.cancel_job(&record.server_id, who, req).await?);
             }
             if !record.status.is_terminal() {
-                return Err(FunctionError::Unavailable(format!(
+                return Err(FunctionError::ReplicaUnreachable(format!(
                     "job {job_id} runs on server {:?}, which is not reachable now",
                     record.server_id
                 )));
@@ -370,7 +369,7 @@ impl JobManager {
                 return Ok(already_finished(&st.record));
             }
             if who.role != Role::Admin && who.uri() != st.record.caller {
-                return Err(FunctionError::PermissionDenied(format!(
+                return Err(FunctionError::NotAllowed(format!(
                     "identity {who} may not cancel job {job_id}: only its caller ({}) or an \
                      admin may",
                     st.record.caller
@@ -470,10 +469,7 @@ fn cancel_frame(job_id: &str, reason: &str) -> ServerFrame {
 }
 
 fn not_found(job_id: &str) -> FunctionError {
-    FunctionError::NotFound(format!(
-        "job {job_id:?} does not exist (or its record passed retention); `croupier job list` \
-         shows the jobs there are"
-    ))
+    FunctionError::JobNotFound(job_id.to_string())
 }
 
 fn already_finished(r: &JobRecord) -> pb::CancelJobResponse {
@@ -486,7 +482,7 @@ fn already_finished(r: &JobRecord) -> pb::CancelJobResponse {
 
 fn parse_token(token: &str) -> Result<(i64, String), FunctionError> {
     let bad = || {
-        FunctionError::InvalidArgument(format!(
+        FunctionError::BadRequest(format!(
             "page_token {token:?} is not a token from a previous ListJobs page"
         ))
     };

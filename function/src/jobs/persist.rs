@@ -124,7 +124,7 @@ impl JobManager {
             .map_err(FunctionError::store("reading the job record"))?;
         kv.map(|kv| {
             serde_json::from_slice::<JobRecord>(&kv.value)
-                .map_err(|e| FunctionError::Internal(format!("job record {job_id}: {e}")))
+                .map_err(|e| FunctionError::Corrupt(format!("job record {job_id}: {e}")))
         })
         .transpose()
     }
@@ -179,7 +179,7 @@ impl JobManager {
             let mut buf = Vec::new();
             for e in chunk {
                 e.encode_length_delimited(&mut buf)
-                    .map_err(|e| StoreError::Unavailable(format!("encoding job event: {e}")))?;
+                    .map_err(|e| StoreError::Encoding(format!("job event: {e}")))?;
             }
             let (first, last) = (&chunk[0], &chunk[chunk.len() - 1]);
             puts.push(WriteOp::put(keys::job_event_chunk(&job.id, first.seq), buf));
@@ -190,7 +190,7 @@ impl JobManager {
         }
         if let Some((record, _)) = &record {
             let value = serde_json::to_vec(record)
-                .map_err(|e| StoreError::Unavailable(format!("encoding job record: {e}")))?;
+                .map_err(|e| StoreError::Encoding(format!("job record: {e}")))?;
             puts.push(WriteOp::put(keys::job(&job.id), value));
         }
         // A backlog too big for one write (etcd takes about 1.5 MiB) sends its oldest chunks

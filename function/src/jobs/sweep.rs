@@ -172,7 +172,7 @@ impl JobManager {
             record_end(&mut r, kind, last);
             r.last_seq = r.last_seq.max(last.seq);
             let value = serde_json::to_vec(&r)
-                .map_err(|e| StoreError::Unavailable(format!("encoding job record: {e}")))?;
+                .map_err(|e| StoreError::Encoding(format!("job record: {e}")))?;
             self.store
                 .compare_and_put(
                     &keys::job(&r.job_id),
@@ -208,8 +208,8 @@ impl JobManager {
         r.error = message;
         r.error_code = "AGENT_LOST".into();
         r.last_seq = seq;
-        let value = serde_json::to_vec(&r)
-            .map_err(|e| StoreError::Unavailable(format!("encoding job record: {e}")))?;
+        let value =
+            serde_json::to_vec(&r).map_err(|e| StoreError::Encoding(format!("job record: {e}")))?;
         if let CasOutcome::Done(_) = self
             .store
             .compare_and_put(
@@ -222,7 +222,7 @@ impl JobManager {
         {
             let mut buf = Vec::new();
             ev.encode_length_delimited(&mut buf)
-                .map_err(|e| StoreError::Unavailable(format!("encoding job event: {e}")))?;
+                .map_err(|e| StoreError::Encoding(format!("job event: {e}")))?;
             self.store
                 .put(&keys::job_event_chunk(&r.job_id, seq), buf, None)
                 .await?;

@@ -222,6 +222,9 @@ pub enum StoreError {
     /// A [`Store::write_all`] batch the store refuses (see [`check_batch`]). Permanent.
     #[error("invalid write batch: {0}")]
     InvalidBatch(String),
+    /// A value could not be encoded before it was written (a bug, not a store failure).
+    #[error("encoding {0}")]
+    Encoding(String),
 }
 
 /// A key-value store with etcd's semantics. Keys are strings; values are bytes.
