@@ -62,6 +62,8 @@ pub enum Command {
     /// The embedded store of a data dir: check, repair, backup, restore.
     #[command(subcommand)]
     Store(crate::store_cmd::StoreCommand),
+    /// Run a game gateway (player sessions in front of the mesh); `gateway token` signs a token.
+    Gateway(croupier_gateway::cmd::GatewayArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -471,6 +473,9 @@ pub enum BenchCommand {
     /// registration time, server CPU and memory while they heartbeat, watch latency, invoke via
     /// the owner vs another replica.
     Agents(crate::bench_scale::AgentsBenchArgs),
+    /// Game gateway: N client sessions, request latency through gateway + mesh, memory per
+    /// session, broadcast fan-out.
+    Gateway(crate::bench_gateway::GatewayBenchArgs),
 }
 
 /// Parses "k=v".

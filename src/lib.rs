@@ -13,9 +13,11 @@
 //! - [`dev`] — `croupier dev`.
 //! - [`bench`] — `croupier bench invoke` and `bench jobs`.
 //! - [`bench_scale`] — `croupier bench agents`.
+//! - [`bench_gateway`] — `croupier bench gateway`.
 //! - [`output`] — tables.
 
 pub mod bench;
+pub mod bench_gateway;
 pub mod bench_scale;
 pub mod certs;
 pub mod cli;

@@ -298,7 +298,11 @@ mod tests {
         let got = read_all(&[0, 0], 1024).await;
         assert!(matches!(got[0], Err(FrameError::Io(_))), "{got:?}");
         // No type, an unknown type, unknown flags.
-        let got = read_all(&encode(&Frame::default()), 1024).await;
+        let untyped = Frame {
+            msg_id: 1,
+            ..Default::default()
+        };
+        let got = read_all(&encode(&untyped), 1024).await;
         assert!(matches!(got[0], Err(FrameError::UnknownType(0))), "{got:?}");
         let f = Frame {
             r#type: 99,
