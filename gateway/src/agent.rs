@@ -6,7 +6,7 @@
 //! | `gateway.push` | `{"player_id": P}` or `{"players": [P…]}`, plus `msg_id` and `data` (JSON) or `data_b64` | `{"sent", "queued", "failed", "deliveries": {P: {"delivery", "gateway"}}}` |
 //! | `gateway.broadcast` | `msg_id`, `data`/`data_b64`, optional `filter` (attributes that must match) and `include_offline` | `{"gateway", "sent", "queued", "elapsed_ms"}` for this gateway; invoke with `--route broadcast` to reach every gateway |
 //! | `gateway.kick` | `{"player_id", "reason"}` | `{"kicked", "gateway"}` |
-//! | `gateway.sessions` | `{"list": bool, "limit": n}` | `{"gateway", "online", "offline", "total", "queued", "sessions": […]}` |
+//! | `gateway.sessions` | `{"list": bool, "limit": n}` | `{"gateway", "online", "offline", "total", "queued", "peers", "sessions": […]}` |
 //! | `gateway.forward` | internal, between gateways (see [`crate::cluster`]) | |
 //!
 //! `gateway.push` and `gateway.kick` find the player on any gateway, whichever gateway the call
@@ -148,6 +148,7 @@ impl Ops {
             "offline": total.saturating_sub(online),
             "total": total,
             "queued": self.hub.queued(),
+            "peers": self.cluster.peers(),
         });
         if req.list {
             out["sessions"] =
