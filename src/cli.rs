@@ -63,7 +63,7 @@ pub enum Command {
     #[command(subcommand)]
     Store(crate::store_cmd::StoreCommand),
     /// Run a game gateway (player sessions in front of the mesh); `gateway token` signs a token.
-    Gateway(croupier_gateway::cmd::GatewayArgs),
+    Gateway(Box<croupier_gateway::cmd::GatewayArgs>),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),

@@ -153,7 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(BenchCommand::Jobs(args)) => croupier::bench::jobs(args).await?,
         Command::Bench(BenchCommand::Agents(args)) => croupier::bench_scale::agents(args).await?,
         Command::Gateway(args) => {
-            return Ok(croupier_gateway::cmd::run(args, shutdown_signal()).await?);
+            return Ok(croupier_gateway::cmd::run(*args, shutdown_signal()).await?);
         }
         Command::Bench(BenchCommand::Gateway(args)) => croupier::bench_gateway::run(args).await?,
     }

@@ -400,7 +400,7 @@ impl Hub {
     /// acknowledged a seq never sent (`last` is the highest sent).
     pub fn ack(&self, player: &Player, conn_id: u64, seq: u64) -> Result<(), u64> {
         let mut s = lock(&player.state);
-        if !s.conn.as_ref().is_some_and(|c| c.id == conn_id) {
+        if s.conn.as_ref().is_none_or(|c| c.id != conn_id) {
             return Ok(());
         }
         let n = s.mailbox.ack(seq)?;
