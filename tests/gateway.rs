@@ -9,7 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::Mesh;
 use common::gateway::*;
-use croupier_gateway::client::{ClientConfig, ClientError, Connection, Event, GameClient};
+use croupier_gateway::client::{
+    ClientConfig, ClientError, ClientTls, Connection, Event, GameClient,
+};
 use croupier_gateway::frame;
 use croupier_proto::gateway::v1::{CloseReason, FrameType};
 use croupier_sdk::CallOptions;
@@ -64,12 +66,32 @@ async fn login_with_good_and_bad_tokens() {
     assert_eq!(reason, CloseReason::ProtocolError);
     assert!(message.contains("LOGIN"), "{message}");
 
-    // Mesh verification: auth.verify on the backend decides.
-    let gw2 = start_gateway(&mesh, "gw-2", &["--auth", "mesh"], &[]);
-    let mut c = Connection::connect(&gw2.addr, None).await.unwrap();
+    // Mesh verification (auth.verify on the backend decides), over TLS this time.
+    let certs = mesh.certs();
+    let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
+    let tls_flags = [
+        "--auth",
+        "mesh",
+        "--client-tls-cert",
+        cert.to_str().unwrap(),
+        "--client-tls-key",
+        key.to_str().unwrap(),
+    ];
+    let gw2 = start_gateway(&mesh, "gw-2", &tls_flags, &[]);
+    let tls = ClientTls::from_ca_file(&certs.join("ca.pem"), "localhost").unwrap();
+    let mut c = Connection::connect(&gw2.addr, Some(&tls)).await.unwrap();
     let ok = c.login("good-bob", "", 0, "test").await.unwrap();
     assert_eq!(ok.player_id, "bob");
-    let mut c = Connection::connect(&gw2.addr, None).await.unwrap();
+    assert!(
+        Connection::connect(&gw2.addr, None)
+            .await
+            .unwrap()
+            .login("good-bob", "", 0, "test")
+            .await
+            .is_err(),
+        "plain TCP to a TLS listener fails"
+    );
+    let mut c = Connection::connect(&gw2.addr, Some(&tls)).await.unwrap();
     match c.login("bad-bob", "", 0, "test").await {
         Err(ClientError::Closed { reason, message }) => {
             assert_eq!(reason, CloseReason::Unauthenticated);
