@@ -223,6 +223,7 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
         .ok()?
         .install_recorder()
         .ok()?;
+    crate::metrics::describe();
     let h = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));

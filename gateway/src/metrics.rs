@@ -39,3 +39,46 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0,
 ];
+
+/// Registers the description and unit of every metric above with the installed recorder
+/// (Prometheus shows them as `# HELP`).
+pub fn describe() {
+    use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        SESSIONS_ONLINE,
+        Unit::Count,
+        "Sessions with a live connection."
+    );
+    describe_gauge!(
+        SESSIONS_OFFLINE,
+        Unit::Count,
+        "Sessions kept without a connection."
+    );
+    describe_counter!(LOGINS, Unit::Count, "Logins by outcome.");
+    describe_counter!(CLOSES, Unit::Count, "Connections closed, by reason.");
+    describe_counter!(REQUESTS, Unit::Count, "Requests by route and outcome.");
+    describe_histogram!(
+        REQUEST_SECONDS,
+        Unit::Seconds,
+        "Request latency by route and outcome."
+    );
+    describe_gauge!(IN_FLIGHT, Unit::Count, "Calls to the mesh in flight.");
+    describe_counter!(
+        PUSHES,
+        Unit::Count,
+        "Pushes accepted, by source and delivery."
+    );
+    describe_gauge!(QUEUED, Unit::Count, "Pushes kept in mailboxes.");
+    describe_counter!(
+        DROPPED,
+        Unit::Count,
+        "Pushes dropped from mailboxes, by reason."
+    );
+    describe_counter!(
+        BAD_FRAMES,
+        Unit::Count,
+        "Frames that broke the protocol, by kind."
+    );
+    describe_counter!(HANDOFFS, Unit::Count, "Session hand-offs between gateways.");
+    describe_counter!(HTTP_PUSH, Unit::Count, "HTTP push endpoint requests.");
+}
