@@ -135,7 +135,10 @@ async fn session(addr: &str, i: usize, tally: Arc<Tally>) -> anyhow::Result<mpsc
                     tally.answered.fetch_add(1, Ordering::Relaxed);
                 }
                 FrameType::Error => {
-                    tally.errors.fetch_add(1, Ordering::Relaxed);
+                    if tally.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                        let e = f.error.unwrap_or_default();
+                        eprintln!("first request error: {}: {}", e.code, e.message);
+                    }
                 }
                 FrameType::Push => {
                     tally.pushes.fetch_add(1, Ordering::Relaxed);
@@ -227,13 +230,15 @@ pub async fn run(args: GatewayBenchArgs) -> anyhow::Result<()> {
     })?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("https://{}", listener.local_addr()?);
-    let cfg = ServerConfig {
+    let mut cfg = ServerConfig {
         listen: "127.0.0.1:0".into(),
         data_dir: dir.join("data"),
         tls_dir: certs.clone(),
         audit_log: false,
         ..ServerConfig::default()
     };
+    // Every player's call reaches the server as the gateway's identity.
+    cfg.limits.max_concurrent_calls_per_caller = 20_000;
     let stop = CancellationToken::new();
     let s = stop.clone();
     let server = tokio::spawn(crate::server::serve(cfg, listener, async move {
