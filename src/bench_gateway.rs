@@ -135,8 +135,9 @@ async fn session(addr: &str, i: usize, tally: Arc<Tally>) -> anyhow::Result<mpsc
                     tally.answered.fetch_add(1, Ordering::Relaxed);
                 }
                 FrameType::Error => {
-                    if tally.errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                        let e = f.error.unwrap_or_default();
+                    let first = tally.errors.fetch_add(1, Ordering::Relaxed) == 0;
+                    let e = f.error.unwrap_or_default();
+                    if first {
                         eprintln!("first request error: {}: {}", e.code, e.message);
                     }
                 }

@@ -439,15 +439,17 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway.toml");
         let overrides = serde_json::json!({"auth": {"hmac_key": "k"}, "push_token": "t"});
         let c = GatewayConfig::load(Some(&path), overrides).unwrap();
-        let mut defaults = GatewayConfig::default();
         // The example sets what deploy needs and leaves the rest at the defaults.
-        defaults.listen = c.listen.clone();
-        defaults.http_listen = c.http_listen.clone();
-        defaults.push_listen = c.push_listen.clone();
-        defaults.push_token = "t".into();
-        defaults.tls_dir = c.tls_dir.clone();
+        let mut defaults = GatewayConfig {
+            listen: c.listen.clone(),
+            http_listen: c.http_listen.clone(),
+            push_listen: c.push_listen.clone(),
+            push_token: "t".into(),
+            tls_dir: c.tls_dir.clone(),
+            routes: c.routes.clone(),
+            ..GatewayConfig::default()
+        };
         defaults.auth.hmac_key = "k".into();
-        defaults.routes = c.routes.clone();
         assert_eq!(c, defaults);
         assert_eq!(c.routes[0].function, "game.echo");
     }
