@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "croupier/control/v1/control.proto",
     "croupier/function/v1/function.proto",
     "croupier/registry/v1/registry.proto",
+    "croupier/gateway/v1/gateway.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => protoc_bin_vendored::protoc_bin_path()?,
     };
     config.protoc_executable(protoc);
+    // Gateway payloads are shared between the many frames of a broadcast without copying.
+    config.bytes([".croupier.gateway.v1.Frame.payload"]);
     let vendored_include = protoc_bin_vendored::include_path()?;
     let includes = [PathBuf::from("."), vendored_include];
     let protos: Vec<PathBuf> = PROTOS.iter().map(PathBuf::from).collect();

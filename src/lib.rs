@@ -9,7 +9,7 @@
 //! - [`cli`] — arguments and the client commands, one module per command group (`invoke`,
 //!   `registry`, `job`, `pipeline`, `function`, `node`, `store`, `certs`, `serve`).
 //! - [`dev`] — `croupier dev`.
-//! - [`bench`] — `croupier bench invoke`, `bench jobs` and `bench agents`.
+//! - [`bench`] — `croupier bench invoke`, `bench jobs`, `bench agents` and `bench gateway`.
 //! - [`output`] — tables.
 
 pub mod bench;

@@ -152,6 +152,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(BenchCommand::Invoke(args)) => croupier::bench::invoke(args).await?,
         Command::Bench(BenchCommand::Jobs(args)) => croupier::bench::jobs(args).await?,
         Command::Bench(BenchCommand::Agents(args)) => croupier::bench::agents(args).await?,
+        Command::Gateway(args) => {
+            return Ok(croupier_gateway::cmd::run(*args, shutdown_signal()).await?);
+        }
+        Command::Bench(BenchCommand::Gateway(args)) => croupier::bench::gateway::run(args).await?,
     }
     Ok(0)
 }

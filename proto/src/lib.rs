@@ -3,7 +3,8 @@
 //! `google.protobuf.Struct` and `serde_json::Value`.
 //!
 //! Layout:
-//! - [`common`], [`control`], [`function`], [`registry`]: generated code, one module per package.
+//! - [`common`], [`control`], [`function`], [`registry`], [`gateway`]: generated code, one module
+//!   per package ([`gateway`] is the game gateway's client framing, not a gRPC service).
 //! - [`json`] — `Struct` ⇄ JSON conversions.
 //! - [`limits`] — the depth and size limits every decoder shares, checked at the edge.
 //! - [`codec`] — the gRPC codec: prost's, with substitutes for undecodable tunnel frames.
@@ -44,6 +45,14 @@ pub mod registry {
     /// Version 1.
     pub mod v1 {
         tonic::include_proto!("croupier.registry.v1");
+    }
+}
+
+/// `croupier.gateway.v1`: the frames between game clients and `croupier gateway`.
+pub mod gateway {
+    /// Version 1.
+    pub mod v1 {
+        tonic::include_proto!("croupier.gateway.v1");
     }
 }
 

@@ -8,6 +8,7 @@
 //! concurrency 1).
 
 pub mod agents;
+pub mod gateway;
 pub mod invoke;
 pub mod jobs;
 

@@ -73,6 +73,8 @@ pub enum Command {
     /// The embedded store of a data dir: check, repair, backup, restore.
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// Run a game gateway (player sessions in front of the mesh); `gateway token` signs a token.
+    Gateway(Box<croupier_gateway::cmd::GatewayArgs>),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -180,6 +182,9 @@ pub enum BenchCommand {
     /// registration time, server CPU and memory while they heartbeat, watch latency, invoke via
     /// the owner vs another replica.
     Agents(crate::bench::AgentsBenchArgs),
+    /// Game gateway: N client sessions, request latency through gateway + mesh, memory per
+    /// session, broadcast fan-out.
+    Gateway(crate::bench::gateway::GatewayBenchArgs),
 }
 
 /// Parses "k=v".
