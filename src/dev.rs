@@ -54,9 +54,10 @@ pub async fn run(
 
     let stop = CancellationToken::new();
     let server_stop = stop.clone();
-    let server = tokio::spawn(crate::server::serve(cfg, listener, async move {
-        server_stop.cancelled().await
-    }));
+    let server = croupier_proto::task::spawn(
+        "run",
+        crate::server::serve(cfg, listener, async move { server_stop.cancelled().await }),
+    );
 
     let mut provider = ProviderConfig::new(
         vec![url.clone()],
@@ -65,13 +66,16 @@ pub async fn run(
     );
     provider.labels.insert("mode".into(), "dev".into());
     let agent_stop = CancellationToken::new();
-    let agent = tokio::spawn(croupier_agent::run(
-        croupier_agent::AgentConfig {
-            provider,
-            packs: croupier_agent::Packs::all(),
-        },
-        agent_stop.clone(),
-    ));
+    let agent = croupier_proto::task::spawn(
+        "run",
+        croupier_agent::run(
+            croupier_agent::AgentConfig {
+                provider,
+                packs: croupier_agent::Packs::all(),
+            },
+            agent_stop.clone(),
+        ),
+    );
 
     let default_dir = args.dir.is_none();
     let flags = if default_dir {

@@ -231,7 +231,7 @@ pub fn incoming(
         warn_accept: Throttled::new(),
     });
     let acceptor = TlsAcceptor::from(tls);
-    tokio::spawn(async move {
+    croupier_proto::task::spawn("accept loop", async move {
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -293,7 +293,7 @@ fn admit(
     let shared = shared.clone();
     let acceptor = acceptor.clone();
     let tx = tx.clone();
-    tokio::spawn(async move {
+    croupier_proto::task::spawn("tls handshake", async move {
         let outcome = tokio::select! {
             _ = token.cancelled() => Err("closed to make room for newer connections".to_string()),
             r = tokio::time::timeout(cfg.handshake_timeout, acceptor.accept(tcp)) => match r {

@@ -38,7 +38,7 @@ fn main() -> ExitCode {
 fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     let token = CancellationToken::new();
     let t = token.clone();
-    tokio::spawn(async move {
+    croupier_proto::task::spawn("shutdown_signal", async move {
         wait_signal().await;
         tracing::info!("signal received: shutting down (send another to exit now)");
         t.cancel();
@@ -87,7 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let stop = CancellationToken::new();
             let s = stop.clone();
             let signal = shutdown_signal();
-            tokio::spawn(async move {
+            croupier_proto::task::spawn("run", async move {
                 signal.await;
                 s.cancel();
             });

@@ -155,6 +155,9 @@ pub async fn serve(
         ),
     };
     let background = CancellationToken::new();
+    // The background tasks that must finish their work (the job writer's last flush, the
+    // server registration's revoke) before serve returns.
+    let tasks = croupier_proto::task::TaskTracker::new();
     let view = RegistryView::start(store.clone(), background.child_token())
         .await
         .context("loading the registry")?;
@@ -218,6 +221,7 @@ pub async fn serve(
         control.clone() as Arc<dyn AgentLink>,
         Some(forwarder.clone()),
         audit.clone(),
+        &tasks,
         background.child_token(),
     )
     .await
@@ -250,7 +254,7 @@ pub async fn serve(
         )
         .with_forwarder(forwarder.clone()),
     );
-    spawn_idempotency_sweep(invoker.clone(), background.child_token());
+    spawn_idempotency_sweep(&tasks, invoker.clone(), background.child_token());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     for s in SERVICES {
@@ -308,10 +312,14 @@ pub async fn serve(
     }
     let accepting = CancellationToken::new();
     let incoming = crate::gate::incoming(listener, tls, gate, accepting.clone());
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-        let _ = stop_rx.await;
-    }));
+    let server = croupier_proto::task::spawn(
+        "serve",
+        router.serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        }),
+    );
     spawn_server_registration(
+        &tasks,
         store.clone(),
         ServerRecord {
             server_id: cfg.server_id.clone(),
@@ -328,6 +336,8 @@ pub async fn serve(
         _ = shutdown => {}
         r = &mut server => {
             background.cancel();
+            tasks.close();
+            tasks.wait().await;
             return r.context("server task")?.context("serving");
         }
     }
@@ -349,6 +359,13 @@ pub async fn serve(
         }
     }
     background.cancel();
+    tasks.close();
+    if tokio::time::timeout(cfg.shutdown_grace, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("background tasks still running after the grace period");
+    }
     tracing::info!("server stopped");
     Ok(())
 }
@@ -414,8 +431,13 @@ const SERVER_LEASE_TTL: Duration = Duration::from_secs(10);
 
 /// Keeps `/croupier/servers/{id}` alive under a lease (refreshed every third of its TTL, and
 /// written again when the lease was lost), and revokes it when `stop` is cancelled.
-fn spawn_server_registration(store: Arc<dyn Store>, record: ServerRecord, stop: CancellationToken) {
-    tokio::spawn(async move {
+fn spawn_server_registration(
+    tasks: &croupier_proto::task::TaskTracker,
+    store: Arc<dyn Store>,
+    record: ServerRecord,
+    stop: CancellationToken,
+) {
+    croupier_proto::task::spawn_on(tasks, "server registration", async move {
         let key = croupier_registry::keys::server(&record.server_id);
         let Ok(value) = serde_json::to_vec(&record) else {
             return;
@@ -451,8 +473,12 @@ fn spawn_server_registration(store: Arc<dyn Store>, record: ServerRecord, stop: 
     });
 }
 
-fn spawn_idempotency_sweep(invoker: Arc<Invoker>, stop: CancellationToken) {
-    tokio::spawn(async move {
+fn spawn_idempotency_sweep(
+    tasks: &croupier_proto::task::TaskTracker,
+    invoker: Arc<Invoker>,
+    stop: CancellationToken,
+) {
+    croupier_proto::task::spawn_on(tasks, "idempotency sweep", async move {
         let mut tick = tokio::time::interval(IDEM_SWEEP_EVERY);
         loop {
             tokio::select! {

@@ -32,7 +32,10 @@ async fn a_key_whose_first_execution_still_runs_never_starts_a_second() {
 
     let first = {
         let c = mesh.client("client-c1").await;
-        tokio::spawn(async move { c.invoke("slow.op", json!({"n": 1}), &keyed()).await })
+        croupier_proto::task::spawn(
+            "a_key_whose_first_execution_still_runs_never_starts_a_second",
+            async move { c.invoke("slow.op", json!({"n": 1}), &keyed()).await },
+        )
     };
     let inv = raw.next_invoke(Duration::from_secs(10)).await;
     let err = first.await.unwrap().unwrap_err();
@@ -84,7 +87,10 @@ async fn a_first_execution_that_was_cancelled_frees_the_key() {
     let c1 = mesh.client("client-c1").await;
     let first = {
         let c = mesh.client("client-c1").await;
-        tokio::spawn(async move { c.invoke("slow.op", json!({}), &keyed()).await })
+        croupier_proto::task::spawn(
+            "a_first_execution_that_was_cancelled_frees_the_key",
+            async move { c.invoke("slow.op", json!({}), &keyed()).await },
+        )
     };
     let inv = raw.next_invoke(Duration::from_secs(10)).await;
     assert_eq!(
@@ -104,17 +110,20 @@ async fn a_first_execution_that_was_cancelled_frees_the_key() {
     .await;
     let second = {
         let c = c1.clone();
-        tokio::spawn(async move {
-            c.invoke(
-                "slow.op",
-                json!({}),
-                &CallOptions {
-                    timeout: Some(Duration::from_secs(10)),
-                    ..keyed()
-                },
-            )
-            .await
-        })
+        croupier_proto::task::spawn(
+            "a_first_execution_that_was_cancelled_frees_the_key",
+            async move {
+                c.invoke(
+                    "slow.op",
+                    json!({}),
+                    &CallOptions {
+                        timeout: Some(Duration::from_secs(10)),
+                        ..keyed()
+                    },
+                )
+                .await
+            },
+        )
     };
     let again = raw.next_invoke(Duration::from_secs(10)).await;
     assert_ne!(again.request_id, inv.request_id);

@@ -33,7 +33,7 @@ fn broadcast() -> CallOptions {
 fn sleeper(mesh: &Mesh) -> tokio::task::JoinHandle<Result<(bool, usize), tonic::Status>> {
     let url = mesh.url.clone();
     let certs = mesh.certs();
-    tokio::spawn(async move {
+    croupier_proto::task::spawn("sleeper", async move {
         let c = croupier_sdk::Client::connect(
             &url,
             &croupier_sdk::TlsFiles::from_dir(&certs, "client-c1"),
@@ -135,7 +135,10 @@ async fn an_undecodable_answer_fails_its_call_and_the_tunnel_serves_the_next() {
     // takes. That frame fails its call only.
     let call = {
         let c = mesh.client("client-c1").await;
-        tokio::spawn(async move { c.invoke("raw.echo", json!({}), &opts()).await })
+        croupier_proto::task::spawn(
+            "an_undecodable_answer_fails_its_call_and_the_tunnel_serves_the_next",
+            async move { c.invoke("raw.echo", json!({}), &opts()).await },
+        )
     };
     let inv = raw.next_invoke(Duration::from_secs(10)).await;
     raw.send(agent_frame::Frame::Result(InvokeResult {
@@ -153,7 +156,10 @@ async fn an_undecodable_answer_fails_its_call_and_the_tunnel_serves_the_next() {
     // The same tunnel serves the next call.
     let call = {
         let c = mesh.client("client-c1").await;
-        tokio::spawn(async move { c.invoke("raw.echo", json!({}), &opts()).await })
+        croupier_proto::task::spawn(
+            "an_undecodable_answer_fails_its_call_and_the_tunnel_serves_the_next",
+            async move { c.invoke("raw.echo", json!({}), &opts()).await },
+        )
     };
     let inv = raw.next_invoke(Duration::from_secs(10)).await;
     raw.answer(&inv.request_id, json!({"fine": true})).await;

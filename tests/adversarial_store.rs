@@ -267,7 +267,7 @@ fn flood(
     let tasks = (0..writers)
         .map(|w| {
             let (admin, acked, stop) = (admin.clone(), acked.clone(), stop.clone());
-            tokio::spawn(async move {
+            croupier_proto::task::spawn("flood", async move {
                 let deadline = Instant::now() + Duration::from_secs(60);
                 for n in 0..5_000 {
                     if stop.is_cancelled() || Instant::now() > deadline {

@@ -174,7 +174,7 @@ async fn sigterm_drains_in_flight_calls() {
     let _a1 = mesh.agent("a1", &[]);
     mesh.wait_online(&["a1"]).await;
     let c = mesh.client("client-c1").await;
-    let call = tokio::spawn({
+    let call = croupier_proto::task::spawn("sigterm_drains_in_flight_calls", {
         let c = c.clone();
         async move { c.invoke("agent.sleep", json!({"ms": 1500}), &opts()).await }
     });

@@ -317,7 +317,10 @@ async fn a_typed_provider_publishes_derived_schemas_and_serves_typed_calls() {
         });
     let mut state = provider.state();
     let stop = CancellationToken::new();
-    let running = tokio::spawn(provider.run(stop.clone()));
+    let running = croupier_proto::task::spawn(
+        "a_typed_provider_publishes_derived_schemas_and_serves_typed_calls",
+        provider.run(stop.clone()),
+    );
     tokio::time::timeout(Duration::from_secs(20), state.wait_for(|s| s.connected))
         .await
         .expect("provider connects")
@@ -491,21 +494,27 @@ async fn only_calls_safe_to_repeat_are_retried_while_the_agent_is_gone() {
 
     // With a key, and a query without one, the calls wait for the agent to come back.
     let t = Instant::now();
-    let keyed = tokio::spawn({
-        let c = c.clone();
-        async move {
-            c.invoke(
-                "agent.ping",
-                json!({"n": 1}),
-                &ge().idempotency_key("sdk-retry-1"),
-            )
-            .await
-        }
-    });
-    let query = tokio::spawn({
-        let c = c.clone();
-        async move { c.invoke("agent.sleep", json!({"ms": 1}), &ge()).await }
-    });
+    let keyed = croupier_proto::task::spawn(
+        "only_calls_safe_to_repeat_are_retried_while_the_agent_is_gone",
+        {
+            let c = c.clone();
+            async move {
+                c.invoke(
+                    "agent.ping",
+                    json!({"n": 1}),
+                    &ge().idempotency_key("sdk-retry-1"),
+                )
+                .await
+            }
+        },
+    );
+    let query = croupier_proto::task::spawn(
+        "only_calls_safe_to_repeat_are_retried_while_the_agent_is_gone",
+        {
+            let c = c.clone();
+            async move { c.invoke("agent.sleep", json!({"ms": 1}), &ge()).await }
+        },
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let _a1 = mesh.agent("a1", &[]);
     let first = keyed.await.unwrap().expect("the keyed call is retried");

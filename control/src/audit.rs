@@ -121,7 +121,7 @@ impl AuditLog {
             size,
             opts,
         };
-        tokio::spawn(writer.run(rx));
+        croupier_proto::task::spawn("audit writer", writer.run(rx));
         Ok(AuditLog {
             tx: Some(tx),
             opts,

@@ -225,7 +225,7 @@ pub fn install_prometheus() -> Option<PrometheusHandle> {
         .ok()?;
     crate::metrics::describe();
     let h = handle.clone();
-    tokio::spawn(async move {
+    croupier_proto::task::spawn("install_prometheus", async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
@@ -276,7 +276,7 @@ pub async fn run(
     let signals = Signals::default();
     let registered = signals.registered.clone();
     let id = cfg.id.clone();
-    tokio::spawn(async move {
+    croupier_proto::task::spawn("run", async move {
         registered.cancelled().await;
         println!("croupier gateway {id} registered");
     });

@@ -87,7 +87,7 @@ where
         tx: tx.clone(),
         closed: closed.clone(),
     };
-    tokio::spawn(writer(wr, rx, closed.clone()));
+    croupier_proto::task::spawn("gateway session", writer(wr, rx, closed.clone()));
 
     let Some((player, session_id)) = login(&ctx, &mut rd, &link, peer).await else {
         return;

@@ -77,7 +77,7 @@ where
         };
         let h = handler.clone();
         let stop = shutdown.clone();
-        tokio::spawn(async move {
+        croupier_proto::task::spawn("gateway http", async move {
             let svc = hyper::service::service_fn(move |req| {
                 let h = h.clone();
                 async move { Ok::<_, Infallible>(h(req).await) }

@@ -224,7 +224,7 @@ pub async fn run(
     let prov = provider(pcfg, ops.clone());
     let mut state = prov.state();
     let provider_stop = CancellationToken::new();
-    let provider_task = tokio::spawn(prov.run(provider_stop.clone()));
+    let provider_task = croupier_proto::task::spawn("run", prov.run(provider_stop.clone()));
 
     let background = CancellationToken::new();
     let ready = Arc::new(AtomicBool::new(false));
@@ -237,7 +237,7 @@ pub async fn run(
             signals.registered.clone(),
         );
         let refresh = cfg.peers.refresh;
-        tokio::spawn(async move {
+        croupier_proto::task::spawn("run", async move {
             let mut tick = tokio::time::interval(refresh);
             loop {
                 tokio::select! {
@@ -258,7 +258,7 @@ pub async fn run(
     }
     {
         let (hub, stop, every) = (hub.clone(), background.clone(), cfg.sweep_interval);
-        tokio::spawn(async move {
+        croupier_proto::task::spawn("run", async move {
             let mut tick = tokio::time::interval(every);
             loop {
                 tokio::select! {
@@ -269,20 +269,16 @@ pub async fn run(
         });
     }
     if let Some(l) = listeners.http {
-        tokio::spawn(crate::http::serve_metrics(
-            l,
-            prometheus,
-            ready.clone(),
-            background.clone(),
-        ));
+        croupier_proto::task::spawn(
+            "run",
+            crate::http::serve_metrics(l, prometheus, ready.clone(), background.clone()),
+        );
     }
     if let Some(l) = listeners.push {
-        tokio::spawn(crate::http::serve_push(
-            l,
-            ops.clone(),
-            cfg.push_token.clone(),
-            background.clone(),
-        ));
+        croupier_proto::task::spawn(
+            "run",
+            crate::http::serve_push(l, ops.clone(), cfg.push_token.clone(), background.clone()),
+        );
     }
 
     // 1. Accept until shutdown.

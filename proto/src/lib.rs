@@ -8,6 +8,7 @@
 //! - [`json`] — `Struct` ⇄ JSON conversions.
 //! - [`limits`] — the depth and size limits every decoder shares, checked at the edge.
 //! - [`codec`] — the gRPC codec: prost's, with substitutes for undecodable tunnel frames.
+//! - [`task`] — named background tasks (the one place that spawns), with a tracker for shutdown.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 
 #![allow(missing_docs)] // generated code carries the proto comments; helpers below are documented
@@ -15,6 +16,7 @@
 pub mod codec;
 pub mod json;
 pub mod limits;
+pub mod task;
 
 /// `croupier.common.v1`: descriptors and node states.
 pub mod common {

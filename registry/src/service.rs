@@ -213,7 +213,7 @@ impl RegistryService for RegistryServer {
             (initial, cursor)
         };
         let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
+        croupier_proto::task::spawn("registration watch", async move {
             for ev in initial {
                 if tx.send(Ok(ev)).await.is_err() {
                     return;

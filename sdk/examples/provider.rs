@@ -160,7 +160,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
 
     let mut state = provider.state();
-    tokio::spawn(async move {
+    croupier_sdk::proto::task::spawn("main", async move {
         while state.changed().await.is_ok() {
             let s = state.borrow().clone();
             if s.connected {
@@ -173,7 +173,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    tokio::spawn(async move {
+    croupier_sdk::proto::task::spawn("main", async move {
         let _ = tokio::signal::ctrl_c().await;
         println!("shutting down (goodbye)…");
         stop.cancel();

@@ -523,10 +523,13 @@ mod tests {
                 .await;
         }
         let out2 = out.clone();
-        let blocked = tokio::spawn(async move {
-            out2.emit("j", EventType::Log, "one more".into(), 0.0, None)
-                .await
-        });
+        let blocked = croupier_proto::task::spawn(
+            "a_full_outbox_makes_the_emitter_wait_for_acks",
+            async move {
+                out2.emit("j", EventType::Log, "one more".into(), 0.0, None)
+                    .await
+            },
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(
             !blocked.is_finished(),

@@ -176,7 +176,7 @@ async fn sim_agent(
         .into_inner();
     inbound.message().await?; // Welcome
     let interval = Duration::from_secs(reg.heartbeat_interval.max(1) as u64);
-    Ok(tokio::spawn(async move {
+    Ok(croupier_proto::task::spawn("sim_agent", async move {
         let _tunnel = (tx, inbound);
         // Spread the heartbeats over the interval.
         let offset = Duration::from_millis(rand::random::<u64>() % interval.as_millis() as u64);
@@ -242,7 +242,7 @@ pub async fn agents(args: AgentsBenchArgs) -> anyhow::Result<()> {
             stop.clone(),
             heartbeats.clone(),
         );
-        pending.push(tokio::spawn(async move {
+        pending.push(croupier_proto::task::spawn("agents", async move {
             let r = sim_agent(url, certs, id, stop, hb).await;
             drop(permit);
             r
@@ -323,7 +323,7 @@ pub async fn agents(args: AgentsBenchArgs) -> anyhow::Result<()> {
         |call| async move { Ok::<_, HandlerError>(call.payload) },
     );
     let mut state = provider.state();
-    let echo = tokio::spawn(provider.run(echo_stop.clone()));
+    let echo = croupier_proto::task::spawn("agents", provider.run(echo_stop.clone()));
     tokio::time::timeout(Duration::from_secs(20), state.wait_for(|s| s.connected)).await??;
     let opts = CallOptions {
         game_id: "bench".into(),
@@ -401,7 +401,7 @@ async fn throughput(
     let mut tasks = Vec::new();
     for _ in 0..32 {
         let (client, opts, done) = (client.clone(), opts.clone(), done.clone());
-        tasks.push(tokio::spawn(async move {
+        tasks.push(croupier_proto::task::spawn("throughput", async move {
             while Instant::now() < stop_at {
                 let r = client
                     .invoke("bench.echo", serde_json::json!({"x": 1}), &opts)

@@ -108,7 +108,7 @@ async fn session(addr: &str, i: usize, tally: Arc<Tally>) -> anyhow::Result<mpsc
     let (tx, mut rx) = mpsc::channel::<u64>(64);
     let acks = tx.clone();
     // Writer: a value above 0 is a push seq to acknowledge; 0 asks for a request.
-    tokio::spawn(async move {
+    croupier_proto::task::spawn("session", async move {
         let mut seq = 0;
         while let Some(v) = rx.recv().await {
             let f = if v > 0 {
@@ -124,7 +124,7 @@ async fn session(addr: &str, i: usize, tally: Arc<Tally>) -> anyhow::Result<mpsc
             }
         }
     });
-    tokio::spawn(async move {
+    croupier_proto::task::spawn("session", async move {
         while let Ok(Some(f)) = rd.recv().await {
             match frame::kind(&f) {
                 FrameType::Response if f.payload.len() == 8 => {
@@ -242,12 +242,13 @@ pub async fn run(args: GatewayBenchArgs) -> anyhow::Result<()> {
     cfg.limits.max_concurrent_calls_per_caller = 20_000;
     let stop = CancellationToken::new();
     let s = stop.clone();
-    let server = tokio::spawn(crate::server::serve(cfg, listener, async move {
-        s.cancelled().await
-    }));
+    let server = croupier_proto::task::spawn(
+        "run",
+        crate::server::serve(cfg, listener, async move { s.cancelled().await }),
+    );
     let backend = echo_backend(&url, &certs);
     let mut state = backend.state();
-    let backend_task = tokio::spawn(backend.run(stop.clone()));
+    let backend_task = croupier_proto::task::spawn("run", backend.run(stop.clone()));
     tokio::time::timeout(Duration::from_secs(20), state.wait_for(|s| s.connected))
         .await
         .context("the backend did not connect")??;

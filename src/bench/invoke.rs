@@ -186,7 +186,7 @@ pub(super) async fn phase(
     for _ in 0..concurrency {
         let client = client.clone();
         let payload = payload.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(croupier_proto::task::spawn("phase", async move {
             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let opts = CallOptions::default();
             while Instant::now() < stop_at {
@@ -234,7 +234,8 @@ pub async fn invoke(args: InvokeBenchArgs) -> anyhow::Result<()> {
     let direct_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let direct_url = format!("https://{}", direct_listener.local_addr()?);
     let d = stop.clone();
-    let direct = tokio::spawn(
+    let direct = croupier_proto::task::spawn(
+        "invoke",
         tonic::transport::Server::builder()
             .tls_config(crate::server::server_tls(&certs)?)?
             .tcp_nodelay(true)

@@ -64,9 +64,10 @@ impl BenchMesh {
         };
         tune(&mut cfg);
         let s = stop.clone();
-        let server = tokio::spawn(crate::server::serve(cfg, listener, async move {
-            s.cancelled().await
-        }));
+        let server = croupier_proto::task::spawn(
+            "start",
+            crate::server::serve(cfg, listener, async move { s.cancelled().await }),
+        );
         let provider = add(Provider::new(ProviderConfig::new(
             vec![url.clone()],
             "bench-agent",
@@ -74,7 +75,7 @@ impl BenchMesh {
         )));
         let mut state = provider.state();
         let agent_stop = CancellationToken::new();
-        let agent = tokio::spawn(provider.run(agent_stop.clone()));
+        let agent = croupier_proto::task::spawn("start", provider.run(agent_stop.clone()));
         tokio::time::timeout(Duration::from_secs(20), state.wait_for(|s| s.connected))
             .await
             .context("the bench agent did not connect")??;

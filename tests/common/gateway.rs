@@ -186,7 +186,7 @@ impl Backend {
         let mut state = provider.state();
         let stop = CancellationToken::new();
         let s = stop.clone();
-        let task = tokio::spawn(async move {
+        let task = croupier_proto::task::spawn("start", async move {
             let _ = provider.run(s).await;
         });
         tokio::time::timeout(Duration::from_secs(20), state.wait_for(|s| s.connected))

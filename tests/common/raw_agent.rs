@@ -96,7 +96,7 @@ impl RawAgent {
         let mut beats = control.clone();
         let (agent_id, session_id, alive) =
             (id.to_string(), reg.session_id.clone(), tx.downgrade());
-        tokio::spawn(async move {
+        croupier_proto::task::spawn("try_connect", async move {
             while alive.upgrade().is_some_and(|tx| !tx.is_closed()) {
                 let _ = beats
                     .heartbeat(HeartbeatRequest {

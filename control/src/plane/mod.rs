@@ -126,7 +126,7 @@ impl ControlPlane {
             jobs: OnceLock::new(),
         });
         let task = plane.clone();
-        tokio::spawn(async move { task.run_liveness(shutdown).await });
+        croupier_proto::task::spawn("liveness", async move { task.run_liveness(shutdown).await });
         plane
     }
 

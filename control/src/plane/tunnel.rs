@@ -65,7 +65,7 @@ impl ControlPlane {
         }
         tracing::info!(agent_id = %hello.agent_id, generation, "tunnel open");
         let plane = self.clone();
-        tokio::spawn(async move {
+        croupier_proto::task::spawn("tunnel reader", async move {
             plane.read_tunnel(session, generation, inbound).await;
         });
         Ok(ReceiverStream::new(rx))

@@ -32,7 +32,7 @@ impl Invoker {
     ) {
         let idem = self.idem.clone();
         let grace = self.cfg.late_answer_grace;
-        tokio::spawn(async move {
+        croupier_proto::task::spawn("late answer", async move {
             match tokio::time::timeout(grace, &mut late.answer.0).await {
                 Ok(Ok(Ok(r)))
                     if r.success

@@ -320,9 +320,9 @@ impl Invoker {
             // Spawned, so that an agent still running the call past the deadline can be heard.
             let link = self.link.clone();
             let owned = agent.to_string();
-            let mut answer = AbortOnDrop(tokio::spawn(
-                async move { link.invoke(&owned, invoke).await },
-            ));
+            let mut answer = AbortOnDrop(croupier_proto::task::spawn("keyed call", async move {
+                link.invoke(&owned, invoke).await
+            }));
             match tokio::time::timeout(remaining, &mut answer.0).await {
                 Ok(joined) => Ok(joined.unwrap_or_else(|_| Err(LinkError::Lost(agent.into())))),
                 Err(elapsed) => {

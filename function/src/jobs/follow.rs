@@ -33,7 +33,7 @@ impl JobManager {
         let from = from_seq.max(1);
         let (tx, rx) = mpsc::channel(FOLLOW_BATCH);
         if let Some(job) = self.get(job_id) {
-            tokio::spawn(follow(job, from, tx));
+            croupier_proto::task::spawn("job follower", follow(job, from, tx));
             return Ok(ReceiverStream::new(rx));
         }
         let record = self
@@ -46,7 +46,7 @@ impl JobManager {
                 from_seq,
             };
             let mut remote = fwd.stream_job_events(&record.server_id, who, req).await?;
-            tokio::spawn(async move {
+            croupier_proto::task::spawn("job follower", async move {
                 loop {
                     let item = tokio::select! {
                         m = remote.message() => m,
@@ -69,7 +69,7 @@ impl JobManager {
             .load_events(job_id)
             .await
             .map_err(FunctionError::store("reading the job's events"))?;
-        tokio::spawn(async move {
+        croupier_proto::task::spawn("job follower", async move {
             let first = events.front().map(|e| e.seq).unwrap_or(record.last_seq + 1);
             let mut next = from;
             if next < first {

@@ -83,13 +83,15 @@ pub struct JobManager {
 
 impl JobManager {
     /// Loads unfinished jobs from the store (they wait for their agents to report them) and
-    /// starts the writer and the sweeper, which end with `shutdown` (the writer flushes first).
+    /// starts the writer and the sweeper on `tasks`; they end with `shutdown` (the writer
+    /// flushes first), so waiting for `tasks` waits for the last flush.
     pub async fn start(
         cfg: JobConfig,
         store: Arc<dyn Store>,
         link: Arc<dyn AgentLink>,
         forwarder: Option<Arc<Forwarder>>,
         audit: AuditLog,
+        tasks: &croupier_proto::task::TaskTracker,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, StoreError> {
         let m = Arc::new(JobManager {
@@ -105,8 +107,8 @@ impl JobManager {
             stored: Notify::new(),
         });
         m.load().await?;
-        tokio::spawn(m.clone().run_writer(shutdown.clone()));
-        tokio::spawn(m.clone().run_sweeper(shutdown));
+        croupier_proto::task::spawn_on(tasks, "job writer", m.clone().run_writer(shutdown.clone()));
+        croupier_proto::task::spawn_on(tasks, "job sweeper", m.clone().run_sweeper(shutdown));
         Ok(m)
     }
 

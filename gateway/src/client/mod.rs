@@ -208,7 +208,7 @@ impl GameClient {
         let (events_tx, events) = mpsc::channel(4096);
         let conn = login(&cfg, &shared, &events_tx).await?;
         let (cmds, cmd_rx) = mpsc::channel(1024);
-        tokio::spawn(run(cfg, shared.clone(), conn, cmd_rx, events_tx));
+        croupier_proto::task::spawn("connect", run(cfg, shared.clone(), conn, cmd_rx, events_tx));
         Ok((GameClient { cmds, shared }, events))
     }
 
@@ -377,7 +377,7 @@ async fn session(
 ) -> (CloseReason, String) {
     let (mut rd, mut wr) = conn.into_split();
     let (in_tx, mut incoming) = mpsc::channel::<Result<Option<Frame>, ClientError>>(256);
-    let reader = tokio::spawn(async move {
+    let reader = croupier_proto::task::spawn("session", async move {
         loop {
             let f = rd.recv().await;
             let end = !matches!(f, Ok(Some(_)));

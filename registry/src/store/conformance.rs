@@ -392,7 +392,7 @@ pub async fn concurrent_cas_absent_one_winner(store: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..TASKS)
         .map(|i| {
             let store = store.clone();
-            tokio::spawn(async move {
+            croupier_proto::task::spawn("concurrent_cas_absent_one_winner", async move {
                 let value = format!("task-{i}").into_bytes();
                 let outcome = store
                     .compare_and_put("/race/leader", Expect::Absent, value.clone(), None)
@@ -440,7 +440,7 @@ pub async fn concurrent_cas_counter(store: Arc<dyn Store>) {
     let tasks: Vec<_> = (0..TASKS)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move {
+            croupier_proto::task::spawn("concurrent_cas_counter", async move {
                 let mut conflicts = 0usize;
                 for _ in 0..INCREMENTS {
                     loop {
@@ -669,7 +669,7 @@ pub async fn watch_replay_races_writer(store: Arc<dyn Store>) {
     let first = store.put("/x/n", b"0".to_vec(), None).await.unwrap();
     let writer = {
         let store = store.clone();
-        tokio::spawn(async move {
+        croupier_proto::task::spawn("watch_replay_races_writer", async move {
             for i in 1..WRITES {
                 store
                     .put("/x/n", i.to_string().into_bytes(), None)
@@ -827,7 +827,7 @@ pub async fn write_all_is_never_seen_in_part(store: Arc<dyn Store>) {
     const BATCHES: usize = 60;
     let writer = {
         let store = store.clone();
-        tokio::spawn(async move {
+        croupier_proto::task::spawn("write_all_is_never_seen_in_part", async move {
             for n in 0..BATCHES {
                 let value = n.to_string().into_bytes();
                 store

@@ -69,7 +69,7 @@ impl RegistryView {
         view.load(snapshot.kvs, snapshot.revision, false);
         let stream = store.watch(keys::ROOT, from).await?;
         let task_view = view.clone();
-        tokio::spawn(async move {
+        croupier_proto::task::spawn("registry view", async move {
             task_view.follow(store, stream, shutdown).await;
         });
         Ok(view)

@@ -22,10 +22,10 @@ impl Provider {
             tracing::warn!(request_id = %request_id, function = %inv.function_id, %message);
             if inv.job_id.is_empty() {
                 let result = failure(&request_id, "INVALID_ARGUMENT", message);
-                tokio::spawn(async move { out.send(result).await });
+                croupier_proto::task::spawn("call", async move { out.send(result).await });
             } else {
                 let outbox = self.outbox.clone();
-                tokio::spawn(async move {
+                croupier_proto::task::spawn("call", async move {
                     if outbox.begin(&inv.job_id, &inv.function_id).await {
                         let data = Some(serde_json::json!({ "code": "INVALID_ARGUMENT" }));
                         outbox
@@ -40,10 +40,10 @@ impl Provider {
             let message = format!("this agent does not provide {}", inv.function_id);
             if inv.job_id.is_empty() {
                 let result = failure(&request_id, "NOT_FOUND", message);
-                tokio::spawn(async move { out.send(result).await });
+                croupier_proto::task::spawn("call", async move { out.send(result).await });
             } else {
                 let outbox = self.outbox.clone();
-                tokio::spawn(async move {
+                croupier_proto::task::spawn("call", async move {
                     if outbox.begin(&inv.job_id, &inv.function_id).await {
                         let data = Some(serde_json::json!({ "code": "NOT_FOUND" }));
                         outbox
@@ -81,7 +81,7 @@ impl Provider {
             cancel_grace: self.cfg.cancel_grace,
         };
         let limit = self.server_limit.load(Ordering::Relaxed);
-        tokio::spawn(async move {
+        croupier_proto::task::spawn("call", async move {
             if job_id.is_empty() {
                 let outcome = run_call(handler, call, timeout, &running, &env.locals).await;
                 let frame = match outcome.map(|v| json_to_struct(&v)) {

@@ -111,18 +111,21 @@ impl Provider {
 
         // Heartbeats run beside the tunnel; a refused heartbeat (session expired) ends it.
         let session_over = CancellationToken::new();
-        let heartbeat = tokio::spawn(heartbeat_loop(
-            control.clone(),
-            Beat {
-                agent_id: self.cfg.agent_id.clone(),
-                session_id: session_id.clone(),
-                interval,
-                status: self.status.clone(),
-                in_flight: self.in_flight.clone(),
-                outbox: self.outbox.clone(),
-            },
-            session_over.clone(),
-        ));
+        let heartbeat = croupier_proto::task::spawn(
+            "session",
+            heartbeat_loop(
+                control.clone(),
+                Beat {
+                    agent_id: self.cfg.agent_id.clone(),
+                    session_id: session_id.clone(),
+                    interval,
+                    status: self.status.clone(),
+                    in_flight: self.in_flight.clone(),
+                    outbox: self.outbox.clone(),
+                },
+                session_over.clone(),
+            ),
+        );
         let ended = loop {
             let frame = tokio::select! {
                 _ = shutdown.cancelled() => break Ended::Shutdown,

@@ -247,7 +247,10 @@ async fn lifecycle_and_exec_through_the_fake() {
     fake.st().calls.clear();
     let cancelled = call(json!({"id": "box", "cmd": ["sleep", "300"]}));
     let token = cancelled.cancel.clone();
-    let running = tokio::spawn(serve("container.exec", ctx(&fake), cancelled, exec));
+    let running = croupier_proto::task::spawn(
+        "lifecycle_and_exec_through_the_fake",
+        serve("container.exec", ctx(&fake), cancelled, exec),
+    );
     tokio::time::sleep(Duration::from_millis(20)).await;
     token.cancel();
     let e = running.await.unwrap().unwrap_err();
@@ -416,16 +419,19 @@ async fn cancelling_run_stops_and_removes_the_container() {
     let rec = Arc::new(Recorder::default());
     let task = {
         let (fake, cancel, rec) = (fake.clone(), cancel.clone(), rec.clone());
-        tokio::spawn(async move {
-            run_container(
-                &ctx(&fake),
-                decode(json!({"image": IMAGE, "cmd": ["sleep", "300"]})),
-                "job-9",
-                &cancel,
-                rec.as_ref(),
-            )
-            .await
-        })
+        croupier_proto::task::spawn(
+            "cancelling_run_stops_and_removes_the_container",
+            async move {
+                run_container(
+                    &ctx(&fake),
+                    decode(json!({"image": IMAGE, "cmd": ["sleep", "300"]})),
+                    "job-9",
+                    &cancel,
+                    rec.as_ref(),
+                )
+                .await
+            },
+        )
     };
     // Wait until it streams, then cancel.
     let t = tokio::time::Instant::now();
@@ -533,10 +539,13 @@ async fn logs_stream_until_the_output_ends_or_the_job_is_cancelled() {
     fake.st().hang = true;
     let cancel = CancellationToken::new();
     let c = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        c.cancel();
-    });
+    croupier_proto::task::spawn(
+        "logs_stream_until_the_output_ends_or_the_job_is_cancelled",
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            c.cancel();
+        },
+    );
     let e = follow_logs(
         &ctx(&fake),
         decode(json!({"id": id, "follow": true})),

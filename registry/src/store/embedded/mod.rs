@@ -437,7 +437,7 @@ impl Store for EmbeddedStore {
                 // runtime that ran it has gone.
                 let task = run_lease_expiry(Arc::downgrade(&self.inner), self.inner.wake.clone())
                     .instrument(tracing::debug_span!("embedded_store_lease_expiry"));
-                st.expiry_task = Some(tokio::spawn(task));
+                st.expiry_task = Some(croupier_proto::task::spawn("lease expiry", task));
             }
             id
         };
