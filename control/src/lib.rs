@@ -10,9 +10,12 @@
 //! - [`error`] — [`ControlError`] and its gRPC mapping.
 //! - [`audit`] — the audit log of invocations and admin actions.
 //! - [`metrics`] — the names of the metrics this crate records.
+//! - [`fake`] (feature `test-util`) — fakes of [`AgentLink`] and [`JobSink`] for unit tests.
 
 pub mod audit;
 pub mod error;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake;
 pub mod link;
 pub mod metrics;
 pub mod plane;

@@ -129,9 +129,9 @@ pub struct JobRecord {
     pub status: JobStatus,
     /// Unix ms.
     pub created_at: i64,
-    /// Unix ms; 0 before it started.
+    /// Unix ms by the server's clock (when its first event arrived); 0 before it started.
     pub started_at: i64,
-    /// Unix ms; 0 before it ended.
+    /// Unix ms by the server's clock (when its terminal event arrived); 0 before it ended.
     pub ended_at: i64,
     /// Result when completed.
     pub result: serde_json::Value,

@@ -145,8 +145,8 @@ pub(super) fn apply(cfg: &JobConfig, st: &mut JobState, ev: JobEvent) -> (usize,
         EventType::Start | EventType::Progress | EventType::Log | EventType::Gap => {
             if r.status == JobStatus::Pending {
                 r.status = JobStatus::Running;
-                r.started_at = if ev.timestamp > 0 {
-                    ev.timestamp
+                r.started_at = if ev.received_at > 0 {
+                    ev.received_at
                 } else {
                     now_ms()
                 };
@@ -190,8 +190,8 @@ pub(super) fn record_end(r: &mut JobRecord, kind: EventType, ev: &JobEvent) {
         EventType::Error => JobStatus::Failed,
         _ => JobStatus::Cancelled,
     };
-    r.ended_at = if ev.timestamp > 0 {
-        ev.timestamp
+    r.ended_at = if ev.received_at > 0 {
+        ev.received_at
     } else {
         now_ms()
     };
