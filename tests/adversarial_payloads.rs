@@ -55,7 +55,8 @@ async fn a_payload_too_deep_fails_its_call_and_no_tunnel() {
     mesh.wait_online(&["a1", "a2"]).await;
     let client = mesh.client("client-c1").await;
     let in_flight = sleeper(&mesh);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    mesh.wait_in_flight("a1", 1).await;
+    mesh.wait_in_flight("a2", 1).await;
 
     // One level past the limit: refused at the edge, naming it.
     let err = client
@@ -102,7 +103,7 @@ async fn a_payload_at_the_message_limit_fails_its_call_and_no_tunnel() {
     mesh.wait_online(&["a1"]).await;
     let client = mesh.client("client-c1").await;
     let in_flight = sleeper(&mesh);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    mesh.wait_in_flight("a1", 1).await;
 
     // Just under the 10 MiB message limit: the request decodes, but its Invoke frame would not
     // fit in the agent's limit. Refused before anything is sent.

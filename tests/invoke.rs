@@ -13,13 +13,18 @@ use tonic::Code;
 
 const HB: Duration = Duration::from_secs(5);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn round_trip_and_errors() {
+/// A server with agent a1 online, and a client.
+async fn one_agent() -> (Mesh, common::Proc, croupier_sdk::Client) {
     let mesh = Mesh::start(&["a1"], HB);
-    let _a1 = mesh.agent("a1", &[]);
+    let a1 = mesh.agent("a1", &[]);
     mesh.wait_online(&["a1"]).await;
     let c = mesh.client("client-c1").await;
+    (mesh, a1, c)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_goes_to_the_agent_and_its_answer_comes_back() {
+    let (_mesh, _a1, c) = one_agent().await;
     let r = c
         .invoke("agent.ping", json!({"hello": "world"}), &opts())
         .await
@@ -29,8 +34,11 @@ async fn round_trip_and_errors() {
     let out = opt_struct_to_json(r.result.as_ref());
     assert_eq!(out["agent_id"], "a1");
     assert_eq!(out["payload"], json!({"hello": "world"}));
+}
 
-    // Invalid payload: INVALID_ARGUMENT naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_that_fails_the_schema_is_invalid_argument_naming_the_field() {
+    let (_mesh, _a1, c) = one_agent().await;
     let e = c
         .invoke("agent.sleep", json!({"ms": "abc"}), &opts())
         .await
@@ -43,16 +51,17 @@ async fn round_trip_and_errors() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("\"ms\""), "{}", e.message());
+}
 
-    // Unknown function: NOT_FOUND.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_functions_malformed_ids_and_modes_say_what_to_fix() {
+    let (_mesh, _a1, c) = one_agent().await;
     let e = c
         .invoke("no.such.function", json!({}), &opts())
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     assert!(e.message().contains("no.such.function"));
-
-    // Malformed ids and routing modes: INVALID_ARGUMENT saying what to fix.
     let e = c.invoke("bad/id", json!({}), &opts()).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("function_id"), "{}", e.message());
@@ -61,8 +70,11 @@ async fn round_trip_and_errors() {
     let e = c.invoke("agent.ping", json!({}), &o).await.unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("nearest"));
+}
 
-    // Deadline: DEADLINE_EXCEEDED; the agent's handler is cancelled and the mesh carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_deadline_cancels_the_handler_and_the_mesh_carries_on() {
+    let (_mesh, _a1, c) = one_agent().await;
     let mut o = opts();
     o.timeout = Some(Duration::from_secs(1));
     let t = std::time::Instant::now();
@@ -77,19 +89,21 @@ async fn round_trip_and_errors() {
         .await
         .unwrap();
     assert!(r.success);
+}
 
-    // A function registered by an admin but provided by no agent: UNAVAILABLE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_no_agent_provides_is_unavailable() {
+    let (mesh, _a1, c) = one_agent().await;
     let admin = mesh.client("admin-ops").await;
     admin
-        .function_service()
-        .register_function(croupier_proto::function::v1::RegisterFunctionRequest {
-            game_id: "g".into(),
-            env: "e".into(),
-            function_descriptor: Some(croupier_proto::common::v1::FunctionDescriptor {
+        .register_function(
+            "g",
+            "e",
+            croupier_proto::common::v1::FunctionDescriptor {
                 id: "player.ban".into(),
                 ..Default::default()
-            }),
-        })
+            },
+        )
         .await
         .unwrap();
     let e = c

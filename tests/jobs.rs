@@ -286,7 +286,7 @@ async fn a_server_restart_mid_job_loses_no_event_and_repeats_none() {
     server.signal(9);
     server.wait_exit(Duration::from_secs(10));
     drop(server);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::wait_port_free(&addr);
     mesh.start_server(&addr);
 
     // Resume where we were: every later event exactly once, up to DONE.

@@ -178,7 +178,7 @@ async fn sigterm_drains_in_flight_calls() {
         let c = c.clone();
         async move { c.invoke("agent.sleep", json!({"ms": 1500}), &opts()).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    mesh.wait_in_flight("a1", 1).await;
     let server = mesh.server.as_mut().unwrap();
     server.signal(15);
     let r = call

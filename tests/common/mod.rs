@@ -355,6 +355,25 @@ impl Mesh {
         }
     }
 
+    /// Waits until `agent` has at least `n` calls in flight (as the server sees them).
+    pub async fn wait_in_flight(&self, agent: &str, n: i64) {
+        let client = self.client("client-c1").await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !client
+            .agents("", "")
+            .await
+            .unwrap()
+            .iter()
+            .any(|a| a.agent_id == agent && a.in_flight >= n)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{agent} never had {n} calls in flight"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until `id` is no longer registered.
     pub async fn wait_gone(&self, id: &str, timeout: Duration) {
         let client = self.client("client-c1").await;
@@ -369,6 +388,15 @@ impl Mesh {
             assert!(Instant::now() < deadline, "agent {id} still registered");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+/// Waits (at most 10 s) until `addr` can be bound again after its server exited.
+pub fn wait_port_free(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpListener::bind(addr).is_err() {
+        assert!(Instant::now() < deadline, "{addr} is still in use");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
