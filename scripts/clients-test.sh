@@ -29,8 +29,8 @@ cd "$ROOT"
 
 CROUPIER_BIN="${CROUPIER_BIN:-target/debug/croupier}"
 OUT="${CROUPIER_CLIENTS_OUT:-$ROOT/target/clients}"
-PROTOC_GEN_GO_VERSION=v1.36.12
-PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
+# shellcheck source=versions.sh
+. "$ROOT/scripts/versions.sh"
 export DEBIAN_FRONTEND=noninteractive
 START_TS=$SECONDS
 

@@ -7,9 +7,10 @@
 #   2. starts dockerd when `docker info` fails and waits until it answers,
 #   3. builds the local test image croupier-test/busybox:latest from busybox-static when missing,
 #      and checks that `docker run` of it works,
-#   4. installs protoc-gen-go / protoc-gen-go-grpc when missing,
+#   4. installs protoc-gen-go / protoc-gen-go-grpc at the versions in scripts/versions.sh,
 #   5. runs scripts/check-protos.sh (C++ and Go codegen from proto/croupier/ compile),
-#   6. runs cargo fmt --check, cargo clippy -D warnings and cargo test --workspace with
+#   6. checks that the Rust build needs no system protoc (scripts/check-no-protoc.sh), runs
+#      cargo fmt --check, cargo clippy -D warnings and cargo test --workspace with
 #      CROUPIER_REQUIRE_DOCKER=1 and CROUPIER_REQUIRE_ETCD=1 (tests fail instead of skipping),
 #   7. runs scripts/python-test.sh (the Python asyncio SDK: wheel, mypy --strict, pytest against
 #      real servers) and scripts/clients-test.sh (the Go, C++ and Python clients and the Python
@@ -230,12 +231,18 @@ echo "docker run --rm $TEST_IMAGE echo ok -> $out"
 section "4/7 Go protoc plugins"
 GOBIN_DIR="$(go env GOPATH)/bin"
 export PATH="$GOBIN_DIR:$PATH"
-if ! command -v protoc-gen-go >/dev/null 2>&1; then
-    go install google.golang.org/protobuf/cmd/protoc-gen-go@latest
-fi
-if ! command -v protoc-gen-go-grpc >/dev/null 2>&1; then
-    go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@latest
-fi
+# shellcheck source=versions.sh
+. "$ROOT/scripts/versions.sh"
+# Installs $pkg@$version unless that version is already on PATH.
+go_tool() {
+    local bin="$1" pkg="$2" version="$3"
+    if [[ "$("$bin" --version 2>/dev/null || true)" != *"${version#v}" ]]; then
+        echo "go install $pkg@$version"
+        GOBIN="$GOBIN_DIR" go install "$pkg@$version"
+    fi
+}
+go_tool protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go "$PROTOC_GEN_GO_VERSION"
+go_tool protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc "$PROTOC_GEN_GO_GRPC_VERSION"
 echo "protoc-gen-go: $(protoc-gen-go --version 2>&1)"
 echo "protoc-gen-go-grpc: $(protoc-gen-go-grpc --version 2>&1)"
 
@@ -254,6 +261,9 @@ if [[ "${CROUPIER_SKIP_CARGO:-0}" == 1 ]]; then
 fi
 export CROUPIER_REQUIRE_DOCKER=1
 export CROUPIER_REQUIRE_ETCD=1
+
+section "the Rust build needs no system protoc"
+"$ROOT/scripts/check-no-protoc.sh"
 
 section "cargo fmt --all --check"
 cargo fmt --all --check

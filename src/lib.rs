@@ -9,11 +9,13 @@
 //! - [`cli`] — arguments and the client commands, one module per command group (`invoke`,
 //!   `registry`, `job`, `pipeline`, `function`, `node`, `store`, `certs`, `serve`).
 //! - [`dev`] — `croupier dev`.
+//! - [`child`] — child processes: their announced addresses, CPU time and memory.
 //! - [`bench`] — `croupier bench invoke`, `bench jobs`, `bench agents` and `bench gateway`.
 //! - [`output`] — tables.
 
 pub mod bench;
 pub mod certs;
+pub mod child;
 pub mod cli;
 pub mod config;
 pub mod dev;

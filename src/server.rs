@@ -129,17 +129,27 @@ fn open_embedded(cfg: &ServerConfig) -> anyhow::Result<EmbeddedStore> {
 
 /// Runs the server on `listener` until `shutdown` resolves, then drains: health goes
 /// NOT_SERVING, new registrations are refused, agents are told to go away, in-flight calls get
-/// up to `shutdown_grace` to finish, watches end, and the listener closes.
+/// up to `shutdown_grace` to finish, watches end, and the listener closes. Returns once the
+/// background tasks have finished (the job writer's last flush, at most `shutdown_grace`) and
+/// the store is closed (the embedded store's data dir is unlocked and its revision written).
 pub async fn serve(
     cfg: ServerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let tls = rustls_config(&cfg.tls_dir)?;
-    let fd_limit = crate::gate::raise_fd_limit();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    let store: Arc<dyn Store> = match cfg.store {
+    let store = open_store(&cfg).await?;
+    let served = serve_on(cfg, store.clone(), tls, listener, shutdown).await;
+    // Tasks that still hold the store (connections past their grace) can no longer write to
+    // it: the embedded store's data dir is unlocked and its revision recorded.
+    store.close().await;
+    served
+}
+
+async fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match cfg.store {
         StoreKind::Embedded => Arc::new(open_embedded(&cfg)?),
         StoreKind::Etcd => Arc::new(
             EtcdStore::connect(EtcdOptions {
@@ -153,7 +163,17 @@ pub async fn serve(
             .await
             .context("connecting to etcd")?,
         ),
-    };
+    })
+}
+
+async fn serve_on(
+    cfg: ServerConfig,
+    store: Arc<dyn Store>,
+    tls: Arc<rustls::ServerConfig>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let fd_limit = crate::gate::raise_fd_limit();
     let background = CancellationToken::new();
     // The background tasks that must finish their work (the job writer's last flush, the
     // server registration's revoke) before serve returns.

@@ -240,6 +240,23 @@ async fn a_data_dir_is_opened_once_at_a_time() {
 }
 
 #[tokio::test]
+async fn a_closed_store_still_held_unlocks_its_dir_and_refuses_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    store.put("/a", b"1".to_vec(), None).await.unwrap();
+    let held = store.clone();
+    store.close().await;
+    let err = held.put("/b", b"2".to_vec(), None).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(err.to_string().contains("closed"), "{err}");
+    assert_eq!(held.get("/a").await.unwrap().unwrap().value, b"1");
+    // Another process (here: another open) gets the dir while the old value lives.
+    let again = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(again.get("/a").await.unwrap().unwrap().value, b"1");
+    assert_eq!(again.get("/b").await.unwrap(), None);
+}
+
+#[tokio::test]
 async fn a_torn_last_line_is_ignored_and_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     {

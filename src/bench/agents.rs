@@ -11,7 +11,6 @@
 //! - measures invoke throughput to a real agent held by server a, called through a (the owner)
 //!   and through b (forwarded).
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,41 +98,19 @@ impl ServerProc {
             .spawn()
             .context("starting croupier server")?;
         let stdout = child.stdout.take().context("server stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("croupier server listening on ") {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(30))
+        let url = crate::child::server_url(&crate::child::lines(stdout), Duration::from_secs(30))
             .with_context(|| format!("server {id} did not start; see {}", dir.display()))?;
         Ok(ServerProc { child, url })
     }
 
     /// CPU seconds (user + system) so far, from /proc.
     fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        let after = stat.rsplit_once(')').context("parsing /proc stat")?.1;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-        Ok(ticks / 100.0) // USER_HZ is 100 on Linux
+        crate::child::cpu_seconds(self.child.id()).context("reading the server's CPU time")
     }
 
     /// Resident memory in MiB, from /proc.
     fn rss_mib(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .context("VmRSS")?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()?;
-        Ok(kb / 1024.0)
+        crate::child::rss_mib(self.child.id()).context("reading the server's memory")
     }
 }
 

@@ -11,7 +11,6 @@
 //!    had it;
 //! 4. calls `gateway.push` for single players and reports its latency.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,16 +69,7 @@ impl Drop for GatewayProc {
 
 impl GatewayProc {
     fn rss_mib(&self) -> anyhow::Result<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let kb: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .context("VmRSS")?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()?;
-        Ok(kb / 1024.0)
+        crate::child::rss_mib(self.child.id()).context("reading the gateway's memory")
     }
 }
 
@@ -189,26 +179,19 @@ fn start_gateway(dir: &std::path::Path, url: &str) -> anyhow::Result<GatewayProc
         .spawn()
         .context("starting croupier gateway")?;
     let stdout = child.stdout.take().context("gateway stdout")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
     let mut addr = String::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .with_context(|| format!("the gateway did not start; see {}", dir.display()))?;
-        if let Some(a) = line.strip_prefix("croupier gateway listening on tcp://") {
-            addr = a.to_string();
-        }
-        if line.ends_with("registered") && !addr.is_empty() {
-            return Ok(GatewayProc { child, addr });
-        }
-    }
+    crate::child::wait_ready(
+        &crate::child::lines(stdout),
+        Duration::from_secs(30),
+        |line| {
+            if let Some(a) = line.strip_prefix("croupier gateway listening on tcp://") {
+                addr = a.to_string();
+            }
+            line.ends_with("registered") && !addr.is_empty()
+        },
+    )
+    .with_context(|| format!("the gateway did not start; see {}", dir.display()))?;
+    Ok(GatewayProc { child, addr })
 }
 
 fn percentile(h: &Histogram<u64>, q: f64) -> f64 {

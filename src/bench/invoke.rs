@@ -1,5 +1,11 @@
 //! `croupier bench invoke`: calls through the mesh against the same handler called directly
-//! over mTLS, with latency percentiles and throughput.
+//! over mTLS, with latency percentiles and throughput. In one run it measures the same handler
+//! reached two ways:
+//! - direct: client → a tonic `FunctionService` that calls the handler itself;
+//! - mesh: client → croupier server → agent tunnel → handler → back.
+//!
+//! For each it reports latency at concurrency 1 and throughput and latency at concurrency N
+//! (default 64), then the ratios (mesh/direct throughput, mesh/direct p50 at concurrency 1).
 
 use super::*;
 use clap::Args;

@@ -1,11 +1,12 @@
-//! `croupier bench invoke`: the cost of the mesh. In one process and one run it measures the
-//! same handler reached two ways, both over mTLS on loopback:
-//! - direct: client → a tonic `FunctionService` that calls the handler itself;
-//! - mesh: client → croupier server → agent tunnel → handler → back.
+//! `croupier bench …`: what the mesh costs, measured with real processes or sockets over mTLS on
+//! loopback, printing the figures the project tracks. The shared fixture (certificates, a server
+//! and an agent in this process) is here.
 //!
-//! For each it reports latency at concurrency 1 and throughput and latency at concurrency N
-//! (default 64), then the ratios the project tracks (mesh/direct throughput, mesh/direct p50 at
-//! concurrency 1).
+//! Layout:
+//! - `invoke` — `bench invoke`: mesh against direct.
+//! - `jobs` — `bench jobs`: job event throughput and latency.
+//! - `agents` — `bench agents`: many agents against servers on etcd.
+//! - `gateway` — `bench gateway`: the game gateway under load.
 
 pub mod agents;
 pub mod gateway;

@@ -1,5 +1,16 @@
 //! Command-line interface: argument definitions and the client commands (`invoke`, `agents`,
 //! `functions`, `watch`, `node state`).
+//!
+//! Layout:
+//! - `serve` — the arguments of `server`, `agent` and `dev`.
+//! - `invoke` — `croupier invoke`.
+//! - `registry` — `agents`, `functions`, `watch`.
+//! - `job` — `croupier job …`.
+//! - `pipeline` — `croupier pipeline …`.
+//! - `function` — `croupier function register|delete`.
+//! - `node` — `croupier node state`.
+//! - `store` — `croupier store …`.
+//! - `certs` — the arguments of `certs init`.
 
 pub mod certs;
 pub mod function;

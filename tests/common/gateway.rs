@@ -2,7 +2,6 @@
 //! backend agent (in the test process) serving the functions the routes name, signed tokens,
 //! and helpers that read frames with a deadline.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -83,32 +82,27 @@ pub fn start_gateway(mesh: &Mesh, id: &str, extra: &[&str], env: &[(&str, &str)]
         .spawn()
         .expect("starting croupier gateway");
     let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
     let (mut addr, mut http, mut push) = (String::new(), String::new(), String::new());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|_| {
-            panic!(
-                "gateway {id} did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
-        if let Some(a) = line.strip_prefix("croupier gateway listening on ") {
-            addr = a.split("://").nth(1).unwrap_or(a).to_string();
-        } else if let Some(a) = line.strip_prefix("croupier gateway http on http://") {
-            http = a.to_string();
-        } else if let Some(a) = line.strip_prefix("croupier gateway push on http://") {
-            push = a.to_string();
-        } else if line.ends_with("registered") {
-            break;
-        }
-    }
+    croupier::child::wait_ready(
+        &croupier::child::lines(stdout),
+        Duration::from_secs(30),
+        |line| {
+            if let Some(a) = line.strip_prefix("croupier gateway listening on ") {
+                addr = a.split("://").nth(1).unwrap_or(a).to_string();
+            } else if let Some(a) = line.strip_prefix("croupier gateway http on http://") {
+                http = a.to_string();
+            } else if let Some(a) = line.strip_prefix("croupier gateway push on http://") {
+                push = a.to_string();
+            }
+            line.ends_with("registered")
+        },
+    )
+    .unwrap_or_else(|| {
+        panic!(
+            "gateway {id} did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
     Gateway {
         proc: Proc {
             child,

@@ -5,7 +5,6 @@
 
 pub mod gateway;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -196,23 +195,15 @@ impl Mesh {
             .spawn()
             .expect("starting croupier server");
         let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("croupier server listening on ") {
-                    let _ = tx.send(url.to_string());
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "server {name} did not start: {}",
-                    std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
-                        .unwrap_or_default()
-                )
-            });
+        let url =
+            croupier::child::server_url(&croupier::child::lines(stdout), Duration::from_secs(30))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "server {name} did not start: {}",
+                        std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+                            .unwrap_or_default()
+                    )
+                });
         (
             Proc {
                 child,
@@ -225,12 +216,7 @@ impl Mesh {
     /// The server process's resident memory, in MiB (from /proc).
     pub fn server_rss_mib(&self) -> u64 {
         let pid = self.server.as_ref().expect("server running").child.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb / 1024)
+        croupier::child::rss_mib(pid).map_or(0, |m| m as u64)
     }
 
     /// Runs the CLI with this mesh's server and `identity`: (exit code, stdout, stderr).

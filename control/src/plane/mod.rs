@@ -4,6 +4,11 @@
 //! `missed_heartbeats` intervals without one, the session is expired, its lease revoked and its
 //! registration disappears (watchers see `REMOVED`). Work reaches the agent only through its
 //! `Connect` tunnel; an agent whose tunnel is down is registered but not routable.
+//!
+//! Layout:
+//! - `session` — one agent's session: tunnel, pending calls, jobs.
+//! - `register` — `RegisterAgent` as named steps.
+//! - `tunnel` — the `Connect` tunnel, its read loop and the `AgentLink` impl.
 
 mod register;
 mod session;

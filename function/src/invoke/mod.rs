@@ -1,6 +1,12 @@
 //! [`Invoker`]: one invocation from request to response — resolve the function, authorise the
 //! caller, validate the payload, apply idempotency, route, enforce the deadline, retry only
 //! when it is safe, and answer.
+//!
+//! Layout:
+//! - `route` — candidates, the mode's pick, the send, safe retries.
+//! - `job_start` — `InvokeJob`.
+//! - `register` — `RegisterFunction` and `DeleteFunction`.
+//! - `late` — keyed calls still running past their deadline.
 
 mod job_start;
 mod late;

@@ -16,6 +16,14 @@
 //! `StreamJobEvents` replays from `from_seq` and follows until the terminal event; events
 //! dropped by retention (count per job, age) are announced with one `GAP` event. Finished jobs
 //! stay in memory for `linger`, then are served from the store until `record_retention` ends.
+//!
+//! Layout:
+//! - `record` — settings, status, the stored record.
+//! - `state` — a job in memory: events, what is stored.
+//! - `persist` — the writer: events and record in one atomic write, then `Ack`.
+//! - `follow` — `StreamJobEvents`: replay, follow, gaps.
+//! - `sweep` — orphans, repeated cancels, retention.
+//! - `sink` — the tunnel's job frames (`JobSink`).
 
 mod follow;
 mod persist;

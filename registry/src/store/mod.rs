@@ -282,4 +282,9 @@ pub trait Store: Send + Sync + 'static {
     async fn current_revision(&self) -> Result<Revision, StoreError>;
     /// Forgets history before `revision`: watches from an older revision fail with `Compacted`.
     async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
+    /// Closes the store for this process while other holders may still hold it (the server's
+    /// last step): a persistent embedded store records its revision and releases its data dir,
+    /// and refuses writes from then on. The default does nothing (etcd: the client closes when
+    /// dropped).
+    async fn close(&self) {}
 }

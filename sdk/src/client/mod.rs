@@ -3,6 +3,11 @@
 //! Every call has a deadline (the call's own timeout, else the client's default of 30 s), goes
 //! through the client's [circuit breaker](crate::breaker) and, when it is safe to repeat, is
 //! retried by the client's [`RetryPolicy`] (the rule is in [`crate::retry`]).
+//!
+//! Layout:
+//! - `call` — `invoke` and `CallError`.
+//! - `jobs` — `start_job`, `JobHandle`, `list_jobs`.
+//! - `registry` — functions, agents, watches, admin calls.
 
 mod call;
 mod jobs;

@@ -20,6 +20,11 @@
 //!     .await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Layout:
+//! - `types` — what handlers see and return, the configuration.
+//! - `session` — one session with a server: register, tunnel, frames.
+//! - `calls` — running one call or job.
 
 mod calls;
 mod session;

@@ -307,6 +307,19 @@ impl EmbeddedStore {
     }
 }
 
+impl EmbeddedStore {
+    /// Closes the store now, while other holders may still hold it: records the revision,
+    /// releases the data dir's lock and ends every watch. Every later write fails with
+    /// `Unavailable` ("closed"), so nothing is kept in memory only; reads still answer.
+    pub fn close_now(&self) {
+        let task = self.inner.lock().close();
+        if let Some(task) = task {
+            task.abort();
+        }
+        self.inner.wake.notify_one();
+    }
+}
+
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
         let task = self.inner.lock().close();
@@ -473,5 +486,9 @@ impl Store for EmbeddedStore {
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
         self.state().compact(revision);
         Ok(())
+    }
+
+    async fn close(&self) {
+        self.close_now();
     }
 }

@@ -46,6 +46,8 @@ pub(super) struct State {
     pub(super) next_watcher: u64,
     pub(super) log: Option<Log>,
     pub(super) expiry_task: Option<JoinHandle<()>>,
+    /// Set by `close`: a persistent store that was closed refuses writes.
+    closed: bool,
 }
 
 /// One planned change, at its own revision.
@@ -115,11 +117,13 @@ impl State {
             next_watcher: 0,
             log,
             expiry_task: None,
+            closed: false,
         }
     }
 
     /// Closes the store: records the revision, releases the data dir, ends every watch.
     pub(super) fn close(&mut self) -> Option<JoinHandle<()>> {
+        self.closed = self.log.is_some() || self.closed;
         if let Some(mut log) = self.log.take()
             && self.revision > log.last_revision
             && let Err(err) = log.append(&Record::Revision {
@@ -151,6 +155,11 @@ impl State {
     /// Writes the changes to the log as one record (nothing is applied if that fails), then
     /// applies them in order and tells the watchers. Returns the revision after them.
     fn commit(&mut self, changes: Vec<Change>) -> Result<Revision, StoreError> {
+        if self.closed {
+            return Err(StoreError::Unavailable(
+                "the embedded store is closed (the server is stopping)".into(),
+            ));
+        }
         if let Some(log) = self.log.as_mut() {
             let mut records = Vec::new();
             let mut delta = 0;

@@ -1,0 +1,209 @@
+//! Handler tests: `serve(cfg, listener, shutdown)` in this process on port 0, an SDK provider
+//! as the agent and the SDK client as the caller, over real mTLS. Faster than the end-to-end
+//! tests (no processes), slower than the unit tests (real sockets and TLS).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use croupier::certs::{CertsInit, init};
+use croupier::config::ServerConfig;
+use croupier_sdk::proto::common::v1::FunctionDescriptor;
+use croupier_sdk::{Client, HandlerError, Provider, ProviderConfig, TlsFiles};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+
+struct InProcess {
+    _dir: tempfile::TempDir,
+    url: String,
+    certs: std::path::PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<anyhow::Result<()>>,
+    agents: CancellationToken,
+}
+
+impl InProcess {
+    async fn start() -> InProcess {
+        InProcess::start_in(tempfile::tempdir().unwrap()).await
+    }
+
+    /// A server on the certificates and data of `dir` (made when missing).
+    async fn start_in(dir: tempfile::TempDir) -> InProcess {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certs = dir.path().join("certs");
+        init(&CertsInit {
+            dir: certs.clone(),
+            agents: vec!["a1".into()],
+            clients: vec!["c1".into()],
+            admins: vec!["ops".into()],
+            servers: vec![],
+            hosts: vec![],
+            force: false,
+        })
+        .unwrap();
+        let cfg = ServerConfig {
+            data_dir: dir.path().join("data"),
+            tls_dir: certs.clone(),
+            heartbeat_interval: Duration::from_millis(500),
+            ..ServerConfig::default()
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let served = croupier_proto::task::spawn("serve", async move {
+            croupier::server::serve(cfg, listener, async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        InProcess {
+            _dir: dir,
+            url,
+            certs,
+            stop: Some(tx),
+            served,
+            agents: CancellationToken::new(),
+        }
+    }
+
+    async fn client(&self, stem: &str) -> Client {
+        Client::connect(&self.url, &TlsFiles::from_dir(&self.certs, stem))
+            .await
+            .unwrap()
+    }
+
+    /// Runs agent a1 in this process with `provider`'s functions, and waits until it is online.
+    async fn agent(&self, build: impl FnOnce(Provider) -> Provider) {
+        let mut cfg = ProviderConfig::new(
+            vec![self.url.clone()],
+            "a1",
+            TlsFiles::from_dir(&self.certs, "agent-a1"),
+        );
+        cfg.game_id = "g".into();
+        cfg.env = "e".into();
+        let provider = build(Provider::new(cfg));
+        let stop = self.agents.clone();
+        croupier_proto::task::spawn("agent", async move { provider.run(stop).await });
+        let c = self.client("client-c1").await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !c
+            .agents("g", "e")
+            .await
+            .unwrap()
+            .iter()
+            .any(|a| a.agent_id == "a1" && a.online)
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a1 never came online"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the agent, then the server; returns what serve returned and the directory.
+    async fn stop_keeping(mut self) -> (anyhow::Result<()>, tempfile::TempDir) {
+        self.agents.cancel();
+        let _ = self.stop.take().unwrap().send(());
+        let served = tokio::time::timeout(Duration::from_secs(30), &mut self.served)
+            .await
+            .expect("serve returned within its grace")
+            .unwrap();
+        (served, self._dir)
+    }
+
+    /// Stops the agent, then the server, and returns what serve returned.
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop_keeping().await.0
+    }
+}
+
+fn opts() -> croupier_sdk::CallOptions {
+    croupier_sdk::CallOptions::new().game("g").env("e")
+}
+
+fn descriptor(id: &str) -> FunctionDescriptor {
+    FunctionDescriptor {
+        id: id.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_calls_and_returns_when_told_to_stop() {
+    let s = InProcess::start().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    s.agent(move |p| {
+        p.function(descriptor("echo"), move |call| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, HandlerError>(json!({ "got": call.payload })) }
+        })
+    })
+    .await;
+    let c = s.client("client-c1").await;
+    let r = c.invoke("echo", json!({"n": 7}), &opts()).await.unwrap();
+    assert!(r.success, "{r:?}");
+    assert_eq!(
+        croupier_proto::json::opt_struct_to_json(r.result.as_ref()),
+        json!({"got": {"n": 7}})
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    s.stop().await.expect("serve ends cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_failure_is_success_false_and_a_gone_function_is_not_found() {
+    let s = InProcess::start().await;
+    s.agent(|p| {
+        p.function(descriptor("fails"), |_| async {
+            Err::<serde_json::Value, _>(HandlerError::new("NO_SUCH_PLAYER", "player p9 is unknown"))
+        })
+    })
+    .await;
+    let c = s.client("client-c1").await;
+    let r = c.invoke("fails", json!({}), &opts()).await.unwrap();
+    assert!(!r.success);
+    assert_eq!(r.error_code, "NO_SUCH_PLAYER");
+    assert_eq!(r.error, "player p9 is unknown");
+    let e = c.invoke("nope", json!({}), &opts()).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    // An admin deletes the descriptor; the agent still serves the function.
+    let admin = s.client("admin-ops").await;
+    assert!(admin.delete_function("g", "e", "fails").await.unwrap());
+    let r = c.invoke("fails", json!({}), &opts()).await.unwrap();
+    assert_eq!(r.error_code, "NO_SUCH_PLAYER");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_to_its_end_and_serve_stops_after_storing_it() {
+    let s = InProcess::start().await;
+    s.agent(|p| {
+        p.job(descriptor("count"), |job| async move {
+            for i in 1..=3 {
+                job.progress(i as f64 / 3.0, format!("{i}/3")).await;
+            }
+            Ok::<_, HandlerError>(json!({"counted": 3}))
+        })
+    })
+    .await;
+    let c = s.client("client-c1").await;
+    let handle = c.start_job("count", json!({}), &opts()).await.unwrap();
+    let record = handle.wait().await.unwrap();
+    assert_eq!(record.status, "completed");
+    let id = handle.id().to_string();
+    drop((handle, c));
+    let (served, dir) = s.stop_keeping().await;
+    served.unwrap();
+    // serve returned after the writer's last flush: a server on the same data has the job.
+    let again = InProcess::start_in(dir).await;
+    let job = again.client("client-c1").await.get_job(&id).await.unwrap();
+    assert_eq!(
+        (job.status.as_str(), job.last_seq),
+        ("completed", 5),
+        "{job:?}"
+    );
+    again.stop().await.unwrap();
+}
