@@ -460,7 +460,7 @@ mod tests {
             for (k, v) in want {
                 match (v, have.get(k)) {
                     (toml::Value::Table(w), Some(toml::Value::Table(h))) => {
-                        missing(w, h, &format!("{at}{k}."), out)
+                        missing(w, h, &format!("{at}{k}."), out);
                     }
                     (_, Some(_)) => {}
                     (_, None) => out.push(format!("{at}{k}")),

@@ -13,6 +13,9 @@
 //! - [`bench`] — `croupier bench invoke`, `bench jobs`, `bench agents` and `bench gateway`.
 //! - [`output`] — tables.
 
+// Library code handles its errors; tests may unwrap.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod bench;
 pub mod certs;
 pub mod child;

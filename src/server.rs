@@ -150,7 +150,7 @@ pub async fn serve(
 
 async fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match cfg.store {
-        StoreKind::Embedded => Arc::new(open_embedded(&cfg)?),
+        StoreKind::Embedded => Arc::new(open_embedded(cfg)?),
         StoreKind::Etcd => Arc::new(
             EtcdStore::connect(EtcdOptions {
                 endpoints: cfg.etcd_endpoints.clone(),
@@ -474,11 +474,11 @@ fn spawn_server_registration(
                     Ok(l) => match store.put(&key, value.clone(), Some(l)).await {
                         Ok(_) => lease = Some(l),
                         Err(e) => {
-                            tracing::warn!(error = %e, "registering this server failed; retrying")
+                            tracing::warn!(error = %e, "registering this server failed; retrying");
                         }
                     },
                     Err(e) => {
-                        tracing::warn!(error = %e, "registering this server failed; retrying")
+                        tracing::warn!(error = %e, "registering this server failed; retrying");
                     }
                 }
             }

@@ -18,7 +18,7 @@ use tonic::Code;
 fn guarded(id: &str, roles: &[&str]) -> FunctionDescriptor {
     FunctionDescriptor {
         auth: Some(AuthConfig {
-            allowed_roles: roles.iter().map(|r| r.to_string()).collect(),
+            allowed_roles: roles.iter().map(std::string::ToString::to_string).collect(),
             sensitive_fields: vec!["password".into()],
             ..Default::default()
         }),

@@ -64,7 +64,7 @@ async fn a_key_whose_first_execution_still_runs_never_starts_a_second() {
         match c1.invoke("slow.op", json!({"n": 1}), &keyed()).await {
             Ok(r) => break r,
             Err(e) if e.code() == Code::Aborted && std::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => panic!("{e:?}"),
         }

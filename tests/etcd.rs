@@ -268,12 +268,9 @@ async fn killing_the_owner_moves_the_agent_and_its_running_job_to_another_replic
             "job never finished via b: seen {}",
             seen.len()
         );
-        let mut stream = match via_b.job_events(&job_id, next).await {
-            Ok(s) => s,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
+        let Ok(mut stream) = via_b.job_events(&job_id, next).await else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
         };
         loop {
             match stream.message().await {

@@ -10,6 +10,9 @@
 //! - this module — [`AgentConfig`], [`provider`] and [`run`], which build the provider from an
 //!   [`AgentConfig`] and run it.
 
+// Library code handles its errors; tests may unwrap.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod builtin;
 mod descriptor;
 pub mod packs;
@@ -38,7 +41,7 @@ pub fn provider(cfg: AgentConfig) -> Provider {
 /// Locks `m`, taking over a lock poisoned by a panic: what it guards stays consistent at every
 /// step (counters, samples), so the next user can go on.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs the agent until `shutdown` is cancelled.

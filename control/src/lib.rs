@@ -12,6 +12,9 @@
 //! - [`metrics`] — the names of the metrics this crate records.
 //! - [`fake`] (feature `test-util`) — fakes of [`AgentLink`] and [`JobSink`] for unit tests.
 
+// Library code handles its errors; tests may unwrap.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod audit;
 pub mod error;
 #[cfg(any(test, feature = "test-util"))]

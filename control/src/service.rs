@@ -57,7 +57,7 @@ impl ControlService for ControlServer {
     ) -> Result<Response<pb::GetAssignmentsResponse>, Status> {
         let who = caller(&request)?;
         Ok(Response::new(
-            self.plane.assignments(&who, request.into_inner()).await?,
+            self.plane.assignments(&who, request.into_inner())?,
         ))
     }
 

@@ -223,7 +223,7 @@ impl Idempotency {
         {
             Ok(CasOutcome::Done(_)) => {}
             Ok(CasOutcome::Conflict(_)) => {
-                tracing::warn!("idempotency record changed while executing; outcome not stored")
+                tracing::warn!("idempotency record changed while executing; outcome not stored");
             }
             Err(e) => tracing::warn!(error = %e, "storing the idempotent outcome failed"),
         }

@@ -12,6 +12,9 @@
 //! - [`error`] — [`FunctionError`] and its gRPC mapping.
 //! - [`metrics`] — the names of the metrics this crate records.
 
+// Library code handles its errors; tests may unwrap.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod error;
 pub mod forward;
 pub mod idempotency;

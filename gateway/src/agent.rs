@@ -135,11 +135,12 @@ impl Ops {
 
     /// `gateway.sessions`.
     pub fn sessions(&self, v: Value) -> Result<Value, GatewayError> {
-        let req: SessionsReq = if v.as_object().is_some_and(|o| o.is_empty()) || v.is_null() {
-            SessionsReq::default()
-        } else {
-            parse(v)?
-        };
+        let req: SessionsReq =
+            if v.as_object().is_some_and(serde_json::Map::is_empty) || v.is_null() {
+                SessionsReq::default()
+            } else {
+                parse(v)?
+            };
         let total = self.hub.sessions();
         let online = self.hub.online();
         let mut out = json!({

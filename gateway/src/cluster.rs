@@ -176,14 +176,17 @@ impl Cluster {
 
     /// The gateways online (this one included), sorted.
     pub fn peers(&self) -> Vec<String> {
-        self.peers.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.peers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     fn has_others(&self) -> bool {
         let me = self.me();
         self.peers
             .read()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .any(|p| p != me)
     }
@@ -206,10 +209,13 @@ impl Cluster {
                 }
                 ids.sort();
                 ids.dedup();
-                *self.peers.write().unwrap_or_else(|e| e.into_inner()) = ids;
+                *self
+                    .peers
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = ids;
             }
             Err(s) => {
-                tracing::debug!(code = ?s.code(), message = %s.message(), "could not read the gateway list")
+                tracing::debug!(code = ?s.code(), message = %s.message(), "could not read the gateway list");
             }
         }
     }

@@ -124,7 +124,7 @@ async fn login<R: AsyncRead + Unpin>(
                 "refused",
             );
         }
-        Ok(Ok(None)) | Ok(Err(FrameError::Io(_))) => return None,
+        Ok(Ok(None) | Err(FrameError::Io(_))) => return None,
         Ok(Err(e)) => {
             metrics::counter!(m::BAD_FRAMES, "kind" => e.kind()).increment(1);
             return refuse(e.close_reason(), e.to_string(), "refused");
@@ -315,19 +315,16 @@ async fn dispatch(
             "the gateway is shutting down; send it again after reconnecting",
         ));
     }
-    let permit = match tokio::time::timeout(ctx.queue_timeout, ctx.calls.clone().acquire_owned())
-        .await
-    {
-        Ok(Ok(p)) => p,
-        _ => {
-            metrics::counter!(m::REQUESTS, "route" => route.function.clone(), "outcome" => "RESOURCE_EXHAUSTED").increment(1);
-            return answer(frame::error(
-                req.msg_id,
-                req.seq,
-                "RESOURCE_EXHAUSTED",
-                "too many requests in flight at the gateway",
-            ));
-        }
+    let Ok(Ok(permit)) =
+        tokio::time::timeout(ctx.queue_timeout, ctx.calls.clone().acquire_owned()).await
+    else {
+        metrics::counter!(m::REQUESTS, "route" => route.function.clone(), "outcome" => "RESOURCE_EXHAUSTED").increment(1);
+        return answer(frame::error(
+            req.msg_id,
+            req.seq,
+            "RESOURCE_EXHAUSTED",
+            "too many requests in flight at the gateway",
+        ));
     };
     let mesh = ctx.mesh.clone();
     let tx = link.tx.clone();

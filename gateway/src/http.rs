@@ -118,7 +118,7 @@ pub async fn serve_metrics(
             }
         }
     })
-    .await
+    .await;
 }
 
 /// Serves the push endpoint until `shutdown`.
@@ -139,7 +139,7 @@ pub async fn serve_push(
             resp
         }
     })
-    .await
+    .await;
 }
 
 async fn push_request(ops: &Ops, token: &str, req: Request<Incoming>) -> Resp {

@@ -23,6 +23,9 @@
 //! - [`metrics`] — metric names.
 //! - [`error`] — [`GatewayError`] and [`FrameError`].
 
+// Library code handles its errors; tests may unwrap.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod agent;
 pub mod auth;
 pub mod client;

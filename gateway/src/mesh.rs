@@ -248,7 +248,7 @@ impl Mesh {
         self.client()
             .invoke_function(req)
             .await
-            .map(|r| r.into_inner())
+            .map(tonic::Response::into_inner)
     }
 
     /// A call routed the default way (least loaded), for the gateway's own needs (token checks).

@@ -102,7 +102,7 @@ fn load_persisted(path: &Path) -> Result<Vec<SessionRecord>, GatewayError> {
         match serde_json::from_str(line) {
             Ok(r) => out.push(r),
             Err(e) => {
-                tracing::warn!(path = %path.display(), line = i + 1, error = %e, "skipping an unreadable persisted session")
+                tracing::warn!(path = %path.display(), line = i + 1, error = %e, "skipping an unreadable persisted session");
             }
         }
     }
@@ -324,7 +324,7 @@ pub async fn run(
         let records = hub.records();
         match persist(p, &records) {
             Ok(()) => {
-                tracing::info!(sessions = records.len(), path = %p.display(), "offline queues persisted")
+                tracing::info!(sessions = records.len(), path = %p.display(), "offline queues persisted");
             }
             Err(e) => tracing::error!(error = %e, "persisting the offline queues"),
         }

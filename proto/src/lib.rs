@@ -11,6 +11,8 @@
 //! - [`task`] — named background tasks (the one place that spawns), with a tracker for shutdown.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 
+// Library code handles its errors; tests may unwrap.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
 #![allow(missing_docs)] // generated code carries the proto comments; helpers below are documented
 
 pub mod codec;

@@ -218,7 +218,10 @@ impl IdentityResolver {
     #[allow(clippy::result_large_err)] // tonic's interceptor signature.
     pub fn intercept(&self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         let certs = req.peer_certs();
-        let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+        let leaf = certs
+            .as_ref()
+            .and_then(|c| c.first())
+            .map(std::convert::AsRef::as_ref);
         self.attach(req, leaf)
     }
 

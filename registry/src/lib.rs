@@ -10,6 +10,9 @@
 //! - [`identity`] — caller identities from mTLS peer certificates.
 //! - [`service`] — the `RegistryService` handler.
 
+// Library code handles its errors; tests may unwrap.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod identity;
 pub mod ids;
 pub mod keys;

@@ -128,7 +128,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             pong.agent_id, pong.payload, pong.calls
         ),
         Err(CallError::Handler { code, message, .. }) => {
-            println!("agent.ping failed in the handler: {code}: {message}")
+            println!("agent.ping failed in the handler: {code}: {message}");
         }
         Err(e) => println!("agent.ping: {e}"),
     }

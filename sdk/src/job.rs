@@ -527,7 +527,7 @@ mod tests {
             "a_full_outbox_makes_the_emitter_wait_for_acks",
             async move {
                 out2.emit("j", EventType::Log, "one more".into(), 0.0, None)
-                    .await
+                    .await;
             },
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

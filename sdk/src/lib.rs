@@ -93,6 +93,9 @@
 //! - [`job`] — [`JobContext`] for job handlers, and the outbox that delivers job events.
 //! - [`backoff`] — exponential backoff with jitter.
 
+// Library code handles its errors; tests may unwrap.
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
 pub mod backoff;
 pub mod breaker;
 pub mod client;

@@ -121,7 +121,11 @@ async fn session(addr: &str, i: usize, tally: Arc<Tally>) -> anyhow::Result<mpsc
                     let sent = u64::from_be_bytes(f.payload[..8].try_into().unwrap_or_default());
                     let now = (Instant::now() - tally.epoch).as_nanos() as u64;
                     let micros = now.saturating_sub(sent) / 1000;
-                    let _ = tally.latency.lock().unwrap().record(micros.max(1));
+                    let _ = tally
+                        .latency
+                        .lock()
+                        .expect("latency lock")
+                        .record(micros.max(1));
                     tally.answered.fetch_add(1, Ordering::Relaxed);
                 }
                 FrameType::Error => {
@@ -280,7 +284,7 @@ pub async fn run(args: GatewayBenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let achieved = tally.answered.load(Ordering::Relaxed) as f64 / phase.elapsed().as_secs_f64();
-    let lat = tally.latency.lock().unwrap().clone();
+    let lat = tally.latency.lock().expect("latency lock").clone();
 
     // 3. Broadcast to all.
     let before = tally.pushes.load(Ordering::Relaxed);

@@ -247,7 +247,7 @@ pub async fn invoke(args: InvokeBenchArgs) -> anyhow::Result<()> {
             .tcp_nodelay(true)
             .add_service(FunctionServiceServer::new(Direct))
             .serve_with_incoming_shutdown(crate::server::nodelay(direct_listener), async move {
-                d.cancelled().await
+                d.cancelled().await;
             }),
     );
 
@@ -271,10 +271,13 @@ pub async fn invoke(args: InvokeBenchArgs) -> anyhow::Result<()> {
             .find(|p| p.path == path && p.concurrency == c)
             .cloned()
     };
-    let (d1, m1) = (find("direct", 1).unwrap(), find("mesh", 1).unwrap());
+    let measured = |path: &str, c: usize| {
+        find(path, c).with_context(|| format!("no {path} phase at concurrency {c} was measured"))
+    };
+    let (d1, m1) = (measured("direct", 1)?, measured("mesh", 1)?);
     let (dn, mn) = (
-        find("direct", args.concurrency).unwrap(),
-        find("mesh", args.concurrency).unwrap(),
+        measured("direct", args.concurrency)?,
+        measured("mesh", args.concurrency)?,
     );
     let throughput_ratio = mn.per_second / dn.per_second;
     let p50_ratio = m1.p50_us as f64 / d1.p50_us as f64;

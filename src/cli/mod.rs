@@ -271,7 +271,7 @@ fn pick_identity(dir: &Path, default_stem: &str) -> anyhow::Result<String> {
     let role = default_stem.split('-').next().unwrap_or("client");
     let mut found: Vec<String> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok())
+        .filter_map(std::result::Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| n.starts_with(&format!("{role}-")) && n.ends_with(".pem"))
         .map(|n| n.trim_end_matches(".pem").to_string())

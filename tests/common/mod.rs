@@ -125,8 +125,8 @@ impl Mesh {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-            server_args: args.iter().map(|a| a.to_string()).collect(),
-            server_wrap: wrap.iter().map(|a| a.to_string()).collect(),
+            server_args: args.iter().map(std::string::ToString::to_string).collect(),
+            server_wrap: wrap.iter().map(std::string::ToString::to_string).collect(),
         };
         mesh.start_server("127.0.0.1:0");
         mesh

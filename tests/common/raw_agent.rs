@@ -132,7 +132,7 @@ impl RawAgent {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match self.next_frame(left).await {
                 Some(server_frame::Frame::Invoke(i)) => return i,
-                Some(_) => continue,
+                Some(_) => {}
                 None => panic!("raw agent {}: no Invoke within {timeout:?}", self.id),
             }
         }

@@ -342,7 +342,7 @@ impl ControlPlane {
     }
 
     /// Handles `GetAssignments`.
-    pub async fn assignments(
+    pub fn assignments(
         &self,
         who: &Identity,
         req: pb::GetAssignmentsRequest,

@@ -31,13 +31,10 @@ impl ControlPlane {
             .await
             .map_err(|_| ControlError::BadRequest("no Hello frame within 10 s of Connect".into()))?
             .map_err(|e| ControlError::BadRequest(format!("reading Hello: {e}")))?;
-        let hello = match first.and_then(|f| f.frame) {
-            Some(agent_frame::Frame::Hello(h)) => h,
-            _ => {
-                return Err(ControlError::BadRequest(
-                    "the first frame on Connect must be Hello{agent_id, session_id}".into(),
-                ));
-            }
+        let Some(agent_frame::Frame::Hello(hello)) = first.and_then(|f| f.frame) else {
+            return Err(ControlError::BadRequest(
+                "the first frame on Connect must be Hello{agent_id, session_id}".into(),
+            ));
         };
         Self::require_agent(who, &hello.agent_id, "connect")?;
         let session = self
@@ -105,10 +102,10 @@ impl ControlPlane {
                 Some(agent_frame::Frame::JobEvent(e)) => match (self.jobs.get(), e.event) {
                     (Some(sink), Some(ev)) => {
                         session.running.event(&ev);
-                        sink.event(&session.agent_id, generation, ev).await
+                        sink.event(&session.agent_id, generation, ev).await;
                     }
                     _ => {
-                        tracing::debug!(agent_id = %session.agent_id, "job event dropped: jobs are not served")
+                        tracing::debug!(agent_id = %session.agent_id, "job event dropped: jobs are not served");
                     }
                 },
                 Some(agent_frame::Frame::JobsReport(r)) => {

@@ -228,7 +228,7 @@ impl Invoker {
             }
             let job_id = uuid::Uuid::now_v7().to_string();
             let record = JobRecord {
-                server_id: fwd_server_id(&self.forwarder),
+                server_id: fwd_server_id(self.forwarder.as_ref()),
                 job_id: job_id.clone(),
                 function_id: p.key.function_id.clone(),
                 game_id: p.key.game_id.clone(),
@@ -282,8 +282,6 @@ pub(super) fn pb_job_request(
     }
 }
 
-pub(super) fn fwd_server_id(f: &Option<Arc<Forwarder>>) -> String {
-    f.as_ref()
-        .map(|f| f.server_id().to_string())
-        .unwrap_or_default()
+pub(super) fn fwd_server_id(f: Option<&Arc<Forwarder>>) -> String {
+    f.map(|f| f.server_id().to_string()).unwrap_or_default()
 }

@@ -165,8 +165,7 @@ impl Invoker {
                 Ok(r) => return Ok(response(r, agent)),
                 Err(Sent::DeadlinePassed) => return Err(self.deadline(call, agent)),
                 Err(Sent::Remote(owner, s)) => return Err(remote_error(&owner, agent, s)),
-                Err(Sent::Link(LinkError::NotConnected(_)))
-                | Err(Sent::Link(LinkError::Overloaded(_))) => {
+                Err(Sent::Link(LinkError::NotConnected(_) | LinkError::Overloaded(_))) => {
                     excluded.push(agent.to_string());
                 }
                 Err(Sent::Link(e @ LinkError::FrameTooLarge { .. })) => {

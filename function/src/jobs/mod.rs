@@ -54,7 +54,6 @@ use croupier_registry::keys;
 use croupier_registry::model::now_ms;
 use croupier_registry::store::{CasOutcome, Expect, Store, StoreError};
 use parking_lot::{Mutex, RwLock};
-use prost::Message;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -148,7 +147,7 @@ impl JobManager {
                 .events
                 .iter()
                 .filter(|e| e.seq > st.persisted_seq)
-                .map(|e| e.encoded_len())
+                .map(prost::Message::encoded_len)
                 .sum();
             self.account(
                 &st.record.agent_id,
@@ -236,7 +235,7 @@ impl JobManager {
             match fwd.get_job(&record.server_id, who, job_id).await {
                 Ok(r) => return Ok(r),
                 Err(e) => {
-                    tracing::debug!(job_id, error = %e, "live job record not reachable; answering the stored one")
+                    tracing::debug!(job_id, error = %e, "live job record not reachable; answering the stored one");
                 }
             }
         }

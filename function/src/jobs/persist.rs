@@ -72,7 +72,7 @@ impl JobManager {
         }
         st.persisted_seq = st.record.last_seq;
         st.record.first_seq = events.front().map(|e| e.seq).unwrap_or(0);
-        st.bytes = events.iter().map(|e| e.encoded_len()).sum();
+        st.bytes = events.iter().map(prost::Message::encoded_len).sum();
         self.account(&st.record.agent_id, st.bytes as isize, 0);
         st.events = events;
         st.chunks = chunks;
@@ -95,7 +95,7 @@ impl JobManager {
                         if e.received_at == 0 {
                             e.received_at = now_ms(); // stored before receive times were kept
                         }
-                        events.push_back(e)
+                        events.push_back(e);
                     }
                     Err(e) => {
                         tracing::warn!(key = %kv.key, error = %e, "corrupt job event chunk cut short");
@@ -223,7 +223,7 @@ impl JobManager {
             }
         }
         if !batch.is_empty() {
-            let bytes: usize = batch.iter().map(|e| e.encoded_len()).sum();
+            let bytes: usize = batch.iter().map(prost::Message::encoded_len).sum();
             self.account(&agent, 0, -(bytes as isize));
             self.stored.notify_waiters();
         }

@@ -144,7 +144,7 @@ impl Connection {
                         message: c.message,
                     });
                 }
-                _ => continue,
+                _ => {}
             }
         }
     }

@@ -211,7 +211,10 @@ impl EtcdStore {
             })
             .await
             .map_err(unavailable)?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let revision = resp
+            .header()
+            .map(etcd_client::ResponseHeader::revision)
+            .unwrap_or(0);
         if resp.succeeded() {
             return Ok(CasOutcome::Done(revision));
         }
@@ -258,7 +261,10 @@ impl Store for EtcdStore {
             .map_err(unavailable)?;
         Ok(RangeResult {
             kvs: resp.kvs().iter().map(|kv| self.kv(kv)).collect(),
-            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            revision: resp
+                .header()
+                .map(etcd_client::ResponseHeader::revision)
+                .unwrap_or(0),
         })
     }
 
@@ -276,7 +282,10 @@ impl Store for EtcdStore {
             })
             .await
             .map_err(|e| Self::lease_error(e, lease.unwrap_or(0)))?;
-        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+        Ok(resp
+            .header()
+            .map(etcd_client::ResponseHeader::revision)
+            .unwrap_or(0))
     }
 
     async fn delete(&self, key: &str) -> Result<Option<Revision>, StoreError> {
@@ -288,7 +297,11 @@ impl Store for EtcdStore {
             })
             .await
             .map_err(unavailable)?;
-        Ok((resp.deleted() > 0).then(|| resp.header().map(|h| h.revision()).unwrap_or(0)))
+        Ok((resp.deleted() > 0).then(|| {
+            resp.header()
+                .map(etcd_client::ResponseHeader::revision)
+                .unwrap_or(0)
+        }))
     }
 
     async fn write_all(&self, ops: Vec<WriteOp>) -> Result<Revision, StoreError> {
@@ -317,7 +330,10 @@ impl Store for EtcdStore {
                 }
                 _ => unavailable(e),
             })?;
-        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+        Ok(resp
+            .header()
+            .map(etcd_client::ResponseHeader::revision)
+            .unwrap_or(0))
     }
 
     async fn compare_and_put(
@@ -482,7 +498,10 @@ impl Store for EtcdStore {
             })
             .await
             .map_err(unavailable)?;
-        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+        Ok(resp
+            .header()
+            .map(etcd_client::ResponseHeader::revision)
+            .unwrap_or(0))
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {

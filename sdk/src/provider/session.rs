@@ -255,7 +255,7 @@ pub(super) async fn heartbeat_loop(
                 return;
             }
             Ok(Err(s)) => {
-                tracing::warn!(code = ?s.code(), message = %s.message(), "heartbeat failed")
+                tracing::warn!(code = ?s.code(), message = %s.message(), "heartbeat failed");
             }
             Err(_) => tracing::warn!("heartbeat timed out"),
         }

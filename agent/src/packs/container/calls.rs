@@ -195,7 +195,7 @@ pub(super) async fn exec(
         while let Some(frame) = output.next().await {
             match frame.map_err(fail)? {
                 LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                    stdout.push(&message)
+                    stdout.push(&message);
                 }
                 LogOutput::StdErr { message } => stderr.push(&message),
                 LogOutput::StdIn { .. } => {}
@@ -253,7 +253,7 @@ impl Drop for KillOnDrop {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(exec_id, processes = n, "killed a cancelled exec"),
                 Err(e) => {
-                    tracing::warn!(exec_id, error = %error_chain(&e), "a cancelled exec could not be killed; it goes on in its container")
+                    tracing::warn!(exec_id, error = %error_chain(&e), "a cancelled exec could not be killed; it goes on in its container");
                 }
             }
         });

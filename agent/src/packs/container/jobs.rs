@@ -209,8 +209,8 @@ impl Cleanup {
 
     async fn remove_now(&self) -> Result<(), HandlerError> {
         match self.docker.remove(&self.id, true, true).await {
-            Ok(()) => Ok(()),
-            Err(DockerError::DockerResponseServerError {
+            Ok(())
+            | Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(()),
             Err(e) => Err(docker_error(

@@ -251,7 +251,7 @@ impl Window {
         Window {
             length,
             cpu_total: sys.global_cpu_usage(),
-            per_core: sys.cpus().iter().map(|c| c.usage()).collect(),
+            per_core: sys.cpus().iter().map(sysinfo::Cpu::usage).collect(),
             networks: nets,
         }
     }

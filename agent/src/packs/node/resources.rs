@@ -120,7 +120,11 @@ fn inventory() -> Result<Resources, sysinfo::Error> {
     )?;
     let cpus = sys.cpus();
     let first = cpus.first();
-    let frequency = cpus.iter().map(|c| c.frequency()).max().filter(|f| *f > 0);
+    let frequency = cpus
+        .iter()
+        .map(sysinfo::Cpu::frequency)
+        .max()
+        .filter(|f| *f > 0);
     let disks = Disks::new_with_refreshed_list_specifics(
         DiskRefreshKind::nothing().with_kind().with_storage(),
     )?;
@@ -167,7 +171,10 @@ fn inventory() -> Result<Resources, sysinfo::Error> {
         },
         cpu: Cpu {
             brand: first.map(|c| c.brand().trim()).unwrap_or_default().into(),
-            vendor: first.map(|c| c.vendor_id()).unwrap_or_default().into(),
+            vendor: first
+                .map(sysinfo::Cpu::vendor_id)
+                .unwrap_or_default()
+                .into(),
             physical_cores: System::physical_core_count().ok(),
             logical_cpus: cpus.len(),
             frequency_mhz: frequency,

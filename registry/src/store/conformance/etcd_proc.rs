@@ -62,7 +62,7 @@ impl EtcdProcess {
             &format!("t={peer_url}"),
         ]
         .iter()
-        .map(|s| s.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
         if let Some(t) = &tls {
             for (flag, file) in [
@@ -227,7 +227,7 @@ impl EtcdCluster {
                 &format!("croupier-test-{}", std::process::id()),
             ]
             .iter()
-            .map(|s| s.to_string())
+            .map(std::string::ToString::to_string)
             .collect();
             let log = std::fs::File::create(dir.with_extension("log"))
                 .map_err(|e| format!("creating the etcd log: {e}"))?;

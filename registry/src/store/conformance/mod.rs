@@ -18,6 +18,9 @@
 //! - `batch` — `write_all`.
 //! - `etcd_proc` — throwaway etcd processes for the etcd backend's tests.
 
+// Test code shared by the backends' test suites: a failed check panics.
+#![allow(clippy::unwrap_used)]
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

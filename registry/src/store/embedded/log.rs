@@ -118,7 +118,7 @@ impl Log {
         let tmp_path = dir.join(LOG_TMP_FILE);
         match fs::remove_file(&tmp_path) {
             Ok(()) => {
-                tracing::warn!(path = %tmp_path.display(), "embedded store: removed an unfinished log rewrite")
+                tracing::warn!(path = %tmp_path.display(), "embedded store: removed an unfinished log rewrite");
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_context(e, "removing", &tmp_path)),
