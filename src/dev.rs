@@ -2,6 +2,7 @@
 //! user has a working mesh with one command.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::Context;
 use croupier_sdk::{ProviderConfig, TlsFiles};
@@ -41,6 +42,19 @@ pub async fn run(
         tls_dir: certs.clone(),
         ..ServerConfig::default()
     };
+    // The store first: a second `croupier dev` on the same home fails here, before it prints
+    // anything or starts an agent.
+    let store = crate::server::open_store(&cfg).await.map_err(|e| {
+        if format!("{e:#}").contains("is locked") {
+            e.context(format!(
+                "another croupier dev (or server) uses {}; stop it, or give this one its own \
+                 home (CROUPIER_HOME=DIR or --dir DIR) and port (--listen 127.0.0.1:8444)",
+                dir.display()
+            ))
+        } else {
+            e
+        }
+    })?;
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| {
@@ -56,7 +70,9 @@ pub async fn run(
     let server_stop = stop.clone();
     let server = croupier_proto::task::spawn(
         "run",
-        crate::server::serve(cfg, listener, async move { server_stop.cancelled().await }),
+        crate::server::serve_store(cfg, store, listener, async move {
+            server_stop.cancelled().await;
+        }),
     );
 
     let mut provider = ProviderConfig::new(
@@ -77,6 +93,9 @@ pub async fn run(
         ),
     );
 
+    // "Up" means the agent is online: the banner lists what it really serves.
+    let served = served_functions(&url, &certs, &args.agent_id).await?;
+
     let default_dir = args.dir.is_none();
     let flags = if default_dir {
         String::new()
@@ -91,7 +110,7 @@ pub async fn run(
     println!(
         "\nCroupier dev mesh is up.\n\
          \x20 server:       {url} (embedded store in {data})\n\
-         \x20 agent:        {agent} (agent.ping, agent.sleep, agent.countdown, node.metrics, node.resources)\n\
+         \x20 agent:        {agent}, serving {count} functions: {served}\n\
          \x20 certificates: {certs} (client-dev, admin-admin, agent-{agent})\n\n\
          Try, in another terminal:\n\
          \x20 croupier agents{server_flag}{flags}\n\
@@ -104,6 +123,8 @@ pub async fn run(
          \x20 croupier node state {agent} maintenance --reason 'trying it'{server_flag}{flags}\n\n\
          Press Ctrl-C to stop.",
         data = dir.join("data").display(),
+        count = served.len(),
+        served = served.join(", "),
         agent = args.agent_id,
         certs = certs.display(),
     );
@@ -115,4 +136,33 @@ pub async fn run(
     stop.cancel();
     server.await.context("server task")??;
     Ok(())
+}
+
+/// Waits (up to 30 s) for the dev agent to be online and returns the functions it serves.
+async fn served_functions(url: &str, certs: &Path, agent_id: &str) -> anyhow::Result<Vec<String>> {
+    let client = croupier_sdk::Client::connect(url, &TlsFiles::from_dir(certs, "client-dev"))
+        .await
+        .context("connecting to the dev server")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let functions = client
+            .functions("default", "dev")
+            .await
+            .ok()
+            .unwrap_or_default();
+        let mut served: Vec<String> = functions
+            .into_iter()
+            .filter(|f| f.agents.iter().any(|a| a.agent_id == agent_id && a.online))
+            .map(|f| f.id)
+            .collect();
+        if !served.is_empty() {
+            served.sort();
+            return Ok(served);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the dev agent {agent_id} did not come online within 30 s; see the log above"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

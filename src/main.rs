@@ -14,6 +14,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
+        // No colour codes in a log redirected to a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // tonic and rustls both can use ring; installing it explicitly makes the process-wide
     // choice unambiguous should another provider be compiled in by a dependency.
@@ -29,7 +31,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(cli::exit::of_error(&e) as u8)
         }
     }
 }
@@ -102,6 +104,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .await?;
         }
         Command::Dev(args) => croupier::dev::run(args, shutdown_signal()).await?,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "croupier", &mut std::io::stdout());
+        }
         Command::Invoke(args) => return cli::invoke(args).await,
         Command::Job(cmd) => return croupier::cli::job::run(cmd).await,
         Command::Store(cmd) => return croupier::cli::store::run(cmd),

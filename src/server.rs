@@ -127,6 +127,11 @@ fn open_embedded(cfg: &ServerConfig) -> anyhow::Result<EmbeddedStore> {
     Ok(store)
 }
 
+/// Every service accepts gzip-compressed requests and answers compressed to a client that
+/// accepts gzip (`grpc-accept-encoding`), as gRPC negotiates it. The SDK's clients and agents
+/// do not ask for it (their payloads are small; compression would cost more than it saves).
+const GZIP: tonic::codec::CompressionEncoding = tonic::codec::CompressionEncoding::Gzip;
+
 /// Runs the server on `listener` until `shutdown` resolves, then drains: health goes
 /// NOT_SERVING, new registrations are refused, agents are told to go away, in-flight calls get
 /// up to `shutdown_grace` to finish, watches end, and the listener closes. Returns once the
@@ -137,18 +142,33 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let tls = rustls_config(&cfg.tls_dir)?;
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let store = open_store(&cfg).await?;
-    let served = serve_on(cfg, store.clone(), tls, listener, shutdown).await;
+    serve_store(cfg, store, listener, shutdown).await
+}
+
+/// [`serve`] on a store opened before (by [`open_store`]), e.g. to fail before anything else
+/// starts when the data dir is held by another process. Closes the store when it returns.
+pub async fn serve_store(
+    cfg: ServerConfig,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let served = match rustls_config(&cfg.tls_dir) {
+        Ok(tls) => serve_on(cfg, store.clone(), tls, listener, shutdown).await,
+        Err(e) => Err(e),
+    };
     // Tasks that still hold the store (connections past their grace) can no longer write to
     // it: the embedded store's data dir is unlocked and its revision recorded.
     store.close().await;
     served
 }
 
-async fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the configured store: the embedded one in `data_dir` (created when missing; fails at
+/// once when another process holds it) or etcd.
+pub async fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     Ok(match cfg.store {
         StoreKind::Embedded => Arc::new(open_embedded(cfg)?),
         StoreKind::Etcd => Arc::new(
@@ -280,26 +300,40 @@ async fn serve_on(
     for s in SERVICES {
         health.set_service_status(*s, ServingStatus::Serving).await;
     }
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(croupier_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: grpcio-reflection, older grpcurl and many GUI clients ask
+    // v1alpha only.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(croupier_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection = reflection_builder()
         .build_v1()
         .context("building server reflection")?;
+    let reflection_alpha = reflection_builder()
+        .build_v1alpha()
+        .context("building server reflection (v1alpha)")?;
 
     let resolver = IdentityResolver::new();
     let ident = move |req| resolver.intercept(req);
     let max = cfg.limits.max_message_bytes;
     let watches = CancellationToken::new();
     let control_svc = ControlServiceServer::new(ControlServer::new(control.clone()))
+        .accept_compressed(GZIP)
+        .send_compressed(GZIP)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let function_svc = FunctionServiceServer::new(FunctionServer::new(invoker, jobs, pipelines))
+        .accept_compressed(GZIP)
+        .send_compressed(GZIP)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let registry_svc = RegistryServiceServer::new(
         RegistryServer::new(view.clone(), control.clone(), watches.clone())
             .with_max_message_bytes(max),
     )
+    .accept_compressed(GZIP)
+    .send_compressed(GZIP)
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
 
@@ -312,6 +346,7 @@ async fn serve_on(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(InterceptedService::new(control_svc, ident.clone()))
         .add_service(InterceptedService::new(function_svc, ident.clone()))
         .add_service(InterceptedService::new(registry_svc, ident));

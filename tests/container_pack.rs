@@ -655,3 +655,49 @@ async fn without_docker_the_pack_registers_and_answers_unavailable() {
     let r = c.invoke("agent.ping", json!({}), &opts()).await.unwrap();
     assert!(r.success);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_exits_non_zero_fails_job_start_follow() {
+    if !docker_ready() {
+        return;
+    }
+    let (mesh, _agent, _c) = mesh().await;
+    let payload = json!({"image": IMAGE, "cmd": ["sh", "-c", "exit 3"]}).to_string();
+    let (code, out, err) = mesh.cli(
+        "client-c1",
+        &[
+            "job",
+            "start",
+            "container.run",
+            "--payload",
+            &payload,
+            "--game-id",
+            "g",
+            "--env",
+            "e",
+            "--follow",
+        ],
+    );
+    assert_eq!(
+        code, 1,
+        "like docker run, the command's failure is the CLI's: {out} {err}"
+    );
+    assert!(err.contains("its command exited with 3"), "{err}");
+    let payload = json!({"image": IMAGE, "cmd": ["true"]}).to_string();
+    let (code, out, err) = mesh.cli(
+        "client-c1",
+        &[
+            "job",
+            "start",
+            "container.run",
+            "--payload",
+            &payload,
+            "--game-id",
+            "g",
+            "--env",
+            "e",
+            "--follow",
+        ],
+    );
+    assert_eq!(code, 0, "{out} {err}");
+}

@@ -207,3 +207,135 @@ async fn a_job_runs_to_its_end_and_serve_stops_after_storing_it() {
     );
     again.stop().await.unwrap();
 }
+
+impl InProcess {
+    /// A raw channel with `stem`'s certificate, for the generated clients.
+    async fn channel(&self, stem: &str) -> tonic::transport::Channel {
+        let pem = TlsFiles::from_dir(&self.certs, stem).load().unwrap();
+        croupier_sdk::tls::connect(&self.url, &pem).await.unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_answers_in_v1_and_v1alpha() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let s = InProcess::start().await;
+    let ch = s.channel("client-c1").await;
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(ch.clone());
+    let req = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut answers = alpha
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .expect("v1alpha reflection is served")
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        answer.message_response
+    else {
+        panic!("not a service list: {answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"croupier.function.v1.FunctionService".to_string()),
+        "{names:?}"
+    );
+    let mut v1 = v1::server_reflection_client::ServerReflectionClient::new(ch);
+    let req = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut answers = v1
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .expect("v1 reflection is served")
+        .into_inner();
+    assert!(answers.message().await.unwrap().is_some());
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_requests_are_accepted_and_answered_compressed() {
+    use croupier_proto::function::v1 as pb;
+    use tonic::codec::CompressionEncoding::Gzip;
+    let s = InProcess::start().await;
+    s.agent(|p| {
+        p.function(descriptor("echo"), |call| async move {
+            Ok::<_, HandlerError>(json!({ "got": call.payload }))
+        })
+    })
+    .await;
+    let mut fc =
+        pb::function_service_client::FunctionServiceClient::new(s.channel("client-c1").await)
+            .send_compressed(Gzip)
+            .accept_compressed(Gzip);
+    let big = "x".repeat(200_000);
+    let resp = fc
+        .invoke_function(pb::InvokeFunctionRequest {
+            function_id: "echo".into(),
+            game_id: "g".into(),
+            env: "e".into(),
+            payload: Some(croupier_proto::json::json_to_struct(&json!({ "s": big }))),
+            ..Default::default()
+        })
+        .await
+        .expect("a gzip request is served");
+    assert_eq!(
+        resp.metadata()
+            .get("grpc-encoding")
+            .and_then(|v| v.to_str().ok()),
+        Some("gzip"),
+        "the answer is compressed for a client that accepts gzip"
+    );
+    let r = resp.into_inner();
+    assert!(r.success, "{r:?}");
+    let got = croupier_proto::json::opt_struct_to_json(r.result.as_ref());
+    assert_eq!(got["got"]["s"].as_str().map(str::len), Some(200_000));
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_carry_error_info_with_a_machine_code_and_a_near_name() {
+    use croupier_proto::function::v1 as pb;
+    let s = InProcess::start().await;
+    s.agent(|p| {
+        p.function(descriptor("player.kick"), |_| async {
+            Ok::<_, HandlerError>(json!({}))
+        })
+    })
+    .await;
+    let mut fc =
+        pb::function_service_client::FunctionServiceClient::new(s.channel("client-c1").await);
+    let err = fc
+        .invoke_function(pb::InvokeFunctionRequest {
+            function_id: "player.kik".into(),
+            game_id: "g".into(),
+            env: "e".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let info = croupier_proto::status::error_info(&err).expect("the status has ErrorInfo");
+    assert_eq!(info.code, "FUNCTION_NOT_FOUND");
+    assert_eq!(info.details["function"], "player.kik");
+    assert_eq!(info.details["game"], "g");
+    assert_eq!(info.details["did_you_mean"], "player.kick");
+    assert!(
+        err.message().contains("(did you mean player.kick?)"),
+        "{}",
+        err.message()
+    );
+    // The standard model too, for clients that know only google.rpc.ErrorInfo.
+    let details = tonic_types::StatusExt::get_error_details(&err);
+    let google = details.error_info().expect("google.rpc.ErrorInfo");
+    assert_eq!(google.reason, "FUNCTION_NOT_FOUND");
+    assert_eq!(google.domain, "croupier");
+    s.stop().await.unwrap();
+}

@@ -74,8 +74,27 @@ impl ControlError {
     }
 }
 
+impl ControlError {
+    /// The machine code sent in the status's `ErrorInfo` (`NO_SESSION`, `NODE_DISABLED`…).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ControlError::NotAllowed(_) => "PERMISSION_DENIED",
+            ControlError::BadRequest(_) => "BAD_REQUEST",
+            ControlError::NoSession(_) => "NO_SESSION",
+            ControlError::NotRegistered(_) => "AGENT_NOT_REGISTERED",
+            ControlError::NodeDisabled(_) => "NODE_DISABLED",
+            ControlError::DescriptorOwned(_) => "DESCRIPTOR_OWNED",
+            ControlError::LimitReached(_) => "LIMIT_REACHED",
+            ControlError::Draining(_) => "DRAINING",
+            ControlError::TunnelClosed(_) => "TUNNEL_CLOSED",
+            ControlError::Internal(_) => "INTERNAL",
+            ControlError::Store { .. } => "STORE_FAILED",
+        }
+    }
+}
+
 impl From<ControlError> for Status {
     fn from(e: ControlError) -> Self {
-        Status::new(e.code(), e.to_string())
+        croupier_proto::status::with_error_info(e.code(), e.to_string(), e.reason(), [])
     }
 }

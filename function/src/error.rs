@@ -52,8 +52,9 @@ pub enum FunctionError {
     },
     /// The function was never registered in the game and env. Final.
     #[error(
-        "function {function} is not registered in game {game:?} env {env:?}; `croupier \
-         functions` lists what is"
+        "function {function} is not registered in game {game:?} env {env:?}{}; `croupier \
+         functions` lists what is",
+        did_you_mean(nearest)
     )]
     NotRegistered {
         /// The function.
@@ -62,6 +63,8 @@ pub enum FunctionError {
         game: String,
         /// Environment.
         env: String,
+        /// Registered names close to it, nearest first.
+        nearest: Vec<String>,
     },
     /// The targeted agent does not provide the function.
     #[error("{0}")]
@@ -169,6 +172,15 @@ impl FunctionError {
     }
 }
 
+/// `" (did you mean a or b?)"`, or nothing when no name is close.
+fn did_you_mean(nearest: &[String]) -> String {
+    match nearest {
+        [] => String::new(),
+        [one] => format!(" (did you mean {one}?)"),
+        [init @ .., last] => format!(" (did you mean {} or {last}?)", init.join(", ")),
+    }
+}
+
 /// The upper-case name of a gRPC code, as the API's `error_code` fields carry it.
 pub fn code_name(code: Code) -> &'static str {
     match code {
@@ -192,9 +204,86 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+impl FunctionError {
+    /// The machine code sent in the status's `ErrorInfo` (`NO_AGENT`, `SCHEMA_VIOLATION`…).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FunctionError::BadRequest(_) => "BAD_REQUEST",
+            FunctionError::Payload { error, .. } => match error {
+                PayloadError::TooDeep { .. } => "PAYLOAD_TOO_DEEP",
+                PayloadError::TooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            },
+            FunctionError::SchemaMismatch { .. } => "SCHEMA_VIOLATION",
+            FunctionError::BadSchema { .. } => "BAD_SCHEMA",
+            FunctionError::SchemaTooCostly { .. } => "SCHEMA_TOO_COSTLY",
+            FunctionError::NotRegistered { .. } => "FUNCTION_NOT_FOUND",
+            FunctionError::NotProvided(_) => "NOT_PROVIDED",
+            FunctionError::JobNotFound(_) => "JOB_NOT_FOUND",
+            FunctionError::PipelineNotFound(_) => "PIPELINE_NOT_FOUND",
+            FunctionError::NoAgent(_) => "NO_AGENT",
+            FunctionError::AgentLost(_) => "AGENT_LOST",
+            FunctionError::ReplicaUnreachable(_) => "REPLICA_UNREACHABLE",
+            FunctionError::DeadlinePassed(_) => "DEADLINE_EXCEEDED",
+            FunctionError::NotAllowed(_) => "PERMISSION_DENIED",
+            FunctionError::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
+            FunctionError::StillRunning(_) => "STILL_RUNNING",
+            FunctionError::DescriptorOwned(_) => "DESCRIPTOR_OWNED",
+            FunctionError::LimitReached(_) => "LIMIT_REACHED",
+            FunctionError::Store { .. } => "STORE_FAILED",
+            FunctionError::Corrupt(_) => "CORRUPT_RECORD",
+            FunctionError::Remote(_) => "REMOTE",
+        }
+    }
+
+    /// The details sent with the reason: the function, job, pipeline or field concerned.
+    fn details(&self) -> Vec<(&'static str, String)> {
+        match self {
+            FunctionError::Payload { function, .. }
+            | FunctionError::BadSchema { function, .. }
+            | FunctionError::SchemaTooCostly { function, .. } => {
+                vec![("function", function.clone())]
+            }
+            FunctionError::SchemaMismatch { function, detail } => {
+                vec![
+                    ("function", function.clone()),
+                    ("violations", detail.clone()),
+                ]
+            }
+            FunctionError::NotRegistered {
+                function,
+                game,
+                env,
+                nearest,
+            } => {
+                let mut d = vec![
+                    ("function", function.clone()),
+                    ("game", game.clone()),
+                    ("env", env.clone()),
+                ];
+                if !nearest.is_empty() {
+                    d.push(("did_you_mean", nearest.join(",")));
+                }
+                d
+            }
+            FunctionError::JobNotFound(id) => vec![("job_id", id.clone())],
+            FunctionError::PipelineNotFound(id) => vec![("template_id", id.clone())],
+            _ => Vec::new(),
+        }
+    }
+}
+
 impl From<FunctionError> for Status {
     fn from(e: FunctionError) -> Self {
-        Status::new(e.code(), e.to_string())
+        match e {
+            // A forwarded error keeps the owning replica's status, details included.
+            FunctionError::Remote(status) => status,
+            e => croupier_proto::status::with_error_info(
+                e.code(),
+                e.to_string(),
+                e.reason(),
+                e.details(),
+            ),
+        }
     }
 }
 
@@ -213,7 +302,11 @@ mod tests {
             function: "f".into(),
             error: PayloadError::TooDeep { depth: 33 },
         };
-        assert_eq!(Status::from(deep).code(), Code::InvalidArgument);
+        let status = Status::from(deep);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let info = croupier_proto::status::error_info(&status).unwrap();
+        assert_eq!(info.code, "PAYLOAD_TOO_DEEP");
+        assert_eq!(info.details["function"], "f");
         let remote = FunctionError::Remote(Status::permission_denied("no"));
         assert_eq!(remote.code_name(), "PERMISSION_DENIED");
         assert_eq!(Status::from(remote).message(), "no");

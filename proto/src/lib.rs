@@ -9,6 +9,7 @@
 //! - [`limits`] — the depth and size limits every decoder shares, checked at the edge.
 //! - [`codec`] — the gRPC codec: prost's, with substitutes for undecodable tunnel frames.
 //! - [`task`] — named background tasks (the one place that spawns), with a tracker for shutdown.
+//! - [`status`] — error statuses with `ErrorInfo` details (the richer error model).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 
 // Library code handles its errors; tests may unwrap.
@@ -18,6 +19,7 @@
 pub mod codec;
 pub mod json;
 pub mod limits;
+pub mod status;
 pub mod task;
 
 /// `croupier.common.v1`: descriptors and node states.

@@ -21,8 +21,8 @@ pub struct InvokeArgs {
     pub conn: Conn,
 }
 
-/// Runs `croupier invoke`; returns the process exit code: 0 on success, 1 when the handler
-/// failed, 2 on a gRPC error.
+/// Runs `croupier invoke`; returns the process exit code ([`super::exit`]): 0 on success, 1
+/// when the handler failed, 4 when the server refused the call, 5 when it was not reached.
 pub async fn invoke(args: InvokeArgs) -> anyhow::Result<i32> {
     let payload = args.call.payload()?;
     let client = args.conn.client("client-dev").await?;
@@ -38,7 +38,7 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<i32> {
             } else {
                 eprintln!("error: {}", status_error(&s));
             }
-            return Ok(2);
+            return Ok(super::exit::of_status(&s));
         }
     };
     let results: Vec<serde_json::Value> = resp

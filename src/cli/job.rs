@@ -18,12 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::cli::{CallArgs, Conn, status_error};
 use crate::output::{age, table};
 
-/// Exit code of a job that ended `ERROR`.
-pub const EXIT_ERROR: i32 = 1;
-/// Exit code of a gRPC failure.
-pub const EXIT_GRPC: i32 = 2;
-/// Exit code of a job that ended `CANCELLED`.
-pub const EXIT_CANCELLED: i32 = 3;
+use super::exit::{CANCELLED as EXIT_CANCELLED, FAILED as EXIT_ERROR};
 
 /// `croupier job …`.
 #[derive(Subcommand, Debug)]
@@ -160,7 +155,7 @@ async fn start(a: StartArgs) -> anyhow::Result<i32> {
         Ok(j) => j,
         Err(s) => {
             eprintln!("error: {}", status_error(&s));
-            return Ok(EXIT_GRPC);
+            return Ok(super::exit::of_status(&s));
         }
     };
     if a.follow {
@@ -284,7 +279,7 @@ pub async fn follow(
             }
             Err(s) => {
                 eprintln!("error: {}", status_error(&s));
-                return Ok(EXIT_GRPC);
+                return Ok(super::exit::of_status(&s));
             }
         };
         loop {
@@ -296,7 +291,7 @@ pub async fn follow(
                     }
                     view.show(&ev);
                     match EventType::try_from(ev.r#type) {
-                        Ok(EventType::Done) => return Ok(0),
+                        Ok(EventType::Done) => return Ok(done_exit(&ev)),
                         Ok(EventType::Error) => return Ok(EXIT_ERROR),
                         Ok(EventType::Cancelled) => return Ok(EXIT_CANCELLED),
                         _ => {}
@@ -317,10 +312,24 @@ pub async fn follow(
                 }
                 Err(s) => {
                     eprintln!("error: {}", status_error(&s));
-                    return Ok(EXIT_GRPC);
+                    return Ok(super::exit::of_status(&s));
                 }
             }
         }
+    }
+}
+
+/// The exit code of a job that ended `DONE`: 0, unless its result says the command it ran
+/// exited non-zero (`exit_code`, as `container.run` and `container.exec` report it), as
+/// `docker run` passes a command's failure on.
+fn done_exit(ev: &croupier_proto::function::v1::JobEvent) -> i32 {
+    let result = croupier_proto::json::opt_struct_to_json(ev.data.as_ref());
+    match result.get("exit_code").and_then(serde_json::Value::as_i64) {
+        Some(code) if code != 0 => {
+            eprintln!("job {}: its command exited with {code}", ev.job_id);
+            EXIT_ERROR
+        }
+        _ => 0,
     }
 }
 
@@ -338,7 +347,7 @@ async fn cancel(a: CancelArgs) -> anyhow::Result<i32> {
         Ok(r) => r,
         Err(s) => {
             eprintln!("error: {}", status_error(&s));
-            return Ok(EXIT_GRPC);
+            return Ok(super::exit::of_status(&s));
         }
     };
     if a.json {
@@ -379,7 +388,7 @@ async fn get(a: GetArgs) -> anyhow::Result<i32> {
         Ok(r) => r,
         Err(s) => {
             eprintln!("error: {}", status_error(&s));
-            return Ok(EXIT_GRPC);
+            return Ok(super::exit::of_status(&s));
         }
     };
     if a.json {

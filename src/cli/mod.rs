@@ -11,8 +11,10 @@
 //! - `node` — `croupier node state`.
 //! - `store` — `croupier store …`.
 //! - `certs` — the arguments of `certs init`.
+//! - `exit` — the exit codes, one per class of outcome.
 
 pub mod certs;
+pub mod exit;
 pub mod function;
 pub mod invoke;
 pub mod job;
@@ -37,9 +39,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The version `--version` prints: the package version and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("CROUPIER_COMMIT"),
+    ")"
+);
+
 /// Croupier: a function registry and invocation mesh.
 #[derive(Parser, Debug)]
-#[command(name = "croupier", version, about, long_about = None)]
+#[command(name = "croupier", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// Log filter (e.g. "info", "croupier=debug").
     #[arg(long, global = true, env = "CROUPIER_LOG", default_value = "info")]
@@ -89,6 +99,11 @@ pub enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print a shell completion script: `croupier completions bash > /etc/bash_completion.d/croupier`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Connection flags of client commands.
@@ -112,7 +127,7 @@ pub struct Conn {
 /// Payload and options of a call or job.
 #[derive(Args, Debug, Clone)]
 pub struct CallArgs {
-    /// JSON payload (an object), or @FILE to read it from a file.
+    /// JSON payload (an object), @FILE to read it from a file, or @- to read it from stdin.
     #[arg(long, default_value = "{}")]
     pub payload: String,
     /// Game.
@@ -139,24 +154,40 @@ pub struct CallArgs {
     /// Idempotency key.
     #[arg(long)]
     pub idempotency_key: Option<String>,
-    /// Deadline in seconds.
-    #[arg(long)]
-    pub timeout: Option<u64>,
+    /// Deadline: 500ms, 2s, 1m (a bare number is seconds).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+/// A duration as the config file writes it (`500ms`, `2s`, `1m`); a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e}: write a duration such as 500ms, 2s or 1m"))
 }
 
 impl CallArgs {
     /// The payload: JSON text or @FILE, which must hold a JSON object.
     pub fn payload(&self) -> anyhow::Result<serde_json::Value> {
         let text = match self.payload.strip_prefix('@') {
+            Some("-") => std::io::read_to_string(std::io::stdin()).context("reading stdin")?,
             Some(path) => {
                 std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
             }
             None => self.payload.clone(),
         };
-        let payload: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("--payload is not valid JSON: {text}"))?;
+        let payload: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            exit::usage(format!(
+                "--payload is not valid JSON ({e}): {}",
+                crate::output::clean(&text)
+            ))
+        })?;
         if !payload.is_object() {
-            bail!("--payload must be a JSON object, e.g. '{{\"ms\": 100}}'");
+            return Err(exit::usage(
+                "--payload must be a JSON object, e.g. '{\"ms\": 100}'",
+            ));
         }
         Ok(payload)
     }
@@ -177,7 +208,7 @@ impl CallArgs {
             selector: self.selector.iter().cloned().collect::<HashMap<_, _>>(),
             version: self.version.clone().unwrap_or_default(),
             idempotency_key: self.idempotency_key.clone().unwrap_or_default(),
-            timeout: self.timeout.map(Duration::from_secs),
+            timeout: self.timeout,
         }
     }
 }
@@ -258,9 +289,31 @@ impl Conn {
     /// Connects with the identity `default_stem` unless told otherwise.
     pub async fn client(&self, default_stem: &str) -> anyhow::Result<Client> {
         let tls = self.tls(default_stem)?;
+        if self.server.starts_with("http://") {
+            return Err(exit::usage(format!(
+                "--server {} is plaintext: Croupier speaks mutual TLS only; use https://",
+                self.server
+            )));
+        }
         Client::connect(&self.server, &tls)
             .await
-            .with_context(|| format!("connecting to {} as {}", self.server, tls.cert.display()))
+            .map_err(|e| match e {
+                croupier_sdk::tls::TlsError::Connect(url, detail) => exit::Failure {
+                    code: exit::UNREACHABLE,
+                    message: format!(
+                        "cannot reach {url} as {}: {detail}. Is a Croupier server running there \
+                     (`croupier dev`, `croupier server`)? Pass its address with --server or \
+                     CROUPIER_SERVER",
+                        tls.cert.display()
+                    ),
+                }
+                .into(),
+                e => anyhow::Error::from(e).context(format!(
+                    "connecting to {} as {}",
+                    self.server,
+                    tls.cert.display()
+                )),
+            })
     }
 }
 
@@ -290,5 +343,14 @@ fn pick_identity(dir: &Path, default_stem: &str) -> anyhow::Result<String> {
 
 /// A gRPC status as an error: its code and message.
 pub fn status_error(s: &tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{:?}: {}", s.code(), crate::output::clean(s.message()))
+    let code = exit::of_status(s);
+    let mut message = format!("{:?}: {}", s.code(), crate::output::clean(s.message()));
+    if code == exit::UNREACHABLE {
+        message.push_str(
+            " (the connection failed: is a Croupier server running at that address, and do this \
+             certificate and the server's share a CA that has not expired? `croupier certs init` \
+             makes a matching set)",
+        );
+    }
+    exit::Failure { code, message }.into()
 }

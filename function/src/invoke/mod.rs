@@ -252,6 +252,9 @@ impl Invoker {
                 function: req.function_id.clone(),
                 game: req.game_id.clone(),
                 env: req.env.clone(),
+                nearest: self
+                    .view
+                    .nearest_functions(&req.game_id, &req.env, &req.function_id),
             });
         }
         if let Some(d) = &descriptor {

@@ -99,6 +99,33 @@ impl RegistryView {
         self.read().functions.get(key).cloned()
     }
 
+    /// The registered functions of a game and env closest in spelling to `function_id`
+    /// (at most three, nearest first), for "did you mean" in a not-found error.
+    pub fn nearest_functions(&self, game_id: &str, env: &str, function_id: &str) -> Vec<String> {
+        let st = self.read();
+        let names: BTreeSet<&str> = st
+            .functions
+            .keys()
+            .chain(st.providers.keys())
+            .filter(|k| k.game_id == game_id && k.env == env)
+            .map(|k| k.function_id.as_str())
+            .collect();
+        let limit = (function_id.chars().count() / 3).max(2);
+        let mut near: Vec<(usize, &str)> = names
+            .into_iter()
+            .filter_map(|name| {
+                let d = strsim::levenshtein(name, function_id);
+                let related = name.ends_with(function_id) || function_id.ends_with(name);
+                (d <= limit || related).then_some((d, name))
+            })
+            .collect();
+        near.sort();
+        near.into_iter()
+            .take(3)
+            .map(|(_, n)| n.to_string())
+            .collect()
+    }
+
     /// The agents providing a function, with their node states.
     pub fn candidates(&self, key: &FnKey) -> Vec<Candidate> {
         let st = self.read();

@@ -33,15 +33,28 @@ impl DirLock {
         // Called through the trait: std's inherent `File::try_lock` needs a newer Rust than the
         // workspace's rust-version.
         match fs4::FileExt::try_lock(&file) {
-            Ok(()) => Ok(DirLock { _file: file }),
-            Err(fs4::TryLockError::WouldBlock) => Err(StoreError::Io(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                format!(
-                    "{} is locked: another store (another croupier server?) has this data dir \
-                     open; stop it first",
-                    dir.display()
-                ),
-            ))),
+            Ok(()) => {
+                // The holder's pid, for the message another process gets.
+                let mut file = file;
+                let _ = file.set_len(0);
+                let _ = writeln!(file, "{}", std::process::id());
+                Ok(DirLock { _file: file })
+            }
+            Err(fs4::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok())
+                    .map(|pid| format!(" by process {pid}"))
+                    .unwrap_or_default();
+                Err(StoreError::Io(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "{} is locked{holder}: another store (another croupier server?) has \
+                         this data dir open; stop it first",
+                        dir.display()
+                    ),
+                )))
+            }
             Err(fs4::TryLockError::Error(e)) => Err(io_context(e, "locking", &path)),
         }
     }
