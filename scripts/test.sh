@@ -193,35 +193,9 @@ docker version --format 'client {{.Client.Version}}, server {{.Server.Version}}'
 
 # ---------------------------------------------------------------------------------------------
 section "3/7 test image $TEST_IMAGE"
-if docker image inspect "$TEST_IMAGE" >/dev/null 2>&1; then
-    echo "image present"
-else
-    bb="$(command -v busybox)"
-    rootfs="$(mktemp -d "$STATE_DIR/rootfs.XXXXXX")"
-    mkdir -p "$rootfs"/{bin,etc,tmp,root,proc,sys,dev,var/www}
-    chmod 1777 "$rootfs/tmp"
-    cp "$bb" "$rootfs/bin/busybox"
-    # Every applet as a symlink in /bin (what `busybox --install -s` would do, without a chroot).
-    count=0
-    for applet in $("$bb" --list); do
-        [[ "$applet" == busybox || -e "$rootfs/bin/$applet" ]] && continue
-        ln -s busybox "$rootfs/bin/$applet"
-        count=$((count + 1))
-    done
-    for a in sh echo sleep cat ls printf seq wget nc httpd true false env; do
-        [[ -e "$rootfs/bin/$a" ]] || die "busybox has no applet '$a'"
-    done
-    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$rootfs/etc/passwd"
-    printf 'root:x:0:\nnogroup:x:65534:\n' >"$rootfs/etc/group"
-    tar -C "$rootfs" --numeric-owner -cf - . |
-        docker import \
-            --change 'CMD ["/bin/sh"]' \
-            --change 'ENV PATH=/bin' \
-            --message "croupier test image: static busybox with $count applets" \
-            - "$TEST_IMAGE"
-    rm -rf "$rootfs"
-    echo "imported $TEST_IMAGE ($count applet links)"
-fi
+"$ROOT/scripts/busybox-image.sh" "$TEST_IMAGE"
+# The README's tour uses busybox:latest, which the same script makes without a registry.
+"$ROOT/scripts/busybox-image.sh" busybox:latest
 out="$(docker run --rm "$TEST_IMAGE" echo ok 2>&1)" ||
     die "docker run of $TEST_IMAGE failed: $out"
 [[ "$out" == ok ]] || die "docker run $TEST_IMAGE echo ok printed: $out"

@@ -49,6 +49,12 @@ impl Invoker {
             ));
         }
         let Some(c) = all.iter().find(|c| c.agent.agent_id == opts.target_agent) else {
+            if self.view.agent(&opts.target_agent).is_none() {
+                return Err(FunctionError::NotProvided(format!(
+                    "no agent {:?} is registered; `croupier agents` lists those there are",
+                    opts.target_agent
+                )));
+            }
             return Err(FunctionError::NotProvided(format!(
                 "agent {:?} does not provide {} in game {:?} env {:?}",
                 opts.target_agent, key.function_id, key.game_id, key.env
