@@ -114,6 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Pipeline(cmd) => croupier::cli::pipeline::run(cmd).await?,
         Command::Agents(args) => cli::agents(args).await?,
         Command::Functions(args) => cli::functions(args).await?,
+        Command::Describe(args) => return cli::describe::describe(args).await,
         Command::Watch(args) => {
             tokio::select! {
                 r = cli::watch(args) => r?,

@@ -231,6 +231,73 @@ fn dev_mode_serves_the_cli() {
     );
     assert!(text.contains("stdin"), "{text}");
 
+    // describe: one function in full; functions marks jobs.
+    let (code, out, err) = croupier(&["describe", "agent.countdown"], &certs, &url);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("job (croupier job start)")
+            && out.contains("params schema")
+            && out.contains("steps"),
+        "{out}"
+    );
+    assert!(out.contains("dev-agent online"), "{out}");
+    let (code, _, err) = croupier(&["describe", "agent.nope"], &certs, &url);
+    assert_eq!(code, 4);
+    assert!(
+        err.contains("agent.countdown"),
+        "the registered names are listed: {err}"
+    );
+    let (_, out, _) = croupier(&["functions"], &certs, &url);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("agent.countdown"))
+        .unwrap_or_default();
+    assert!(row.contains("job"), "{out}");
+
+    // Ctrl-C while following: the job goes on, and the CLI says how to follow it again.
+    let follower = Command::new(bin())
+        .args([
+            "job",
+            "start",
+            "agent.countdown",
+            "--payload",
+            r#"{"steps":100,"ms":100}"#,
+        ])
+        .args(["--follow", "--json", "--server", &url, "--tls-dir"])
+        .arg(&certs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut follower = Proc {
+        child: follower,
+        name: "follower".into(),
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    follower.signal(2);
+    let out = std::mem::replace(&mut follower.child, Command::new("true").spawn().unwrap())
+        .wait_with_output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("goes on") && err.contains("croupier job watch"),
+        "{err}"
+    );
+    let first = String::from_utf8_lossy(&out.stdout);
+    let job_id = first
+        .lines()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["job_id"].as_str().map(str::to_string))
+        .expect("the followed events name the job");
+    let (code, out, _) = croupier(&["job", "get", &job_id, "--json"], &certs, &url);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("running"),
+        "the job goes on after Ctrl-C: {out}"
+    );
+    let _ = croupier(&["job", "cancel", &job_id], &certs, &url);
+
     // SIGTERM: a clean exit.
     dev.signal(15);
     let mut dev = dev;

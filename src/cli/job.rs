@@ -283,7 +283,17 @@ pub async fn follow(
             }
         };
         loop {
-            match stream.message().await {
+            let message = tokio::select! {
+                m = stream.message() => m,
+                _ = tokio::signal::ctrl_c() => {
+                    eprintln!(
+                        "\nstopped following; job {job_id} goes on. Follow it again: `croupier job \
+                         watch {job_id} --from-seq {next}`; stop it: `croupier job cancel {job_id}`"
+                    );
+                    return Ok(130);
+                }
+            };
+            match message {
                 Ok(Some(ev)) => {
                     retries = 0;
                     if ev.seq > 0 {

@@ -5,6 +5,7 @@
 //! - `serve` — the arguments of `server`, `agent` and `dev`.
 //! - `invoke` — `croupier invoke`.
 //! - `registry` — `agents`, `functions`, `watch`.
+//! - `describe` — `croupier describe FUNCTION`.
 //! - `job` — `croupier job …`.
 //! - `pipeline` — `croupier pipeline …`.
 //! - `function` — `croupier function register|delete`.
@@ -14,6 +15,7 @@
 //! - `exit` — the exit codes, one per class of outcome.
 
 pub mod certs;
+pub mod describe;
 pub mod exit;
 pub mod function;
 pub mod invoke;
@@ -74,6 +76,8 @@ pub enum Command {
     Agents(ListArgs),
     /// List functions and the agents providing them.
     Functions(ListArgs),
+    /// Show one function: descriptor, schemas, who may call it, its agents.
+    Describe(describe::DescribeArgs),
     /// Watch registrations change.
     Watch(WatchArgs),
     /// Jobs: start, watch, cancel, get, list.

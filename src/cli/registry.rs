@@ -144,11 +144,15 @@ pub async fn functions(args: ListArgs) -> anyhow::Result<()> {
         .iter()
         .map(|r| {
             let d = r.function_descriptor.clone().unwrap_or_default();
-            let kind = d
-                .semantics
-                .map(|s| s.kind)
-                .filter(|k| !k.is_empty())
-                .unwrap_or("command".into());
+            let semantics = d.semantics.clone().unwrap_or_default();
+            let mut kind = if semantics.kind.is_empty() {
+                "command".to_string()
+            } else {
+                semantics.kind.clone()
+            };
+            if semantics.job {
+                kind.push_str(", job");
+            }
             let agents: Vec<String> = r.agents.iter().map(|a| a.agent_id.clone()).collect();
             vec![
                 r.function_id.clone(),
