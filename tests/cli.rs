@@ -348,6 +348,9 @@ fn exit_codes_tell_unreachable_usage_and_local_problems_apart() {
     // Missing certificates are a local problem.
     let (code, _, err) = croupier(&["agents"], &dir.path().join("nowhere"), &url);
     assert_eq!(code, 6, "{err}");
+    // A node state that does not exist is a usage error, found before any connection.
+    let (code, _, err) = croupier(&["node", "state", "a1", "asleep"], &certs, &url);
+    assert_eq!(code, 2, "{err}");
     // A bad flag is clap's usage error.
     let (code, _, _) = croupier(&["invoke", "f", "--timeout", "soon"], &certs, &url);
     assert_eq!(code, 2);

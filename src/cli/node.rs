@@ -1,7 +1,6 @@
 //! `croupier node state`: a node's administrative state.
 
 use super::*;
-use anyhow::bail;
 use clap::Subcommand;
 use croupier_proto::common::v1::NodeState;
 
@@ -29,7 +28,11 @@ pub async fn node_state(agent: &str, state: &str, reason: &str, conn: &Conn) -> 
         "normal" => NodeState::Normal,
         "maintenance" => NodeState::Maintenance,
         "disabled" => NodeState::Disabled,
-        other => bail!("state {other:?} is not normal, maintenance or disabled"),
+        other => {
+            return Err(super::exit::usage(format!(
+                "state {other:?} is not normal, maintenance or disabled"
+            )));
+        }
     };
     let client = conn.client("admin-admin").await?;
     let resp = client

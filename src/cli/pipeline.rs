@@ -23,7 +23,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Subcommand;
 use croupier_proto::function::v1::{
     DeletePipelineRequest, GetPipelineRequest, ListPipelinesRequest, PipelineArg, PipelineStep,
@@ -237,7 +237,13 @@ pub async fn run(cmd: PipelineCommand) -> anyhow::Result<()> {
                 .map_err(|s| status_error(&s))?
                 .into_inner();
             if !r.deleted {
-                bail!("pipeline {id} does not exist");
+                return Err(super::exit::Failure {
+                    code: super::exit::REFUSED,
+                    message: format!(
+                        "pipeline {id} does not exist; `croupier pipeline list` shows those there are"
+                    ),
+                }
+                .into());
             }
             println!("deleted pipeline {id}");
         }
