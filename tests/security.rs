@@ -63,6 +63,24 @@ async fn plaintext_and_unknown_ca_clients_are_refused() {
         }
     }
 
+    // The CLI with that certificate: unreachable (exit 5), with advice. (The server's refusal
+    // arrives in TLS 1.3 as a closed connection whose status does not say why, so the SDK cannot
+    // tell it from a dropped connection and retries it; a refusal whose reason it sees, such as
+    // an expired server certificate, is not retried.)
+    let mixed = tempfile::tempdir().unwrap();
+    std::fs::copy(mesh.certs().join("ca.pem"), mixed.path().join("ca.pem")).unwrap();
+    for f in ["client-c1.pem", "client-c1.key"] {
+        std::fs::copy(other.path().join(f), mixed.path().join(f)).unwrap();
+    }
+    let out = std::process::Command::new(common::bin())
+        .args(["agents", "--server", &mesh.url, "--tls-dir"])
+        .arg(mixed.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("share a CA"), "{err}");
+
     // The real client still works.
     let c = mesh.client("client-c1").await;
     c.agents("", "").await.unwrap();

@@ -176,10 +176,29 @@ pub(crate) enum Decision {
 /// The retry rule for one failure.
 pub(crate) fn decide(status: &Status) -> Decision {
     match (Failure::of(status), status.code()) {
+        // A certificate the other side refuses (expired, foreign CA, wrong name) is refused
+        // again on every retry: say so at once.
+        (Failure::NotSent | Failure::Broken, _) if certificate_refused(status.message()) => {
+            Decision::Stop
+        }
         (Failure::NotSent, _) => Decision::Retry,
         (Failure::Answered | Failure::Broken, Code::Unavailable) => Decision::RetryIfSafe,
         _ => Decision::Stop,
     }
+}
+
+/// Whether a transport failure is a TLS certificate refusal (rustls's wording, either side).
+fn certificate_refused(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "certificate",
+        "unknownca",
+        "unknown ca",
+        "unknownissuer",
+        "notvalidforname",
+    ]
+    .iter()
+    .any(|w| m.contains(w))
 }
 
 /// Runs `attempt` until it succeeds or the rule, the attempts, the deadline or the breaker say
@@ -368,6 +387,16 @@ mod tests {
             Status::resource_exhausted("too many calls"),
             mark(Status::deadline_exceeded("late"), Failure::LocalDeadline),
             mark(Status::unavailable("circuit open"), Failure::CircuitOpen),
+            mark(
+                Status::unavailable("cannot reach https://x: invalid peer certificate: Expired"),
+                Failure::NotSent,
+            ),
+            mark(
+                Status::unavailable(
+                    "connection to https://x failed: received fatal alert: UnknownCA",
+                ),
+                Failure::Broken,
+            ),
         ] {
             assert_eq!(decide(&s), Decision::Stop, "{s:?}");
         }
