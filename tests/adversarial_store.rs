@@ -409,7 +409,11 @@ async fn a_backup_of_a_running_server_restores_into_a_fresh_dir_that_serves_the_
         "--from",
         backup.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "a held data dir is a local problem (exit 6)"
+    );
     assert!(text(&out).contains("is locked"), "{}", text(&out));
 
     let fresh = mesh.dir.path().join("data-restored");
