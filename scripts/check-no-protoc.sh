@@ -21,6 +21,10 @@ unshare -m env -u PROTOC STUB="$stub" TARGET="$TARGET" bash -euo pipefail -c '
         echo "check-no-protoc: a protoc still runs in the namespace" >&2
         exit 1
     fi
+    # The wrapper every build script runs finds the vendored protoc on its own.
+    v="$(scripts/protoc --version)"
+    echo "scripts/protoc with the system protoc hidden: $v"
+    [[ "$v" == libprotoc* ]] || { echo "check-no-protoc: scripts/protoc printed: $v" >&2; exit 1; }
     cargo clean --quiet --target-dir "$TARGET" -p etcd-client -p croupier-proto
     cargo build --quiet --locked --target-dir "$TARGET" -p croupier-registry
 '

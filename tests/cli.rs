@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -25,40 +24,11 @@ fn croupier(args: &[&str], tls_dir: &std::path::Path, url: &str) -> (i32, String
 #[test]
 fn dev_mode_serves_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(bin())
-        .args(["dev", "--listen", "127.0.0.1:0", "--dir"])
+    let mut cmd = Command::new(bin());
+    cmd.args(["dev", "--listen", "127.0.0.1:0", "--dir"])
         .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let dev = Proc {
-        child,
-        name: "dev".into(),
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut url = String::new();
-    let mut banner = String::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
-        if let Some(rest) = line.trim_start().strip_prefix("server:") {
-            url = rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-        }
-        banner.push_str(&line);
-        banner.push('\n');
-        if line.contains("Press Ctrl-C") {
-            break;
-        }
-    }
+        .stderr(Stdio::null());
+    let (dev, url, banner) = common::start_dev(cmd, Duration::from_secs(30));
     assert!(
         !url.is_empty() && banner.contains("croupier invoke agent.ping"),
         "{banner}"

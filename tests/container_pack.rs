@@ -662,42 +662,30 @@ async fn a_command_that_exits_non_zero_fails_job_start_follow() {
         return;
     }
     let (mesh, _agent, _c) = mesh().await;
-    let payload = json!({"image": IMAGE, "cmd": ["sh", "-c", "exit 3"]}).to_string();
-    let (code, out, err) = mesh.cli(
-        "client-c1",
-        &[
-            "job",
-            "start",
-            "container.run",
-            "--payload",
-            &payload,
-            "--game-id",
-            "g",
-            "--env",
-            "e",
-            "--follow",
-        ],
-    );
+    let run_follow = |cmd: Value| {
+        let payload = json!({"image": IMAGE, "cmd": cmd}).to_string();
+        mesh.cli(
+            "client-c1",
+            &[
+                "job",
+                "start",
+                "container.run",
+                "--payload",
+                &payload,
+                "--game-id",
+                "g",
+                "--env",
+                "e",
+                "--follow",
+            ],
+        )
+    };
+    let (code, out, err) = run_follow(json!(["sh", "-c", "exit 3"]));
     assert_eq!(
         code, 1,
         "like docker run, the command's failure is the CLI's: {out} {err}"
     );
     assert!(err.contains("its command exited with 3"), "{err}");
-    let payload = json!({"image": IMAGE, "cmd": ["true"]}).to_string();
-    let (code, out, err) = mesh.cli(
-        "client-c1",
-        &[
-            "job",
-            "start",
-            "container.run",
-            "--payload",
-            &payload,
-            "--game-id",
-            "g",
-            "--env",
-            "e",
-            "--follow",
-        ],
-    );
+    let (code, out, err) = run_follow(json!(["true"]));
     assert_eq!(code, 0, "{out} {err}");
 }

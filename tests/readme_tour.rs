@@ -13,11 +13,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{Proc, bin, docker_ready};
+use common::{bin, docker_ready};
 
 /// The README sections whose commands run in `croupier dev`.
 const SECTIONS: &[&str] = &[
@@ -234,38 +233,12 @@ fn the_readme_tour_runs_as_written() {
     let bin_path = std::path::PathBuf::from(bin());
     let bin_dir = bin_path.parent().unwrap().to_path_buf();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
-    let mut child = Command::new(bin())
-        .args(["dev", "--listen", "127.0.0.1:0"])
+    let mut cmd = Command::new(bin());
+    cmd.args(["dev", "--listen", "127.0.0.1:0"])
         .env("HOME", home.path())
         .env_remove("CROUPIER_HOME")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(home.path().join("dev.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let _dev = Proc {
-        child,
-        name: "dev".into(),
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut url = String::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
-        if let Some(rest) = line.trim_start().strip_prefix("server:") {
-            url = rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-        }
-        if line.contains("Press Ctrl-C") {
-            break;
-        }
-    }
+        .stderr(std::fs::File::create(home.path().join("dev.log")).unwrap());
+    let (_dev, url, _) = common::start_dev(cmd, Duration::from_secs(60));
     assert!(!url.is_empty(), "croupier dev did not start");
     std::fs::write(home.path().join("tour.sh"), &text).unwrap();
     let out = Command::new("bash")

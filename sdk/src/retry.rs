@@ -154,6 +154,15 @@ impl Failure {
     }
 }
 
+/// Whether `status` is the client's own account of a transport failure (the server was never
+/// reached, or the connection broke), as opposed to an answer from the server.
+pub fn is_transport_failure(status: &Status) -> bool {
+    matches!(
+        Failure::of(status),
+        Failure::NotSent | Failure::Broken | Failure::CircuitOpen
+    )
+}
+
 /// Marks a status the client made itself with its failure class.
 pub(crate) fn mark(mut status: Status, failure: Failure) -> Status {
     status
@@ -373,6 +382,16 @@ mod tests {
     }
 
     const LONG: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn transport_failures_are_told_from_answers() {
+        assert!(is_transport_failure(&refused()));
+        assert!(is_transport_failure(&mark(
+            Status::unavailable("reset"),
+            Failure::Broken
+        )));
+        assert!(!is_transport_failure(&no_agent()));
+    }
 
     #[test]
     fn the_rule() {

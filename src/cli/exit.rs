@@ -10,7 +10,7 @@
 //! | 5 | no server could be reached: connection refused, TLS handshake failed, server unavailable |
 //! | 6 | a local problem: certificate or input files missing or unreadable, other errors |
 
-use tonic::{Code, Status};
+use tonic::Status;
 
 /// Success.
 pub const OK: i32 = 0;
@@ -46,21 +46,10 @@ pub fn usage(message: impl Into<String>) -> anyhow::Error {
     .into()
 }
 
-/// The exit code of an error status: unreachable when the transport failed (the message is
-/// tonic's), refused when the server answered.
+/// The exit code of an error status: unreachable when the SDK client marked it as a transport
+/// failure (never sent, connection broken, circuit open), refused when the server answered.
 pub fn of_status(s: &Status) -> i32 {
-    let transport = matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Internal)
-        && [
-            "transport error",
-            "tcp connect",
-            "handshake",
-            "certificate",
-            "connection",
-        ]
-        .iter()
-        .any(|w| s.message().to_lowercase().contains(w));
-    let served = croupier_proto::status::error_info(s).is_some();
-    if transport && !served {
+    if croupier_sdk::retry::is_transport_failure(s) {
         UNREACHABLE
     } else {
         REFUSED
@@ -85,6 +74,7 @@ pub fn of_error(e: &anyhow::Error) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tonic::Code;
 
     #[test]
     fn each_class_has_its_code() {
@@ -95,8 +85,9 @@ mod tests {
             [],
         );
         assert_eq!(of_status(&refused), REFUSED);
-        let down = Status::unavailable("transport error: tcp connect error: Connection refused");
-        assert_eq!(of_status(&down), UNREACHABLE);
+        // A server's UNAVAILABLE is an answer; only the client's own transport mark (tested
+        // in the SDK, and end to end in tests/cli.rs and tests/security.rs) is unreachable.
+        assert_eq!(of_status(&Status::unavailable("draining")), REFUSED);
         assert_eq!(of_status(&Status::not_found("x")), REFUSED);
         assert_eq!(of_error(&usage("bad flag")), USAGE);
         assert_eq!(of_error(&anyhow::anyhow!("reading a file")), LOCAL);

@@ -443,3 +443,33 @@ pub fn containers_labelled(label: &str) -> Vec<String> {
     assert!(ok, "docker ps: {err}");
     out.lines().map(str::to_string).collect()
 }
+
+/// Starts `croupier dev` from `cmd` (its arguments and environment already set; stdout is
+/// taken here) and reads its banner until "Press Ctrl-C": the process, the server URL and the
+/// banner. Panics when dev does not come up within `timeout`.
+pub fn start_dev(mut cmd: Command, timeout: Duration) -> (Proc, String, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting croupier dev");
+    let lines = croupier::child::lines(child.stdout.take().unwrap());
+    let dev = Proc {
+        child,
+        name: "dev".into(),
+    };
+    let (mut url, mut banner) = (String::new(), String::new());
+    croupier::child::wait_ready(&lines, timeout, |line| {
+        if let Some(rest) = line.trim_start().strip_prefix("server:") {
+            url = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+        banner.push_str(line);
+        banner.push('\n');
+        line.contains("Press Ctrl-C")
+    })
+    .unwrap_or_else(|| panic!("croupier dev did not come up: {banner}"));
+    (dev, url, banner)
+}
