@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use croupier::cli::{self, BenchCommand, CertsCommand, Cli, Command, NodeCommand};
+use croupier::cli::{self, BenchCommand, Cli, Command};
 use croupier::config::ServerConfig;
 use croupier_sdk::{ProviderConfig, TlsFiles};
 use tokio_util::sync::CancellationToken;
@@ -109,6 +109,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             clap_complete::generate(shell, &mut cmd, "croupier", &mut std::io::stdout());
         }
         Command::Invoke(args) => return cli::invoke(args).await,
+        Command::Version(args) => cli::version(args).await?,
         Command::Job(cmd) => return croupier::cli::job::run(cmd).await,
         Command::Store(cmd) => return croupier::cli::store::run(cmd),
         Command::Pipeline(cmd) => croupier::cli::pipeline::run(cmd).await?,
@@ -122,40 +123,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Command::Function(cmd) => cli::function(cmd).await?,
-        Command::Node(NodeCommand::State {
-            agent,
-            state,
-            reason,
-            conn,
-        }) => cli::node_state(&agent, &state, &reason, &conn).await?,
-        Command::Certs(CertsCommand::Init {
-            dir,
-            agents,
-            clients,
-            admins,
-            servers,
-            hosts,
-            force,
-        }) => {
-            let written = croupier::certs::init(&croupier::certs::CertsInit {
-                dir: dir.clone(),
-                agents,
-                clients,
-                admins,
-                servers,
-                hosts,
-                force,
-            })?;
-            for f in &written {
-                println!("wrote {}", f.display());
-            }
-            if written.is_empty() {
-                println!(
-                    "nothing to do: every certificate already exists in {}",
-                    dir.display()
-                );
-            }
-        }
+        Command::Node(cmd) => cli::node::run(cmd).await?,
+        Command::Certs(cmd) => cli::certs::run(cmd)?,
         Command::Bench(BenchCommand::Invoke(args)) => croupier::bench::invoke(args).await?,
         Command::Bench(BenchCommand::Jobs(args)) => croupier::bench::jobs(args).await?,
         Command::Bench(BenchCommand::Agents(args)) => croupier::bench::agents(args).await?,

@@ -1,5 +1,10 @@
-//! Plain-text tables for the CLI. Everything a server or an agent wrote (ids, labels, reasons,
-//! messages) goes through [`clean`] before it reaches the terminal.
+//! What the CLI prints. Everything a server or an agent wrote (ids, labels, reasons, messages)
+//! goes through [`clean`] before it reaches the terminal.
+//!
+//! One shape for machines: with `--json`, a command prints one JSON object (a list sits under a
+//! plural key, `{"agents": [...]}`, with `next_page_token` when it is paged); a stream (`watch`,
+//! `job watch`, `job start --follow`) prints one object per line. Times in JSON are Unix
+//! milliseconds, as in the API; in human output they are RFC 3339 with the age ([`time`]).
 
 /// `text` with control characters and bidirectional overrides escaped (an escape sequence in a
 /// label cannot drive the terminal, a newline cannot fake a row) and cut at 4096 characters.
@@ -56,6 +61,23 @@ pub fn age(ms: i64) -> String {
     }
 }
 
+/// A Unix-millisecond timestamp for people: RFC 3339 (UTC, seconds) and its age,
+/// `2026-12-02T09:10:19Z (3s ago)`; `-` for none.
+pub fn time(ms: i64) -> String {
+    let Ok(ms) = u64::try_from(ms) else {
+        return "-".into();
+    };
+    if ms == 0 {
+        return "-".into();
+    }
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    format!(
+        "{} ({})",
+        humantime::format_rfc3339_seconds(at),
+        age(ms as i64)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +86,15 @@ mod tests {
     fn escapes_what_could_drive_a_terminal() {
         let t = table(&["LABELS"], &[vec!["zone=\u{1b}[2Jeu\nfake row".into()]]);
         assert_eq!(t, "LABELS\nzone=\\u{1b}[2Jeu\\nfake row\n");
+    }
+
+    #[test]
+    fn times_are_rfc3339_with_their_age() {
+        assert_eq!(time(0), "-");
+        assert_eq!(time(-5), "-");
+        let t = time(1_764_667_819_000);
+        assert!(t.starts_with("2025-12-02T09:30:19Z ("), "{t}");
+        assert!(t.ends_with("ago)"), "{t}");
     }
 
     #[test]

@@ -127,9 +127,25 @@ fn open_embedded(cfg: &ServerConfig) -> anyhow::Result<EmbeddedStore> {
     Ok(store)
 }
 
+/// What `GetServerInfo` answers: this binary's version and commit, the server id and store.
+fn server_info(cfg: &ServerConfig) -> croupier_proto::registry::v1::GetServerInfoResponse {
+    croupier_proto::registry::v1::GetServerInfoResponse {
+        version: env!("CARGO_PKG_VERSION").into(),
+        commit: env!("CROUPIER_COMMIT").into(),
+        server_id: cfg.server_id.clone(),
+        store: match cfg.store {
+            StoreKind::Embedded => "embedded",
+            StoreKind::Etcd => "etcd",
+        }
+        .into(),
+        started_at: croupier_registry::model::now_ms(),
+    }
+}
+
 /// Every service accepts gzip-compressed requests and answers compressed to a client that
-/// accepts gzip (`grpc-accept-encoding`), as gRPC negotiates it. The SDK's clients and agents
-/// do not ask for it (their payloads are small; compression would cost more than it saves).
+/// accepts gzip (`grpc-accept-encoding`), as gRPC negotiates it. The SDK's clients ask for it
+/// only when told (`Client::with_gzip`, the CLI's `--gzip`), and agents not at all: their
+/// payloads are small, and on a LAN compression costs more than it saves.
 const GZIP: tonic::codec::CompressionEncoding = tonic::codec::CompressionEncoding::Gzip;
 
 /// Runs the server on `listener` until `shutdown` resolves, then drains: health goes
@@ -330,7 +346,8 @@ async fn serve_on(
         .max_encoding_message_size(max);
     let registry_svc = RegistryServiceServer::new(
         RegistryServer::new(view.clone(), control.clone(), watches.clone())
-            .with_max_message_bytes(max),
+            .with_max_message_bytes(max)
+            .with_info(server_info(&cfg)),
     )
     .accept_compressed(GZIP)
     .send_compressed(GZIP)

@@ -345,3 +345,162 @@ fn completions_and_version_are_printed() {
         "{version}"
     );
 }
+
+/// Parses the one JSON object a `--json` command prints.
+fn one_object((code, out, err): (i32, String, String)) -> serde_json::Value {
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line of JSON: {out}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert!(v.is_object(), "an object: {v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_has_one_shape_and_people_read_times_and_agents() {
+    let mesh = common::Mesh::start(&["a1", "a2"], Duration::from_secs(2));
+    let _a1 = mesh.agent("a1", &[]);
+    let a2 = mesh.agent("a2", &[]);
+    mesh.wait_online(&["a1", "a2"]).await;
+
+    // The server says what it runs.
+    let (code, out, err) = mesh.cli("client-c1", &["version"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("client  croupier ") && out.contains("server  croupier "),
+        "{out}"
+    );
+    assert!(out.contains("embedded store, up since 20"), "{out}");
+    let v = one_object(mesh.cli("client-c1", &["version", "--json"]));
+    assert_eq!(v["server"]["store"], "embedded");
+    assert_eq!(v["server"]["version"], v["client"]["version"]);
+    assert_eq!(v["server"]["commit"], v["client"]["commit"]);
+
+    // Lists sit under a plural key.
+    let v = one_object(mesh.cli("client-c1", &["agents", "--json"]));
+    let ids: Vec<&str> = v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["agent_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a1", "a2"]);
+
+    let v = one_object(mesh.cli(
+        "admin-ops",
+        &[
+            "node",
+            "state",
+            "a1",
+            "maintenance",
+            "--reason",
+            "disk",
+            "--json",
+        ],
+    ));
+    assert_eq!(v["state"], "maintenance");
+    assert_eq!(v["reason"], "disk");
+    assert!(v["actor"].as_str().unwrap().contains("ops"), "{v}");
+    assert!(v["changed_at"].as_i64().unwrap() > 0, "{v}");
+    mesh.cli("admin-ops", &["node", "state", "a1", "normal"]);
+
+    let file = mesh.dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        "id = \"hello\"\n[[steps]]\nname = \"ping\"\nfunction = \"agent.ping\"\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let put = one_object(mesh.cli("admin-ops", &["pipeline", "put", file, "--json"]));
+    assert_eq!(put["id"], "hello");
+    let list = one_object(mesh.cli("client-c1", &["pipeline", "list", "--json"]));
+    assert_eq!(list["pipelines"][0]["steps"][0]["function"], "agent.ping");
+    let got = one_object(mesh.cli("client-c1", &["pipeline", "get", "hello", "--json"]));
+    assert_eq!(got["id"], "hello");
+    let deleted = one_object(mesh.cli("admin-ops", &["pipeline", "delete", "hello", "--json"]));
+    assert_eq!(deleted["deleted"], true);
+
+    let certs = tempfile::tempdir().unwrap();
+    let out = Command::new(bin())
+        .args(["certs", "init", "--client", "x", "--json", "--dir"])
+        .arg(certs.path())
+        .output()
+        .unwrap();
+    let v = one_object((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ));
+    assert!(
+        v["written"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f.as_str().unwrap().ends_with("client-x.pem")),
+        "{v}"
+    );
+
+    // Human times are RFC 3339 with their age, not epoch milliseconds.
+    let started = one_object(mesh.cli(
+        "client-c1",
+        &[
+            "job",
+            "start",
+            "agent.countdown",
+            "--payload",
+            r#"{"steps": 1, "ms": 1}"#,
+            "--game-id",
+            "g",
+            "--env",
+            "e",
+            "--json",
+        ],
+    ));
+    let job = started["job_id"].as_str().unwrap().to_string();
+    let (code, out, err) = mesh.cli("client-c1", &["job", "get", &job]);
+    assert_eq!(code, 0, "{err}");
+    let created = out.lines().find(|l| l.starts_with("created_at")).unwrap();
+    assert!(
+        created.contains("T") && created.contains("Z (") && created.ends_with("ago)"),
+        "{out}"
+    );
+
+    // `watch` names the agent that went, not the (empty) agent list of the delta.
+    let mut watch = Command::new(bin())
+        .args([
+            "watch",
+            "--function",
+            "agent.ping",
+            "--server",
+            &mesh.url,
+            "--tls-dir",
+        ])
+        .arg(mesh.certs())
+        .args(["--identity", "client-c1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = croupier::child::lines(watch.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    let mut wait_for = |what: &str| loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no {what} line after {seen:?}"));
+        seen.push(line.clone());
+        if line.contains(what) {
+            return line;
+        }
+    };
+    let initial = wait_for("ADDED");
+    assert!(initial.contains("agents=[a1,a2]"), "{initial}");
+    wait_for("SYNCED");
+    a2.signal(libc::SIGTERM);
+    let removed = wait_for("REMOVED");
+    assert!(
+        removed.contains("agent=a2") && !removed.contains("agents=[]"),
+        "{removed}"
+    );
+    watch.kill().unwrap();
+    let _ = watch.wait();
+}

@@ -166,6 +166,23 @@ async fn calls_and_jobs_through_another_replica_reach_the_owner() {
         "b"
     );
 
+    // b lists a1 as online and says that server a holds its tunnel, in the API and the CLI.
+    let agents = via_b.agents("", "").await.unwrap();
+    let a1 = agents.iter().find(|a| a.agent_id == "a1").unwrap();
+    assert!(a1.online, "{a1:?}");
+    assert_eq!(a1.owner, "a");
+    let out = std::process::Command::new(common::bin())
+        .args(["agents", "--server", &b_url, "--tls-dir"])
+        .arg(mesh.certs())
+        .args(["--identity", "client-c1"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("SERVER"), "{table}");
+    let row = table.lines().find(|l| l.starts_with("a1 ")).unwrap();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cells[3..5], &["online", "a"], "{table}");
+
     // A job started through b runs on a1 (owned by a); b streams, reads and cancels it.
     let job = via_b
         .start_job("agent.countdown", json!({"steps": 1000, "ms": 50}), &opts())

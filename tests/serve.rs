@@ -297,6 +297,20 @@ async fn gzip_requests_are_accepted_and_answered_compressed() {
     assert!(r.success, "{r:?}");
     let got = croupier_proto::json::opt_struct_to_json(r.result.as_ref());
     assert_eq!(got["got"]["s"].as_str().map(str::len), Some(200_000));
+
+    // The SDK's client with gzip on (`--gzip` in the CLI): the same call, compressed both ways.
+    let sdk = croupier_sdk::Client::from_channel(s.channel("client-c1").await).with_gzip();
+    let opts = croupier_sdk::CallOptions {
+        game_id: "g".into(),
+        env: "e".into(),
+        ..Default::default()
+    };
+    let r = sdk
+        .invoke("echo", json!({ "s": "y".repeat(100_000) }), &opts)
+        .await
+        .expect("the SDK's gzip request is served");
+    let got = croupier_proto::json::opt_struct_to_json(r.result.as_ref());
+    assert_eq!(got["got"]["s"].as_str().map(str::len), Some(100_000));
     s.stop().await.unwrap();
 }
 

@@ -49,6 +49,9 @@ pub struct TokenArgs {
     /// Attributes, KEY=VALUE (repeatable).
     #[arg(long = "attr", value_parser = parse_kv)]
     pub attrs: Vec<(String, String)>,
+    /// JSON output: `{"token", "player", "expires_at"}` (Unix seconds).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of a running gateway; each overrides the same key of the file and the environment.
@@ -252,7 +255,15 @@ pub async fn run(
                 t.player
             )));
         }
-        println!("{}", sign(t.key.as_bytes(), &claims));
+        let token = sign(t.key.as_bytes(), &claims);
+        if t.json {
+            println!(
+                "{}",
+                serde_json::json!({"token": token, "player": claims.sub, "expires_at": claims.exp})
+            );
+        } else {
+            println!("{token}");
+        }
         return Ok(0);
     }
     let cfg = args.run.config()?;

@@ -39,6 +39,7 @@ pub trait PresenceSource: Send + Sync + 'static {
 
 /// The `RegistryService` implementation.
 pub struct RegistryServer {
+    info: pb::GetServerInfoResponse,
     view: Arc<RegistryView>,
     presence: Arc<dyn PresenceSource>,
     shutdown: CancellationToken,
@@ -94,6 +95,7 @@ impl RegistryServer {
         shutdown: CancellationToken,
     ) -> Self {
         RegistryServer {
+            info: pb::GetServerInfoResponse::default(),
             view,
             presence,
             shutdown,
@@ -104,6 +106,12 @@ impl RegistryServer {
     /// Keeps every answer under `bytes` (the server's message limit).
     pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
+        self
+    }
+
+    /// The answer to `GetServerInfo` (version, commit, server id, store, start time).
+    pub fn with_info(mut self, info: pb::GetServerInfoResponse) -> Self {
+        self.info = info;
         self
     }
 
@@ -257,6 +265,14 @@ impl RegistryService for RegistryServer {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn get_server_info(
+        &self,
+        request: Request<pb::GetServerInfoRequest>,
+    ) -> Result<Response<pb::GetServerInfoResponse>, Status> {
+        caller(&request)?;
+        Ok(Response::new(self.info.clone()))
+    }
+
     async fn list_agents(
         &self,
         request: Request<pb::ListAgentsRequest>,
@@ -279,7 +295,13 @@ impl RegistryService for RegistryServer {
                 more = true;
                 break;
             }
-            let p = self.presence.presence(&a.agent_id).unwrap_or_default();
+            // An agent whose tunnel another server holds is online as far as this server can
+            // tell: its owner keeps the registration only while the agent is connected or
+            // within its offline timeout.
+            let p = self.presence.presence(&a.agent_id).unwrap_or(Presence {
+                online: true,
+                ..Presence::default()
+            });
             let detail = pb::AgentDetail {
                 agent_id: a.agent_id.clone(),
                 game_id: a.game_id.clone(),

@@ -196,10 +196,15 @@ pub(crate) fn decide(status: &Status) -> Decision {
     }
 }
 
-/// Whether a transport failure is a TLS certificate refusal (rustls's wording, either side).
+/// Whether a transport failure is a TLS certificate refusal (rustls's wording, either side). A
+/// fatal alert from the server is one too: in TLS 1.3 the server's refusal of the client
+/// certificate (`DecryptError` for a foreign CA's signature, `BadCertificate`,
+/// `CertificateExpired`, `UnknownCA`…) arrives as an alert on the first call after the client's
+/// handshake, and the same certificate gets the same alert on every retry.
 fn certificate_refused(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     [
+        "received fatal alert",
         "certificate",
         "unknownca",
         "unknown ca",
@@ -413,6 +418,14 @@ mod tests {
             mark(
                 Status::unavailable(
                     "connection to https://x failed: received fatal alert: UnknownCA",
+                ),
+                Failure::Broken,
+            ),
+            // TLS 1.3: a client certificate from a foreign CA, refused after the handshake.
+            mark(
+                Status::unavailable(
+                    "connection to https://x failed: transport error: connection error: \
+                     received fatal alert: DecryptError",
                 ),
                 Failure::Broken,
             ),

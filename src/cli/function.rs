@@ -20,6 +20,9 @@ pub enum FunctionCommand {
         /// Environment.
         #[arg(long, env = "CROUPIER_ENV", default_value = "dev")]
         env: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
         /// Connection (identity defaults to the admin certificate).
         #[command(flatten)]
         conn: Conn,
@@ -35,6 +38,9 @@ pub enum FunctionCommand {
         /// Environment.
         #[arg(long, env = "CROUPIER_ENV", default_value = "dev")]
         env: String,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
         /// Connection (identity defaults to the admin certificate).
         #[command(flatten)]
         conn: Conn,
@@ -48,6 +54,7 @@ pub async fn function(cmd: FunctionCommand) -> anyhow::Result<()> {
             file,
             game_id,
             env,
+            json,
             conn,
         } => {
             let text = std::fs::read_to_string(&file)
@@ -64,15 +71,24 @@ pub async fn function(cmd: FunctionCommand) -> anyhow::Result<()> {
                 .register_function(&game_id, &env, record.to_proto())
                 .await
                 .map_err(|s| status_error(&s))?;
-            println!(
-                "registered the descriptor of {} in {game_id}/{env} (revision {revision})",
-                record.id
-            );
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"function_id": record.id, "game_id": game_id,
+                        "env": env, "revision": revision})
+                );
+            } else {
+                println!(
+                    "registered the descriptor of {} in {game_id}/{env} (revision {revision})",
+                    record.id
+                );
+            }
         }
         FunctionCommand::Delete {
             function,
             game_id,
             env,
+            json,
             conn,
         } => {
             let client = conn.client("admin-admin").await?;
@@ -80,7 +96,13 @@ pub async fn function(cmd: FunctionCommand) -> anyhow::Result<()> {
                 .delete_function(&game_id, &env, &function)
                 .await
                 .map_err(|s| status_error(&s))?;
-            if deleted {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"function_id": function, "game_id": game_id,
+                        "env": env, "deleted": deleted})
+                );
+            } else if deleted {
                 println!("deleted the descriptor of {function} in {game_id}/{env}");
             } else {
                 println!("{function} in {game_id}/{env} had no descriptor");

@@ -409,6 +409,9 @@ async fn get(a: GetArgs) -> anyhow::Result<i32> {
     for (k, v) in j.as_object().into_iter().flatten() {
         let shown = match v {
             serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) if k.ends_with("_at") => {
+                crate::output::time(n.as_i64().unwrap_or(0))
+            }
             other => other.to_string(),
         };
         if !(shown.is_empty() || shown == "null" || shown == "0") {

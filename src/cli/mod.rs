@@ -13,6 +13,7 @@
 //! - `store` — `croupier store …`.
 //! - `certs` — the arguments of `certs init`.
 //! - `exit` — the exit codes, one per class of outcome.
+//! - `tests` — the contract on the argument tree (`--json` everywhere).
 
 pub mod certs;
 pub mod describe;
@@ -25,11 +26,13 @@ pub mod pipeline;
 pub mod registry;
 pub mod serve;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 pub use certs::CertsCommand;
 pub use function::{FunctionCommand, function};
 pub use invoke::{InvokeArgs, invoke};
-pub use node::{NodeCommand, node_state};
+pub use node::NodeCommand;
 use registry::node_state_name;
 pub use registry::{ListArgs, WatchArgs, agents, functions, watch};
 pub use serve::{AgentArgs, DevArgs, ServerArgs};
@@ -103,11 +106,60 @@ pub enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print this CLI's version and ask the server for its own.
+    Version(VersionArgs),
     /// Print a shell completion script: `croupier completions bash > /etc/bash_completion.d/croupier`.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// `croupier version`.
+#[derive(Args, Debug)]
+pub struct VersionArgs {
+    /// JSON output: `{"client": {...}, "server": {...}}`.
+    #[arg(long)]
+    pub json: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub conn: Conn,
+}
+
+/// Runs `croupier version`: the CLI's version, then the server's (an unreachable server is an
+/// error, after the CLI's own version is printed).
+pub async fn version(args: VersionArgs) -> anyhow::Result<()> {
+    let client_info = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"), "commit": env!("CROUPIER_COMMIT"),
+    });
+    if !args.json {
+        println!("client  croupier {VERSION}");
+    }
+    let client = args.conn.client("client-dev").await?;
+    let s = client.server_info().await.map_err(|s| status_error(&s))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "client": client_info,
+                "server": {
+                    "url": args.conn.server, "version": s.version, "commit": s.commit,
+                    "server_id": s.server_id, "store": s.store, "started_at": s.started_at,
+                },
+            })
+        );
+    } else {
+        println!(
+            "server  croupier {} ({}) at {}: server id {}, {} store, up since {}",
+            crate::output::clean(&s.version),
+            crate::output::clean(&s.commit),
+            args.conn.server,
+            crate::output::clean(&s.server_id),
+            crate::output::clean(&s.store),
+            crate::output::time(s.started_at)
+        );
+    }
+    Ok(())
 }
 
 /// Connection flags of client commands.
@@ -126,6 +178,10 @@ pub struct Conn {
     /// Certificate file stem, e.g. client-c1 for client-c1.pem/.key.
     #[arg(long, env = "CROUPIER_IDENTITY")]
     pub identity: Option<String>,
+    /// Compress requests with gzip and ask for compressed answers: pays on slow links and for
+    /// large payloads or log-heavy job streams.
+    #[arg(long, env = "CROUPIER_GZIP")]
+    pub gzip: bool,
 }
 
 /// Payload and options of a call or job.
@@ -299,8 +355,10 @@ impl Conn {
                 self.server
             )));
         }
+        let gzip = self.gzip;
         Client::connect(&self.server, &tls)
             .await
+            .map(|c| if gzip { c.with_gzip() } else { c })
             .map_err(|e| match e {
                 croupier_sdk::tls::TlsError::Connect(url, detail) => exit::Failure {
                     code: exit::UNREACHABLE,
@@ -349,7 +407,12 @@ fn pick_identity(dir: &Path, default_stem: &str) -> anyhow::Result<String> {
 pub fn status_error(s: &tonic::Status) -> anyhow::Error {
     let code = exit::of_status(s);
     let mut message = format!("{:?}: {}", s.code(), crate::output::clean(s.message()));
-    if code == exit::UNREACHABLE {
+    if code == exit::UNREACHABLE && s.message().contains("received fatal alert") {
+        message.push_str(
+            " (the server refused this client certificate: is it signed by the CA the server \
+             trusts, unexpired and not revoked? `croupier certs init` makes a matching set)",
+        );
+    } else if code == exit::UNREACHABLE {
         message.push_str(
             " (the connection failed: is a Croupier server running at that address, and do this \
              certificate and the server's share a CA that has not expired? `croupier certs init` \

@@ -16,14 +16,36 @@ pub enum NodeCommand {
         /// Why (recorded with who did it).
         #[arg(long, default_value = "")]
         reason: String,
+        /// JSON output: the state record.
+        #[arg(long)]
+        json: bool,
         /// Connection (identity defaults to the admin certificate).
         #[command(flatten)]
         conn: Conn,
     },
 }
 
+/// Runs a `croupier node` command.
+pub async fn run(cmd: NodeCommand) -> anyhow::Result<()> {
+    match cmd {
+        NodeCommand::State {
+            agent,
+            state,
+            reason,
+            json,
+            conn,
+        } => node_state(&agent, &state, &reason, json, &conn).await,
+    }
+}
+
 /// Runs `croupier node state`.
-pub async fn node_state(agent: &str, state: &str, reason: &str, conn: &Conn) -> anyhow::Result<()> {
+pub async fn node_state(
+    agent: &str,
+    state: &str,
+    reason: &str,
+    json: bool,
+    conn: &Conn,
+) -> anyhow::Result<()> {
     let state = match state {
         "normal" => NodeState::Normal,
         "maintenance" => NodeState::Maintenance,
@@ -40,6 +62,16 @@ pub async fn node_state(agent: &str, state: &str, reason: &str, conn: &Conn) -> 
         .await
         .map_err(|s| status_error(&s))?;
     let rec = resp.record.unwrap_or_default();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "agent_id": rec.agent_id, "state": node_state_name(rec.state),
+                "actor": rec.actor, "reason": rec.reason, "changed_at": rec.changed_at,
+            })
+        );
+        return Ok(());
+    }
     println!(
         "{} is now {} (by {}: {:?})",
         rec.agent_id,

@@ -41,20 +41,29 @@ pub enum PipelineCommand {
     Put {
         /// The template file.
         file: PathBuf,
+        /// JSON output: `{"id", "revision"}`.
+        #[arg(long)]
+        json: bool,
         /// Connection (identity defaults to the admin certificate).
         #[command(flatten)]
         conn: Conn,
     },
-    /// Show a template as JSON.
+    /// Show a template (pretty JSON; one line with --json).
     Get {
         /// Template id.
         id: String,
+        /// One line of JSON.
+        #[arg(long)]
+        json: bool,
         /// Connection.
         #[command(flatten)]
         conn: Conn,
     },
     /// List templates.
     List {
+        /// JSON output: `{"pipelines": [templates]}`.
+        #[arg(long)]
+        json: bool,
         /// Connection.
         #[command(flatten)]
         conn: Conn,
@@ -63,6 +72,9 @@ pub enum PipelineCommand {
     Delete {
         /// Template id.
         id: String,
+        /// JSON output: `{"id", "deleted"}`.
+        #[arg(long)]
+        json: bool,
         /// Connection (identity defaults to the admin certificate).
         #[command(flatten)]
         conn: Conn,
@@ -167,7 +179,7 @@ fn template_json(t: &PipelineTemplate) -> serde_json::Value {
 /// Runs a `croupier pipeline` command.
 pub async fn run(cmd: PipelineCommand) -> anyhow::Result<()> {
     match cmd {
-        PipelineCommand::Put { file, conn } => {
+        PipelineCommand::Put { file, json, conn } => {
             let template = read_template(&file)?;
             let id = template.id.clone();
             let client = conn.client("admin-admin").await?;
@@ -179,9 +191,13 @@ pub async fn run(cmd: PipelineCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(|s| status_error(&s))?
                 .into_inner();
-            println!("stored pipeline {id} (revision {})", r.revision);
+            if json {
+                println!("{}", serde_json::json!({"id": id, "revision": r.revision}));
+            } else {
+                println!("stored pipeline {id} (revision {})", r.revision);
+            }
         }
-        PipelineCommand::Get { id, conn } => {
+        PipelineCommand::Get { id, json, conn } => {
             let client = conn.client("client-dev").await?;
             let t = client
                 .function_service()
@@ -191,9 +207,13 @@ pub async fn run(cmd: PipelineCommand) -> anyhow::Result<()> {
                 .into_inner()
                 .template
                 .context("no template in the answer")?;
-            println!("{}", serde_json::to_string_pretty(&template_json(&t))?);
+            if json {
+                println!("{}", template_json(&t));
+            } else {
+                println!("{}", serde_json::to_string_pretty(&template_json(&t))?);
+            }
         }
-        PipelineCommand::List { conn } => {
+        PipelineCommand::List { json, conn } => {
             let client = conn.client("client-dev").await?;
             let list = client
                 .function_service()
@@ -201,6 +221,12 @@ pub async fn run(cmd: PipelineCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(|s| status_error(&s))?
                 .into_inner();
+            if json {
+                let all: Vec<serde_json::Value> =
+                    list.templates.iter().map(template_json).collect();
+                println!("{}", serde_json::json!({ "pipelines": all }));
+                return Ok(());
+            }
             let rows: Vec<Vec<String>> = list
                 .templates
                 .iter()
@@ -228,7 +254,7 @@ pub async fn run(cmd: PipelineCommand) -> anyhow::Result<()> {
                 crate::output::table(&["ID", "STEPS", "ARGS (* required)", "DESCRIPTION"], &rows)
             );
         }
-        PipelineCommand::Delete { id, conn } => {
+        PipelineCommand::Delete { id, json, conn } => {
             let client = conn.client("admin-admin").await?;
             let r = client
                 .function_service()
@@ -245,7 +271,11 @@ pub async fn run(cmd: PipelineCommand) -> anyhow::Result<()> {
                 }
                 .into());
             }
-            println!("deleted pipeline {id}");
+            if json {
+                println!("{}", serde_json::json!({"id": id, "deleted": true}));
+            } else {
+                println!("deleted pipeline {id}");
+            }
         }
     }
     Ok(())

@@ -69,7 +69,7 @@ pub async fn agents(args: ListArgs) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        println!("{}", serde_json::json!({ "agents": list }));
         return Ok(());
     }
     let rows: Vec<Vec<String>> = agents
@@ -83,6 +83,11 @@ pub async fn agents(args: ListArgs) -> anyhow::Result<()> {
                 format!("{}/{}", a.game_id, a.env),
                 node_state_name(a.node_state.as_ref().map(|n| n.state).unwrap_or(0)).into(),
                 if a.online { "online" } else { "offline" }.into(),
+                if a.owner.is_empty() {
+                    "-".into()
+                } else {
+                    a.owner.clone()
+                },
                 age(a.last_heartbeat),
                 a.functions.len().to_string(),
                 a.in_flight.to_string(),
@@ -101,6 +106,7 @@ pub async fn agents(args: ListArgs) -> anyhow::Result<()> {
                 "GAME/ENV",
                 "STATE",
                 "TUNNEL",
+                "SERVER",
                 "HEARTBEAT",
                 "FUNCTIONS",
                 "IN-FLIGHT",
@@ -223,25 +229,38 @@ pub async fn watch(args: WatchArgs) -> anyhow::Result<()> {
             }
             println!("{out}");
         } else if let Some(r) = &ev.registration {
-            let agents: Vec<&str> = r.agents.iter().map(|a| a.agent_id.as_str()).collect();
-            println!(
-                "{:>6} {:<8} {:<24} {}/{} agent={} agents=[{}]",
-                ev.revision,
-                kind,
-                crate::output::clean(&r.function_id),
-                crate::output::clean(&r.game_id),
-                crate::output::clean(&r.env),
-                if ev.agent_id.is_empty() {
-                    "-".to_string()
-                } else {
-                    crate::output::clean(&ev.agent_id)
-                },
-                crate::output::clean(&agents.join(","))
-            );
+            println!("{}", watch_line(&ev, kind, r));
         } else {
             println!("{:>6} {kind}", ev.revision);
         }
     }
+}
+
+/// One human line of `watch`: the initial state lists the function's agents; a change names the
+/// agent that came, changed or went (the other agents are unaffected), or says the descriptor
+/// changed.
+fn watch_line(
+    ev: &croupier_proto::registry::v1::RegistrationEvent,
+    kind: &str,
+    r: &croupier_proto::registry::v1::FunctionRegistration,
+) -> String {
+    use crate::output::clean;
+    let what = if !ev.agent_id.is_empty() {
+        format!("agent={}", clean(&ev.agent_id))
+    } else if r.agents.is_empty() && kind != "ADDED" {
+        "descriptor".to_string()
+    } else {
+        let agents: Vec<&str> = r.agents.iter().map(|a| a.agent_id.as_str()).collect();
+        format!("agents=[{}]", clean(&agents.join(",")))
+    };
+    format!(
+        "{:>6} {:<8} {:<24} {}/{} {what}",
+        ev.revision,
+        kind,
+        clean(&r.function_id),
+        clean(&r.game_id),
+        clean(&r.env),
+    )
 }
 
 /// One figure of an agent's heartbeat summary for the table, `-` when it sent none.

@@ -39,6 +39,9 @@ pub enum StoreCommand {
         /// lost comes back.
         #[arg(long)]
         salvage: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Write a consistent snapshot of the embedded store to a file; works while a server runs.
     Backup {
@@ -48,6 +51,9 @@ pub enum StoreCommand {
         /// The backup file to write.
         #[arg(long)]
         out: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Replace the embedded store with a backup, after checking the backup; the replaced log is
     /// kept next to it. Refused while a server has the data dir open.
@@ -58,6 +64,9 @@ pub enum StoreCommand {
         /// The backup file (from `croupier store backup`).
         #[arg(long)]
         from: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -68,7 +77,7 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<i32> {
             let dir = existing_store_dir(&data_dir)?;
             let report = embedded::check(&dir).map_err(|e| failed("checking the store", e))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                println!("{}", serde_json::to_string(&report)?);
             } else {
                 print!("{report}");
                 if let Some(c) = &report.corruption {
@@ -83,7 +92,11 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<i32> {
             }
             Ok(if report.is_corrupt() { 2 } else { 0 })
         }
-        StoreCommand::Repair { data_dir, salvage } => {
+        StoreCommand::Repair {
+            data_dir,
+            salvage,
+            json,
+        } => {
             let dir = existing_store_dir(&data_dir)?;
             let mode = if salvage {
                 RepairMode::Salvage
@@ -93,13 +106,17 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<i32> {
             let report = embedded::repair(&dir, mode).map_err(|e| {
                 failed(&format!("repairing the store in {}", data_dir.display()), e)
             })?;
-            print!("{report}");
+            show(&report, json)?;
             Ok(0)
         }
-        StoreCommand::Backup { data_dir, out } => {
+        StoreCommand::Backup {
+            data_dir,
+            out,
+            json,
+        } => {
             let dir = existing_store_dir(&data_dir)?;
             match embedded::backup(&dir, &out) {
-                Ok(report) => print!("{report}"),
+                Ok(report) => show(&report, json)?,
                 Err(e @ StoreError::Corrupt(_)) => bail!(
                     "{e}; nothing was backed up. See `croupier store check --data-dir {}`",
                     data_dir.display()
@@ -108,20 +125,36 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        StoreCommand::Restore { data_dir, from } => {
+        StoreCommand::Restore {
+            data_dir,
+            from,
+            json,
+        } => {
             let dir = store_dir(&data_dir);
             let report = embedded::restore(&dir, &from).map_err(|e| {
                 let doing = format!("restoring {} into {}", from.display(), data_dir.display());
                 failed(&doing, e)
             })?;
-            print!("{report}");
-            println!(
-                "start the server with --data-dir {} to serve it",
-                data_dir.display()
-            );
+            show(&report, json)?;
+            if !json {
+                println!(
+                    "start the server with --data-dir {} to serve it",
+                    data_dir.display()
+                );
+            }
             Ok(0)
         }
     }
+}
+
+/// Prints a report: as one JSON object with `--json`, else as text.
+fn show(report: &(impl std::fmt::Display + serde::Serialize), json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(())
 }
 
 /// `doing: error`, the store error's message once (its I/O source says the same again).

@@ -182,6 +182,18 @@ impl Client {
         }
     }
 
+    /// Which server answers and what it runs: version, commit, server id, store.
+    pub async fn server_info(
+        &self,
+    ) -> Result<croupier_proto::registry::v1::GetServerInfoResponse, Status> {
+        self.read("GetServerInfo", |left| {
+            let req = timed(croupier_proto::registry::v1::GetServerInfoRequest {}, left);
+            let mut svc = self.registry.clone();
+            async move { svc.get_server_info(req).await.map(Response::into_inner) }
+        })
+        .await
+    }
+
     /// Watches registrations: the current state (ADDED…, SYNCED), then changes. Empty filter
     /// fields match everything; `start_revision` resumes after a broken stream.
     pub async fn watch_registrations(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from croupier.common.v1 import common_pb2 as croupier_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#croupier/registry/v1/registry.proto\x12\x14\x63roupier.registry.v1\x1a\x1f\x63roupier/common/v1/common.proto\"s\n\x17GetRegistrationsRequest\x12\x0f\n\x07game_id\x18\x01 \x01(\t\x12\x0b\n\x03\x65nv\x18\x02 \x01(\t\x12\x13\n\x0b\x66unction_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\x88\x01\n\x18GetRegistrationsResponse\x12\x41\n\rregistrations\x18\x01 \x03(\x0b\x32*.croupier.registry.v1.FunctionRegistration\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\xbf\x01\n\x14\x46unctionRegistration\x12\x13\n\x0b\x66unction_id\x18\x01 \x01(\t\x12\x0f\n\x07game_id\x18\x02 \x01(\t\x12\x0b\n\x03\x65nv\x18\x03 \x01(\t\x12/\n\x06\x61gents\x18\x04 \x03(\x0b\x32\x1f.croupier.registry.v1.AgentInfo\x12\x43\n\x13\x66unction_descriptor\x18\x05 \x01(\x0b\x32&.croupier.common.v1.FunctionDescriptor\"\x83\x02\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\x12\x16\n\x0elast_heartbeat\x18\x03 \x01(\x03\x12;\n\x06labels\x18\x04 \x03(\x0b\x32+.croupier.registry.v1.AgentInfo.LabelsEntry\x12\x31\n\nnode_state\x18\x05 \x01(\x0e\x32\x1d.croupier.common.v1.NodeState\x12\x0e\n\x06online\x18\x06 \x01(\x08\x12\x0f\n\x07version\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x19WatchRegistrationsRequest\x12\x0f\n\x07game_id\x18\x01 \x01(\t\x12\x0b\n\x03\x65nv\x18\x02 \x01(\t\x12\x13\n\x0b\x66unction_id\x18\x03 \x01(\t\x12\x16\n\x0estart_revision\x18\x04 \x01(\x03\"\xa8\x01\n\x11RegistrationEvent\x12-\n\x04type\x18\x01 \x01(\x0e\x32\x1f.croupier.registry.v1.EventType\x12@\n\x0cregistration\x18\x02 \x01(\x0b\x32*.croupier.registry.v1.FunctionRegistration\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\"X\n\x11ListAgentsRequest\x12\x0f\n\x07game_id\x18\x01 \x01(\t\x12\x0b\n\x03\x65nv\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"`\n\x12ListAgentsResponse\x12\x31\n\x06\x61gents\x18\x01 \x03(\x0b\x32!.croupier.registry.v1.AgentDetail\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xce\x03\n\x0b\x41gentDetail\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07game_id\x18\x02 \x01(\t\x12\x0b\n\x03\x65nv\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x11\n\tfunctions\x18\x05 \x03(\t\x12=\n\x06labels\x18\x06 \x03(\x0b\x32-.croupier.registry.v1.AgentDetail.LabelsEntry\x12\x37\n\nnode_state\x18\x07 \x01(\x0b\x32#.croupier.common.v1.NodeStateRecord\x12\x0e\n\x06online\x18\x08 \x01(\x08\x12\x16\n\x0elast_heartbeat\x18\t \x01(\x03\x12\r\n\x05owner\x18\n \x01(\t\x12=\n\x06status\x18\x0b \x03(\x0b\x32-.croupier.registry.v1.AgentDetail.StatusEntry\x12\x0c\n\x04\x61\x64\x64r\x18\x0c \x01(\t\x12\x11\n\tin_flight\x18\r \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*<\n\tEventType\x12\t\n\x05\x41\x44\x44\x45\x44\x10\x00\x12\x0b\n\x07UPDATED\x10\x01\x12\x0b\n\x07REMOVED\x10\x02\x12\n\n\x06SYNCED\x10\x03\x32\xd7\x02\n\x0fRegistryService\x12q\n\x10GetRegistrations\x12-.croupier.registry.v1.GetRegistrationsRequest\x1a..croupier.registry.v1.GetRegistrationsResponse\x12p\n\x12WatchRegistrations\x12/.croupier.registry.v1.WatchRegistrationsRequest\x1a\'.croupier.registry.v1.RegistrationEvent0\x01\x12_\n\nListAgents\x12\'.croupier.registry.v1.ListAgentsRequest\x1a(.croupier.registry.v1.ListAgentsResponseBQ\n\x18\x64\x65v.croupier.registry.v1P\x01Z3croupier.dev/sdk/go/croupier/registry/v1;registryv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#croupier/registry/v1/registry.proto\x12\x14\x63roupier.registry.v1\x1a\x1f\x63roupier/common/v1/common.proto\"\x16\n\x14GetServerInfoRequest\"n\n\x15GetServerInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06\x63ommit\x18\x02 \x01(\t\x12\x11\n\tserver_id\x18\x03 \x01(\t\x12\r\n\x05store\x18\x04 \x01(\t\x12\x12\n\nstarted_at\x18\x05 \x01(\x03\"s\n\x17GetRegistrationsRequest\x12\x0f\n\x07game_id\x18\x01 \x01(\t\x12\x0b\n\x03\x65nv\x18\x02 \x01(\t\x12\x13\n\x0b\x66unction_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\x88\x01\n\x18GetRegistrationsResponse\x12\x41\n\rregistrations\x18\x01 \x03(\x0b\x32*.croupier.registry.v1.FunctionRegistration\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"\xbf\x01\n\x14\x46unctionRegistration\x12\x13\n\x0b\x66unction_id\x18\x01 \x01(\t\x12\x0f\n\x07game_id\x18\x02 \x01(\t\x12\x0b\n\x03\x65nv\x18\x03 \x01(\t\x12/\n\x06\x61gents\x18\x04 \x03(\x0b\x32\x1f.croupier.registry.v1.AgentInfo\x12\x43\n\x13\x66unction_descriptor\x18\x05 \x01(\x0b\x32&.croupier.common.v1.FunctionDescriptor\"\x83\x02\n\tAgentInfo\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\x12\x16\n\x0elast_heartbeat\x18\x03 \x01(\x03\x12;\n\x06labels\x18\x04 \x03(\x0b\x32+.croupier.registry.v1.AgentInfo.LabelsEntry\x12\x31\n\nnode_state\x18\x05 \x01(\x0e\x32\x1d.croupier.common.v1.NodeState\x12\x0e\n\x06online\x18\x06 \x01(\x08\x12\x0f\n\x07version\x18\x07 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"f\n\x19WatchRegistrationsRequest\x12\x0f\n\x07game_id\x18\x01 \x01(\t\x12\x0b\n\x03\x65nv\x18\x02 \x01(\t\x12\x13\n\x0b\x66unction_id\x18\x03 \x01(\t\x12\x16\n\x0estart_revision\x18\x04 \x01(\x03\"\xa8\x01\n\x11RegistrationEvent\x12-\n\x04type\x18\x01 \x01(\x0e\x32\x1f.croupier.registry.v1.EventType\x12@\n\x0cregistration\x18\x02 \x01(\x0b\x32*.croupier.registry.v1.FunctionRegistration\x12\x10\n\x08revision\x18\x03 \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\"X\n\x11ListAgentsRequest\x12\x0f\n\x07game_id\x18\x01 \x01(\t\x12\x0b\n\x03\x65nv\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"`\n\x12ListAgentsResponse\x12\x31\n\x06\x61gents\x18\x01 \x03(\x0b\x32!.croupier.registry.v1.AgentDetail\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xce\x03\n\x0b\x41gentDetail\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07game_id\x18\x02 \x01(\t\x12\x0b\n\x03\x65nv\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x11\n\tfunctions\x18\x05 \x03(\t\x12=\n\x06labels\x18\x06 \x03(\x0b\x32-.croupier.registry.v1.AgentDetail.LabelsEntry\x12\x37\n\nnode_state\x18\x07 \x01(\x0b\x32#.croupier.common.v1.NodeStateRecord\x12\x0e\n\x06online\x18\x08 \x01(\x08\x12\x16\n\x0elast_heartbeat\x18\t \x01(\x03\x12\r\n\x05owner\x18\n \x01(\t\x12=\n\x06status\x18\x0b \x03(\x0b\x32-.croupier.registry.v1.AgentDetail.StatusEntry\x12\x0c\n\x04\x61\x64\x64r\x18\x0c \x01(\t\x12\x11\n\tin_flight\x18\r \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bStatusEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*<\n\tEventType\x12\t\n\x05\x41\x44\x44\x45\x44\x10\x00\x12\x0b\n\x07UPDATED\x10\x01\x12\x0b\n\x07REMOVED\x10\x02\x12\n\n\x06SYNCED\x10\x03\x32\xc1\x03\n\x0fRegistryService\x12q\n\x10GetRegistrations\x12-.croupier.registry.v1.GetRegistrationsRequest\x1a..croupier.registry.v1.GetRegistrationsResponse\x12p\n\x12WatchRegistrations\x12/.croupier.registry.v1.WatchRegistrationsRequest\x1a\'.croupier.registry.v1.RegistrationEvent0\x01\x12_\n\nListAgents\x12\'.croupier.registry.v1.ListAgentsRequest\x1a(.croupier.registry.v1.ListAgentsResponse\x12h\n\rGetServerInfo\x12*.croupier.registry.v1.GetServerInfoRequest\x1a+.croupier.registry.v1.GetServerInfoResponseBQ\n\x18\x64\x65v.croupier.registry.v1P\x01Z3croupier.dev/sdk/go/croupier/registry/v1;registryv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,32 +39,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENTDETAIL_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_AGENTDETAIL_STATUSENTRY']._loaded_options = None
   _globals['_AGENTDETAIL_STATUSENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTTYPE']._serialized_start=1734
-  _globals['_EVENTTYPE']._serialized_end=1794
-  _globals['_GETREGISTRATIONSREQUEST']._serialized_start=94
-  _globals['_GETREGISTRATIONSREQUEST']._serialized_end=209
-  _globals['_GETREGISTRATIONSRESPONSE']._serialized_start=212
-  _globals['_GETREGISTRATIONSRESPONSE']._serialized_end=348
-  _globals['_FUNCTIONREGISTRATION']._serialized_start=351
-  _globals['_FUNCTIONREGISTRATION']._serialized_end=542
-  _globals['_AGENTINFO']._serialized_start=545
-  _globals['_AGENTINFO']._serialized_end=804
-  _globals['_AGENTINFO_LABELSENTRY']._serialized_start=759
-  _globals['_AGENTINFO_LABELSENTRY']._serialized_end=804
-  _globals['_WATCHREGISTRATIONSREQUEST']._serialized_start=806
-  _globals['_WATCHREGISTRATIONSREQUEST']._serialized_end=908
-  _globals['_REGISTRATIONEVENT']._serialized_start=911
-  _globals['_REGISTRATIONEVENT']._serialized_end=1079
-  _globals['_LISTAGENTSREQUEST']._serialized_start=1081
-  _globals['_LISTAGENTSREQUEST']._serialized_end=1169
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=1171
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1267
-  _globals['_AGENTDETAIL']._serialized_start=1270
-  _globals['_AGENTDETAIL']._serialized_end=1732
-  _globals['_AGENTDETAIL_LABELSENTRY']._serialized_start=759
-  _globals['_AGENTDETAIL_LABELSENTRY']._serialized_end=804
-  _globals['_AGENTDETAIL_STATUSENTRY']._serialized_start=1687
-  _globals['_AGENTDETAIL_STATUSENTRY']._serialized_end=1732
-  _globals['_REGISTRYSERVICE']._serialized_start=1797
-  _globals['_REGISTRYSERVICE']._serialized_end=2140
+  _globals['_EVENTTYPE']._serialized_start=1870
+  _globals['_EVENTTYPE']._serialized_end=1930
+  _globals['_GETSERVERINFOREQUEST']._serialized_start=94
+  _globals['_GETSERVERINFOREQUEST']._serialized_end=116
+  _globals['_GETSERVERINFORESPONSE']._serialized_start=118
+  _globals['_GETSERVERINFORESPONSE']._serialized_end=228
+  _globals['_GETREGISTRATIONSREQUEST']._serialized_start=230
+  _globals['_GETREGISTRATIONSREQUEST']._serialized_end=345
+  _globals['_GETREGISTRATIONSRESPONSE']._serialized_start=348
+  _globals['_GETREGISTRATIONSRESPONSE']._serialized_end=484
+  _globals['_FUNCTIONREGISTRATION']._serialized_start=487
+  _globals['_FUNCTIONREGISTRATION']._serialized_end=678
+  _globals['_AGENTINFO']._serialized_start=681
+  _globals['_AGENTINFO']._serialized_end=940
+  _globals['_AGENTINFO_LABELSENTRY']._serialized_start=895
+  _globals['_AGENTINFO_LABELSENTRY']._serialized_end=940
+  _globals['_WATCHREGISTRATIONSREQUEST']._serialized_start=942
+  _globals['_WATCHREGISTRATIONSREQUEST']._serialized_end=1044
+  _globals['_REGISTRATIONEVENT']._serialized_start=1047
+  _globals['_REGISTRATIONEVENT']._serialized_end=1215
+  _globals['_LISTAGENTSREQUEST']._serialized_start=1217
+  _globals['_LISTAGENTSREQUEST']._serialized_end=1305
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1307
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1403
+  _globals['_AGENTDETAIL']._serialized_start=1406
+  _globals['_AGENTDETAIL']._serialized_end=1868
+  _globals['_AGENTDETAIL_LABELSENTRY']._serialized_start=895
+  _globals['_AGENTDETAIL_LABELSENTRY']._serialized_end=940
+  _globals['_AGENTDETAIL_STATUSENTRY']._serialized_start=1823
+  _globals['_AGENTDETAIL_STATUSENTRY']._serialized_end=1868
+  _globals['_REGISTRYSERVICE']._serialized_start=1933
+  _globals['_REGISTRYSERVICE']._serialized_end=2382
 # @@protoc_insertion_point(module_scope)

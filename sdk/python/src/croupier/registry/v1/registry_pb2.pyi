@@ -19,6 +19,24 @@ UPDATED: EventType
 REMOVED: EventType
 SYNCED: EventType
 
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetServerInfoResponse(_message.Message):
+    __slots__ = ("version", "commit", "server_id", "store", "started_at")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    commit: str
+    server_id: str
+    store: str
+    started_at: int
+    def __init__(self, version: _Optional[str] = ..., commit: _Optional[str] = ..., server_id: _Optional[str] = ..., store: _Optional[str] = ..., started_at: _Optional[int] = ...) -> None: ...
+
 class GetRegistrationsRequest(_message.Message):
     __slots__ = ("game_id", "env", "function_id", "page_size", "page_token")
     GAME_ID_FIELD_NUMBER: _ClassVar[int]

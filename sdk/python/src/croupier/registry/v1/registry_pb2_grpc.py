@@ -50,6 +50,11 @@ class RegistryServiceStub:
                 request_serializer=croupier_dot_registry_dot_v1_dot_registry__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=croupier_dot_registry_dot_v1_dot_registry__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/croupier.registry.v1.RegistryService/GetServerInfo',
+                request_serializer=croupier_dot_registry_dot_v1_dot_registry__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=croupier_dot_registry_dot_v1_dot_registry__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -79,6 +84,14 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServerInfo(self, request, context):
+        """Says which server answers and what it runs (`croupier version` asks it): its version and
+        commit, its server id and its store. Any identity may ask.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +109,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=croupier_dot_registry_dot_v1_dot_registry__pb2.ListAgentsRequest.FromString,
                     response_serializer=croupier_dot_registry_dot_v1_dot_registry__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=croupier_dot_registry_dot_v1_dot_registry__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=croupier_dot_registry_dot_v1_dot_registry__pb2.GetServerInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +198,33 @@ class RegistryService:
             '/croupier.registry.v1.RegistryService/ListAgents',
             croupier_dot_registry_dot_v1_dot_registry__pb2.ListAgentsRequest.SerializeToString,
             croupier_dot_registry_dot_v1_dot_registry__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.registry.v1.RegistryService/GetServerInfo',
+            croupier_dot_registry_dot_v1_dot_registry__pb2.GetServerInfoRequest.SerializeToString,
+            croupier_dot_registry_dot_v1_dot_registry__pb2.GetServerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
