@@ -9,7 +9,8 @@
 #   2. makes certificates (certs init --agent a1 --agent py1 --client c1 --admin ops) in a temp dir,
 #      starts the server on 127.0.0.1:0 and agent a1, and waits until a1's functions are registered;
 #   3. starts provider.py (the SDK's Agent) as agent py1 (serves py.echo over Connect);
-#   4. Go:     generate.sh, go build, then the example: registry, invoke agent.ping, watch, job;
+#   4. Go:     generate.sh, go build, then the example: registry, invoke agent.ping, watch, job,
+#              and the google.rpc.ErrorInfo of a refused call (Go and Python);
 #   5. C++:    cmake + build (-j2), then the same example;
 #   6. Python: the same example;
 #      each of the three also invokes py.echo (--echo-only --expect-agent py1) through the server;
@@ -260,7 +261,7 @@ step "python: start provider py1 (SDK Agent: RegisterAgent, Connect/Hello/Welcom
 run_example() {
     local lang="$1"
     shift
-    step "$lang example: registry, invoke agent.ping, watch, job agent.countdown" "$@" "${CLIENT[@]}" || true
+    step "$lang example: registry, invoke agent.ping, watch, job agent.countdown, error details" "$@" "${CLIENT[@]}" || true
     if ((PROVIDER_UP)); then
         step "$lang example: invoke py.echo on the Python provider" "$@" "${CLIENT[@]}" \
             --function py.echo --expect-agent py1 --echo-only || true

@@ -297,9 +297,10 @@ impl RegistryService for RegistryServer {
             }
             // An agent whose tunnel another server holds is online as far as this server can
             // tell: its owner keeps the registration only while the agent is connected or
-            // within its offline timeout.
+            // within its offline timeout. One this server owns but does not hold (after a
+            // restart, before the agent is back) is offline.
             let p = self.presence.presence(&a.agent_id).unwrap_or(Presence {
-                online: true,
+                online: !a.owner.is_empty() && a.owner != self.info.server_id,
                 ..Presence::default()
             });
             let detail = pb::AgentDetail {

@@ -5,7 +5,10 @@
 //  2. invoke: InvokeFunction of --function (agent.ping) echoes the payload it was given;
 //  3. watch: WatchRegistrations delivers the initial state (ADDED events, then SYNCED);
 //  4. job: InvokeJob of agent.countdown {"steps": 3, "ms": 50}, then StreamJobEvents: seqs are
-//     1, 2, 3... without a gap, the first event is START, the last is DONE and the stream ends.
+//     1, 2, 3... without a gap, the first event is START, the last is DONE and the stream ends;
+//  5. errors: a misspelt function is refused NOT_FOUND, and the status's google.rpc.ErrorInfo
+//     (grpc::Status::error_details(), a serialized google.rpc.Status) says why: reason
+//     FUNCTION_NOT_FOUND, with details (the function, the nearest registered names).
 //
 // With --echo-only it runs steps 1 and 2 only (used to call a provider that serves one function).
 // It prints one line per check and exits 1 with "FAILED: ..." when any check fails.
@@ -29,6 +32,8 @@
 #include <grpcpp/grpcpp.h>
 
 #include "croupier/function/v1/function.grpc.pb.h"
+#include "google/rpc/error_details.pb.h"
+#include "google/rpc/status.pb.h"
 #include "croupier/registry/v1/registry.grpc.pb.h"
 
 namespace common = croupier::common::v1;
@@ -186,6 +191,7 @@ class Example {
     if (cfg_.echo_only) return;
     CheckWatch();
     CheckJob();
+    CheckErrorInfo();
   }
 
  private:
@@ -322,6 +328,41 @@ class Example {
 
   static bool IsTerminal(fn::EventType t) {
     return t == fn::DONE || t == fn::ERROR || t == fn::CANCELLED;
+  }
+
+  // Invokes a misspelt function and prints the google.rpc.ErrorInfo of the refusal.
+  void CheckErrorInfo() {
+    std::string misspelt = cfg_.function;
+    std::swap(misspelt[misspelt.size() - 1], misspelt[misspelt.size() - 2]);
+    fn::InvokeFunctionRequest req;
+    req.set_game_id(cfg_.game_id);
+    req.set_env(cfg_.env);
+    req.set_function_id(misspelt);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline());
+    fn::InvokeFunctionResponse resp;
+    const grpc::Status st = functions_->InvokeFunction(&ctx, req, &resp);
+    if (st.ok()) throw Failure("errors: " + misspelt + " was served");
+    google::rpc::Status details;
+    if (!details.ParseFromString(st.error_details())) {
+      throw Failure("errors: the status details are not a google.rpc.Status");
+    }
+    for (const auto& any : details.details()) {
+      google::rpc::ErrorInfo info;
+      if (!any.Is<google::rpc::ErrorInfo>() || !any.UnpackTo(&info)) continue;
+      std::map<std::string, std::string> sorted(info.metadata().begin(), info.metadata().end());
+      std::string meta;
+      for (const auto& [k, v] : sorted) meta += (meta.empty() ? "" : ", ") + k + "=" + v;
+      std::cout << "[error] " << misspelt << ": code=" << CodeName(st.error_code())
+                << " reason=" << info.reason() << " details={" << meta
+                << "} message=" << st.error_message() << std::endl;
+      if (info.reason() != "FUNCTION_NOT_FOUND") {
+        throw Failure("errors: want ErrorInfo reason FUNCTION_NOT_FOUND, got " + info.reason());
+      }
+      return;
+    }
+    throw Failure("errors: the status (" + std::string(CodeName(st.error_code())) + ": " +
+                  st.error_message() + ") carries no ErrorInfo");
   }
 
   void CheckJob() {

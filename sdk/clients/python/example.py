@@ -5,7 +5,9 @@ It connects with mutual TLS and checks, in this order:
  2. invoke: --function (agent.ping) echoes the payload it was given;
  3. watch: watch_registrations delivers the initial state (ADDED events, then SYNCED);
  4. job: agent.countdown {"steps": 3, "ms": 50} as a job: seqs 1, 2, 3... without a gap, START
-    first, DONE last.
+    first, DONE last;
+ 5. errors: a misspelt function is refused NOT_FOUND, and the status's google.rpc.ErrorInfo says
+    why (reason FUNCTION_NOT_FOUND) with details (the function, the nearest registered names).
 
 With --echo-only it runs steps 1 and 2 only (used to call a provider that serves one function).
 It prints one line per check and exits 1 with "FAILED: ..." when any check fails.
@@ -87,6 +89,20 @@ async def check_job(args: argparse.Namespace, client: croupier.Client) -> None:
     print(f"[job] {len(events)} events, seqs 1..{len(events)} consecutive, START first, DONE last")
 
 
+async def check_error_info(args: argparse.Namespace, client: croupier.Client) -> None:
+    misspelt = args.function[:-2] + args.function[-1] + args.function[-2]
+    try:
+        await client.invoke(misspelt, {}, timeout=args.timeout)
+    except croupier.RpcError as e:
+        details = ", ".join(f"{k}={v}" for k, v in sorted(e.details.items()))
+        print(f"[error] {misspelt}: code={e.code.name} reason={e.reason} details={{{details}}} "
+              f"message={e.message}")
+        if e.reason != "FUNCTION_NOT_FOUND":
+            raise Failure(f"errors: want ErrorInfo reason FUNCTION_NOT_FOUND, got {e.reason!r}") from None
+        return
+    raise Failure(f"errors: {misspelt} was served")
+
+
 async def run(args: argparse.Namespace) -> None:
     tls = croupier.Tls.from_dir(args.tls_dir, args.identity)
     async with croupier.Client(args.server, tls=tls, game_id=args.game_id, env=args.env,
@@ -97,6 +113,7 @@ async def run(args: argparse.Namespace) -> None:
         if not args.echo_only:
             await asyncio.wait_for(check_watch(args, client), args.timeout)
             await asyncio.wait_for(check_job(args, client), args.timeout)
+            await check_error_info(args, client)
 
 
 def main() -> int:

@@ -100,6 +100,8 @@ async def test_unavailable_is_retried_only_when_safe(mesh: Mesh, env: str) -> No
             await client.invoke("gone.query", timeout=10)
         took = time.monotonic() - t0
         assert e.value.code == grpc.StatusCode.UNAVAILABLE
+        # The server's machine code, from the status's google.rpc.ErrorInfo.
+        assert e.value.reason == "NO_AGENT", e.value
         attempts = client.stats().servers[mesh.url].calls.calls - before
         assert attempts == 5, "5 attempts in all"
         assert 1.5 * 0.8 <= took < 4.0, f"backoff 100+200+400+800 ms ±20 %, took {took:.2f} s"

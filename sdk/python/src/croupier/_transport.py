@@ -93,6 +93,27 @@ class ServerConn:
         )
 
 
+def error_info(e: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
+    """The ``google.rpc.ErrorInfo`` (reason, metadata) a status carries in
+    ``grpc-status-details-bin``, as the server sends it with every error; ("", {}) without one."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    pairs = cast("list[tuple[str, object]]", list(e.trailing_metadata() or ()))
+    for key, value in pairs:
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status()
+        try:
+            status.ParseFromString(value)
+        except Exception:  # noqa: BLE001 - a malformed detail is no detail
+            return "", {}
+        for any_ in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if any_.Is(info.DESCRIPTOR) and any_.Unpack(info):
+                return info.reason, dict(info.metadata)
+    return "", {}
+
+
 def classify(e: grpc.aio.AioRpcError, channel: grpc.aio.Channel, local_deadline: float) -> Failure:
     """Where a failed attempt failed."""
     code = e.code()
@@ -232,7 +253,8 @@ class Transport:
                     msg = f"connection to {conn.url} failed: {msg}"
                 elif failure is Failure.LOCAL_DEADLINE:
                     msg = f"{conn.url} did not answer {what} before the call's deadline"
-                err = RpcError(code, msg, server=conn.url)
+                reason, details = error_info(e)
+                err = RpcError(code, msg, server=conn.url, reason=reason, details=details)
             except asyncio.CancelledError:
                 permit.record(Outcome.NEUTRAL)
                 raise
@@ -291,7 +313,14 @@ class Transport:
                     if failure is Failure.BROKEN:
                         conn.pool.mark_broken(slot, channel, e.details() or "")
                         self._failed_over(conn)
-                    raise RpcError(e.code(), e.details() or e.code().name, server=conn.url) from None
+                    reason, details = error_info(e)
+                    raise RpcError(
+                        e.code(),
+                        e.details() or e.code().name,
+                        server=conn.url,
+                        reason=reason,
+                        details=details,
+                    ) from None
                 if msg is EOF:
                     permit.record(Outcome.REACHED)
                     return

@@ -38,7 +38,15 @@ class HandlerError(CroupierError):
 class RpcError(CroupierError):
     """A call failed at the gRPC level."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, *, server: str = "") -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        server: str = "",
+        reason: str = "",
+        details: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(f"{code.name}: {message}")
         #: The gRPC status code.
         self.code = code
@@ -46,6 +54,11 @@ class RpcError(CroupierError):
         self.message = message
         #: The server the call went to.
         self.server = server
+        #: The server's machine code (``google.rpc.ErrorInfo.reason``: ``FUNCTION_NOT_FOUND``,
+        #: ``NO_AGENT``, ``SCHEMA_VIOLATION``...); empty when the server sent none.
+        self.reason = reason
+        #: The ErrorInfo's details (function, field, agent, nearest names...).
+        self.details = dict(details or {})
 
 
 class CircuitOpenError(RpcError):

@@ -5,7 +5,9 @@
 //  2. invoke: InvokeFunction of --function (agent.ping) echoes the payload it was given;
 //  3. watch: WatchRegistrations delivers the initial state (ADDED events, then SYNCED);
 //  4. job: InvokeJob of agent.countdown {"steps": 3, "ms": 50}, then StreamJobEvents: seqs are
-//     1, 2, 3... without a gap, the first event is START, the last is DONE and the stream ends.
+//     1, 2, 3... without a gap, the first event is START, the last is DONE and the stream ends;
+//  5. errors: a misspelt function is refused NOT_FOUND, and the status's google.rpc.ErrorInfo says
+//     why (reason FUNCTION_NOT_FOUND) with details (the function, the nearest registered names).
 //
 // With --echo-only it runs steps 1 and 2 only (used to call a provider that serves one function).
 // It prints one line per check and exits 1 with "FAILED: ..." when any check fails.
@@ -27,6 +29,7 @@ import (
 	"time"
 	"unicode"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -112,7 +115,37 @@ func run(cfg config) error {
 	if err := checkJob(cfg, functions); err != nil {
 		return fmt.Errorf("job %s: %w", cfg.jobFunction, err)
 	}
+	if err := checkErrorInfo(cfg, functions); err != nil {
+		return fmt.Errorf("errors: %w", err)
+	}
 	return nil
+}
+
+// checkErrorInfo invokes a misspelt function and prints the google.rpc.ErrorInfo that the
+// server's status carries (grpc-status-details-bin): the machine code and the details.
+func checkErrorInfo(cfg config, functions functionv1.FunctionServiceClient) error {
+	n := len(cfg.function)
+	misspelt := cfg.function[:n-2] + cfg.function[n-1:] + cfg.function[n-2:n-1]
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.timeout)
+	defer cancel()
+	_, err := functions.InvokeFunction(ctx, &functionv1.InvokeFunctionRequest{
+		FunctionId: misspelt, GameId: cfg.gameID, Env: cfg.env,
+	})
+	if err == nil {
+		return fmt.Errorf("%s was served", misspelt)
+	}
+	st := status.Convert(err)
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			fmt.Printf("[error] %s: code=%s reason=%s details=%v message=%s\n",
+				misspelt, st.Code(), info.GetReason(), info.GetMetadata(), st.Message())
+			if info.GetReason() != "FUNCTION_NOT_FOUND" {
+				return fmt.Errorf("want ErrorInfo reason FUNCTION_NOT_FOUND, got %q", info.GetReason())
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("the status (%s: %s) carries no ErrorInfo", st.Code(), st.Message())
 }
 
 // dial opens a channel with mutual TLS: the server must present a certificate signed by ca.pem,
