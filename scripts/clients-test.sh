@@ -10,7 +10,7 @@
 #      starts the server on 127.0.0.1:0 and agent a1, and waits until a1's functions are registered;
 #   3. starts provider.py (the SDK's Agent) as agent py1 (serves py.echo over Connect);
 #   4. Go:     generate.sh, go build, then the example: registry, invoke agent.ping, watch, job,
-#              and the google.rpc.ErrorInfo of a refused call (Go and Python);
+#              and the google.rpc.ErrorInfo of a refused call;
 #   5. C++:    cmake + build (-j2), then the same example;
 #   6. Python: the same example;
 #      each of the three also invokes py.echo (--echo-only --expect-agent py1) through the server;
