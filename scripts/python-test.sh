@@ -31,6 +31,7 @@ DEPS=(
     grpcio==1.85.1
     grpcio-tools==1.85.1
     grpcio-health-checking==1.85.1
+    googleapis-common-protos==1.76.0
     protobuf==7.36.2
     pydantic==2.14.3
     pytest==9.2.0

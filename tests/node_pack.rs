@@ -269,7 +269,7 @@ async fn node_pack_reports_this_machine() {
         String::from_utf8_lossy(&out.stderr)
     );
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let n1 = listed
+    let n1 = listed["agents"]
         .as_array()
         .unwrap()
         .iter()
