@@ -237,6 +237,8 @@ export CROUPIER_REQUIRE_DOCKER=1
 export CROUPIER_REQUIRE_ETCD=1
 
 section "the Rust build needs no system protoc"
+# The protoc every build script runs (.cargo/config.toml's PROTOC): the vendored one.
+echo "scripts/protoc: $("$ROOT/scripts/protoc" --version)"
 "$ROOT/scripts/check-no-protoc.sh"
 
 section "cargo fmt --all --check"

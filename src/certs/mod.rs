@@ -40,24 +40,33 @@ const CLOCK_SKEW: Duration = Duration::from_secs(60 * 60);
 /// Hosts every server certificate is valid for.
 const DEFAULT_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 
-/// What `croupier certs init` should produce.
-#[derive(Clone, Debug, Default)]
+/// What `croupier certs init` should produce (also its arguments).
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct CertsInit {
     /// Output directory; created with mode 0700 when missing.
+    #[arg(long)]
     pub dir: PathBuf,
-    /// Agent ids; each gets `agent-ID.pem/.key` with identity `spiffe://croupier/agent/ID`.
+    /// Agent ids (repeatable); each gets `agent-ID.pem/.key` with identity
+    /// `spiffe://croupier/agent/ID`.
+    #[arg(long = "agent")]
     pub agents: Vec<String>,
-    /// Client names; each gets `client-NAME.pem/.key`.
+    /// Client names (repeatable); each gets `client-NAME.pem/.key`.
+    #[arg(long = "client")]
     pub clients: Vec<String>,
-    /// Admin names; each gets `admin-NAME.pem/.key`.
+    /// Admin names (repeatable); each gets `admin-NAME.pem/.key`.
+    #[arg(long = "admin")]
     pub admins: Vec<String>,
-    /// Named servers; each gets `server-NAME.pem/.key` with the server hosts and identity
-    /// `spiffe://croupier/server/NAME`, for server-to-server forwarding.
+    /// Named servers (repeatable); each gets `server-NAME.pem/.key` with the server hosts and
+    /// identity `spiffe://croupier/server/NAME`, for server-to-server forwarding.
+    #[arg(long = "server")]
     pub servers: Vec<String>,
-    /// Extra host names or IP addresses for the server certificates, besides `localhost`,
-    /// `127.0.0.1` and `::1`.
+    /// Extra host names or IP addresses for the server certificates (repeatable), besides
+    /// `localhost`, `127.0.0.1` and `::1`.
+    #[arg(long = "host")]
     pub hosts: Vec<String>,
-    /// Make a new CA and rewrite every requested certificate even when the files exist.
+    /// Make a new CA and rewrite every requested certificate even when the files exist (a new
+    /// CA invalidates every old certificate).
+    #[arg(long)]
     pub force: bool,
 }
 

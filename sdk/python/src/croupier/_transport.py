@@ -17,6 +17,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 import grpc.aio
+from google.rpc import error_details_pb2, status_pb2
 
 from .breaker import BreakerPolicy, BreakerState, CircuitBreaker, Outcome, Permit
 from .errors import CircuitOpenError, ConfigError, RpcError
@@ -96,8 +97,6 @@ class ServerConn:
 def error_info(e: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
     """The ``google.rpc.ErrorInfo`` (reason, metadata) a status carries in
     ``grpc-status-details-bin``, as the server sends it with every error; ("", {}) without one."""
-    from google.rpc import error_details_pb2, status_pb2
-
     pairs = cast("list[tuple[str, object]]", list(e.trailing_metadata() or ()))
     for key, value in pairs:
         if key != "grpc-status-details-bin" or not isinstance(value, bytes):
