@@ -20,6 +20,11 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Directory with `ca.pem`, `server.pem`, `server.key`. Default `./certs`.
     pub tls_dir: PathBuf,
+    /// Revoked certificates: a file of serials (one hex serial per line) or a CRL, reloaded when
+    /// it changes; peers whose certificate serial is on it are refused. Default
+    /// `<tls_dir>/revoked.txt` (`croupier certs revoke` appends there); a missing file revokes
+    /// nothing.
+    pub revocation_list: Option<PathBuf>,
     /// This server's id in the mesh. Default `server`. Unique per replica.
     pub server_id: String,
     /// URL other replicas use to reach this server (forwarding), e.g. `https://10.0.0.5:8443`.
@@ -104,6 +109,9 @@ pub struct Jobs {
     /// Bytes of an agent's events not yet stored before the server stops reading its tunnel
     /// (backpressure). Default 16 MiB.
     pub max_agent_unstored_bytes: usize,
+    /// Clients may read every job in their scopes, not only the ones they started (admins
+    /// always may). Default false.
+    pub clients_read_all: bool,
 }
 
 impl Default for Jobs {
@@ -119,6 +127,7 @@ impl Default for Jobs {
             max_job_bytes: d.max_job_bytes,
             max_agent_bytes: d.max_agent_bytes,
             max_agent_unstored_bytes: d.max_agent_unstored_bytes,
+            clients_read_all: d.clients_read_all,
         }
     }
 }
@@ -244,6 +253,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8443".into(),
             data_dir: PathBuf::from("croupier-data"),
             tls_dir: PathBuf::from("certs"),
+            revocation_list: None,
             server_id: "server".into(),
             advertise_url: String::new(),
             heartbeat_interval: Duration::from_secs(15),
@@ -274,6 +284,7 @@ const ENV_KEYS: &[&str] = &[
     "listen",
     "data_dir",
     "tls_dir",
+    "revocation_list",
     "server_id",
     "advertise_url",
     "heartbeat_interval",

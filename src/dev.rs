@@ -23,6 +23,7 @@ pub fn ensure_certs(dir: &Path, agent_id: &str) -> anyhow::Result<()> {
         servers: vec![],
         hosts: vec![],
         force: false,
+        ..Default::default()
     })
     .context("making dev certificates")?;
     Ok(())

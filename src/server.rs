@@ -271,6 +271,7 @@ async fn serve_on(
             max_job_bytes: cfg.jobs.max_job_bytes,
             max_agent_bytes: cfg.jobs.max_agent_bytes,
             max_agent_unstored_bytes: cfg.jobs.max_agent_unstored_bytes,
+            clients_read_all: cfg.jobs.clients_read_all,
             ..JobConfig::default()
         },
         store.clone(),
@@ -331,6 +332,16 @@ async fn serve_on(
         .context("building server reflection (v1alpha)")?;
 
     let resolver = IdentityResolver::new();
+    let revocations = cfg
+        .revocation_list
+        .clone()
+        .unwrap_or_else(|| cfg.tls_dir.join(crate::certs::REVOKED_FILE));
+    let reload = croupier_registry::identity::watch_revocations(resolver.clone(), revocations)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("loading the revocation list (config `revocation_list`)")?;
+    // Stops reloading when the server returns.
+    let _reload = tokio_util::task::AbortOnDropHandle::new(reload);
     let ident = move |req| resolver.intercept(req);
     let max = cfg.limits.max_message_bytes;
     let watches = CancellationToken::new();

@@ -40,6 +40,7 @@ impl InProcess {
             servers: vec![],
             hosts: vec![],
             force: false,
+            ..Default::default()
         })
         .unwrap();
         let cfg = ServerConfig {

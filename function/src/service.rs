@@ -139,8 +139,8 @@ impl FunctionService for FunctionServer {
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        caller(&request)?;
-        let resp = self.jobs.list_jobs(&request.into_inner()).await?;
+        let who = origin(&request)?.who;
+        let resp = self.jobs.list_jobs(&who, &request.into_inner()).await?;
         Ok(Response::new(resp))
     }
 

@@ -157,10 +157,9 @@ async fn cancel_reaches_the_agent_and_a_lost_agent_ends_its_jobs() {
         })
         .await;
     // Someone else's cancel is refused.
-    let other = croupier_registry::identity::Identity {
-        role: croupier_registry::identity::Role::Client,
-        name: "c2".into(),
-    };
+    let other =
+        croupier_registry::identity::Identity::new(croupier_registry::identity::Role::Client, "c2")
+            .unwrap();
     assert!(b.jobs.cancel(&other, "job-3", "mine now").await.is_err());
     // The agent never answers the cancel and goes away.
     b.jobs.agent_gone("a1", "heartbeats missed");

@@ -258,6 +258,35 @@ impl DescriptorRecord {
         }
     }
 
+    /// Keeps the security fields of `current` from being loosened by this (an agent's) new
+    /// declaration: who may call can only narrow (the lists intersect; a declaration that would
+    /// widen them or leave nobody keeps `current`'s), and sensitive fields only grow. Only an
+    /// admin's descriptor, or deleting the stored one, loosens them.
+    pub fn tighten_from(&mut self, current: &DescriptorRecord) {
+        fn narrow(proposed: &mut Vec<String>, current: &[String]) {
+            if current.is_empty() {
+                return;
+            }
+            let both: Vec<String> = proposed
+                .iter()
+                .filter(|p| current.contains(p))
+                .cloned()
+                .collect();
+            *proposed = if both.is_empty() {
+                current.to_vec()
+            } else {
+                both
+            };
+        }
+        narrow(&mut self.allowed_roles, &current.allowed_roles);
+        narrow(&mut self.allowed_identities, &current.allowed_identities);
+        for f in &current.sensitive_fields {
+            if !self.sensitive_fields.contains(f) {
+                self.sensitive_fields.push(f.clone());
+            }
+        }
+    }
+
     /// True when both describe the function the same way (who declared it aside).
     pub fn same_content(&self, other: &DescriptorRecord) -> bool {
         let mut a = self.clone();
@@ -336,6 +365,30 @@ mod tests {
         assert_eq!(back.params_schema, d.params_schema);
         assert_eq!(back.semantics, d.semantics);
         let encoded = serde_json::to_vec(&r).unwrap();
+        let mut loose = r.clone();
+        let mut strict = r.clone();
+        strict.allowed_roles = vec!["admin".into()];
+        strict.sensitive_fields = vec!["token".into()];
+        loose.allowed_roles = vec!["client".into(), "admin".into()];
+        loose.tighten_from(&strict);
+        assert_eq!(loose.allowed_roles, ["admin"]);
+        assert_eq!(loose.sensitive_fields, ["token"]);
+        let mut open = r.clone();
+        open.allowed_roles.clear();
+        open.tighten_from(&strict);
+        assert_eq!(
+            open.allowed_roles,
+            ["admin"],
+            "an empty list would open it to all"
+        );
+        let mut other = r.clone();
+        other.allowed_roles = vec!["client".into()];
+        other.tighten_from(&strict);
+        assert_eq!(
+            other.allowed_roles,
+            ["admin"],
+            "disjoint: the stored list stays"
+        );
         let decoded: DescriptorRecord = serde_json::from_slice(&encoded).unwrap();
         assert_eq!(decoded, r);
     }

@@ -157,7 +157,7 @@ impl RegistryService for RegistryServer {
         &self,
         request: Request<pb::GetRegistrationsRequest>,
     ) -> Result<Response<pb::GetRegistrationsResponse>, Status> {
-        caller(&request)?;
+        let who = caller(&request)?;
         let r = request.into_inner();
         let size = page_size(r.page_size, DEFAULT_REGISTRATIONS_PAGE)?;
         let after = decode_token(&r.page_token)?
@@ -175,6 +175,8 @@ impl RegistryService for RegistryServer {
         let (mut registrations, revision, next) =
             self.view
                 .registrations_page(&filter, after.as_ref(), size, self.page_bytes());
+        // A scoped caller sees only its scopes (a page may then hold fewer than asked).
+        registrations.retain(|reg| who.scopes.allows(&reg.game_id, &reg.env));
         registrations.iter_mut().for_each(|reg| self.overlay(reg));
         Ok(Response::new(pb::GetRegistrationsResponse {
             registrations,
@@ -192,9 +194,10 @@ impl RegistryService for RegistryServer {
         &self,
         request: Request<pb::WatchRegistrationsRequest>,
     ) -> Result<Response<Self::WatchRegistrationsStream>, Status> {
-        caller(&request)?;
+        let who = caller(&request)?;
         let r = request.into_inner();
         let filter = Filter::new(r.game_id, r.env, r.function_id);
+        let scopes = who.scopes;
         let (tx, rx) = mpsc::channel(256);
         let (initial, mut cursor) = if r.start_revision > 0 {
             (Vec::new(), self.view.follow_from(r.start_revision)?)
@@ -202,6 +205,7 @@ impl RegistryService for RegistryServer {
             let (regs, revision, cursor) = self.view.snapshot_and_follow(&filter);
             let mut initial: Vec<_> = regs
                 .into_iter()
+                .filter(|reg| scopes.allows(&reg.game_id, &reg.env))
                 .map(|mut registration| {
                     self.overlay(&mut registration);
                     pb::RegistrationEvent {
@@ -242,7 +246,9 @@ impl RegistryService for RegistryServer {
                 };
                 match changes {
                     Ok(changes) => {
-                        for c in changes.iter().filter(|c| filter.matches(&c.key)) {
+                        for c in changes.iter().filter(|c| {
+                            filter.matches(&c.key) && scopes.allows(&c.key.game_id, &c.key.env)
+                        }) {
                             let ev = pb::RegistrationEvent {
                                 r#type: event_type(c.kind) as i32,
                                 registration: Some(c.registration.clone()),
@@ -277,7 +283,7 @@ impl RegistryService for RegistryServer {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        caller(&request)?;
+        let who = caller(&request)?;
         let r = request.into_inner();
         let size = page_size(r.page_size, DEFAULT_AGENTS_PAGE)?;
         let after = decode_token(&r.page_token)?;
@@ -285,6 +291,9 @@ impl RegistryService for RegistryServer {
         let budget = self.page_bytes();
         let (mut agents, mut bytes, mut more) = (Vec::new(), 0usize, false);
         for (a, node) in self.view.agents(&filter) {
+            if !who.scopes.allows(&a.game_id, &a.env) {
+                continue;
+            }
             if after
                 .as_ref()
                 .is_some_and(|t| a.agent_id.as_str() <= t.as_str())

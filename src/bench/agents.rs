@@ -193,6 +193,7 @@ pub async fn agents(args: AgentsBenchArgs) -> anyhow::Result<()> {
         servers: vec![],
         hosts: vec![],
         force: false,
+        ..Default::default()
     })?;
     eprintln!(
         "certificates for {} agents in {:.1?}",

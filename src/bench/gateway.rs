@@ -215,6 +215,7 @@ pub async fn run(args: GatewayBenchArgs) -> anyhow::Result<()> {
         servers: vec![],
         hosts: vec![],
         force: false,
+        ..Default::default()
     })?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("https://{}", listener.local_addr()?);

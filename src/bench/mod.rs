@@ -52,6 +52,7 @@ impl BenchMesh {
             servers: vec![],
             hosts: vec![],
             force: false,
+            ..Default::default()
         })?;
         let stop = CancellationToken::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

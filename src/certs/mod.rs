@@ -8,7 +8,18 @@
 //! - `server.pem`, `server.key`: the server certificate (`spiffe://croupier/server/server`).
 //! - `server-NAME.*`, `agent-ID.*`, `client-NAME.*`, `admin-NAME.*`: one pair per name.
 //!
+//! - `revoked.txt`: serials revoked with `croupier certs revoke` (the server's default
+//!   revocation list).
+//!
 //! Keys are written with mode 0600 from the moment they exist; certificates with mode 0644.
+//!
+//! Agent, client and admin certificates may be bound to scopes (`--scope GAME/ENV`, or
+//! `GAME/*`): each scope is one more URI SAN `urn:croupier:scope:GAME/ENV` beside the identity
+//! URI (see [`croupier_registry::identity::Scope`]). Every leaf gets a random 128-bit serial, which
+//! is what revocation names.
+
+mod list;
+pub use list::{CertInfo, list, revoke};
 
 use std::collections::BTreeSet;
 use std::fs::{self, DirBuilder, OpenOptions};
@@ -19,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
-use croupier_registry::identity::{Identity, Role};
+use croupier_registry::identity::{Identity, Role, Scope, Scopes};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -33,7 +44,10 @@ pub const CA_KEY_FILE: &str = "ca.key";
 
 /// How long the CA is valid.
 const CA_VALIDITY: Duration = Duration::from_secs(3650 * 24 * 60 * 60);
-/// How long leaf certificates are valid.
+/// File of revoked serials in a certificate directory, the server's default revocation list.
+pub const REVOKED_FILE: &str = "revoked.txt";
+
+/// How long leaf certificates are valid unless `--validity` says otherwise.
 const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// How far in the past certificates start, so peers with slow clocks accept them.
 const CLOCK_SKEW: Duration = Duration::from_secs(60 * 60);
@@ -64,10 +78,23 @@ pub struct CertsInit {
     /// `localhost`, `127.0.0.1` and `::1`.
     #[arg(long = "host")]
     pub hosts: Vec<String>,
+    /// Bind the agent, client and admin certificates of this run to a game and environment
+    /// (repeatable): `GAME/ENV`, or `GAME/*` for every environment of the game. Without it
+    /// they are unscoped (every game). An existing certificate with other scopes is reissued.
+    #[arg(long = "scope", value_parser = parse_scope)]
+    pub scopes: Vec<Scope>,
+    /// How long the leaf certificates issued by this run are valid, e.g. `90d` or `12h`.
+    /// Default 365 days.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub validity: Option<Duration>,
     /// Make a new CA and rewrite every requested certificate even when the files exist (a new
     /// CA invalidates every old certificate).
     #[arg(long)]
     pub force: bool,
+}
+
+fn parse_scope(text: &str) -> Result<Scope, String> {
+    Scope::parse(text)
 }
 
 /// The certificate and key paths of a leaf: `dir/STEM.pem` and `dir/STEM.key`, where the
@@ -115,12 +142,16 @@ pub fn init(opts: &CertsInit) -> anyhow::Result<Vec<PathBuf>> {
             }
             sans
         } else {
-            if present && !reissue {
+            if present
+                && !reissue
+                && (opts.scopes.is_empty() || same_scopes(&cert_path, &identity)?)
+            {
                 continue;
             }
             BTreeSet::new()
         };
-        let (cert_pem, key_pem) = issue_leaf(&issuer, &identity, &sans)
+        let validity = opts.validity.unwrap_or(LEAF_VALIDITY);
+        let (cert_pem, key_pem) = issue_leaf(&issuer, &identity, &sans, validity)
             .with_context(|| format!("issuing the certificate for {identity}"))?;
         write_file(&key_path, key_pem.as_bytes(), 0o600)?;
         write_file(&cert_path, cert_pem.as_bytes(), 0o644)?;
@@ -134,10 +165,7 @@ pub fn init(opts: &CertsInit) -> anyhow::Result<Vec<PathBuf>> {
 /// Fails on the first invalid name, naming it.
 fn requested_leaves(opts: &CertsInit) -> anyhow::Result<Vec<(Identity, String)>> {
     let mut leaves = vec![(
-        Identity {
-            role: Role::Server,
-            name: "server".into(),
-        },
+        Identity::new(Role::Server, "server").context("server identity")?,
         "server".to_owned(),
     )];
     for (role, names) in [
@@ -147,12 +175,15 @@ fn requested_leaves(opts: &CertsInit) -> anyhow::Result<Vec<(Identity, String)>>
         (Role::Admin, &opts.admins),
     ] {
         for name in names {
-            let Some(identity) = Identity::new(role, name.as_str()) else {
+            let Some(mut identity) = Identity::new(role, name.as_str()) else {
                 bail!(
                     "invalid {role} name {name:?}: names must be 1-128 characters from \
                      [A-Za-z0-9._-]"
                 );
             };
+            if role != Role::Server {
+                identity = identity.with_scopes(Scopes::new(opts.scopes.clone()));
+            }
             let stem = format!("{role}-{name}");
             if !leaves.iter().any(|(_, s)| *s == stem) {
                 leaves.push((identity, stem));
@@ -210,15 +241,27 @@ fn parse_hosts(extra: &[String]) -> anyhow::Result<BTreeSet<Host>> {
         .collect()
 }
 
-/// The DNS and IP SANs of an existing certificate file.
-fn existing_hosts(cert_path: &Path) -> anyhow::Result<BTreeSet<Host>> {
+/// The DER of a PEM certificate file.
+fn read_cert_der(cert_path: &Path) -> anyhow::Result<Vec<u8>> {
     let context = || format!("reading {}", cert_path.display());
     let pem = fs::read(cert_path).with_context(context)?;
     let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)
         .map_err(|e| anyhow::anyhow!("not a PEM certificate: {e}"))
         .with_context(context)?;
-    let cert = pem
-        .parse_x509()
+    Ok(pem.contents)
+}
+
+/// True when the certificate at `cert_path` carries exactly the scopes of `identity`.
+fn same_scopes(cert_path: &Path, identity: &Identity) -> anyhow::Result<bool> {
+    let der = read_cert_der(cert_path)?;
+    Ok(Identity::from_cert_der(&der).is_ok_and(|found| found.scopes == identity.scopes))
+}
+
+/// The DNS and IP SANs of an existing certificate file.
+fn existing_hosts(cert_path: &Path) -> anyhow::Result<BTreeSet<Host>> {
+    let context = || format!("reading {}", cert_path.display());
+    let der = read_cert_der(cert_path)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| anyhow::anyhow!("not an X.509 certificate: {e}"))
         .with_context(context)?;
     let san = cert
@@ -318,6 +361,7 @@ fn issue_leaf(
     issuer: &Issuer<'_, KeyPair>,
     identity: &Identity,
     hosts: &BTreeSet<Host>,
+    validity: Duration,
 ) -> anyhow::Result<(String, String)> {
     let now = SystemTime::now();
     let mut params = CertificateParams::default();
@@ -335,6 +379,16 @@ fn issue_leaf(
             .try_into()
             .context("identity URI is not ASCII")?,
     ));
+    for scope in identity.scopes.list() {
+        params.subject_alt_names.push(SanType::URI(
+            scope.uri().try_into().context("scope URI is not ASCII")?,
+        ));
+    }
+    // A random positive 128-bit serial: what a revocation list names.
+    let mut serial: [u8; 16] = rand::random();
+    serial[0] &= 0x7f;
+    serial[0] |= 0x01;
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = if identity.role == Role::Server {
@@ -348,7 +402,7 @@ fn issue_leaf(
     };
     params.use_authority_key_identifier_extension = true;
     params.not_before = (now - CLOCK_SKEW).into();
-    params.not_after = (now + LEAF_VALIDITY).into();
+    params.not_after = (now + validity).into();
     let key = KeyPair::generate().context("generating a key")?;
     let cert = params.signed_by(&key, issuer).context("signing")?;
     Ok((cert.pem(), key.serialize_pem()))

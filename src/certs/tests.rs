@@ -14,6 +14,7 @@ fn opts(dir: &Path) -> CertsInit {
         servers: vec!["s1".into()],
         hosts: vec!["croupier.example.com".into(), "10.0.0.7".into()],
         force: false,
+        ..Default::default()
     }
 }
 
@@ -415,4 +416,79 @@ fn leaf_files_names_pem_and_key() {
             PathBuf::from("/c/agent-n1.key")
         )
     );
+}
+
+#[test]
+fn scopes_and_validity_go_into_the_certificates_and_list_shows_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut o = CertsInit {
+        dir: tmp.path().to_path_buf(),
+        agents: vec!["n1".into()],
+        scopes: vec![
+            Scope::parse("tetris/prod").unwrap(),
+            Scope::parse("chess").unwrap(),
+        ],
+        validity: Some(Duration::from_secs(2 * 86_400)),
+        ..CertsInit::default()
+    };
+    init(&o).unwrap();
+    let certs = list(tmp.path()).unwrap();
+    assert_eq!(certs[0].file, "ca.pem");
+    let agent = certs.iter().find(|c| c.file == "agent-n1.pem").unwrap();
+    assert_eq!(agent.identity, "spiffe://croupier/agent/n1");
+    assert_eq!(agent.scopes, ["chess/*", "tetris/prod"]);
+    assert!(!agent.expired && !agent.revoked);
+    let days = (agent.not_after - croupier_registry::model::now_ms()) / 86_400_000;
+    assert_eq!(
+        days, 1,
+        "two days of validity, less the clock-skew margin of issue"
+    );
+    let server = certs.iter().find(|c| c.file == "server.pem").unwrap();
+    assert!(server.scopes.is_empty(), "servers are never scoped");
+
+    // Same scopes: kept. Other scopes: reissued with a new serial.
+    assert!(init(&o).unwrap().is_empty());
+    o.scopes = vec![Scope::parse("tetris/qa").unwrap()];
+    let written = init(&o).unwrap();
+    assert_eq!(file_names(&written), ["agent-n1.pem", "agent-n1.key"]);
+    let again = list(tmp.path()).unwrap();
+    let reissued = again.iter().find(|c| c.file == "agent-n1.pem").unwrap();
+    assert_eq!(reissued.scopes, ["tetris/qa"]);
+    assert_ne!(reissued.serial, agent.serial);
+    // Without --scope an existing certificate is never loosened.
+    o.scopes.clear();
+    assert!(init(&o).unwrap().is_empty());
+}
+
+#[test]
+fn revoke_adds_serials_that_list_and_the_server_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(&opts(tmp.path())).unwrap();
+    let before = list(tmp.path()).unwrap();
+    let bob = before.iter().find(|c| c.file == "client-bob.pem").unwrap();
+    let added = revoke(tmp.path(), &["client-bob".into(), "0a:ff".into()]).unwrap();
+    assert_eq!(added[0].1, bob.serial);
+    assert_eq!(added[1].1, "aff");
+    let after = list(tmp.path()).unwrap();
+    assert!(
+        after
+            .iter()
+            .find(|c| c.file == "client-bob.pem")
+            .unwrap()
+            .revoked
+    );
+    assert!(
+        !after
+            .iter()
+            .find(|c| c.file == "admin-alice.pem")
+            .unwrap()
+            .revoked
+    );
+    let serials =
+        croupier_registry::identity::read_revocations(&tmp.path().join(REVOKED_FILE)).unwrap();
+    assert!(serials.contains(&bob.serial) && serials.contains("aff"));
+    let err = revoke(tmp.path(), &["nobody".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("neither a certificate"), "{err}");
 }

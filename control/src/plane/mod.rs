@@ -285,6 +285,11 @@ impl ControlPlane {
             )));
         }
         check_id("agent_id", &req.agent_id).map_err(ControlError::BadRequest)?;
+        if let Some(agent) = self.view.agent(&req.agent_id)
+            && let Some(refusal) = who.out_of_scope("set node states", &agent.game_id, &agent.env)
+        {
+            return Err(ControlError::NotAllowed(refusal));
+        }
         if req.reason.chars().count() > self.cfg.max_text_chars {
             return Err(ControlError::BadRequest(format!(
                 "reason is {} characters; at most {} are allowed",

@@ -165,6 +165,9 @@ impl ControlPlane {
         }
         check_id("game_id", &req.game_id).map_err(ControlError::BadRequest)?;
         check_id("env", &req.env).map_err(ControlError::BadRequest)?;
+        if let Some(refusal) = who.out_of_scope("register", &req.game_id, &req.env) {
+            return Err(ControlError::NotAllowed(refusal));
+        }
         if req.labels.len() > self.cfg.max_labels {
             return Err(ControlError::LimitReached(format!(
                 "agent {} has {} labels; at most {} are allowed",
@@ -244,6 +247,7 @@ impl ControlPlane {
             };
             proposed.declared_by = req.agent_id.clone();
             if let Some(c) = &current {
+                proposed.tighten_from(c);
                 if c.same_content(&proposed) {
                     continue;
                 }

@@ -41,6 +41,13 @@ impl ControlPlane {
             .session(&hello.agent_id)
             .filter(|s| s.session_id == hello.session_id)
             .ok_or_else(|| expired(&hello.agent_id))?;
+        // The session was registered under some certificate of this agent; this one must be
+        // scoped for the same game and env too.
+        if let Some(agent) = self.view.agent(&hello.agent_id)
+            && let Some(refusal) = who.out_of_scope("connect", &agent.game_id, &agent.env)
+        {
+            return Err(ControlError::NotAllowed(refusal));
+        }
         let (tx, rx) = mpsc::channel(self.cfg.tunnel_queue);
         let generation = self.generations.fetch_add(1, Ordering::Relaxed);
         let welcome = ServerFrame {

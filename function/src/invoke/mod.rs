@@ -237,6 +237,9 @@ impl Invoker {
         check_id("game_id", &req.game_id).map_err(FunctionError::BadRequest)?;
         check_id("env", &req.env).map_err(FunctionError::BadRequest)?;
         check_id("function_id", &req.function_id).map_err(FunctionError::BadRequest)?;
+        if let Some(refusal) = who.out_of_scope("invoke", &req.game_id, &req.env) {
+            return Err(FunctionError::NotAllowed(refusal));
+        }
         check_payload(req.payload.as_ref(), self.cfg.max_message_bytes).map_err(|error| {
             FunctionError::Payload {
                 function: req.function_id.clone(),

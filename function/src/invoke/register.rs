@@ -25,6 +25,9 @@ impl Invoker {
         check_id("game_id", game_id).map_err(FunctionError::BadRequest)?;
         check_id("env", env).map_err(FunctionError::BadRequest)?;
         check_id("descriptor.id", &d.id).map_err(FunctionError::BadRequest)?;
+        if let Some(refusal) = who.out_of_scope("register functions", game_id, env) {
+            return Err(FunctionError::NotAllowed(refusal));
+        }
         croupier_control::plane::check_descriptor(
             d,
             self.cfg.max_descriptor_bytes,
@@ -81,6 +84,12 @@ impl Invoker {
         };
         let mut record = DescriptorRecord::from_proto(game_id, env, d, source);
         record.declared_by = declared_by;
+        if let Some(c) = current
+            .as_ref()
+            .filter(|_| record.source == DescriptorSource::Agent)
+        {
+            record.tighten_from(c);
+        }
         let value = serde_json::to_vec(&record)
             .map_err(|e| FunctionError::Corrupt(format!("encoding descriptor: {e}")))?;
         let rev = self
@@ -115,6 +124,9 @@ impl Invoker {
         check_id("game_id", game_id).map_err(FunctionError::BadRequest)?;
         check_id("env", env).map_err(FunctionError::BadRequest)?;
         check_id("function_id", function_id).map_err(FunctionError::BadRequest)?;
+        if let Some(refusal) = who.out_of_scope("delete functions", game_id, env) {
+            return Err(FunctionError::NotAllowed(refusal));
+        }
         let rev = self
             .store
             .delete(&keys::function(game_id, env, function_id))

@@ -19,14 +19,8 @@ fn authorizes_by_role_and_identity() {
         allowed_roles: vec!["admin".into()],
         ..Default::default()
     };
-    let admin = Identity {
-        role: Role::Admin,
-        name: "ops".into(),
-    };
-    let client = Identity {
-        role: Role::Client,
-        name: "c1".into(),
-    };
+    let admin = Identity::new(Role::Admin, "ops").unwrap();
+    let client = Identity::new(Role::Client, "c1").unwrap();
     assert!(authorize(&admin, &d).is_ok());
     let err = authorize(&client, &d).unwrap_err().to_string();
     assert!(

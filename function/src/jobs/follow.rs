@@ -33,6 +33,8 @@ impl JobManager {
         let from = from_seq.max(1);
         let (tx, rx) = mpsc::channel(FOLLOW_BATCH);
         if let Some(job) = self.get(job_id) {
+            let record = job.st.lock().record.clone();
+            self.may_read(who, &record)?;
             croupier_proto::task::spawn("job follower", follow(job, from, tx));
             return Ok(ReceiverStream::new(rx));
         }
@@ -40,6 +42,7 @@ impl JobManager {
             .load_record(job_id)
             .await?
             .ok_or_else(|| not_found(job_id))?;
+        self.may_read(who, &record)?;
         if let Some(fwd) = self.remote_owner(&record) {
             let req = pb::StreamJobEventsRequest {
                 job_id: job_id.to_string(),

@@ -216,6 +216,30 @@ impl JobManager {
         }
     }
 
+    /// Whether `who` may read (get, list, follow) the job of `record`: servers always (they
+    /// forward for a caller already checked), others inside their scopes, and then admins, the
+    /// job's caller, or any client when `clients_read_all` is set.
+    pub fn may_read(&self, who: &Identity, record: &JobRecord) -> Result<(), FunctionError> {
+        if who.role == Role::Server {
+            return Ok(());
+        }
+        if let Some(refusal) = who.out_of_scope("read jobs", &record.game_id, &record.env) {
+            return Err(FunctionError::NotAllowed(refusal));
+        }
+        if who.role == Role::Admin
+            || who.uri() == record.caller
+            || (self.cfg.clients_read_all && who.role == Role::Client)
+        {
+            return Ok(());
+        }
+        Err(FunctionError::NotAllowed(format!(
+            "identity {who} may not read job {}: it was started by {}, and only its caller or \
+             an admin may read it (server config `jobs.clients_read_all` lets clients read \
+             every job in their scopes)",
+            record.job_id, record.caller
+        )))
+    }
+
     /// `GetJob`.
     pub async fn get_job(
         &self,
@@ -224,12 +248,15 @@ impl JobManager {
     ) -> Result<pb::JobRecord, FunctionError> {
         check_id("job_id", job_id).map_err(FunctionError::BadRequest)?;
         if let Some(job) = self.get(job_id) {
-            return Ok(job.st.lock().record.to_proto());
+            let record = job.st.lock().record.clone();
+            self.may_read(who, &record)?;
+            return Ok(record.to_proto());
         }
         let record = self
             .load_record(job_id)
             .await?
             .ok_or_else(|| not_found(job_id))?;
+        self.may_read(who, &record)?;
         if let Some(fwd) = self.remote_owner(&record) {
             // The live record (last seq, status) is on the replica running it.
             match fwd.get_job(&record.server_id, who, job_id).await {
@@ -246,6 +273,7 @@ impl JobManager {
     /// page).
     pub async fn list_jobs(
         &self,
+        who: &Identity,
         req: &pb::ListJobsRequest,
     ) -> Result<pb::ListJobsResponse, FunctionError> {
         let status = if req.status.is_empty() {
@@ -295,6 +323,7 @@ impl JobManager {
                 && (req.game_id.is_empty() || r.game_id == req.game_id)
                 && (req.env.is_empty() || r.env == req.env)
                 && status.is_none_or(|s| r.status == s)
+                && self.may_read(who, r).is_ok()
         };
         let mut matching: Vec<JobRecord> = records.into_values().filter(keep).collect();
         matching.sort_by(|a, b| {
@@ -352,6 +381,7 @@ impl JobManager {
                 .load_record(job_id)
                 .await?
                 .ok_or_else(|| not_found(job_id))?;
+            may_cancel(who, &record)?;
             if let Some(fwd) = self.remote_owner(&record) {
                 let req = pb::CancelJobRequest {
                     job_id: job_id.to_string(),
@@ -377,13 +407,7 @@ impl JobManager {
             if st.record.status.is_terminal() {
                 return Ok(already_finished(&st.record));
             }
-            if who.role != Role::Admin && who.uri() != st.record.caller {
-                return Err(FunctionError::NotAllowed(format!(
-                    "identity {who} may not cancel job {job_id}: only its caller ({}) or an \
-                     admin may",
-                    st.record.caller
-                )));
-            }
+            may_cancel(who, &st.record)?;
             if !st.cancel_requested {
                 st.cancel_requested = true;
                 st.record.cancel_reason = reason.clone();
@@ -497,4 +521,22 @@ fn parse_token(token: &str) -> Result<(i64, String), FunctionError> {
     };
     let (at, id) = token.split_once('.').ok_or_else(bad)?;
     Ok((at.parse().map_err(|_| bad())?, id.to_string()))
+}
+
+/// Whether `who` may cancel the job of `record`: servers (forwarding for a checked caller), and
+/// inside the caller's scopes its caller or an admin.
+fn may_cancel(who: &Identity, record: &JobRecord) -> Result<(), FunctionError> {
+    if who.role == Role::Server {
+        return Ok(());
+    }
+    if let Some(refusal) = who.out_of_scope("cancel jobs", &record.game_id, &record.env) {
+        return Err(FunctionError::NotAllowed(refusal));
+    }
+    if who.role != Role::Admin && who.uri() != record.caller {
+        return Err(FunctionError::NotAllowed(format!(
+            "identity {who} may not cancel job {}: only its caller ({}) or an admin may",
+            record.job_id, record.caller
+        )));
+    }
+    Ok(())
 }

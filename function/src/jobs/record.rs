@@ -39,6 +39,9 @@ pub struct JobConfig {
     /// Bytes of events from one agent not yet stored; past it, the server stops reading the
     /// agent's tunnel until the writer catches up (backpressure). Default 16 MiB.
     pub max_agent_unstored_bytes: usize,
+    /// Clients may read (get, list, follow) every job in their scopes, not only the jobs they
+    /// started. Admins and servers always may. Default false.
+    pub clients_read_all: bool,
 }
 
 impl Default for JobConfig {
@@ -55,6 +58,7 @@ impl Default for JobConfig {
             max_job_bytes: 16 * 1024 * 1024,
             max_agent_bytes: 64 * 1024 * 1024,
             max_agent_unstored_bytes: 16 * 1024 * 1024,
+            clients_read_all: false,
         }
     }
 }

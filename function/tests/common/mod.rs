@@ -140,10 +140,7 @@ impl Bed {
 
 /// A client identity.
 pub fn client() -> Identity {
-    Identity {
-        role: Role::Client,
-        name: "c1".into(),
-    }
+    Identity::new(Role::Client, "c1").unwrap()
 }
 
 /// A request for `function` (game "g", env "e") with `payload` and `opts`.

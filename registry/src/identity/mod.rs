@@ -1,11 +1,17 @@
 //! Caller identities. Every Croupier certificate carries one SAN URI of the form
-//! `spiffe://croupier/<role>/<name>`; this module parses it into an [`Identity`], caches the
-//! result per certificate in an [`IdentityResolver`] so a request costs one hash lookup, and
-//! provides the tonic interceptor that puts the caller's [`Identity`] into the request
-//! extensions, where handlers read it back with [`caller`].
+//! `spiffe://croupier/<role>/<name>`, and may carry scope URIs `urn:croupier:scope:GAME/ENV`
+//! (`GAME/*` for every environment of a game) that bind it to the games and environments it may
+//! serve or see; a certificate without scope URIs is unscoped and sees everything. This module
+//! parses them into an [`Identity`], caches the result per certificate in an
+//! [`IdentityResolver`] so a request costs one hash lookup, refuses certificates whose serial is
+//! on the resolver's revocation list, and provides the tonic interceptor that puts the caller's
+//! [`Identity`] into the request extensions, where handlers read it back with [`caller`].
+
+mod revocation;
+pub use revocation::{parse_revocations, read_revocations, watch_revocations};
 
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -15,6 +21,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Prefix shared by every Croupier identity URI.
 pub const URI_PREFIX: &str = "spiffe://croupier/";
+
+/// Prefix of a scope URI SAN: `urn:croupier:scope:GAME/ENV` or `urn:croupier:scope:GAME/*`.
+pub const SCOPE_URI_PREFIX: &str = "urn:croupier:scope:";
 
 /// Longest name accepted in an identity.
 pub const MAX_NAME_LEN: usize = crate::ids::MAX_ID_LEN;
@@ -91,18 +100,131 @@ pub enum IdentityError {
         /// The URI SANs that were present, comma separated, or `none`.
         found: String,
     },
+    /// The certificate's serial is on the server's revocation list.
+    #[error(
+        "certificate of {identity} (serial {serial}) is revoked; ask an admin for a new \
+         certificate"
+    )]
+    Revoked {
+        /// The identity the certificate names.
+        identity: String,
+        /// Its serial, as normalized hex.
+        serial: String,
+    },
     /// A role string is not one of `agent`, `client`, `admin`, `server`.
     #[error("unknown role {0:?}; expected one of agent, client, admin, server")]
     UnknownRole(String),
 }
 
-/// Who is calling: a role and a name, e.g. `agent/node-1`.
+/// Who is calling: a role and a name, e.g. `agent/node-1`, and the scopes its certificate
+/// binds it to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Identity {
     /// The party's role.
     pub role: Role,
     /// The party's name; for agents this is the agent id. Matches `[A-Za-z0-9._-]{1,128}`.
     pub name: String,
+    /// The games and environments the certificate is bound to; empty: unscoped.
+    pub scopes: Scopes,
+}
+
+/// One game and environment, or every environment of a game (`env` is `None`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope {
+    /// The game id.
+    pub game: String,
+    /// The environment; `None` for every environment of the game.
+    pub env: Option<String>,
+}
+
+impl Scope {
+    /// Parses `GAME/ENV`, `GAME/*` or `GAME` (the same as `GAME/*`); ids follow the
+    /// `[A-Za-z0-9._-]{1,128}` rule.
+    pub fn parse(text: &str) -> Result<Scope, String> {
+        let (game, env) = text.split_once('/').unwrap_or((text, "*"));
+        crate::ids::check_id("scope game", game)?;
+        let env = if env == "*" {
+            None
+        } else {
+            crate::ids::check_id("scope env", env)?;
+            Some(env.to_owned())
+        };
+        Ok(Scope {
+            game: game.to_owned(),
+            env,
+        })
+    }
+
+    /// True when the scope covers `game`/`env`.
+    pub fn covers(&self, game: &str, env: &str) -> bool {
+        self.game == game && self.env.as_deref().is_none_or(|e| e == env)
+    }
+
+    /// The scope as a SAN URI: `urn:croupier:scope:GAME/ENV`.
+    pub fn uri(&self) -> String {
+        format!("{SCOPE_URI_PREFIX}{self}")
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.game, self.env.as_deref().unwrap_or("*"))
+    }
+}
+
+/// The scopes of a certificate, sorted; empty means unscoped (every game and environment), so
+/// certificates issued before scopes existed keep working.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Scopes(Vec<Scope>);
+
+impl Scopes {
+    /// Unscoped: every game and environment.
+    pub fn all() -> Scopes {
+        Scopes(Vec::new())
+    }
+
+    /// The given scopes, sorted and without duplicates.
+    pub fn new(mut scopes: Vec<Scope>) -> Scopes {
+        scopes.sort();
+        scopes.dedup();
+        Scopes(scopes)
+    }
+
+    /// True for an unscoped certificate.
+    pub fn is_unscoped(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// True when `game`/`env` is inside the scopes (always, when unscoped).
+    pub fn allows(&self, game: &str, env: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|s| s.covers(game, env))
+    }
+
+    /// True when some scope names `game` (always, when unscoped): the caller may see a part of
+    /// the game.
+    pub fn touches_game(&self, game: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|s| s.game == game)
+    }
+
+    /// The scopes, sorted.
+    pub fn list(&self) -> &[Scope] {
+        &self.0
+    }
+}
+
+impl fmt::Display for Scopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("unscoped");
+        }
+        for (i, s) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{s}")?;
+        }
+        Ok(())
+    }
 }
 
 /// True when `name` is 1–128 characters from `[A-Za-z0-9._-]`, the rule for identity names
@@ -115,7 +237,30 @@ impl Identity {
     /// Builds an identity; returns `None` when `name` breaks the `[A-Za-z0-9._-]{1,128}` rule.
     pub fn new(role: Role, name: impl Into<String>) -> Option<Identity> {
         let name = name.into();
-        is_valid_name(&name).then_some(Identity { role, name })
+        is_valid_name(&name).then_some(Identity {
+            role,
+            name,
+            scopes: Scopes::all(),
+        })
+    }
+
+    /// The same identity bound to `scopes`.
+    pub fn with_scopes(mut self, scopes: Scopes) -> Identity {
+        self.scopes = scopes;
+        self
+    }
+
+    /// PERMISSION_DENIED-style refusal text when `game`/`env` is outside the scopes, naming
+    /// them; `None` when allowed.
+    pub fn out_of_scope(&self, action: &str, game: &str, env: &str) -> Option<String> {
+        (!self.scopes.allows(game, env)).then(|| {
+            format!(
+                "identity {self} is scoped to {} and may not {action} in game {game:?} env \
+                 {env:?}; issue a certificate with that scope (`croupier certs init --scope \
+                 {game}/{env}`)",
+                self.scopes
+            )
+        })
     }
 
     /// The identity as a SAN URI: `spiffe://croupier/<role>/<name>`.
@@ -132,10 +277,17 @@ impl Identity {
     }
 
     /// Reads the identity of a DER-encoded X.509 certificate: the first SAN URI that parses
-    /// with [`Identity::parse_uri`].
+    /// with [`Identity::parse_uri`], bound to the certificate's scope URIs.
     pub fn from_cert_der(der: &[u8]) -> Result<Identity, IdentityError> {
+        Ok(Self::from_cert_der_with_serial(der)?.0)
+    }
+
+    /// [`Self::from_cert_der`] and the certificate's serial number as lowercase hex (no
+    /// leading zeros, no colons: the form revocation lists are compared in).
+    pub fn from_cert_der_with_serial(der: &[u8]) -> Result<(Identity, String), IdentityError> {
         let (_, cert) = X509Certificate::from_der(der)
             .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+        let serial = normalize_serial(&cert.raw_serial_as_string());
         let san = cert
             .subject_alternative_name()
             .map_err(|e| IdentityError::BadCertificate(format!("subject alternative name: {e}")))?
@@ -150,7 +302,15 @@ impl Identity {
             })
             .collect();
         if let Some(identity) = uris.iter().find_map(|uri| Identity::parse_uri(uri)) {
-            return Ok(identity);
+            let mut scopes = Vec::new();
+            for uri in &uris {
+                if let Some(text) = uri.strip_prefix(SCOPE_URI_PREFIX) {
+                    scopes.push(Scope::parse(text).map_err(|e| {
+                        IdentityError::BadCertificate(format!("scope URI {uri:?}: {e}"))
+                    })?);
+                }
+            }
+            return Ok((identity.with_scopes(Scopes::new(scopes)), serial));
         }
         Err(IdentityError::NoCroupierUri {
             found: if uris.is_empty() {
@@ -168,11 +328,29 @@ impl fmt::Display for Identity {
     }
 }
 
+/// A certificate serial as revocation lists compare it: lowercase hex without separators or
+/// leading zeros (`"0A:1b"` → `"a1b"`).
+pub fn normalize_serial(text: &str) -> String {
+    let hex: String = text
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let trimmed = hex.trim_start_matches('0');
+    if trimmed.is_empty() {
+        "0".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
 /// Maps certificates to identities, remembering up to ~4096 certificates (the cache is cleared
-/// when full). Clones share the cache.
+/// when full), and refuses certificates whose serial is revoked ([`Self::set_revoked`]).
+/// Clones share the cache and the revocation list.
 #[derive(Clone, Default)]
 pub struct IdentityResolver {
-    cache: Arc<Mutex<HashMap<Vec<u8>, Identity>>>,
+    cache: Arc<Mutex<HashMap<Vec<u8>, (Identity, String)>>>,
+    revoked: Arc<parking_lot::RwLock<Arc<HashSet<String>>>>,
 }
 
 impl fmt::Debug for IdentityResolver {
@@ -189,7 +367,18 @@ impl IdentityResolver {
         IdentityResolver::default()
     }
 
-    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<Vec<u8>, Identity>> {
+    /// Replaces the revoked serials (normalized with [`normalize_serial`]); takes effect on
+    /// the next request.
+    pub fn set_revoked(&self, serials: HashSet<String>) {
+        *self.revoked.write() = Arc::new(serials);
+    }
+
+    /// How many serials are revoked.
+    pub fn revoked_count(&self) -> usize {
+        self.revoked.read().len()
+    }
+
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<Vec<u8>, (Identity, String)>> {
         // The map is always left consistent, so a panic elsewhere while holding the lock does
         // not make its contents wrong.
         self.cache.lock()
@@ -198,15 +387,25 @@ impl IdentityResolver {
     /// The identity of a DER-encoded certificate, from the cache when it was seen before.
     /// Failures are not cached.
     pub fn resolve(&self, cert_der: &[u8]) -> Result<Identity, IdentityError> {
-        if let Some(identity) = self.lock().get(cert_der) {
-            return Ok(identity.clone());
+        let cached = self.lock().get(cert_der).cloned();
+        let (identity, serial) = match cached {
+            Some(hit) => hit,
+            None => {
+                let found = Identity::from_cert_der_with_serial(cert_der)?;
+                let mut cache = self.lock();
+                if cache.len() >= CACHE_CAPACITY {
+                    cache.clear();
+                }
+                cache.insert(cert_der.to_vec(), found.clone());
+                found
+            }
+        };
+        if self.revoked.read().contains(&serial) {
+            return Err(IdentityError::Revoked {
+                identity: identity.to_string(),
+                serial,
+            });
         }
-        let identity = Identity::from_cert_der(cert_der)?;
-        let mut cache = self.lock();
-        if cache.len() >= CACHE_CAPACITY {
-            cache.clear();
-        }
-        cache.insert(cert_der.to_vec(), identity.clone());
         Ok(identity)
     }
 
@@ -261,197 +460,4 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Result<Identity, tonic::Status> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cert_with_sans(sans: Vec<rcgen::SanType>) -> Vec<u8> {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.subject_alt_names = sans;
-        params.self_signed(&key).unwrap().der().to_vec()
-    }
-
-    fn uri(s: &str) -> rcgen::SanType {
-        rcgen::SanType::URI(s.try_into().unwrap())
-    }
-
-    fn dns(s: &str) -> rcgen::SanType {
-        rcgen::SanType::DnsName(s.try_into().unwrap())
-    }
-
-    #[test]
-    fn role_round_trips() {
-        for role in Role::ALL {
-            assert_eq!(role.as_str().parse::<Role>().unwrap(), role);
-            assert_eq!(role.to_string(), role.as_str());
-        }
-        assert_eq!(
-            "root".parse::<Role>().unwrap_err().to_string(),
-            "unknown role \"root\"; expected one of agent, client, admin, server"
-        );
-    }
-
-    #[test]
-    fn parse_uri_accepts_valid_identities() {
-        let id = Identity::parse_uri("spiffe://croupier/agent/node-1.eu_west").unwrap();
-        assert_eq!(id.role, Role::Agent);
-        assert_eq!(id.name, "node-1.eu_west");
-        assert_eq!(id.uri(), "spiffe://croupier/agent/node-1.eu_west");
-        assert_eq!(id.to_string(), id.uri());
-        for role in Role::ALL {
-            let uri = format!("spiffe://croupier/{role}/x");
-            assert_eq!(Identity::parse_uri(&uri).unwrap().role, role);
-        }
-        let long = format!("spiffe://croupier/client/{}", "a".repeat(128));
-        assert!(Identity::parse_uri(&long).is_some());
-    }
-
-    #[test]
-    fn parse_uri_rejects_everything_else() {
-        for bad in [
-            "",
-            "spiffe://croupier/",
-            "spiffe://croupier/agent",
-            "spiffe://croupier/agent/",
-            "spiffe://croupier/agent/a/b",
-            "spiffe://croupier/root/a",
-            "spiffe://croupier/Agent/a",
-            "spiffe://other/agent/a",
-            "https://croupier/agent/a",
-            "spiffe://croupier/agent/a b",
-            "spiffe://croupier/agent/é",
-            "spiffe://croupier/agent/a%2Fb",
-        ] {
-            assert_eq!(Identity::parse_uri(bad), None, "{bad:?}");
-        }
-        let long = format!("spiffe://croupier/client/{}", "a".repeat(129));
-        assert_eq!(Identity::parse_uri(&long), None);
-    }
-
-    #[test]
-    fn from_cert_der_reads_the_first_croupier_uri() {
-        let der = cert_with_sans(vec![
-            dns("localhost"),
-            uri("https://example.com/x"),
-            uri("spiffe://croupier/admin/alice"),
-            uri("spiffe://croupier/client/bob"),
-        ]);
-        assert_eq!(
-            Identity::from_cert_der(&der).unwrap(),
-            Identity {
-                role: Role::Admin,
-                name: "alice".into()
-            }
-        );
-    }
-
-    #[test]
-    fn from_cert_der_explains_what_is_missing() {
-        let no_san = cert_with_sans(vec![]);
-        let err = Identity::from_cert_der(&no_san).unwrap_err();
-        assert_eq!(err, IdentityError::NoSan);
-        assert!(err.to_string().contains("croupier certs init"), "{err}");
-
-        let wrong = cert_with_sans(vec![dns("localhost"), uri("spiffe://other/agent/a")]);
-        let err = Identity::from_cert_der(&wrong).unwrap_err();
-        assert_eq!(
-            err,
-            IdentityError::NoCroupierUri {
-                found: "spiffe://other/agent/a".into()
-            }
-        );
-        assert!(
-            err.to_string()
-                .contains("no spiffe://croupier/<role>/<name> URI SAN")
-        );
-
-        let dns_only = cert_with_sans(vec![dns("localhost")]);
-        assert_eq!(
-            Identity::from_cert_der(&dns_only).unwrap_err(),
-            IdentityError::NoCroupierUri {
-                found: "none".into()
-            }
-        );
-
-        assert!(matches!(
-            Identity::from_cert_der(b"not a certificate").unwrap_err(),
-            IdentityError::BadCertificate(_)
-        ));
-    }
-
-    #[test]
-    fn resolver_caches_and_clones_share_the_cache() {
-        let der = cert_with_sans(vec![uri("spiffe://croupier/agent/a1")]);
-        let resolver = IdentityResolver::new();
-        let first = resolver.resolve(&der).unwrap();
-        let clone = resolver.clone();
-        assert_eq!(clone.lock().len(), 1);
-        assert_eq!(clone.resolve(&der).unwrap(), first);
-        assert_eq!(first.uri(), "spiffe://croupier/agent/a1");
-        assert_eq!(resolver.lock().len(), 1);
-
-        // Failures are reported and not cached.
-        let bad = cert_with_sans(vec![]);
-        assert_eq!(resolver.resolve(&bad).unwrap_err(), IdentityError::NoSan);
-        assert_eq!(resolver.lock().len(), 1);
-    }
-
-    #[test]
-    fn resolver_starts_over_when_full() {
-        let resolver = IdentityResolver::new();
-        let filler = Identity::new(Role::Client, "c").unwrap();
-        {
-            let mut cache = resolver.lock();
-            for i in 0..CACHE_CAPACITY {
-                cache.insert(i.to_le_bytes().to_vec(), filler.clone());
-            }
-        }
-        let der = cert_with_sans(vec![uri("spiffe://croupier/server/s1")]);
-        assert_eq!(resolver.resolve(&der).unwrap().name, "s1");
-        assert_eq!(resolver.lock().len(), 1);
-    }
-
-    #[test]
-    fn interceptor_attaches_the_identity() {
-        let der = cert_with_sans(vec![uri("spiffe://croupier/client/bob")]);
-        let resolver = IdentityResolver::new();
-        let req = resolver
-            .attach(tonic::Request::new(()), Some(der.as_slice()))
-            .unwrap();
-        assert_eq!(
-            caller(&req).unwrap(),
-            Identity::new(Role::Client, "bob").unwrap()
-        );
-    }
-
-    #[test]
-    fn interceptor_rejects_missing_or_unusable_certificates() {
-        let resolver = IdentityResolver::new();
-
-        // A plain request has no TLS connect info at all.
-        let status = resolver.intercept(tonic::Request::new(())).unwrap_err();
-        assert_eq!(status.code(), tonic::Code::Unauthenticated);
-        assert!(status.message().contains("no client certificate"));
-        assert!(status.message().contains("croupier certs init"));
-
-        let der = cert_with_sans(vec![dns("localhost")]);
-        let status = resolver
-            .attach(tonic::Request::new(()), Some(der.as_slice()))
-            .unwrap_err();
-        assert_eq!(status.code(), tonic::Code::Unauthenticated);
-        assert!(
-            status
-                .message()
-                .contains("no spiffe://croupier/<role>/<name> URI SAN"),
-            "{}",
-            status.message()
-        );
-        assert!(status.message().contains("croupier certs init"));
-    }
-
-    #[test]
-    fn caller_without_interceptor_is_unauthenticated() {
-        let status = caller(&tonic::Request::new(())).unwrap_err();
-        assert_eq!(status.code(), tonic::Code::Unauthenticated);
-    }
-}
+mod tests;
