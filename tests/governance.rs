@@ -1,0 +1,259 @@
+//! End-to-end governance with real processes and certificates: scoped agents and clients,
+//! revoked certificates, who reads a job, and an agent that tries to loosen a function's `auth`.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::raw_agent::{RawAgent, descriptor};
+use common::{Mesh, opts};
+use croupier_proto::common::v1::{AuthConfig, FunctionDescriptor};
+use croupier_proto::control::v1::RegisterAgentRequest;
+use croupier_proto::function::v1::ListJobsRequest;
+use serde_json::json;
+use tonic::Code;
+
+/// Issues more certificates into the mesh's directory with `croupier certs init`.
+fn issue(mesh: &Mesh, args: &[&str]) {
+    let out = Command::new(common::bin())
+        .args(["certs", "init", "--dir"])
+        .arg(mesh.certs())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn registration(agent: &str, game: &str, env: &str) -> RegisterAgentRequest {
+    RegisterAgentRequest {
+        agent_id: agent.into(),
+        game_id: game.into(),
+        env: env.into(),
+        functions: vec!["x.y".into()],
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_certificates_keep_agents_and_clients_in_their_game() {
+    let mesh = Mesh::start(&[], Duration::from_secs(5));
+    issue(&mesh, &["--agent", "ga", "--scope", "g/e"]);
+    issue(
+        &mesh,
+        &["--agent", "hb", "--client", "hc", "--scope", "h/*"],
+    );
+
+    // An agent of game h cannot register in game g; the refusal names its scope.
+    let hb = mesh.client("agent-hb").await;
+    let err = hb
+        .control_service()
+        .register_agent(registration("hb", "g", "e"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("scoped to h/*"), "{}", err.message());
+    assert!(err.message().contains("--scope g/e"), "{}", err.message());
+    // In its own game it may.
+    hb.control_service()
+        .register_agent(registration("hb", "h", "live"))
+        .await
+        .unwrap();
+
+    // The g-scoped agent process serves game g.
+    let _ga = mesh.agent("ga", &[]);
+    mesh.wait_online(&["ga"]).await;
+
+    // An unscoped client sees both games; the h-scoped client sees only h and cannot call g.
+    let c1 = mesh.client("client-c1").await;
+    let all: Vec<String> = c1
+        .agents("", "")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.agent_id)
+        .collect();
+    assert!(
+        all.contains(&"ga".to_string()) && all.contains(&"hb".to_string()),
+        "{all:?}"
+    );
+    let hc = mesh.client("client-hc").await;
+    let seen: Vec<String> = hc
+        .agents("", "")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.agent_id)
+        .collect();
+    assert_eq!(seen, ["hb"]);
+    let regs = hc.registrations("", "", "").await.unwrap();
+    assert!(
+        regs.registrations.iter().all(|r| r.game_id == "h"),
+        "{regs:?}"
+    );
+    let err = hc
+        .invoke("agent.ping", json!({}), &opts())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("scoped to h/*"), "{}", err.message());
+    c1.invoke("agent.ping", json!({}), &opts()).await.unwrap();
+
+    // certs list shows the scopes.
+    let (code, out, err) = (|| {
+        let o = Command::new(common::bin())
+            .args(["certs", "list", "--json", "--dir"])
+            .arg(mesh.certs())
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    })();
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let hc_cert = v["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["file"] == "client-hc.pem")
+        .unwrap();
+    assert_eq!(hc_cert["scopes"], json!(["h/*"]));
+    assert_eq!(hc_cert["identity"], "spiffe://croupier/client/hc");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_read_by_their_caller_or_an_admin_and_revoked_certificates_are_refused() {
+    let mesh = Mesh::start(&["a1"], Duration::from_secs(5));
+    issue(&mesh, &["--client", "c2"]);
+    let _a1 = mesh.agent("a1", &[]);
+    mesh.wait_online(&["a1"]).await;
+
+    let c1 = mesh.client("client-c1").await;
+    let job = c1
+        .start_job("agent.countdown", json!({"steps": 2, "ms": 10}), &opts())
+        .await
+        .unwrap();
+    let id = job.id().to_string();
+    let c2 = mesh.client("client-c2").await;
+    let err = c2.get_job(&id).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(
+        err.message().contains("spiffe://croupier/client/c1"),
+        "{}",
+        err.message()
+    );
+    let err = c2.cancel_job(&id, "not mine").await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let mut follow = c2
+        .function_service()
+        .stream_job_events(croupier_proto::function::v1::StreamJobEventsRequest {
+            job_id: id.clone(),
+            from_seq: 0,
+        })
+        .await;
+    if let Ok(stream) = &mut follow {
+        let first = stream.get_mut().message().await;
+        assert!(
+            matches!(&first, Err(s) if s.code() == Code::PermissionDenied),
+            "{first:?}"
+        );
+    } else {
+        assert_eq!(follow.unwrap_err().code(), Code::PermissionDenied);
+    }
+    let listed = c2.list_jobs(ListJobsRequest::default()).await.unwrap();
+    assert!(
+        listed.jobs.iter().all(|j| j.job_id != id),
+        "c2 listed c1's job"
+    );
+    // The caller and an admin read it.
+    assert_eq!(c1.get_job(&id).await.unwrap().job_id, id);
+    let admin = mesh.client("admin-ops").await;
+    assert_eq!(admin.get_job(&id).await.unwrap().job_id, id);
+    let listed = c1.list_jobs(ListJobsRequest::default()).await.unwrap();
+    assert!(listed.jobs.iter().any(|j| j.job_id == id));
+
+    // Revoke c2: within the reload interval its calls are refused, saying why; c1 goes on.
+    c2.agents("", "").await.unwrap();
+    let out = Command::new(common::bin())
+        .args(["certs", "revoke", "--dir"])
+        .arg(mesh.certs())
+        .arg("client-c2")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let err = loop {
+        match c2.agents("", "").await {
+            Err(e) => break e,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Ok(_) => panic!("the revoked certificate is still accepted"),
+        }
+    };
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("is revoked"), "{}", err.message());
+    c1.agents("", "").await.unwrap();
+}
+
+fn guarded(id: &str, roles: &[&str]) -> FunctionDescriptor {
+    FunctionDescriptor {
+        auth: Some(AuthConfig {
+            allowed_roles: roles.iter().map(ToString::to_string).collect(),
+            sensitive_fields: vec!["password".into()],
+            ..Default::default()
+        }),
+        ..descriptor(id)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_redeclares_a_function_open_does_not_open_it() {
+    let mesh = Mesh::start(&["a1", "a2"], Duration::from_millis(500));
+    let a1 = RawAgent::connect(&mesh, "a1", vec![guarded("vault.get", &["admin"])]).await;
+    drop(a1);
+    mesh.wait_gone("a1", Duration::from_secs(10)).await;
+
+    // a1 is gone; a2 declares the function with an open auth. The registration goes through
+    // (a2 may serve it), but the descriptor keeps who may call.
+    let _a2 = RawAgent::connect(&mesh, "a2", vec![guarded("vault.get", &[])]).await;
+    let c1 = mesh.client("client-c1").await;
+    let regs = c1.registrations("g", "e", "vault.get").await.unwrap();
+    let d = regs.registrations[0].function_descriptor.clone().unwrap();
+    assert_eq!(d.auth.unwrap().allowed_roles, ["admin"]);
+    let err = c1
+        .invoke("vault.get", json!({}), &opts())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // RegisterFunction from a2 with an open auth does not open it either.
+    let a2c = mesh.client("agent-a2").await;
+    a2c.register_function("g", "e", guarded("vault.get", &[]))
+        .await
+        .unwrap();
+    let err = c1
+        .invoke("vault.get", json!({}), &opts())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // An admin can open it.
+    let admin = mesh.client("admin-ops").await;
+    admin
+        .register_function("g", "e", guarded("vault.get", &["admin", "client"]))
+        .await
+        .unwrap();
+    let regs = c1.registrations("g", "e", "vault.get").await.unwrap();
+    let d = regs.registrations[0].function_descriptor.clone().unwrap();
+    assert_eq!(d.auth.unwrap().allowed_roles, ["admin", "client"]);
+}
