@@ -104,20 +104,13 @@ async fn scoped_certificates_keep_agents_and_clients_in_their_game() {
     c1.invoke("agent.ping", json!({}), &opts()).await.unwrap();
 
     // certs list shows the scopes.
-    let (code, out, err) = (|| {
-        let o = Command::new(common::bin())
-            .args(["certs", "list", "--json", "--dir"])
-            .arg(mesh.certs())
-            .output()
-            .unwrap();
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stdout).into_owned(),
-            String::from_utf8_lossy(&o.stderr).into_owned(),
-        )
-    })();
-    assert_eq!(code, Some(0), "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let o = Command::new(common::bin())
+        .args(["certs", "list", "--json", "--dir"])
+        .arg(mesh.certs())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let hc_cert = v["certificates"]
         .as_array()
         .unwrap()
@@ -197,7 +190,7 @@ async fn jobs_are_read_by_their_caller_or_an_admin_and_revoked_certificates_are_
         match c2.agents("", "").await {
             Err(e) => break e,
             Ok(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Ok(_) => panic!("the revoked certificate is still accepted"),
         }

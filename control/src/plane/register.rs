@@ -247,7 +247,6 @@ impl ControlPlane {
             };
             proposed.declared_by = req.agent_id.clone();
             if let Some(c) = &current {
-                proposed.tighten_from(c);
                 if c.same_content(&proposed) {
                     continue;
                 }
@@ -258,6 +257,13 @@ impl ControlPlane {
                          admin set the descriptor (`croupier function register`)",
                         f.id, req.game_id, req.env
                     )));
+                }
+            }
+            if let Some(c) = &current {
+                // Checked as declared above; stored with `auth` no looser than before.
+                proposed.tighten_from(c);
+                if c.same_content(&proposed) {
+                    continue;
                 }
             }
             let value = serde_json::to_vec(&proposed).map_err(|e| {

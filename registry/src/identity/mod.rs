@@ -344,12 +344,15 @@ pub fn normalize_serial(text: &str) -> String {
     }
 }
 
+/// Certificate DER → its identity and serial.
+type CertCache = HashMap<Vec<u8>, (Identity, String)>;
+
 /// Maps certificates to identities, remembering up to ~4096 certificates (the cache is cleared
 /// when full), and refuses certificates whose serial is revoked ([`Self::set_revoked`]).
 /// Clones share the cache and the revocation list.
 #[derive(Clone, Default)]
 pub struct IdentityResolver {
-    cache: Arc<Mutex<HashMap<Vec<u8>, (Identity, String)>>>,
+    cache: Arc<Mutex<CertCache>>,
     revoked: Arc<parking_lot::RwLock<Arc<HashSet<String>>>>,
 }
 
@@ -378,7 +381,7 @@ impl IdentityResolver {
         self.revoked.read().len()
     }
 
-    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<Vec<u8>, (Identity, String)>> {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, CertCache> {
         // The map is always left consistent, so a panic elsewhere while holding the lock does
         // not make its contents wrong.
         self.cache.lock()

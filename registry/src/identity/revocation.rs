@@ -85,25 +85,28 @@ pub async fn watch_revocations(
             .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
     };
     let mut seen = stamp(&path);
-    Ok(tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(RELOAD_EVERY).await;
-            let now = stamp(&path);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match read_revocations(&path) {
-                Ok(serials) => {
-                    resolver.set_revoked(serials);
-                    tracing::info!(path = %path.display(), revoked = resolver.revoked_count(), "revocation list reloaded");
+    Ok(croupier_proto::task::spawn(
+        "revocation reload",
+        async move {
+            loop {
+                tokio::time::sleep(RELOAD_EVERY).await;
+                let now = stamp(&path);
+                if now == seen {
+                    continue;
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "revocation list not reloaded; the previous one stays")
+                seen = now;
+                match read_revocations(&path) {
+                    Ok(serials) => {
+                        resolver.set_revoked(serials);
+                        tracing::info!(path = %path.display(), revoked = resolver.revoked_count(), "revocation list reloaded");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "revocation list not reloaded; the previous one stays");
+                    }
                 }
             }
-        }
-    }))
+        },
+    ))
 }
 
 #[cfg(test)]
