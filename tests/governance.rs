@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::raw_agent::{RawAgent, descriptor};
-use common::{Mesh, opts};
+use common::{Mesh, certs_cmd, opts};
 use croupier_proto::common::v1::{AuthConfig, FunctionDescriptor};
 use croupier_proto::control::v1::RegisterAgentRequest;
 use croupier_proto::function::v1::ListJobsRequest;
@@ -16,17 +15,13 @@ use tonic::Code;
 
 /// Issues more certificates into the mesh's directory with `croupier certs init`.
 fn issue(mesh: &Mesh, args: &[&str]) {
-    let out = Command::new(common::bin())
-        .args(["certs", "init", "--dir"])
-        .arg(mesh.certs())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    certs_cmd(&mesh.certs(), "init", args);
+}
+
+/// The ids of the agents `client` sees.
+async fn agent_ids(client: &croupier_sdk::Client) -> Vec<String> {
+    let agents = client.agents("", "").await.unwrap();
+    agents.into_iter().map(|a| a.agent_id).collect()
 }
 
 fn registration(agent: &str, game: &str, env: &str) -> RegisterAgentRequest {
@@ -70,30 +65,24 @@ async fn scoped_certificates_keep_agents_and_clients_in_their_game() {
 
     // An unscoped client sees both games; the h-scoped client sees only h and cannot call g.
     let c1 = mesh.client("client-c1").await;
-    let all: Vec<String> = c1
-        .agents("", "")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|a| a.agent_id)
-        .collect();
+    let all = agent_ids(&c1).await;
     assert!(
         all.contains(&"ga".to_string()) && all.contains(&"hb".to_string()),
         "{all:?}"
     );
     let hc = mesh.client("client-hc").await;
-    let seen: Vec<String> = hc
-        .agents("", "")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|a| a.agent_id)
-        .collect();
-    assert_eq!(seen, ["hb"]);
+    assert_eq!(agent_ids(&hc).await, ["hb"]);
     let regs = hc.registrations("", "", "").await.unwrap();
+    let seen: Vec<(&str, &str)> = regs
+        .registrations
+        .iter()
+        .map(|r| (r.game_id.as_str(), r.function_id.as_str()))
+        .collect();
+    assert_eq!(seen, [("h", "x.y")], "the h client sees h's function only");
+    let all = c1.registrations("", "", "").await.unwrap();
     assert!(
-        regs.registrations.iter().all(|r| r.game_id == "h"),
-        "{regs:?}"
+        all.registrations.iter().any(|r| r.game_id == "g"),
+        "the unscoped client sees g's functions"
     );
     let err = hc
         .invoke("agent.ping", json!({}), &opts())
@@ -104,13 +93,8 @@ async fn scoped_certificates_keep_agents_and_clients_in_their_game() {
     c1.invoke("agent.ping", json!({}), &opts()).await.unwrap();
 
     // certs list shows the scopes.
-    let o = Command::new(common::bin())
-        .args(["certs", "list", "--json", "--dir"])
-        .arg(mesh.certs())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let listed = certs_cmd(&mesh.certs(), "list", &["--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&listed).unwrap();
     let hc_cert = v["certificates"]
         .as_array()
         .unwrap()
@@ -174,17 +158,7 @@ async fn jobs_are_read_by_their_caller_or_an_admin_and_revoked_certificates_are_
 
     // Revoke c2: within the reload interval its calls are refused, saying why; c1 goes on.
     c2.agents("", "").await.unwrap();
-    let out = Command::new(common::bin())
-        .args(["certs", "revoke", "--dir"])
-        .arg(mesh.certs())
-        .arg("client-c2")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    certs_cmd(&mesh.certs(), "revoke", &["client-c2"]);
     let deadline = Instant::now() + Duration::from_secs(15);
     let err = loop {
         match c2.agents("", "").await {

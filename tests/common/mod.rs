@@ -71,18 +71,27 @@ pub struct Mesh {
 
 /// Writes certificates into `dir` with the given agents, clients `c1`, and admin `ops`.
 pub fn certs(dir: &Path, agents: &[&str]) {
-    let mut cmd = Command::new(bin());
-    cmd.args(["certs", "init", "--dir"]).arg(dir);
+    let mut args = vec!["--client", "c1", "--admin", "ops"];
     for a in agents {
-        cmd.args(["--agent", a]);
+        args.extend(["--agent", a]);
     }
-    cmd.args(["--client", "c1", "--admin", "ops"]);
-    let out = cmd.output().expect("running croupier certs init");
+    certs_cmd(dir, "init", &args);
+}
+
+/// Runs `croupier certs SUB --dir DIR ARGS…`, which must succeed; returns its stdout.
+pub fn certs_cmd(dir: &Path, sub: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(bin())
+        .args(["certs", sub, "--dir"])
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("running croupier certs");
     assert!(
         out.status.success(),
-        "certs init failed: {}",
+        "certs {sub} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out.stdout
 }
 
 impl Mesh {

@@ -216,28 +216,9 @@ impl JobManager {
         }
     }
 
-    /// Whether `who` may read (get, list, follow) the job of `record`: servers always (they
-    /// forward for a caller already checked), others inside their scopes, and then admins, the
-    /// job's caller, or any client when `clients_read_all` is set.
+    /// Whether `who` may read (get, list, follow) the job of `record`; see [`job_access`].
     pub fn may_read(&self, who: &Identity, record: &JobRecord) -> Result<(), FunctionError> {
-        if who.role == Role::Server {
-            return Ok(());
-        }
-        if let Some(refusal) = who.out_of_scope("read jobs", &record.game_id, &record.env) {
-            return Err(FunctionError::NotAllowed(refusal));
-        }
-        if who.role == Role::Admin
-            || who.uri() == record.caller
-            || (self.cfg.clients_read_all && who.role == Role::Client)
-        {
-            return Ok(());
-        }
-        Err(FunctionError::NotAllowed(format!(
-            "identity {who} may not read job {}: it was started by {}, and only its caller or \
-             an admin may read it (server config `jobs.clients_read_all` lets clients read \
-             every job in their scopes)",
-            record.job_id, record.caller
-        )))
+        job_access(who, record, "read", self.cfg.clients_read_all)
     }
 
     /// `GetJob`.
@@ -323,7 +304,7 @@ impl JobManager {
                 && (req.game_id.is_empty() || r.game_id == req.game_id)
                 && (req.env.is_empty() || r.env == req.env)
                 && status.is_none_or(|s| r.status == s)
-                && self.may_read(who, r).is_ok()
+                && may_access(who, r, self.cfg.clients_read_all)
         };
         let mut matching: Vec<JobRecord> = records.into_values().filter(keep).collect();
         matching.sort_by(|a, b| {
@@ -381,7 +362,7 @@ impl JobManager {
                 .load_record(job_id)
                 .await?
                 .ok_or_else(|| not_found(job_id))?;
-            may_cancel(who, &record)?;
+            job_access(who, &record, "cancel", false)?;
             if let Some(fwd) = self.remote_owner(&record) {
                 let req = pb::CancelJobRequest {
                     job_id: job_id.to_string(),
@@ -407,7 +388,7 @@ impl JobManager {
             if st.record.status.is_terminal() {
                 return Ok(already_finished(&st.record));
             }
-            may_cancel(who, &st.record)?;
+            job_access(who, &st.record, "cancel", false)?;
             if !st.cancel_requested {
                 st.cancel_requested = true;
                 st.record.cancel_reason = reason.clone();
@@ -523,20 +504,39 @@ fn parse_token(token: &str) -> Result<(i64, String), FunctionError> {
     Ok((at.parse().map_err(|_| bad())?, id.to_string()))
 }
 
-/// Whether `who` may cancel the job of `record`: servers (forwarding for a checked caller), and
-/// inside the caller's scopes its caller or an admin.
-fn may_cancel(who: &Identity, record: &JobRecord) -> Result<(), FunctionError> {
-    if who.role == Role::Server {
+/// True when `who` may act on the job of `record`: servers always (they forward for a caller
+/// the first server checked); anyone else inside their scopes, and then admins, the job's
+/// caller, or, when `any_client`, every client.
+fn may_access(who: &Identity, record: &JobRecord, any_client: bool) -> bool {
+    who.role == Role::Server
+        || (who.scopes.allows(&record.game_id, &record.env)
+            && (who.role == Role::Admin
+                || who.uri() == record.caller
+                || (any_client && who.role == Role::Client)))
+}
+
+/// [`may_access`] as a status for `action` ("read", "cancel") that says what would allow it.
+fn job_access(
+    who: &Identity,
+    record: &JobRecord,
+    action: &str,
+    any_client: bool,
+) -> Result<(), FunctionError> {
+    if may_access(who, record, any_client) {
         return Ok(());
     }
-    if let Some(refusal) = who.out_of_scope("cancel jobs", &record.game_id, &record.env) {
+    if let Some(refusal) = who.out_of_scope(&format!("{action} jobs"), &record.game_id, &record.env)
+    {
         return Err(FunctionError::NotAllowed(refusal));
     }
-    if who.role != Role::Admin && who.uri() != record.caller {
-        return Err(FunctionError::NotAllowed(format!(
-            "identity {who} may not cancel job {}: only its caller ({}) or an admin may",
-            record.job_id, record.caller
-        )));
-    }
-    Ok(())
+    let grant = if action == "read" {
+        " (server config `jobs.clients_read_all` lets clients read every job in their scopes)"
+    } else {
+        ""
+    };
+    Err(FunctionError::NotAllowed(format!(
+        "identity {who} may not {action} job {}: it was started by {}, and only its caller or \
+         an admin may{grant}",
+        record.job_id, record.caller
+    )))
 }

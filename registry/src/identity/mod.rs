@@ -173,21 +173,22 @@ impl fmt::Display for Scope {
 }
 
 /// The scopes of a certificate, sorted; empty means unscoped (every game and environment), so
-/// certificates issued before scopes existed keep working.
+/// certificates issued before scopes existed keep working. Shared, so cloning an [`Identity`]
+/// per request does not copy them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Scopes(Vec<Scope>);
+pub struct Scopes(Arc<[Scope]>);
 
 impl Scopes {
     /// Unscoped: every game and environment.
     pub fn all() -> Scopes {
-        Scopes(Vec::new())
+        Scopes(Arc::new([]))
     }
 
     /// The given scopes, sorted and without duplicates.
     pub fn new(mut scopes: Vec<Scope>) -> Scopes {
         scopes.sort();
         scopes.dedup();
-        Scopes(scopes)
+        Scopes(scopes.into())
     }
 
     /// True for an unscoped certificate.
@@ -198,12 +199,6 @@ impl Scopes {
     /// True when `game`/`env` is inside the scopes (always, when unscoped).
     pub fn allows(&self, game: &str, env: &str) -> bool {
         self.0.is_empty() || self.0.iter().any(|s| s.covers(game, env))
-    }
-
-    /// True when some scope names `game` (always, when unscoped): the caller may see a part of
-    /// the game.
-    pub fn touches_game(&self, game: &str) -> bool {
-        self.0.is_empty() || self.0.iter().any(|s| s.game == game)
     }
 
     /// The scopes, sorted.
@@ -344,22 +339,31 @@ pub fn normalize_serial(text: &str) -> String {
     }
 }
 
-/// Certificate DER → its identity and serial.
-type CertCache = HashMap<Vec<u8>, (Identity, String)>;
+/// What an [`IdentityResolver`] keeps under one lock, so a revocation and the cache never
+/// disagree: certificates are only cached after the revocation check, and replacing the list
+/// empties the cache.
+#[derive(Default)]
+struct ResolverState {
+    /// Certificate DER → its identity; never holds a revoked certificate.
+    certs: HashMap<Vec<u8>, Identity>,
+    /// Revoked serials, normalized.
+    revoked: HashSet<String>,
+}
 
 /// Maps certificates to identities, remembering up to ~4096 certificates (the cache is cleared
 /// when full), and refuses certificates whose serial is revoked ([`Self::set_revoked`]).
 /// Clones share the cache and the revocation list.
 #[derive(Clone, Default)]
 pub struct IdentityResolver {
-    cache: Arc<Mutex<CertCache>>,
-    revoked: Arc<parking_lot::RwLock<Arc<HashSet<String>>>>,
+    state: Arc<Mutex<ResolverState>>,
 }
 
 impl fmt::Debug for IdentityResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.lock();
         f.debug_struct("IdentityResolver")
-            .field("cached", &self.lock().len())
+            .field("cached", &st.certs.len())
+            .field("revoked", &st.revoked.len())
             .finish()
     }
 }
@@ -370,45 +374,43 @@ impl IdentityResolver {
         IdentityResolver::default()
     }
 
-    /// Replaces the revoked serials (normalized with [`normalize_serial`]); takes effect on
-    /// the next request.
+    /// Replaces the revoked serials (normalized with [`normalize_serial`]) and empties the
+    /// cache; takes effect on the next request.
     pub fn set_revoked(&self, serials: HashSet<String>) {
-        *self.revoked.write() = Arc::new(serials);
+        let mut st = self.lock();
+        st.revoked = serials;
+        st.certs.clear();
     }
 
     /// How many serials are revoked.
     pub fn revoked_count(&self) -> usize {
-        self.revoked.read().len()
+        self.lock().revoked.len()
     }
 
-    fn lock(&self) -> parking_lot::MutexGuard<'_, CertCache> {
-        // The map is always left consistent, so a panic elsewhere while holding the lock does
-        // not make its contents wrong.
-        self.cache.lock()
+    fn lock(&self) -> parking_lot::MutexGuard<'_, ResolverState> {
+        // The state is always left consistent, so a panic elsewhere while holding the lock
+        // does not make its contents wrong.
+        self.state.lock()
     }
 
     /// The identity of a DER-encoded certificate, from the cache when it was seen before.
-    /// Failures are not cached.
+    /// Failures (revoked certificates included) are not cached.
     pub fn resolve(&self, cert_der: &[u8]) -> Result<Identity, IdentityError> {
-        let cached = self.lock().get(cert_der).cloned();
-        let (identity, serial) = match cached {
-            Some(hit) => hit,
-            None => {
-                let found = Identity::from_cert_der_with_serial(cert_der)?;
-                let mut cache = self.lock();
-                if cache.len() >= CACHE_CAPACITY {
-                    cache.clear();
-                }
-                cache.insert(cert_der.to_vec(), found.clone());
-                found
-            }
-        };
-        if self.revoked.read().contains(&serial) {
+        if let Some(identity) = self.lock().certs.get(cert_der) {
+            return Ok(identity.clone());
+        }
+        let (identity, serial) = Identity::from_cert_der_with_serial(cert_der)?;
+        let mut st = self.lock();
+        if st.revoked.contains(&serial) {
             return Err(IdentityError::Revoked {
                 identity: identity.to_string(),
                 serial,
             });
         }
+        if st.certs.len() >= CACHE_CAPACITY {
+            st.certs.clear();
+        }
+        st.certs.insert(cert_der.to_vec(), identity.clone());
         Ok(identity)
     }
 
