@@ -143,6 +143,14 @@ pub struct Audit {
     pub max_file_bytes: u64,
     /// Rotated files kept. Default 10.
     pub keep_files: usize,
+    /// Refuse audited actions (calls, jobs, cancels, node states, pipelines, policy, approvals)
+    /// with UNAVAILABLE while records cannot be written. Agent registrations are recorded but
+    /// never refused. Default true.
+    pub fail_closed: bool,
+    /// Longest a request waits for room in the audit queue (backpressure) before its record
+    /// counts as lost. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
 }
 
 impl Default for Audit {
@@ -152,6 +160,8 @@ impl Default for Audit {
             max_payload_bytes: d.max_payload_bytes,
             max_file_bytes: d.max_file_bytes,
             keep_files: d.keep_files,
+            fail_closed: d.fail_closed,
+            write_timeout: d.write_timeout,
         }
     }
 }

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use croupier_control::audit::{AuditLog, AuditOptions};
+use croupier_control::audit::{AuditLog, AuditOptions, Checkpoint};
 use croupier_control::service::ControlServer;
 use croupier_control::{AgentLink, ControlConfig, ControlPlane};
+use croupier_function::approval::Approvals;
 use croupier_function::forward::Forwarder;
 use croupier_function::pipeline::Pipelines;
 use croupier_function::service::FunctionServer;
@@ -222,8 +223,14 @@ async fn serve_on(
             max_payload_bytes: cfg.audit.max_payload_bytes,
             max_file_bytes: cfg.audit.max_file_bytes,
             keep_files: cfg.audit.keep_files,
+            fail_closed: cfg.audit.fail_closed,
+            write_timeout: cfg.audit.write_timeout,
         };
-        AuditLog::to_file_with(&cfg.data_dir.join("audit.log"), opts)
+        let checkpoint = Checkpoint {
+            store: store.clone(),
+            key: croupier_registry::keys::audit_head(&cfg.server_id),
+        };
+        AuditLog::to_file_with(&cfg.data_dir.join("audit.log"), opts, Some(checkpoint))
             .await
             .context("opening the audit log")?
     } else {
@@ -288,7 +295,9 @@ async fn serve_on(
     // (the manager needs it as its AgentLink) and is given the manager here, before any agent
     // can connect (the listener is not serving yet).
     control.set_job_sink(jobs.clone());
-    let pipelines = Arc::new(Pipelines::new(store.clone(), audit.clone()));
+    jobs.set_policy_source(view.clone());
+    let pipelines =
+        Arc::new(Pipelines::new(store.clone(), audit.clone()).with_policy(view.clone()));
     let invoker = Arc::new(
         Invoker::new(
             InvokeConfig {
@@ -305,7 +314,7 @@ async fn serve_on(
             store.clone(),
             view.clone(),
             control.clone() as Arc<dyn AgentLink>,
-            audit,
+            audit.clone(),
             jobs.clone(),
             pipelines.clone(),
         )
@@ -350,11 +359,18 @@ async fn serve_on(
         .send_compressed(GZIP)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    let function_svc = FunctionServiceServer::new(FunctionServer::new(invoker, jobs, pipelines))
-        .accept_compressed(GZIP)
-        .send_compressed(GZIP)
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let approvals = Arc::new(Approvals::new(
+        store.clone(),
+        view.clone(),
+        invoker.clone(),
+        audit.clone(),
+    ));
+    let function_svc =
+        FunctionServiceServer::new(FunctionServer::new(invoker, jobs, pipelines, approvals))
+            .accept_compressed(GZIP)
+            .send_compressed(GZIP)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max);
     let registry_svc = RegistryServiceServer::new(
         RegistryServer::new(view.clone(), control.clone(), watches.clone())
             .with_max_message_bytes(max)

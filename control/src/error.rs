@@ -34,6 +34,13 @@ pub enum ControlError {
     /// The tunnel closed while it was being set up; connect again.
     #[error("{0}")]
     TunnelClosed(String),
+    /// The record changed since the caller read it (a policy's expected revision). Final: read
+    /// again.
+    #[error("{0}")]
+    Conflict(String),
+    /// The audit log cannot take records; audited actions are refused (fail closed).
+    #[error("{0}")]
+    AuditUnavailable(String),
     /// A bug: the server's own record could not be encoded.
     #[error("{0}")]
     Internal(String),
@@ -64,7 +71,10 @@ impl ControlError {
                 Code::FailedPrecondition
             }
             ControlError::LimitReached(_) => Code::ResourceExhausted,
-            ControlError::Draining(_) | ControlError::TunnelClosed(_) => Code::Unavailable,
+            ControlError::Conflict(_) => Code::FailedPrecondition,
+            ControlError::Draining(_)
+            | ControlError::TunnelClosed(_)
+            | ControlError::AuditUnavailable(_) => Code::Unavailable,
             ControlError::Internal(_) => Code::Internal,
             ControlError::Store { source, .. } => match source {
                 StoreError::Unavailable(_) | StoreError::Lagged => Code::Unavailable,
@@ -87,6 +97,8 @@ impl ControlError {
             ControlError::LimitReached(_) => "LIMIT_REACHED",
             ControlError::Draining(_) => "DRAINING",
             ControlError::TunnelClosed(_) => "TUNNEL_CLOSED",
+            ControlError::Conflict(_) => "CONFLICT",
+            ControlError::AuditUnavailable(_) => "AUDIT_UNAVAILABLE",
             ControlError::Internal(_) => "INTERNAL",
             ControlError::Store { .. } => "STORE_FAILED",
         }

@@ -85,4 +85,43 @@ impl ControlService for ControlServer {
                 .await?,
         ))
     }
+
+    async fn get_policy(
+        &self,
+        request: Request<pb::GetPolicyRequest>,
+    ) -> Result<Response<pb::GetPolicyResponse>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(self.plane.get_policy(&who).await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn put_policy(
+        &self,
+        request: Request<pb::PutPolicyRequest>,
+    ) -> Result<Response<pb::PutPolicyResponse>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            self.plane.put_policy(&who, request.into_inner()).await?,
+        ))
+    }
+
+    async fn test_policy(
+        &self,
+        request: Request<pb::TestPolicyRequest>,
+    ) -> Result<Response<pb::TestPolicyResponse>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            self.plane.test_policy(&who, request.into_inner())?,
+        ))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            self.plane.list_audit(&who, request.into_inner()).await?,
+        ))
+    }
 }

@@ -116,6 +116,33 @@ pub enum FunctionError {
         /// The store error.
         source: StoreError,
     },
+    /// The call needs approval first: a pending approval was created instead of running it.
+    #[error(
+        "{function} needs approval by {count} of {approvers} before it runs: approval {id} is \
+         pending (expires in {ttl}); an approver runs `croupier approval approve {id} --reason \
+         ...`, and `croupier approval show {id}` shows the outcome"
+    )]
+    ApprovalRequired {
+        /// The approval id.
+        id: String,
+        /// The function.
+        function: String,
+        /// The approvers' role.
+        approvers: String,
+        /// Approvals needed.
+        count: u32,
+        /// How long it waits.
+        ttl: String,
+    },
+    /// No such approval.
+    #[error("approval {0:?} does not exist; `croupier approval list` shows those there are")]
+    ApprovalNotFound(String),
+    /// The approval is no longer pending, or the approver already decided. Final.
+    #[error("{0}")]
+    ApprovalClosed(String),
+    /// The audit log cannot take records; audited actions are refused (fail closed).
+    #[error("{0}")]
+    AuditUnavailable(String),
     /// A stored record could not be read back (a bug or a damaged store).
     #[error("{0}")]
     Corrupt(String),
@@ -142,6 +169,8 @@ impl FunctionError {
                 PayloadError::TooLarge { .. } => Code::ResourceExhausted,
             },
             FunctionError::BadSchema { .. }
+            | FunctionError::ApprovalRequired { .. }
+            | FunctionError::ApprovalClosed(_)
             | FunctionError::IdempotencyConflict
             | FunctionError::DescriptorOwned(_) => Code::FailedPrecondition,
             FunctionError::SchemaTooCostly { .. } | FunctionError::LimitReached(_) => {
@@ -150,8 +179,10 @@ impl FunctionError {
             FunctionError::NotRegistered { .. }
             | FunctionError::NotProvided(_)
             | FunctionError::JobNotFound(_)
+            | FunctionError::ApprovalNotFound(_)
             | FunctionError::PipelineNotFound(_) => Code::NotFound,
             FunctionError::NoAgent(_)
+            | FunctionError::AuditUnavailable(_)
             | FunctionError::AgentLost(_)
             | FunctionError::ReplicaUnreachable(_) => Code::Unavailable,
             FunctionError::DeadlinePassed(_) => Code::DeadlineExceeded,
@@ -231,6 +262,10 @@ impl FunctionError {
             FunctionError::LimitReached(_) => "LIMIT_REACHED",
             FunctionError::Store { .. } => "STORE_FAILED",
             FunctionError::Corrupt(_) => "CORRUPT_RECORD",
+            FunctionError::ApprovalRequired { .. } => "APPROVAL_REQUIRED",
+            FunctionError::ApprovalNotFound(_) => "APPROVAL_NOT_FOUND",
+            FunctionError::ApprovalClosed(_) => "APPROVAL_CLOSED",
+            FunctionError::AuditUnavailable(_) => "AUDIT_UNAVAILABLE",
             FunctionError::Remote(_) => "REMOTE",
         }
     }
@@ -266,6 +301,19 @@ impl FunctionError {
                 d
             }
             FunctionError::JobNotFound(id) => vec![("job_id", id.clone())],
+            FunctionError::ApprovalRequired {
+                id,
+                function,
+                approvers,
+                count,
+                ..
+            } => vec![
+                ("approval_id", id.clone()),
+                ("function", function.clone()),
+                ("approvers", approvers.clone()),
+                ("count", count.to_string()),
+            ],
+            FunctionError::ApprovalNotFound(id) => vec![("approval_id", id.clone())],
             FunctionError::PipelineNotFound(id) => vec![("template_id", id.clone())],
             _ => Vec::new(),
         }

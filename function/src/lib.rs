@@ -15,6 +15,7 @@
 // Library code handles its errors; tests may unwrap.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod approval;
 pub mod error;
 pub mod forward;
 pub mod idempotency;

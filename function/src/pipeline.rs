@@ -10,10 +10,12 @@ use std::sync::Arc;
 
 use croupier_proto::function::v1::{PipelineTemplate, PutPipelineResponse};
 use croupier_proto::json::opt_struct_to_json;
-use croupier_registry::identity::{Identity, Role};
+use croupier_registry::identity::Identity;
 use croupier_registry::ids::check_id;
 use croupier_registry::keys;
+use croupier_registry::policy::{Action, Policy, Request as PolicyRequest};
 use croupier_registry::store::Store;
+use croupier_registry::view::RegistryView;
 use prost::Message;
 use serde_json::{Value, json};
 
@@ -27,15 +29,51 @@ pub const START: &str = "pipeline.start";
 pub struct Pipelines {
     store: Arc<dyn Store>,
     audit: AuditLog,
+    view: Option<Arc<RegistryView>>,
 }
 
 impl Pipelines {
-    /// Templates in `store`; changes are audited in `audit`.
+    /// Templates in `store`; changes are audited in `audit`. Who may change them is the
+    /// built-in policy's answer (admins) until [`Pipelines::with_policy`].
     pub fn new(store: Arc<dyn Store>, audit: AuditLog) -> Self {
-        Pipelines { store, audit }
+        Pipelines {
+            store,
+            audit,
+            view: None,
+        }
     }
 
-    fn audited<T>(
+    /// Decides who may store and delete templates by the policy `view` follows.
+    pub fn with_policy(mut self, view: Arc<RegistryView>) -> Self {
+        self.view = Some(view);
+        self
+    }
+
+    /// The policy's `pipelines` action for `who`, and the audit log's readiness.
+    fn may_manage(&self, who: &Identity, what: &str) -> Result<(), FunctionError> {
+        let policy = self
+            .view
+            .as_ref()
+            .map_or_else(|| Arc::new(Policy::builtin()), |v| v.policy());
+        let d = policy.decide(
+            who,
+            PolicyRequest {
+                action: Action::Pipelines,
+                function: "",
+                game: "",
+                env: "",
+            },
+        );
+        if !d.allowed {
+            return Err(FunctionError::NotAllowed(format!(
+                "identity {who} may not {what} pipelines: {}",
+                d.explanation
+            )));
+        }
+        self.audit.admit().map_err(FunctionError::AuditUnavailable)
+    }
+
+    async fn audited<T>(
         &self,
         who: &Identity,
         action: &'static str,
@@ -47,7 +85,8 @@ impl Pipelines {
             Err(e) => e.code_name(),
         };
         self.audit
-            .record(AuditRecord::new(who.uri(), action, id).outcome(result));
+            .record(AuditRecord::new(who.uri(), action, id).outcome(result))
+            .await;
     }
 
     /// Stores a template (admin only) after checking it.
@@ -58,7 +97,7 @@ impl Pipelines {
     ) -> Result<PutPipelineResponse, FunctionError> {
         let id = t.id.clone();
         let outcome = self.put_inner(who, t).await;
-        self.audited(who, "put_pipeline", &id, &outcome);
+        self.audited(who, "put_pipeline", &id, &outcome).await;
         outcome
     }
 
@@ -67,11 +106,7 @@ impl Pipelines {
         who: &Identity,
         t: PipelineTemplate,
     ) -> Result<PutPipelineResponse, FunctionError> {
-        if who.role != Role::Admin {
-            return Err(FunctionError::NotAllowed(format!(
-                "identity {who} may not store pipelines: an admin certificate is required"
-            )));
-        }
+        self.may_manage(who, "store")?;
         validate(&t)?;
         let revision = self
             .store
@@ -111,16 +146,12 @@ impl Pipelines {
     /// Deletes a template (admin only); false when there was none.
     pub async fn delete(&self, who: &Identity, id: &str) -> Result<bool, FunctionError> {
         let outcome = self.delete_inner(who, id).await;
-        self.audited(who, "delete_pipeline", id, &outcome);
+        self.audited(who, "delete_pipeline", id, &outcome).await;
         outcome
     }
 
     async fn delete_inner(&self, who: &Identity, id: &str) -> Result<bool, FunctionError> {
-        if who.role != Role::Admin {
-            return Err(FunctionError::NotAllowed(format!(
-                "identity {who} may not delete pipelines: an admin certificate is required"
-            )));
-        }
+        self.may_manage(who, "delete")?;
         check_id("pipeline id", id).map_err(FunctionError::BadRequest)?;
         Ok(self
             .store

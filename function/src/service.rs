@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::invoke::{Invoker, parse_grpc_timeout};
 
+use crate::approval::Approvals;
 use crate::forward::origin;
 use crate::jobs::JobManager;
 use crate::pipeline::Pipelines;
@@ -21,15 +22,23 @@ pub struct FunctionServer {
     invoker: Arc<Invoker>,
     jobs: Arc<JobManager>,
     pipelines: Arc<Pipelines>,
+    approvals: Arc<Approvals>,
 }
 
 impl FunctionServer {
-    /// Serves calls through `invoker`, jobs from `jobs` and templates from `pipelines`.
-    pub fn new(invoker: Arc<Invoker>, jobs: Arc<JobManager>, pipelines: Arc<Pipelines>) -> Self {
+    /// Serves calls through `invoker`, jobs from `jobs`, templates from `pipelines` and
+    /// approval requests from `approvals`.
+    pub fn new(
+        invoker: Arc<Invoker>,
+        jobs: Arc<JobManager>,
+        pipelines: Arc<Pipelines>,
+        approvals: Arc<Approvals>,
+    ) -> Self {
         FunctionServer {
             invoker,
             jobs,
             pipelines,
+            approvals,
         }
     }
 }
@@ -183,5 +192,37 @@ impl FunctionService for FunctionServer {
         let id = request.into_inner().id;
         let deleted = self.pipelines.delete(&who, &id).await?;
         Ok(Response::new(pb::DeletePipelineResponse { deleted }))
+    }
+
+    async fn list_approvals(
+        &self,
+        request: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        let who = caller(&request)?;
+        let approvals = self.approvals.list(&who, &request.into_inner()).await?;
+        Ok(Response::new(pb::ListApprovalsResponse { approvals }))
+    }
+
+    async fn get_approval(
+        &self,
+        request: Request<pb::GetApprovalRequest>,
+    ) -> Result<Response<pb::GetApprovalResponse>, Status> {
+        let who = caller(&request)?;
+        let approval = self.approvals.get(&who, &request.into_inner().id).await?;
+        Ok(Response::new(pb::GetApprovalResponse {
+            approval: Some(approval),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn decide_approval(
+        &self,
+        request: Request<pb::DecideApprovalRequest>,
+    ) -> Result<Response<pb::DecideApprovalResponse>, Status> {
+        let who = caller(&request)?;
+        let approval = self.approvals.decide(&who, request.into_inner()).await?;
+        Ok(Response::new(pb::DecideApprovalResponse {
+            approval: Some(approval),
+        }))
     }
 }

@@ -68,3 +68,22 @@ pub const PIPELINES: &str = "/croupier/pipelines/";
 pub fn pipeline(id: &str) -> String {
     format!("{PIPELINES}{id}")
 }
+
+/// The admin policy (one JSON document; absent means the built-in policy).
+pub const POLICY: &str = "/croupier/policy";
+
+/// Prefix of approval requests. Outside [`ROOT`]: the registry view has no use for them.
+pub const APPROVALS: &str = "/croupier-approvals/";
+
+/// `/croupier-approvals/{approval_id}`.
+pub fn approval(id: &str) -> String {
+    format!("{APPROVALS}{id}")
+}
+
+/// Prefix of the audit chain heads each server checkpoints.
+pub const AUDIT_HEADS: &str = "/croupier-audit/heads/";
+
+/// `/croupier-audit/heads/{server_id}`: the last record a server's audit chain holds.
+pub fn audit_head(server_id: &str) -> String {
+    format!("{AUDIT_HEADS}{server_id}")
+}

@@ -17,6 +17,7 @@ pub mod identity;
 pub mod ids;
 pub mod keys;
 pub mod model;
+pub mod policy;
 pub mod schema;
 pub mod service;
 pub mod store;

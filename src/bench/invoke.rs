@@ -144,6 +144,33 @@ impl FunctionService for Direct {
         ))
     }
 
+    async fn list_approvals(
+        &self,
+        _: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        Err(Status::unimplemented(
+            "the direct baseline serves InvokeFunction only",
+        ))
+    }
+
+    async fn get_approval(
+        &self,
+        _: Request<pb::GetApprovalRequest>,
+    ) -> Result<Response<pb::GetApprovalResponse>, Status> {
+        Err(Status::unimplemented(
+            "the direct baseline serves InvokeFunction only",
+        ))
+    }
+
+    async fn decide_approval(
+        &self,
+        _: Request<pb::DecideApprovalRequest>,
+    ) -> Result<Response<pb::DecideApprovalResponse>, Status> {
+        Err(Status::unimplemented(
+            "the direct baseline serves InvokeFunction only",
+        ))
+    }
+
     async fn delete_pipeline(
         &self,
         _: Request<pb::DeletePipelineRequest>,

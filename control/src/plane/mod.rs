@@ -10,6 +10,7 @@
 //! - `register` — `RegisterAgent` as named steps.
 //! - `tunnel` — the `Connect` tunnel, its read loop and the `AgentLink` impl.
 
+mod governance;
 mod register;
 mod session;
 mod tunnel;
@@ -273,23 +274,39 @@ impl ControlPlane {
         }
     }
 
-    /// Handles `SetNodeState` (admin only).
+    /// Handles `SetNodeState`: the policy's `node_state` action decides (admins by default),
+    /// inside the caller's scopes.
     pub async fn set_node_state(
         &self,
         who: &Identity,
         req: pb::SetNodeStateRequest,
     ) -> Result<pb::SetNodeStateResponse, ControlError> {
-        if who.role != Role::Admin {
+        check_id("agent_id", &req.agent_id).map_err(ControlError::BadRequest)?;
+        let agent = self.view.agent(&req.agent_id);
+        let (game, env) = agent
+            .as_deref()
+            .map_or(("", ""), |a| (a.game_id.as_str(), a.env.as_str()));
+        let decision = self.view.policy().decide(
+            who,
+            croupier_registry::policy::Request {
+                action: croupier_registry::policy::Action::NodeState,
+                function: "",
+                game,
+                env,
+            },
+        );
+        if !decision.allowed {
             return Err(ControlError::NotAllowed(format!(
-                "identity {who} may not set node states: an admin certificate is required"
+                "identity {who} may not set node states: {}",
+                decision.explanation
             )));
         }
-        check_id("agent_id", &req.agent_id).map_err(ControlError::BadRequest)?;
-        if let Some(agent) = self.view.agent(&req.agent_id)
-            && let Some(refusal) = who.out_of_scope("set node states", &agent.game_id, &agent.env)
+        if agent.is_some()
+            && let Some(refusal) = who.out_of_scope("set node states", game, env)
         {
             return Err(ControlError::NotAllowed(refusal));
         }
+        self.audit.admit().map_err(ControlError::AuditUnavailable)?;
         if req.reason.chars().count() > self.cfg.max_text_chars {
             return Err(ControlError::BadRequest(format!(
                 "reason is {} characters; at most {} are allowed",
@@ -335,11 +352,12 @@ impl ControlPlane {
                 &format!("node disabled by {}: {}", record.actor, record.reason),
             );
         }
-        self.audit.record(
-            AuditRecord::new(who.uri(), "set_node_state", req.agent_id).details(
-                serde_json::json!({"state": record.state.as_str(), "reason": record.reason}),
-            ),
-        );
+        let mut rec = AuditRecord::new(who.uri(), "set_node_state", req.agent_id)
+            .details(serde_json::json!({"state": record.state.as_str(), "reason": record.reason}));
+        if !game.is_empty() {
+            rec = rec.scope(game, env);
+        }
+        self.audit.record(rec).await;
         Ok(pb::SetNodeStateResponse {
             success: true,
             record: Some(pb_record),

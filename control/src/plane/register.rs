@@ -134,11 +134,13 @@ impl ControlPlane {
             resumed,
             "agent registered"
         );
-        self.audit.record(
-            AuditRecord::new(who.uri(), "register_agent", req.agent_id.clone()).details(
-                serde_json::json!({"game_id": req.game_id, "env": req.env, "resumed": resumed}),
-            ),
-        );
+        self.audit
+            .record(
+                AuditRecord::new(who.uri(), "register_agent", req.agent_id.clone())
+                    .scope(&req.game_id, &req.env)
+                    .details(serde_json::json!({"resumed": resumed})),
+            )
+            .await;
         Ok(pb::RegisterAgentResponse {
             success: true,
             agent_id: req.agent_id,

@@ -2,6 +2,7 @@
 //! idempotency key returns the same job.
 
 use super::*;
+use crate::approval::Approved;
 use crate::error::FunctionError;
 use crate::forward::Forwarder;
 use crate::idempotency::{Begin, Idempotency, payload_hash};
@@ -25,29 +26,75 @@ impl Invoker {
     /// Starts a function as a job for `who` (`InvokeJob`): routes like `InvokeFunction`, stores
     /// the job and answers with its id at once. The same idempotency key returns the same job.
     /// With `forwarded` (another replica sent it), only this server's agents are candidates.
-    #[tracing::instrument(skip_all, fields(function = %req.function_id, caller = %who))]
     pub async fn start_job(
         &self,
         who: &Identity,
         req: InvokeJobRequest,
         forwarded: bool,
     ) -> Result<InvokeJobResponse, FunctionError> {
-        let jobs = self.jobs.clone();
-        let _permit = self.admit(who)?;
-        let mut req = InvokeFunctionRequest {
+        let req = InvokeFunctionRequest {
             game_id: req.game_id,
             env: req.env,
             function_id: req.function_id,
             payload: req.payload,
             options: req.options,
         };
+        self.start_job_with(who, req, forwarded, None).await
+    }
+
+    /// Starts a job its approvers approved, as its requester `who`.
+    pub(crate) async fn start_job_approved(
+        &self,
+        who: &Identity,
+        req: InvokeFunctionRequest,
+        approved: &Approved,
+    ) -> Result<InvokeJobResponse, FunctionError> {
+        self.start_job_with(who, req, false, Some(approved)).await
+    }
+
+    #[tracing::instrument(skip_all, fields(function = %req.function_id, caller = %who))]
+    async fn start_job_with(
+        &self,
+        who: &Identity,
+        mut req: InvokeFunctionRequest,
+        forwarded: bool,
+        approved: Option<&Approved>,
+    ) -> Result<InvokeJobResponse, FunctionError> {
+        let jobs = self.jobs.clone();
+        let _permit = self.admit(who)?;
+        self.audit
+            .admit()
+            .map_err(FunctionError::AuditUnavailable)?;
+        let original = req.clone();
         if req.function_id == crate::pipeline::START && !forwarded {
             // The server fills the template's args; the agent gets the whole template.
             let given = opt_struct_to_json(req.payload.as_ref());
             let prepared = self.pipelines.prepare_start(&given).await?;
             req.payload = Some(croupier_proto::json::json_to_struct(&prepared));
         }
-        let p = self.prepare(who, &req, forwarded, None).await?;
+        let p = self
+            .prepare(who, &req, forwarded, None, Action::Job)
+            .await?;
+        if let Some((rule, name)) = &p.approval
+            && approved.is_none()
+        {
+            let sensitive = p
+                .descriptor
+                .as_ref()
+                .map(|d| d.sensitive_fields.clone())
+                .unwrap_or_default();
+            return Err(crate::approval::request(
+                self.store.as_ref(),
+                &self.audit,
+                who,
+                crate::approval::Kind::Job,
+                original,
+                &sensitive,
+                rule,
+                name,
+            )
+            .await);
+        }
         if p.mode == Mode::Broadcast {
             return Err(FunctionError::BadRequest(
                 "routing_mode broadcast is not supported for jobs: a job runs on one agent; \
@@ -141,14 +188,10 @@ impl Invoker {
             Ok(_) => "ok".to_string(),
             Err(e) => e.code_name().to_string(),
         };
-        self.audit.record(
-            AuditRecord::new(
-                who.uri(),
-                "invoke_job",
-                format!("{}/{}/{}", req.game_id, req.env, req.function_id),
-            )
-            .outcome(outcome_name)
-            .details(serde_json::json!({
+        let rec = AuditRecord::new(who.uri(), "invoke_job", req.function_id.as_str())
+            .scope(&req.game_id, &req.env)
+            .outcome(outcome_name);
+        let details = serde_json::json!({
                 "job_id": outcome.as_ref().map(|(j, _)| j.clone()).unwrap_or_default(),
                 "agent": outcome.as_ref().map(|(_, a)| a.clone()).unwrap_or_default(),
                 "payload": self.audit.payload(
@@ -156,8 +199,10 @@ impl Invoker {
                     &p.descriptor.as_ref().map(|d| d.sensitive_fields.clone()).unwrap_or_default(),
                 ),
                 "millis": started.elapsed().as_millis() as u64,
-            })),
-        );
+        });
+        self.audit
+            .record(with_approval(rec, details, who, approved))
+            .await;
         let (job_id, _) = outcome?;
         Ok(InvokeJobResponse {
             success: true,

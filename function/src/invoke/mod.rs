@@ -18,6 +18,7 @@ mod tests;
 use late::*;
 use route::*;
 
+use crate::approval::Approved;
 use crate::error::FunctionError;
 use crate::forward::Forwarder;
 use crate::idempotency::{Begin, Idempotency, payload_hash};
@@ -33,6 +34,7 @@ use croupier_proto::limits::check_payload;
 use croupier_registry::identity::Identity;
 use croupier_registry::ids::check_id;
 use croupier_registry::model::DescriptorRecord;
+use croupier_registry::policy::{Action, ApprovalRule, Request as PolicyRequest};
 use croupier_registry::schema::{PayloadCheckError, SchemaCache, SchemaLimits};
 use croupier_registry::store::Store;
 use croupier_registry::view::{FnKey, RegistryView};
@@ -110,6 +112,8 @@ struct Prepared {
     payload_json: Option<Arc<serde_json::Value>>,
     /// Another replica forwarded the request: only this server's agents may take it.
     local_only: bool,
+    /// The policy asks for approval first (with the rule's name).
+    approval: Option<(ApprovalRule, String)>,
 }
 
 /// A call, resolved and checked, ready to route.
@@ -170,7 +174,6 @@ impl Invoker {
 
     /// Invokes a function for `who`. `caller_timeout` is the gRPC deadline the caller sent;
     /// with `forwarded` (another replica sent it), only this server's agents are candidates.
-    #[tracing::instrument(level = "debug", skip_all, fields(function = %req.function_id, caller = %who))]
     pub async fn invoke(
         &self,
         who: &Identity,
@@ -178,30 +181,73 @@ impl Invoker {
         caller_timeout: Option<Duration>,
         forwarded: bool,
     ) -> Result<InvokeFunctionResponse, FunctionError> {
+        self.invoke_with(who, req, caller_timeout, forwarded, None)
+            .await
+    }
+
+    /// Runs a call its approvers approved, as its requester `who`.
+    pub(crate) async fn invoke_approved(
+        &self,
+        who: &Identity,
+        req: InvokeFunctionRequest,
+        approved: &Approved,
+    ) -> Result<InvokeFunctionResponse, FunctionError> {
+        self.invoke_with(who, req, None, false, Some(approved))
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(function = %req.function_id, caller = %who))]
+    async fn invoke_with(
+        &self,
+        who: &Identity,
+        req: InvokeFunctionRequest,
+        caller_timeout: Option<Duration>,
+        forwarded: bool,
+        approved: Option<&Approved>,
+    ) -> Result<InvokeFunctionResponse, FunctionError> {
         let started = Instant::now();
         let _permit = self.admit(who)?;
+        self.audit
+            .admit()
+            .map_err(FunctionError::AuditUnavailable)?;
         let result = self
-            .invoke_inner(who, &req, caller_timeout, started, forwarded)
+            .invoke_inner(who, &req, caller_timeout, started, forwarded, approved)
             .await;
-        if self.audit.enabled() {
-            let descriptor =
-                self.view
-                    .descriptor(&FnKey::new(&req.game_id, &req.env, &req.function_id));
-            let sensitive = descriptor
-                .map(|d| d.sensitive_fields.clone())
-                .unwrap_or_default();
+        if self.audit.enabled() && !matches!(result, Err(FunctionError::ApprovalRequired { .. })) {
+            let sensitive = self.sensitive_fields(&req.game_id, &req.env, &req.function_id);
             let outcome = match &result {
                 Ok(r) if r.success => "ok".to_string(),
                 Ok(r) => format!("handler error: {}", r.error_code),
                 Err(e) => e.code_name().to_string(),
             };
-            self.audit.record(AuditRecord::new(who.uri(), "invoke", format!("{}/{}/{}", req.game_id, req.env, req.function_id)).outcome(outcome).details(serde_json::json!({
-                    "agent": result.as_ref().map(|r| r.agent_id.clone()).unwrap_or_default(),
-                    "payload": self.audit.payload(&opt_struct_to_json(req.payload.as_ref()), &sensitive),
-                    "millis": started.elapsed().as_millis() as u64,
-                })));
+            let mut details = serde_json::json!({
+                "agent": result.as_ref().map(|r| r.agent_id.clone()).unwrap_or_default(),
+                "payload": self.audit.payload(&opt_struct_to_json(req.payload.as_ref()), &sensitive),
+                "millis": started.elapsed().as_millis() as u64,
+            });
+            if let Ok(r) = &result
+                && r.result.is_some()
+            {
+                details["result"] = self
+                    .audit
+                    .payload(&opt_struct_to_json(r.result.as_ref()), &sensitive);
+            }
+            let rec = AuditRecord::new(who.uri(), "invoke", req.function_id.as_str())
+                .scope(&req.game_id, &req.env)
+                .outcome(outcome);
+            self.audit
+                .record(with_approval(rec, details, who, approved))
+                .await;
         }
         result
+    }
+
+    /// The sensitive fields of a function's descriptor (masked in audit records and approvals).
+    fn sensitive_fields(&self, game: &str, env: &str, function: &str) -> Vec<String> {
+        self.view
+            .descriptor(&FnKey::new(game, env, function))
+            .map(|d| d.sensitive_fields.clone())
+            .unwrap_or_default()
     }
 
     /// Takes one of the caller's concurrency slots.
@@ -233,6 +279,7 @@ impl Invoker {
         req: &InvokeFunctionRequest,
         local_only: bool,
         caller_timeout: Option<Duration>,
+        action: Action,
     ) -> Result<Prepared, FunctionError> {
         check_id("game_id", &req.game_id).map_err(FunctionError::BadRequest)?;
         check_id("env", &req.env).map_err(FunctionError::BadRequest)?;
@@ -263,6 +310,33 @@ impl Invoker {
         if let Some(d) = &descriptor {
             authorize(who, d)?;
         }
+        // A forwarded request was decided by the replica it came to.
+        let approval = if local_only {
+            None
+        } else {
+            let decision = self.view.policy().decide(
+                who,
+                PolicyRequest {
+                    action,
+                    function: &req.function_id,
+                    game: &req.game_id,
+                    env: &req.env,
+                },
+            );
+            if !decision.allowed {
+                return Err(FunctionError::NotAllowed(format!(
+                    "identity {who} may not {} {}: {}",
+                    if action == Action::Job {
+                        "start jobs of"
+                    } else {
+                        "invoke"
+                    },
+                    req.function_id,
+                    decision.explanation
+                )));
+            }
+            decision.approval.map(|a| (a, decision.rule))
+        };
         let keyed = !opts.idempotency_key.is_empty();
         let payload_json = if keyed
             || descriptor
@@ -300,6 +374,7 @@ impl Invoker {
             mode,
             payload_json,
             local_only,
+            approval,
         })
     }
 
@@ -310,6 +385,7 @@ impl Invoker {
         caller_timeout: Option<Duration>,
         started: Instant,
         forwarded: bool,
+        approved: Option<&Approved>,
     ) -> Result<InvokeFunctionResponse, FunctionError> {
         let Prepared {
             key,
@@ -318,7 +394,29 @@ impl Invoker {
             mode,
             payload_json,
             local_only,
-        } = self.prepare(who, req, forwarded, caller_timeout).await?;
+            approval,
+        } = self
+            .prepare(who, req, forwarded, caller_timeout, Action::Invoke)
+            .await?;
+        if let Some((rule, name)) = approval
+            && approved.is_none()
+        {
+            let sensitive = descriptor
+                .as_ref()
+                .map(|d| d.sensitive_fields.clone())
+                .unwrap_or_default();
+            return Err(crate::approval::request(
+                self.store.as_ref(),
+                &self.audit,
+                who,
+                crate::approval::Kind::Call,
+                req.clone(),
+                &sensitive,
+                &rule,
+                &name,
+            )
+            .await);
+        }
         let timeout = self.timeout(opts.timeout, descriptor.as_deref(), caller_timeout)?;
         let idem_key = (!opts.idempotency_key.is_empty()).then_some(opts.idempotency_key.as_str());
         let call = Call {
@@ -389,6 +487,28 @@ fn response(r: InvokeResult, agent: &str) -> InvokeFunctionResponse {
         agent_id: agent.to_string(),
         results: Vec::new(),
         request_id: r.request_id,
+    }
+}
+
+/// Adds `details` to `rec`, and for an approved call, the approval and both identities: the
+/// approver who completed it is the actor, the requester the identity it acted for.
+fn with_approval(
+    rec: AuditRecord,
+    mut details: serde_json::Value,
+    who: &Identity,
+    approved: Option<&Approved>,
+) -> AuditRecord {
+    match approved {
+        None => rec.details(details),
+        Some(a) => {
+            details["approval"] = serde_json::json!({"id": a.id, "approved_by": a.approvers});
+            AuditRecord {
+                who: a.by.clone(),
+                ..rec
+            }
+            .on_behalf_of(who.uri())
+            .details(details)
+        }
     }
 }
 

@@ -98,11 +98,11 @@ impl Invoker {
             .await
             .map_err(FunctionError::store("storing the descriptor"))?;
         self.view.wait_for(rev, Duration::from_secs(5)).await;
-        self.audit.record(AuditRecord::new(
-            who.uri(),
-            "register_function",
-            format!("{game_id}/{env}/{}", d.id),
-        ));
+        self.audit
+            .record(
+                AuditRecord::new(who.uri(), "register_function", d.id.as_str()).scope(game_id, env),
+            )
+            .await;
         Ok(rev)
     }
 
@@ -135,14 +135,13 @@ impl Invoker {
         if let Some(rev) = rev {
             self.view.wait_for(rev, Duration::from_secs(5)).await;
         }
-        self.audit.record(
-            AuditRecord::new(
-                who.uri(),
-                "delete_function",
-                format!("{game_id}/{env}/{function_id}"),
+        self.audit
+            .record(
+                AuditRecord::new(who.uri(), "delete_function", function_id)
+                    .scope(game_id, env)
+                    .outcome(if rev.is_some() { "ok" } else { "not found" }),
             )
-            .outcome(if rev.is_some() { "ok" } else { "not found" }),
-        );
+            .await;
         Ok(rev.is_some())
     }
 }

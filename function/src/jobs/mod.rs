@@ -52,6 +52,7 @@ use croupier_registry::identity::{Identity, Role};
 use croupier_registry::ids::check_id;
 use croupier_registry::keys;
 use croupier_registry::model::now_ms;
+use croupier_registry::policy::{Action, Policy, Request as PolicyRequest};
 use croupier_registry::store::{CasOutcome, Expect, Store, StoreError};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
@@ -86,6 +87,8 @@ pub struct JobManager {
     usage: Mutex<HashMap<String, AgentUsage>>,
     /// Notified when the writer stored events (agents waiting on backpressure look again).
     stored: Notify,
+    /// Where the admin policy comes from (unset: the built-in policy).
+    policy: std::sync::OnceLock<Arc<croupier_registry::view::RegistryView>>,
 }
 
 impl JobManager {
@@ -112,6 +115,7 @@ impl JobManager {
             audit,
             usage: Mutex::new(HashMap::new()),
             stored: Notify::new(),
+            policy: std::sync::OnceLock::new(),
         });
         m.load().await?;
         croupier_proto::task::spawn_on(tasks, "job writer", m.clone().run_writer(shutdown.clone()));
@@ -216,9 +220,83 @@ impl JobManager {
         }
     }
 
+    /// Decides reads and cancels of others' jobs by the policy `view` follows. Set once, at
+    /// start; until then the built-in policy applies.
+    pub fn set_policy_source(&self, view: Arc<croupier_registry::view::RegistryView>) {
+        let _ = self.policy.set(view);
+    }
+
+    fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .get()
+            .map_or_else(|| Arc::new(Policy::builtin()), |v| v.policy())
+    }
+
     /// Whether `who` may read (get, list, follow) the job of `record`; see [`job_access`].
     pub fn may_read(&self, who: &Identity, record: &JobRecord) -> Result<(), FunctionError> {
-        job_access(who, record, "read", self.cfg.clients_read_all)
+        self.job_access(who, record, Action::Read)
+    }
+
+    /// True when `who` may `action` the job of `record`: servers always (they forward for a
+    /// caller the first server checked); anyone else inside their scopes, and then the job's
+    /// caller, whoever the policy grants `action` on the job's function, or (reads, with
+    /// `jobs.clients_read_all`) every client.
+    fn may_access(
+        &self,
+        who: &Identity,
+        record: &JobRecord,
+        action: Action,
+        policy: &Policy,
+    ) -> bool {
+        who.role == Role::Server
+            || (who.scopes.allows(&record.game_id, &record.env)
+                && (who.uri() == record.caller
+                    || (action == Action::Read
+                        && self.cfg.clients_read_all
+                        && who.role == Role::Client)
+                    || policy
+                        .decide(
+                            who,
+                            PolicyRequest {
+                                action,
+                                function: &record.function_id,
+                                game: &record.game_id,
+                                env: &record.env,
+                            },
+                        )
+                        .allowed))
+    }
+
+    /// [`JobManager::may_access`] as a status that says what would allow it.
+    fn job_access(
+        &self,
+        who: &Identity,
+        record: &JobRecord,
+        action: Action,
+    ) -> Result<(), FunctionError> {
+        let policy = self.policy();
+        if self.may_access(who, record, action, &policy) {
+            return Ok(());
+        }
+        let verb = if action == Action::Read {
+            "read"
+        } else {
+            "cancel"
+        };
+        if let Some(refusal) =
+            who.out_of_scope(&format!("{verb} jobs"), &record.game_id, &record.env)
+        {
+            return Err(FunctionError::NotAllowed(refusal));
+        }
+        Err(FunctionError::NotAllowed(format!(
+            "identity {who} may not {verb} job {}: it was started by {}, and only its caller or \
+             an identity the policy grants `{}` on {} may (an admin can add a rule with \
+             `croupier policy put`)",
+            record.job_id,
+            record.caller,
+            action.as_str(),
+            record.function_id
+        )))
     }
 
     /// `GetJob`.
@@ -298,13 +376,14 @@ impl JobManager {
             let r = job.st.lock().record.clone();
             records.insert(r.job_id.clone(), r);
         }
+        let policy = self.policy();
         let keep = |r: &JobRecord| {
             (req.function_id.is_empty() || r.function_id == req.function_id)
                 && (req.agent_id.is_empty() || r.agent_id == req.agent_id)
                 && (req.game_id.is_empty() || r.game_id == req.game_id)
                 && (req.env.is_empty() || r.env == req.env)
                 && status.is_none_or(|s| r.status == s)
-                && may_access(who, r, self.cfg.clients_read_all)
+                && self.may_access(who, r, Action::Read, &policy)
         };
         let mut matching: Vec<JobRecord> = records.into_values().filter(keep).collect();
         matching.sort_by(|a, b| {
@@ -342,11 +421,13 @@ impl JobManager {
             Ok(r) => r.message.clone(),
             Err(e) => e.code_name().to_string(),
         };
-        self.audit.record(
-            AuditRecord::new(who.uri(), "cancel_job", job_id)
-                .outcome(result)
-                .details(serde_json::json!({ "reason": reason })),
-        );
+        self.audit
+            .record(
+                AuditRecord::new(who.uri(), "cancel_job", job_id)
+                    .outcome(result)
+                    .details(serde_json::json!({ "reason": reason })),
+            )
+            .await;
         outcome
     }
 
@@ -362,7 +443,7 @@ impl JobManager {
                 .load_record(job_id)
                 .await?
                 .ok_or_else(|| not_found(job_id))?;
-            job_access(who, &record, "cancel", false)?;
+            self.job_access(who, &record, Action::Cancel)?;
             if let Some(fwd) = self.remote_owner(&record) {
                 let req = pb::CancelJobRequest {
                     job_id: job_id.to_string(),
@@ -388,7 +469,7 @@ impl JobManager {
             if st.record.status.is_terminal() {
                 return Ok(already_finished(&st.record));
             }
-            job_access(who, &st.record, "cancel", false)?;
+            self.job_access(who, &st.record, Action::Cancel)?;
             if !st.cancel_requested {
                 st.cancel_requested = true;
                 st.record.cancel_reason = reason.clone();
@@ -502,41 +583,4 @@ fn parse_token(token: &str) -> Result<(i64, String), FunctionError> {
     };
     let (at, id) = token.split_once('.').ok_or_else(bad)?;
     Ok((at.parse().map_err(|_| bad())?, id.to_string()))
-}
-
-/// True when `who` may act on the job of `record`: servers always (they forward for a caller
-/// the first server checked); anyone else inside their scopes, and then admins, the job's
-/// caller, or, when `any_client`, every client.
-fn may_access(who: &Identity, record: &JobRecord, any_client: bool) -> bool {
-    who.role == Role::Server
-        || (who.scopes.allows(&record.game_id, &record.env)
-            && (who.role == Role::Admin
-                || who.uri() == record.caller
-                || (any_client && who.role == Role::Client)))
-}
-
-/// [`may_access`] as a status for `action` ("read", "cancel") that says what would allow it.
-fn job_access(
-    who: &Identity,
-    record: &JobRecord,
-    action: &str,
-    any_client: bool,
-) -> Result<(), FunctionError> {
-    if may_access(who, record, any_client) {
-        return Ok(());
-    }
-    if let Some(refusal) = who.out_of_scope(&format!("{action} jobs"), &record.game_id, &record.env)
-    {
-        return Err(FunctionError::NotAllowed(refusal));
-    }
-    let grant = if action == "read" {
-        " (server config `jobs.clients_read_all` lets clients read every job in their scopes)"
-    } else {
-        ""
-    };
-    Err(FunctionError::NotAllowed(format!(
-        "identity {who} may not {action} job {}: it was started by {}, and only its caller or \
-         an admin may{grant}",
-        record.job_id, record.caller
-    )))
 }

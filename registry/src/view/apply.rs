@@ -183,6 +183,11 @@ impl RegistryView {
                     st.servers.remove(server_id);
                 }
             }
+        } else if key == keys::POLICY {
+            st.policy = match ev.kind {
+                EventKind::Put => decode_policy(&ev.kv),
+                EventKind::Delete => None,
+            };
         } else if let Some(agent_id) = key.strip_prefix(keys::NODES) {
             match ev.kind {
                 EventKind::Put => {
@@ -234,6 +239,18 @@ pub(super) fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<T>
     }
 }
 
+/// A stored policy; one that no longer validates is ignored (with a warning), which leaves the
+/// built-in policy in force rather than a half-read one.
+fn decode_policy(kv: &KeyValue) -> Option<Arc<Policy>> {
+    match Policy::from_json(&kv.value) {
+        Ok(p) => Some(Arc::new(p)),
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring the stored policy");
+            None
+        }
+    }
+}
+
 pub(super) fn apply_put_silent(st: &mut State, kv: &KeyValue) {
     let key = kv.key.as_str();
     if key.starts_with(keys::AGENTS) {
@@ -249,6 +266,8 @@ pub(super) fn apply_put_silent(st: &mut State, kv: &KeyValue) {
         {
             st.functions.insert(FnKey::new(g, e, f), Arc::new(rec));
         }
+    } else if key == keys::POLICY {
+        st.policy = decode_policy(kv);
     } else if let Some(agent_id) = key.strip_prefix(keys::NODES)
         && let Some(rec) = decode::<NodeRecord>(kv)
     {

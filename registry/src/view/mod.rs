@@ -13,6 +13,7 @@ pub use types::*;
 
 use crate::keys;
 use crate::model::{AgentRecord, DescriptorRecord, NodeRecord, ServerRecord};
+use crate::policy::Policy;
 use crate::store::{Revision, Store, StoreError};
 use croupier_proto::registry::v1 as pb;
 use parking_lot::RwLock;
@@ -30,6 +31,8 @@ struct State {
     providers: HashMap<FnKey, BTreeSet<String>>,
     nodes: HashMap<String, NodeRecord>,
     servers: HashMap<String, Arc<ServerRecord>>,
+    /// The stored admin policy (None: the built-in one).
+    policy: Option<Arc<Policy>>,
     log: VecDeque<Arc<Change>>,
     /// Every change with revision >= `oldest` is in `log`.
     oldest: Revision,
@@ -92,6 +95,20 @@ impl RegistryView {
         tokio::time::timeout(timeout, rx.wait_for(|r| *r >= revision))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The admin policy in force: the stored one, or [`Policy::builtin`].
+    pub fn policy(&self) -> Arc<Policy> {
+        self.state
+            .read()
+            .policy
+            .clone()
+            .unwrap_or_else(|| Arc::new(Policy::builtin()))
+    }
+
+    /// True when an admin stored a policy (false: the built-in one applies).
+    pub fn has_stored_policy(&self) -> bool {
+        self.state.read().policy.is_some()
     }
 
     /// The descriptor of a function, if registered.
