@@ -273,3 +273,93 @@ class Welcome(_message.Message):
     node_state: _common_pb2.NodeState
     max_message_bytes: int
     def __init__(self, session_id: _Optional[str] = ..., node_state: _Optional[_Union[_common_pb2.NodeState, str]] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+
+class GetPolicyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetPolicyResponse(_message.Message):
+    __slots__ = ("policy_json", "stored", "revision")
+    POLICY_JSON_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    policy_json: str
+    stored: bool
+    revision: int
+    def __init__(self, policy_json: _Optional[str] = ..., stored: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class PutPolicyRequest(_message.Message):
+    __slots__ = ("policy_json", "expect_revision")
+    POLICY_JSON_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_REVISION_FIELD_NUMBER: _ClassVar[int]
+    policy_json: str
+    expect_revision: int
+    def __init__(self, policy_json: _Optional[str] = ..., expect_revision: _Optional[int] = ...) -> None: ...
+
+class PutPolicyResponse(_message.Message):
+    __slots__ = ("revision",)
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    def __init__(self, revision: _Optional[int] = ...) -> None: ...
+
+class TestPolicyRequest(_message.Message):
+    __slots__ = ("identity", "action", "function_id", "game_id", "env", "policy_json")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
+    GAME_ID_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    POLICY_JSON_FIELD_NUMBER: _ClassVar[int]
+    identity: str
+    action: str
+    function_id: str
+    game_id: str
+    env: str
+    policy_json: str
+    def __init__(self, identity: _Optional[str] = ..., action: _Optional[str] = ..., function_id: _Optional[str] = ..., game_id: _Optional[str] = ..., env: _Optional[str] = ..., policy_json: _Optional[str] = ...) -> None: ...
+
+class TestPolicyResponse(_message.Message):
+    __slots__ = ("allowed", "rule", "explanation", "approvers", "approval_count", "roles")
+    ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    APPROVERS_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    allowed: bool
+    rule: str
+    explanation: str
+    approvers: str
+    approval_count: int
+    roles: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, allowed: _Optional[bool] = ..., rule: _Optional[str] = ..., explanation: _Optional[str] = ..., approvers: _Optional[str] = ..., approval_count: _Optional[int] = ..., roles: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("who", "target", "action", "since", "outcome", "limit")
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    who: str
+    target: str
+    action: str
+    since: int
+    outcome: str
+    limit: int
+    def __init__(self, who: _Optional[str] = ..., target: _Optional[str] = ..., action: _Optional[str] = ..., since: _Optional[int] = ..., outcome: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("records", "server_id", "truncated", "checkpoint_seq", "checkpoint_hash")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_HASH_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedScalarFieldContainer[str]
+    server_id: str
+    truncated: bool
+    checkpoint_seq: int
+    checkpoint_hash: str
+    def __init__(self, records: _Optional[_Iterable[str]] = ..., server_id: _Optional[str] = ..., truncated: _Optional[bool] = ..., checkpoint_seq: _Optional[int] = ..., checkpoint_hash: _Optional[str] = ...) -> None: ...

@@ -60,6 +60,26 @@ class ControlServiceStub:
                 request_serializer=croupier_dot_control_dot_v1_dot_control__pb2.SetNodeStateRequest.SerializeToString,
                 response_deserializer=croupier_dot_control_dot_v1_dot_control__pb2.SetNodeStateResponse.FromString,
                 _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/croupier.control.v1.ControlService/GetPolicy',
+                request_serializer=croupier_dot_control_dot_v1_dot_control__pb2.GetPolicyRequest.SerializeToString,
+                response_deserializer=croupier_dot_control_dot_v1_dot_control__pb2.GetPolicyResponse.FromString,
+                _registered_method=True)
+        self.PutPolicy = channel.unary_unary(
+                '/croupier.control.v1.ControlService/PutPolicy',
+                request_serializer=croupier_dot_control_dot_v1_dot_control__pb2.PutPolicyRequest.SerializeToString,
+                response_deserializer=croupier_dot_control_dot_v1_dot_control__pb2.PutPolicyResponse.FromString,
+                _registered_method=True)
+        self.TestPolicy = channel.unary_unary(
+                '/croupier.control.v1.ControlService/TestPolicy',
+                request_serializer=croupier_dot_control_dot_v1_dot_control__pb2.TestPolicyRequest.SerializeToString,
+                response_deserializer=croupier_dot_control_dot_v1_dot_control__pb2.TestPolicyResponse.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/croupier.control.v1.ControlService/ListAudit',
+                request_serializer=croupier_dot_control_dot_v1_dot_control__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=croupier_dot_control_dot_v1_dot_control__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -103,6 +123,34 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPolicy(self, request, context):
+        """Returns the admin policy in force (the stored one, or the built-in one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutPolicy(self, request, context):
+        """Replaces the stored policy. Needs an admin certificate; the policy is validated first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TestPolicy(self, request, context):
+        """Explains what the policy decides for an identity, an action, a function and a scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Lists this server's audit records, newest first, filtered. Needs an admin certificate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +178,26 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.SetNodeState,
                     request_deserializer=croupier_dot_control_dot_v1_dot_control__pb2.SetNodeStateRequest.FromString,
                     response_serializer=croupier_dot_control_dot_v1_dot_control__pb2.SetNodeStateResponse.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=croupier_dot_control_dot_v1_dot_control__pb2.GetPolicyRequest.FromString,
+                    response_serializer=croupier_dot_control_dot_v1_dot_control__pb2.GetPolicyResponse.SerializeToString,
+            ),
+            'PutPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutPolicy,
+                    request_deserializer=croupier_dot_control_dot_v1_dot_control__pb2.PutPolicyRequest.FromString,
+                    response_serializer=croupier_dot_control_dot_v1_dot_control__pb2.PutPolicyResponse.SerializeToString,
+            ),
+            'TestPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestPolicy,
+                    request_deserializer=croupier_dot_control_dot_v1_dot_control__pb2.TestPolicyRequest.FromString,
+                    response_serializer=croupier_dot_control_dot_v1_dot_control__pb2.TestPolicyResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=croupier_dot_control_dot_v1_dot_control__pb2.ListAuditRequest.FromString,
+                    response_serializer=croupier_dot_control_dot_v1_dot_control__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +336,114 @@ class ControlService:
             '/croupier.control.v1.ControlService/SetNodeState',
             croupier_dot_control_dot_v1_dot_control__pb2.SetNodeStateRequest.SerializeToString,
             croupier_dot_control_dot_v1_dot_control__pb2.SetNodeStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.control.v1.ControlService/GetPolicy',
+            croupier_dot_control_dot_v1_dot_control__pb2.GetPolicyRequest.SerializeToString,
+            croupier_dot_control_dot_v1_dot_control__pb2.GetPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.control.v1.ControlService/PutPolicy',
+            croupier_dot_control_dot_v1_dot_control__pb2.PutPolicyRequest.SerializeToString,
+            croupier_dot_control_dot_v1_dot_control__pb2.PutPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TestPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.control.v1.ControlService/TestPolicy',
+            croupier_dot_control_dot_v1_dot_control__pb2.TestPolicyRequest.SerializeToString,
+            croupier_dot_control_dot_v1_dot_control__pb2.TestPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.control.v1.ControlService/ListAudit',
+            croupier_dot_control_dot_v1_dot_control__pb2.ListAuditRequest.SerializeToString,
+            croupier_dot_control_dot_v1_dot_control__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -95,6 +95,21 @@ class FunctionServiceStub:
                 request_serializer=croupier_dot_function_dot_v1_dot_function__pb2.DeleteFunctionRequest.SerializeToString,
                 response_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.DeleteFunctionResponse.FromString,
                 _registered_method=True)
+        self.ListApprovals = channel.unary_unary(
+                '/croupier.function.v1.FunctionService/ListApprovals',
+                request_serializer=croupier_dot_function_dot_v1_dot_function__pb2.ListApprovalsRequest.SerializeToString,
+                response_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.ListApprovalsResponse.FromString,
+                _registered_method=True)
+        self.GetApproval = channel.unary_unary(
+                '/croupier.function.v1.FunctionService/GetApproval',
+                request_serializer=croupier_dot_function_dot_v1_dot_function__pb2.GetApprovalRequest.SerializeToString,
+                response_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.GetApprovalResponse.FromString,
+                _registered_method=True)
+        self.DecideApproval = channel.unary_unary(
+                '/croupier.function.v1.FunctionService/DecideApproval',
+                request_serializer=croupier_dot_function_dot_v1_dot_function__pb2.DecideApprovalRequest.SerializeToString,
+                response_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.DecideApprovalResponse.FromString,
+                _registered_method=True)
 
 
 class FunctionServiceServicer:
@@ -188,6 +203,29 @@ class FunctionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApprovals(self, request, context):
+        """Lists approval requests the caller may see (its own, those it may approve; admins: all),
+        newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetApproval(self, request, context):
+        """Returns one approval request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideApproval(self, request, context):
+        """Approves or rejects a pending request. The caller must be among its approvers and must not
+        be its requester. The approval that completes the count runs the call, once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FunctionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -250,6 +288,21 @@ def add_FunctionServiceServicer_to_server(servicer, server):
                     servicer.DeleteFunction,
                     request_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.DeleteFunctionRequest.FromString,
                     response_serializer=croupier_dot_function_dot_v1_dot_function__pb2.DeleteFunctionResponse.SerializeToString,
+            ),
+            'ListApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovals,
+                    request_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.ListApprovalsRequest.FromString,
+                    response_serializer=croupier_dot_function_dot_v1_dot_function__pb2.ListApprovalsResponse.SerializeToString,
+            ),
+            'GetApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetApproval,
+                    request_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.GetApprovalRequest.FromString,
+                    response_serializer=croupier_dot_function_dot_v1_dot_function__pb2.GetApprovalResponse.SerializeToString,
+            ),
+            'DecideApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideApproval,
+                    request_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.DecideApprovalRequest.FromString,
+                    response_serializer=croupier_dot_function_dot_v1_dot_function__pb2.DecideApprovalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -577,6 +630,87 @@ class FunctionService:
             '/croupier.function.v1.FunctionService/DeleteFunction',
             croupier_dot_function_dot_v1_dot_function__pb2.DeleteFunctionRequest.SerializeToString,
             croupier_dot_function_dot_v1_dot_function__pb2.DeleteFunctionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.function.v1.FunctionService/ListApprovals',
+            croupier_dot_function_dot_v1_dot_function__pb2.ListApprovalsRequest.SerializeToString,
+            croupier_dot_function_dot_v1_dot_function__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.function.v1.FunctionService/GetApproval',
+            croupier_dot_function_dot_v1_dot_function__pb2.GetApprovalRequest.SerializeToString,
+            croupier_dot_function_dot_v1_dot_function__pb2.GetApprovalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.function.v1.FunctionService/DecideApproval',
+            croupier_dot_function_dot_v1_dot_function__pb2.DecideApprovalRequest.SerializeToString,
+            croupier_dot_function_dot_v1_dot_function__pb2.DecideApprovalResponse.FromString,
             options,
             channel_credentials,
             insecure,
