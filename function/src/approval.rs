@@ -321,7 +321,7 @@ impl Approvals {
             .take(limit)
             .map(|r| r.to_proto(who))
             .collect();
-        out.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        out.sort_by_key(|a| std::cmp::Reverse(a.created_at));
         Ok(out)
     }
 

@@ -73,7 +73,7 @@ async fn writes_sealed_chained_json_lines() {
     assert_eq!(lines[0]["prev"], chain::GENESIS);
     assert_eq!(lines[1]["prev"], lines[0]["hash"]);
     assert_eq!(lines[2]["seq"], 3);
-    let v = verify(&[path.clone()], None).unwrap();
+    let v = verify(std::slice::from_ref(&path), None).unwrap();
     assert_eq!((v.records, v.first_seq, v.head.seq), (3, 1, 3));
     // A restarted server carries the chain on.
     write_records(&path, 5).await;
@@ -90,14 +90,21 @@ fn rewrite(path: &Path, f: impl FnOnce(&mut Vec<String>)) {
     std::fs::write(path, lines.join("\n") + "\n").unwrap();
 }
 
+/// A name, a change to the lines, and what verify must say.
+type Case = (
+    &'static str,
+    Box<dyn FnOnce(&mut Vec<String>)>,
+    &'static str,
+);
+
 #[tokio::test]
 async fn verify_names_the_first_modified_removed_or_reordered_record() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
     write_records(&path, 6).await;
     let good = std::fs::read_to_string(&path).unwrap();
-    let head = verify(&[path.clone()], None).unwrap().head;
-    let cases: [(&str, Box<dyn FnOnce(&mut Vec<String>)>, &str); 4] = [
+    let head = verify(std::slice::from_ref(&path), None).unwrap().head;
+    let cases: [Case; 4] = [
         (
             "modified",
             Box::new(|l| l[2] = l[2].replace("a2", "a9")),
@@ -126,14 +133,16 @@ async fn verify_names_the_first_modified_removed_or_reordered_record() {
     for (what, change, want) in cases {
         std::fs::write(&path, &good).unwrap();
         rewrite(&path, change);
-        let err = verify(&[path.clone()], None).unwrap_err().to_string();
+        let err = verify(std::slice::from_ref(&path), None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(want), "{what}: {err}");
     }
     // A cut tail verifies on its own, but not against the checkpointed head.
     std::fs::write(&path, &good).unwrap();
     rewrite(&path, |l| l.truncate(4));
-    verify(&[path.clone()], None).unwrap();
-    let err = verify(&[path.clone()], Some(&head))
+    verify(std::slice::from_ref(&path), None).unwrap();
+    let err = verify(std::slice::from_ref(&path), Some(&head))
         .unwrap_err()
         .to_string();
     assert!(
@@ -189,7 +198,7 @@ async fn a_burst_larger_than_the_queue_loses_nothing() {
     let tasks: Vec<_> = (0..4)
         .map(|t| {
             let log = log.clone();
-            tokio::spawn(async move {
+            croupier_proto::task::spawn("audit-burst", async move {
                 for i in 0..n / 4 {
                     log.record(record(t * n + i)).await;
                 }

@@ -53,7 +53,7 @@ impl ControlPlane {
                     .details(serde_json::json!({
                         "sha256": digest,
                         "revision": outcome.as_ref().map(|r| r.revision).unwrap_or(0),
-                        "error": outcome.as_ref().err().map(|e| e.to_string()),
+                        "error": outcome.as_ref().err().map(ToString::to_string),
                     })),
             )
             .await;

@@ -230,7 +230,7 @@ impl Policy {
         let rule = |name: &str, who: &str, actions: &[&str]| Rule {
             name: name.into(),
             who: vec![who.into()],
-            actions: actions.iter().map(|a| a.to_string()).collect(),
+            actions: actions.iter().map(ToString::to_string).collect(),
             ..Rule::default()
         };
         Policy {
