@@ -124,6 +124,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Function(cmd) => cli::function(cmd).await?,
         Command::Node(cmd) => cli::node::run(cmd).await?,
+        Command::Policy(cmd) => return cli::policy::run(cmd).await,
+        Command::Approval(cmd) => cli::approval::run(cmd).await?,
+        Command::Audit(cmd) => return cli::audit::run(cmd).await,
         Command::Certs(cmd) => cli::certs::run(cmd)?,
         Command::Bench(BenchCommand::Invoke(args)) => croupier::bench::invoke(args).await?,
         Command::Bench(BenchCommand::Jobs(args)) => croupier::bench::jobs(args).await?,

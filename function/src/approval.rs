@@ -333,13 +333,17 @@ impl Approvals {
         req: pb::DecideApprovalRequest,
     ) -> Result<pb::Approval, FunctionError> {
         let outcome = self.decide_inner(who, &req).await;
+        // A refused decision is recorded against the request's function too, when it exists.
         let (target, scope, requester) = match &outcome {
             Ok(a) => (
                 a.function_id.clone(),
                 Some((a.game_id.clone(), a.env.clone())),
                 a.requester.clone(),
             ),
-            Err(_) => (req.id.clone(), None, String::new()),
+            Err(_) => match self.load(&req.id).await {
+                Ok((a, _)) => (a.function_id, Some((a.game_id, a.env)), a.requester),
+                Err(_) => (req.id.clone(), None, String::new()),
+            },
         };
         let mut rec = AuditRecord::new(
             who.uri(),

@@ -8,6 +8,7 @@
 //! - [`jobs`] — [`JobManager`]: job records, ordered replayable event streams, cancel.
 //! - [`forward`] — [`forward::Forwarder`]: calls and jobs for agents held by other replicas.
 //! - [`pipeline`] — pipeline templates and how `pipeline.start` is filled.
+//! - [`approval`] — two-person approvals: pending requests, decisions, the approved run.
 //! - [`service`] — the `FunctionService` handler.
 //! - [`error`] — [`FunctionError`] and its gRPC mapping.
 //! - [`metrics`] — the names of the metrics this crate records.

@@ -7,7 +7,8 @@
 //! - [`model`] — records as stored, with proto conversions.
 //! - [`view`] — the in-memory registry view fed by one watch; routing reads it.
 //! - [`schema`] — JSON Schema checks of payloads.
-//! - [`identity`] — caller identities from mTLS peer certificates.
+//! - [`identity`] — caller identities from mTLS peer certificates: roles, scopes, revocation.
+//! - [`policy`] — the admin policy: rules, roles and approvals, and the decisions they make.
 //! - [`service`] — the `RegistryService` handler.
 
 // Library code handles its errors; tests may unwrap.

@@ -10,11 +10,15 @@
 //! - `pipeline` — `croupier pipeline …`.
 //! - `function` — `croupier function register|delete`.
 //! - `node` — `croupier node state`.
+//! - `policy`, `approval`, `audit` — governance: the admin policy, two-person approvals, the
+//!   audit log.
 //! - `store` — `croupier store …`.
 //! - `certs` — the arguments of `certs init`.
 //! - `exit` — the exit codes, one per class of outcome.
 //! - `tests` — the contract on the argument tree (`--json` everywhere).
 
+pub mod approval;
+pub mod audit;
 pub mod certs;
 pub mod describe;
 pub mod exit;
@@ -23,6 +27,7 @@ pub mod invoke;
 pub mod job;
 pub mod node;
 pub mod pipeline;
+pub mod policy;
 pub mod registry;
 pub mod serve;
 pub mod store;
@@ -95,6 +100,15 @@ pub enum Command {
     /// Node administration.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// The admin policy: get, put, test.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Two-person approvals: list, show, approve, reject.
+    #[command(subcommand)]
+    Approval(approval::ApprovalCommand),
+    /// The audit log: list a server's records, verify a log's hash chain.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Certificates.
     #[command(subcommand)]
     Certs(CertsCommand),

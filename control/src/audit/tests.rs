@@ -107,7 +107,7 @@ async fn verify_names_the_first_modified_removed_or_reordered_record() {
     let cases: [Case; 4] = [
         (
             "modified",
-            Box::new(|l| l[2] = l[2].replace("a2", "a9")),
+            Box::new(|l| l[2] = l[2].replace("\"a2\"", "\"a9\"")),
             ":3: record seq 3 was modified",
         ),
         (
@@ -124,7 +124,12 @@ async fn verify_names_the_first_modified_removed_or_reordered_record() {
             "resealed",
             Box::new(|l| {
                 // Change a record and recompute its own hash: the next record still finds it.
-                let body = l[1].rsplit_once(",\"hash\"").unwrap().0.replace("a1", "a7") + "}";
+                let body = l[1]
+                    .rsplit_once(",\"hash\"")
+                    .unwrap()
+                    .0
+                    .replace("\"a1\"", "\"a7\"")
+                    + "}";
                 l[1] = chain::seal(&body).0;
             }),
             ":3: record seq 3 does not follow record seq 2",

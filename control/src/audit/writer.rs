@@ -25,6 +25,8 @@ pub(super) struct Writer {
     head: Head,
     checkpoint: Option<Checkpoint>,
     checkpointed: Option<Instant>,
+    /// Seq of the head last checkpointed (a quiet writer checkpoints a newer head).
+    checkpointed_seq: u64,
     failing: Arc<Mutex<Option<String>>>,
 }
 
@@ -63,6 +65,7 @@ impl Writer {
             head,
             checkpoint,
             checkpointed: None,
+            checkpointed_seq: 0,
             failing,
         })
     }
@@ -73,7 +76,26 @@ impl Writer {
             self.seal_into(&rec, &mut buf);
             self.write(&mut buf).await;
         }
-        while let Some(first) = rx.recv().await {
+        loop {
+            // A head newer than the checkpoint is checkpointed once the queue is quiet, so the
+            // last records of a burst are covered too.
+            let behind = self.checkpoint.is_some() && self.head.seq > self.checkpointed_seq;
+            let first = if behind {
+                match tokio::time::timeout(CHECKPOINT_EVERY, rx.recv()).await {
+                    Ok(Some(rec)) => rec,
+                    Ok(None) => break,
+                    Err(_) => {
+                        self.checkpointed = None;
+                        self.maybe_checkpoint().await;
+                        continue;
+                    }
+                }
+            } else {
+                match rx.recv().await {
+                    Some(rec) => rec,
+                    None => break,
+                }
+            };
             let mut next = Some(first);
             let mut n = 0u64;
             while let Some(rec) = next {
@@ -189,7 +211,10 @@ impl Writer {
         }
         let value = serde_json::to_vec(&self.head).unwrap_or_default();
         match cp.store.put(&cp.key, value, None).await {
-            Ok(_) => self.checkpointed = Some(Instant::now()),
+            Ok(_) => {
+                self.checkpointed = Some(Instant::now());
+                self.checkpointed_seq = self.head.seq;
+            }
             Err(e) => tracing::warn!(error = %e, "checkpointing the audit chain head failed"),
         }
     }

@@ -9,6 +9,7 @@
 //! - `session` — one agent's session: tunnel, pending calls, jobs.
 //! - `register` — `RegisterAgent` as named steps.
 //! - `tunnel` — the `Connect` tunnel, its read loop and the `AgentLink` impl.
+//! - `governance` — `GetPolicy`, `PutPolicy`, `TestPolicy` and `ListAudit`.
 
 mod governance;
 mod register;

@@ -466,10 +466,11 @@ impl JobManager {
         };
         let (agent, status) = {
             let mut st = job.st.lock();
+            // Who may cancel is checked first: a finished job's state is not told to others.
+            self.job_access(who, &st.record, Action::Cancel)?;
             if st.record.status.is_terminal() {
                 return Ok(already_finished(&st.record));
             }
-            self.job_access(who, &st.record, Action::Cancel)?;
             if !st.cancel_requested {
                 st.cancel_requested = true;
                 st.record.cancel_reason = reason.clone();

@@ -369,7 +369,7 @@ impl Policy {
                 None
             };
             let mut explanation = format!(
-                "{} {} {} by {name}",
+                "{} {}{} by {name}",
                 if allowed { "allowed" } else { "denied" },
                 req.action.as_str(),
                 describe(req),
@@ -392,7 +392,7 @@ impl Policy {
             rule: String::new(),
             approval: None,
             explanation: format!(
-                "denied {} {}: no rule of the policy matches {who} (roles: {}); an admin can add \
+                "denied {}{}: no rule of the policy matches {who} (roles: {}); an admin can add \
                  one with `croupier policy put`",
                 req.action.as_str(),
                 describe(req),
@@ -427,6 +427,7 @@ fn rule_name(r: &Rule, index: usize) -> String {
     }
 }
 
+/// What a request is about, for explanations: " of FUNCTION in G/E", " in G/E" or "".
 fn describe(req: Request<'_>) -> String {
     let scope = if req.game.is_empty() {
         String::new()
@@ -434,9 +435,9 @@ fn describe(req: Request<'_>) -> String {
         format!(" in {}/{}", req.game, req.env)
     };
     if req.action.has_function() && !req.function.is_empty() {
-        format!("of {}{scope}", req.function)
+        format!(" of {}{scope}", req.function)
     } else {
-        scope.trim_start().to_string()
+        scope
     }
 }
 

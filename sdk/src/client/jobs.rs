@@ -199,7 +199,7 @@ impl Client {
             from_seq,
         };
         let mut svc = self.function.clone();
-        self.open_stream(async move { svc.stream_job_events(req).await })
+        self.once(async move { svc.stream_job_events(req).await })
             .await
     }
 

@@ -8,8 +8,10 @@
 //! - `call` — `invoke` and `CallError`.
 //! - `jobs` — `start_job`, `JobHandle`, `list_jobs`.
 //! - `registry` — functions, agents, watches, admin calls.
+//! - `governance` — the policy, approvals and the audit log.
 
 mod call;
+mod governance;
 mod jobs;
 mod registry;
 
@@ -212,8 +214,9 @@ impl Client {
         .await
     }
 
-    /// Opens a stream through the breaker (once: a stream's owner decides how to resume).
-    async fn open_stream<T>(
+    /// Sends a request once through the breaker, without retries: opening a stream (its owner
+    /// decides how to resume) or a request whose repeat would be refused.
+    async fn once<T>(
         &self,
         open: impl Future<Output = Result<Response<T>, Status>>,
     ) -> Result<T, Status> {

@@ -201,7 +201,7 @@ impl Client {
         req: WatchRegistrationsRequest,
     ) -> Result<Streaming<RegistrationEvent>, Status> {
         let mut svc = self.registry.clone();
-        self.open_stream(async move { svc.watch_registrations(req).await })
+        self.once(async move { svc.watch_registrations(req).await })
             .await
     }
 
