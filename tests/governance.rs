@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use common::raw_agent::{RawAgent, descriptor};
 use common::{Mesh, certs_cmd, opts};
-use croupier_proto::common::v1::{AuthConfig, FunctionDescriptor};
+use croupier_proto::common::v1::{ApprovalConfig, AuthConfig, FunctionDescriptor};
 use croupier_proto::control::v1::RegisterAgentRequest;
 use croupier_proto::function::v1::ListJobsRequest;
 use serde_json::json;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 /// Issues more certificates into the mesh's directory with `croupier certs init`.
 fn issue(mesh: &Mesh, args: &[&str]) {
@@ -223,4 +224,31 @@ async fn an_agent_that_redeclares_a_function_open_does_not_open_it() {
     let regs = c1.registrations("g", "e", "vault.get").await.unwrap();
     let d = regs.registrations[0].function_descriptor.clone().unwrap();
     assert_eq!(d.auth.unwrap().allowed_roles, ["admin", "client"]);
+
+    // An admin's descriptor asks for an admin's approval; the agent cannot drop it.
+    let mut approved = guarded("vault.get", &["admin", "client"]);
+    approved.auth.as_mut().unwrap().approval = Some(ApprovalConfig {
+        approvers: "admin".into(),
+        count: 1,
+        ttl: "5m".into(),
+    });
+    admin.register_function("g", "e", approved).await.unwrap();
+    let err = a2c
+        .register_function("g", "e", guarded("vault.get", &["admin", "client"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("an admin registered its descriptor"));
+    let err = c1
+        .invoke("vault.get", json!({"password": "hunter2"}), &opts())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let info = err.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "APPROVAL_REQUIRED");
+    // The approver sees the payload with its sensitive field masked.
+    let pending = admin.approval(&info.metadata["approval_id"]).await.unwrap();
+    let payload = croupier_proto::json::opt_struct_to_json(pending.payload.as_ref());
+    assert_eq!(payload, json!({"password": "***"}));
+    assert_eq!(pending.rule, "the descriptor of vault.get");
 }

@@ -6,6 +6,8 @@ use croupier_proto::common::v1 as pb;
 use croupier_proto::json::{json_to_struct, struct_to_json};
 use serde::{Deserialize, Serialize};
 
+use crate::policy::ApprovalRule;
+
 /// A function an agent provides, with the version it implements.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProvidedFunction {
@@ -184,6 +186,9 @@ pub struct DescriptorRecord {
     /// Payload fields masked in the audit log.
     #[serde(default)]
     pub sensitive_fields: Vec<String>,
+    /// A second person's approval before a call runs (besides the policy's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRule>,
     /// "query" or "command".
     #[serde(default)]
     pub kind: String,
@@ -212,6 +217,36 @@ pub struct DescriptorRecord {
     /// cannot declare the function differently). Empty for admin descriptors and old records.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub declared_by: String,
+}
+
+/// A descriptor's approval as a policy approval rule: none when `approvers` is empty; a count of
+/// 0 means 1 and an empty ttl 1h. [`check_approval`] says whether it is valid.
+pub fn approval_from_proto(a: &pb::ApprovalConfig) -> Option<ApprovalRule> {
+    (!a.approvers.is_empty()).then(|| ApprovalRule {
+        approvers: a.approvers.clone(),
+        count: u32::try_from(a.count.max(1)).unwrap_or(1),
+        ttl: if a.ttl.is_empty() {
+            "1h".into()
+        } else {
+            a.ttl.clone()
+        },
+    })
+}
+
+/// Checks a descriptor's approval (a negative count, a ttl that does not parse or is out of
+/// range are refused with what to write).
+pub fn check_approval(a: &pb::ApprovalConfig) -> Result<(), String> {
+    if a.count < 0 {
+        return Err(format!("approval.count is {}; it must be 1 to 10", a.count));
+    }
+    if a.approvers.is_empty() {
+        return if a.count == 0 && a.ttl.is_empty() {
+            Ok(())
+        } else {
+            Err("approval.approvers is empty; name the role whose members approve".into())
+        };
+    }
+    approval_from_proto(a).map_or(Ok(()), |r| r.validate())
 }
 
 impl DescriptorRecord {
@@ -245,6 +280,7 @@ impl DescriptorRecord {
                 .unwrap_or(serde_json::Value::Null),
             allowed_roles: auth.allowed_roles,
             allowed_identities: auth.allowed_identities,
+            approval: auth.approval.as_ref().and_then(approval_from_proto),
             sensitive_fields: auth.sensitive_fields,
             kind: sem.kind,
             idempotent: sem.idempotent,
@@ -285,6 +321,10 @@ impl DescriptorRecord {
                 self.sensitive_fields.push(f.clone());
             }
         }
+        // A stored approval stays as it is; a declaration may add one where there is none.
+        if current.approval.is_some() {
+            self.approval.clone_from(&current.approval);
+        }
     }
 
     /// True when both describe the function the same way (who declared it aside).
@@ -307,6 +347,11 @@ impl DescriptorRecord {
                 allowed_roles: self.allowed_roles.clone(),
                 allowed_identities: self.allowed_identities.clone(),
                 sensitive_fields: self.sensitive_fields.clone(),
+                approval: self.approval.as_ref().map(|a| pb::ApprovalConfig {
+                    approvers: a.approvers.clone(),
+                    count: i32::try_from(a.count).unwrap_or(i32::MAX),
+                    ttl: a.ttl.clone(),
+                }),
             }),
             semantics: Some(pb::Semantics {
                 kind: self.kind.clone(),
@@ -391,6 +436,70 @@ mod tests {
         );
         let decoded: DescriptorRecord = serde_json::from_slice(&encoded).unwrap();
         assert_eq!(decoded, r);
+    }
+
+    #[test]
+    fn an_approval_is_kept_and_can_only_be_added_by_a_declaration() {
+        let proto = pb::ApprovalConfig {
+            approvers: "leads".into(),
+            count: 0,
+            ttl: String::new(),
+        };
+        let rule = approval_from_proto(&proto).unwrap();
+        assert_eq!((rule.count, rule.ttl.as_str()), (1, "1h"));
+        assert!(approval_from_proto(&pb::ApprovalConfig::default()).is_none());
+        check_approval(&proto).unwrap();
+        check_approval(&pb::ApprovalConfig::default()).unwrap();
+        let bad_ttl = pb::ApprovalConfig {
+            ttl: "soon".into(),
+            ..proto.clone()
+        };
+        assert!(
+            check_approval(&bad_ttl)
+                .unwrap_err()
+                .contains("approval.ttl")
+        );
+        let no_role = pb::ApprovalConfig {
+            approvers: String::new(),
+            count: 2,
+            ttl: String::new(),
+        };
+        assert!(check_approval(&no_role).unwrap_err().contains("approvers"));
+
+        let plain = DescriptorRecord::from_proto(
+            "g",
+            "e",
+            &pb::FunctionDescriptor {
+                id: "player.ban".into(),
+                ..Default::default()
+            },
+            DescriptorSource::Agent,
+        );
+        let guarded = DescriptorRecord {
+            approval: Some(rule.clone()),
+            ..plain.clone()
+        };
+        assert_eq!(
+            guarded.to_proto().auth.unwrap().approval.unwrap().approvers,
+            "leads"
+        );
+        // Dropping the stored approval does not remove it; changing it does not either.
+        let mut dropped = plain.clone();
+        dropped.tighten_from(&guarded);
+        assert_eq!(dropped.approval, Some(rule.clone()));
+        let mut changed = DescriptorRecord {
+            approval: Some(ApprovalRule {
+                approvers: "anyone".into(),
+                ..rule.clone()
+            }),
+            ..plain.clone()
+        };
+        changed.tighten_from(&guarded);
+        assert_eq!(changed.approval, Some(rule.clone()));
+        // Adding one where none is stored tightens, so it stays.
+        let mut added = guarded.clone();
+        added.tighten_from(&plain);
+        assert_eq!(added.approval, Some(rule));
     }
 }
 

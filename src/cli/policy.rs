@@ -178,8 +178,8 @@ async fn test(args: TestArgs) -> anyhow::Result<i32> {
             })
         );
     } else {
-        let verdict = if d.allowed { "allowed" } else { "denied" };
-        println!("{verdict}: {}", crate::output::clean(&d.explanation));
+        // The explanation starts with the verdict ("allowed …" / "denied …").
+        println!("{}", crate::output::clean(&d.explanation));
         if !d.rule.is_empty() {
             println!("rule:  {}", crate::output::clean(&d.rule));
         }

@@ -363,5 +363,8 @@ pub fn check_descriptor(
                 .map_err(|e| format!("{what} of {} {e}", d.id))?;
         }
     }
+    if let Some(a) = d.auth.as_ref().and_then(|a| a.approval.as_ref()) {
+        croupier_registry::model::check_approval(a).map_err(|e| format!("auth.{e} of {}", d.id))?;
+    }
     Ok(())
 }

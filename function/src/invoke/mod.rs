@@ -335,7 +335,11 @@ impl Invoker {
                     decision.explanation
                 )));
             }
-            decision.approval.map(|a| (a, decision.rule))
+            // The policy's approval, else the descriptor's.
+            decision.approval.map(|a| (a, decision.rule)).or_else(|| {
+                let a = descriptor.as_ref()?.approval.clone()?;
+                Some((a, format!("the descriptor of {}", req.function_id)))
+            })
         };
         let keyed = !opts.idempotency_key.is_empty();
         let payload_json = if keyed

@@ -128,7 +128,8 @@ impl ApprovalRule {
         humantime::parse_duration(&self.ttl).unwrap_or(Duration::from_secs(3600))
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks the approvers, count (1 to 10) and ttl (10 s to 7 days).
+    pub fn validate(&self) -> Result<(), String> {
         if self.approvers.is_empty() {
             return Err("approval.approvers is empty; name the role whose members approve".into());
         }

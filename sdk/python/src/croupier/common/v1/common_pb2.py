@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63roupier/common/v1/common.proto\x12\x12\x63roupier.common.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xd0\x02\n\x12\x46unctionDescriptor\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12.\n\rparams_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\rresult_schema\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x04\x61uth\x18\x06 \x01(\x0b\x32\x1e.croupier.common.v1.AuthConfig\x12\x30\n\tsemantics\x18\x07 \x01(\x0b\x32\x1d.croupier.common.v1.Semantics\x12(\n\x02ui\x18\x08 \x01(\x0b\x32\x1c.croupier.common.v1.UIConfig\x12\x0f\n\x07version\x18\t \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\"Y\n\nAuthConfig\x12\x15\n\rallowed_roles\x18\x01 \x03(\t\x12\x1a\n\x12\x61llowed_identities\x18\x02 \x03(\t\x12\x18\n\x10sensitive_fields\x18\x03 \x03(\t\"K\n\tSemantics\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x12\n\nidempotent\x18\x02 \x01(\x08\x12\x0f\n\x07timeout\x18\x03 \x01(\x05\x12\x0b\n\x03job\x18\x04 \x01(\x08\"\x94\x01\n\x08UIConfig\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x0c\n\x04icon\x18\x02 \x01(\t\x12\x36\n\x05hints\x18\x03 \x03(\x0b\x32\'.croupier.common.v1.UIConfig.HintsEntry\x1a,\n\nHintsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x97\x01\n\tErrorInfo\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12;\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32*.croupier.common.v1.ErrorInfo.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\x0fNodeStateRecord\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.croupier.common.v1.NodeState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x12\n\nchanged_at\x18\x05 \x01(\x03*W\n\tNodeState\x12\x15\n\x11NODE_STATE_NORMAL\x10\x00\x12\x1a\n\x16NODE_STATE_MAINTENANCE\x10\x01\x12\x17\n\x13NODE_STATE_DISABLED\x10\x02\x42K\n\x16\x64\x65v.croupier.common.v1P\x01Z/croupier.dev/sdk/go/croupier/common/v1;commonv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63roupier/common/v1/common.proto\x12\x12\x63roupier.common.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xd0\x02\n\x12\x46unctionDescriptor\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12.\n\rparams_schema\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\rresult_schema\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12,\n\x04\x61uth\x18\x06 \x01(\x0b\x32\x1e.croupier.common.v1.AuthConfig\x12\x30\n\tsemantics\x18\x07 \x01(\x0b\x32\x1d.croupier.common.v1.Semantics\x12(\n\x02ui\x18\x08 \x01(\x0b\x32\x1c.croupier.common.v1.UIConfig\x12\x0f\n\x07version\x18\t \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\"\x8f\x01\n\nAuthConfig\x12\x15\n\rallowed_roles\x18\x01 \x03(\t\x12\x1a\n\x12\x61llowed_identities\x18\x02 \x03(\t\x12\x18\n\x10sensitive_fields\x18\x03 \x03(\t\x12\x34\n\x08\x61pproval\x18\x04 \x01(\x0b\x32\".croupier.common.v1.ApprovalConfig\"?\n\x0e\x41pprovalConfig\x12\x11\n\tapprovers\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x0b\n\x03ttl\x18\x03 \x01(\t\"K\n\tSemantics\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x12\n\nidempotent\x18\x02 \x01(\x08\x12\x0f\n\x07timeout\x18\x03 \x01(\x05\x12\x0b\n\x03job\x18\x04 \x01(\x08\"\x94\x01\n\x08UIConfig\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x0c\n\x04icon\x18\x02 \x01(\t\x12\x36\n\x05hints\x18\x03 \x03(\x0b\x32\'.croupier.common.v1.UIConfig.HintsEntry\x1a,\n\nHintsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x97\x01\n\tErrorInfo\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12;\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32*.croupier.common.v1.ErrorInfo.DetailsEntry\x1a.\n\x0c\x44\x65tailsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x01\n\x0fNodeStateRecord\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.croupier.common.v1.NodeState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x12\n\nchanged_at\x18\x05 \x01(\x03*W\n\tNodeState\x12\x15\n\x11NODE_STATE_NORMAL\x10\x00\x12\x1a\n\x16NODE_STATE_MAINTENANCE\x10\x01\x12\x17\n\x13NODE_STATE_DISABLED\x10\x02\x42K\n\x16\x64\x65v.croupier.common.v1P\x01Z/croupier.dev/sdk/go/croupier/common/v1;commonv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,22 +37,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UICONFIG_HINTSENTRY']._serialized_options = b'8\001'
   _globals['_ERRORINFO_DETAILSENTRY']._loaded_options = None
   _globals['_ERRORINFO_DETAILSENTRY']._serialized_options = b'8\001'
-  _globals['_NODESTATE']._serialized_start=1032
-  _globals['_NODESTATE']._serialized_end=1119
+  _globals['_NODESTATE']._serialized_start=1152
+  _globals['_NODESTATE']._serialized_end=1239
   _globals['_FUNCTIONDESCRIPTOR']._serialized_start=86
   _globals['_FUNCTIONDESCRIPTOR']._serialized_end=422
-  _globals['_AUTHCONFIG']._serialized_start=424
-  _globals['_AUTHCONFIG']._serialized_end=513
-  _globals['_SEMANTICS']._serialized_start=515
-  _globals['_SEMANTICS']._serialized_end=590
-  _globals['_UICONFIG']._serialized_start=593
-  _globals['_UICONFIG']._serialized_end=741
-  _globals['_UICONFIG_HINTSENTRY']._serialized_start=697
-  _globals['_UICONFIG_HINTSENTRY']._serialized_end=741
-  _globals['_ERRORINFO']._serialized_start=744
-  _globals['_ERRORINFO']._serialized_end=895
-  _globals['_ERRORINFO_DETAILSENTRY']._serialized_start=849
-  _globals['_ERRORINFO_DETAILSENTRY']._serialized_end=895
-  _globals['_NODESTATERECORD']._serialized_start=898
-  _globals['_NODESTATERECORD']._serialized_end=1030
+  _globals['_AUTHCONFIG']._serialized_start=425
+  _globals['_AUTHCONFIG']._serialized_end=568
+  _globals['_APPROVALCONFIG']._serialized_start=570
+  _globals['_APPROVALCONFIG']._serialized_end=633
+  _globals['_SEMANTICS']._serialized_start=635
+  _globals['_SEMANTICS']._serialized_end=710
+  _globals['_UICONFIG']._serialized_start=713
+  _globals['_UICONFIG']._serialized_end=861
+  _globals['_UICONFIG_HINTSENTRY']._serialized_start=817
+  _globals['_UICONFIG_HINTSENTRY']._serialized_end=861
+  _globals['_ERRORINFO']._serialized_start=864
+  _globals['_ERRORINFO']._serialized_end=1015
+  _globals['_ERRORINFO_DETAILSENTRY']._serialized_start=969
+  _globals['_ERRORINFO_DETAILSENTRY']._serialized_end=1015
+  _globals['_NODESTATERECORD']._serialized_start=1018
+  _globals['_NODESTATERECORD']._serialized_end=1150
 # @@protoc_insertion_point(module_scope)

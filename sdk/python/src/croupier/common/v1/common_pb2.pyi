@@ -42,14 +42,26 @@ class FunctionDescriptor(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., category: _Optional[str] = ..., params_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., result_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., auth: _Optional[_Union[AuthConfig, _Mapping]] = ..., semantics: _Optional[_Union[Semantics, _Mapping]] = ..., ui: _Optional[_Union[UIConfig, _Mapping]] = ..., version: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class AuthConfig(_message.Message):
-    __slots__ = ("allowed_roles", "allowed_identities", "sensitive_fields")
+    __slots__ = ("allowed_roles", "allowed_identities", "sensitive_fields", "approval")
     ALLOWED_ROLES_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_IDENTITIES_FIELD_NUMBER: _ClassVar[int]
     SENSITIVE_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_FIELD_NUMBER: _ClassVar[int]
     allowed_roles: _containers.RepeatedScalarFieldContainer[str]
     allowed_identities: _containers.RepeatedScalarFieldContainer[str]
     sensitive_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, allowed_roles: _Optional[_Iterable[str]] = ..., allowed_identities: _Optional[_Iterable[str]] = ..., sensitive_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    approval: ApprovalConfig
+    def __init__(self, allowed_roles: _Optional[_Iterable[str]] = ..., allowed_identities: _Optional[_Iterable[str]] = ..., sensitive_fields: _Optional[_Iterable[str]] = ..., approval: _Optional[_Union[ApprovalConfig, _Mapping]] = ...) -> None: ...
+
+class ApprovalConfig(_message.Message):
+    __slots__ = ("approvers", "count", "ttl")
+    APPROVERS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
+    approvers: str
+    count: int
+    ttl: str
+    def __init__(self, approvers: _Optional[str] = ..., count: _Optional[int] = ..., ttl: _Optional[str] = ...) -> None: ...
 
 class Semantics(_message.Message):
     __slots__ = ("kind", "idempotent", "timeout", "job")
