@@ -351,14 +351,17 @@ async fn serve_on(
         .context("loading the revocation list (config `revocation_list`)")?;
     // Stops reloading when the server returns.
     let _reload = tokio_util::task::AbortOnDropHandle::new(reload);
+    let tunnels_resolver = resolver.clone();
     let ident = move |req| resolver.intercept(req);
     let max = cfg.limits.max_message_bytes;
     let watches = CancellationToken::new();
-    let control_svc = ControlServiceServer::new(ControlServer::new(control.clone()))
-        .accept_compressed(GZIP)
-        .send_compressed(GZIP)
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+    let control_svc = ControlServiceServer::new(
+        ControlServer::new(control.clone()).with_resolver(tunnels_resolver),
+    )
+    .accept_compressed(GZIP)
+    .send_compressed(GZIP)
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
     let approvals = Arc::new(Approvals::new(
         store.clone(),
         view.clone(),

@@ -173,6 +173,28 @@ async fn jobs_are_read_by_their_caller_or_an_admin_and_revoked_certificates_are_
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     assert!(err.message().contains("is revoked"), "{}", err.message());
     c1.agents("", "").await.unwrap();
+
+    // Revoking an agent closes the tunnel it opened before: calls stop reaching it at once,
+    // without waiting for it to reconnect or miss heartbeats.
+    c1.invoke("agent.ping", json!({}), &opts()).await.unwrap();
+    certs_cmd(&mesh.certs(), "revoke", &["agent-a1"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let err = loop {
+        match c1.invoke("agent.ping", json!({}), &opts()).await {
+            Err(e) => break e,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Ok(_) => panic!("the revoked agent's tunnel still serves calls"),
+        }
+    };
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        mesh.server_log()
+            .contains("closing a tunnel: its certificate was revoked"),
+        "{}",
+        mesh.server_log()
+    );
 }
 
 fn guarded(id: &str, roles: &[&str]) -> FunctionDescriptor {

@@ -1,10 +1,12 @@
 //! `ControlService`: unwraps requests, takes the caller's identity, calls [`ControlPlane`].
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use croupier_proto::control::v1::{self as pb, control_service_server::ControlService};
-use croupier_registry::identity::caller;
+use croupier_registry::identity::{IdentityResolver, caller};
 use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -13,16 +15,51 @@ use crate::plane::ControlPlane;
 /// The `ControlService` implementation.
 pub struct ControlServer {
     plane: Arc<ControlPlane>,
+    resolver: Option<IdentityResolver>,
 }
 
 impl ControlServer {
     /// Serves `plane`.
     pub fn new(plane: Arc<ControlPlane>) -> Self {
-        ControlServer { plane }
+        ControlServer {
+            plane,
+            resolver: None,
+        }
+    }
+
+    /// Ends a tunnel when the revocation list `resolver` loads revokes its certificate.
+    pub fn with_resolver(mut self, resolver: IdentityResolver) -> Self {
+        self.resolver = Some(resolver);
+        self
     }
 }
 
 type FrameStream = Pin<Box<dyn Stream<Item = Result<pb::ServerFrame, Status>> + Send>>;
+
+/// A tunnel's frames until its certificate is revoked: then one `UNAUTHENTICATED` and the end.
+struct UntilRevoked<S> {
+    frames: S,
+    /// None once it has fired.
+    revoked: Option<Pin<Box<dyn Future<Output = Status> + Send>>>,
+}
+
+impl<S> Stream for UntilRevoked<S>
+where
+    S: Stream<Item = Result<pb::ServerFrame, Status>> + Unpin,
+{
+    type Item = Result<pb::ServerFrame, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(revoked) = self.revoked.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(status) = revoked.as_mut().poll(cx) {
+            self.revoked = None;
+            return Poll::Ready(Some(Err(status)));
+        }
+        Pin::new(&mut self.frames).poll_next(cx)
+    }
+}
 
 #[tonic::async_trait]
 impl ControlService for ControlServer {
@@ -69,8 +106,24 @@ impl ControlService for ControlServer {
         request: Request<Streaming<pb::AgentFrame>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let who = caller(&request)?;
+        let leaf = request
+            .peer_certs()
+            .and_then(|c| c.first().map(|c| c.as_ref().to_vec()));
         let stream = self.plane.connect(&who, request.into_inner()).await?;
-        Ok(Response::new(Box::pin(stream)))
+        let (Some(resolver), Some(leaf)) = (self.resolver.clone(), leaf) else {
+            return Ok(Response::new(Box::pin(stream)));
+        };
+        // The tunnel ends, with the reason, when its certificate is revoked; the agent's
+        // reconnection is then refused at once.
+        let revoked = Box::pin(async move {
+            let e = resolver.revoked_later(&leaf).await;
+            tracing::warn!(agent = %who, error = %e, "closing a tunnel: its certificate was revoked");
+            Status::unauthenticated(format!("client certificate rejected: {e}"))
+        });
+        Ok(Response::new(Box::pin(UntilRevoked {
+            frames: stream,
+            revoked: Some(revoked),
+        })))
     }
 
     #[tracing::instrument(skip_all)]

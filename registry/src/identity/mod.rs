@@ -353,9 +353,20 @@ struct ResolverState {
 /// Maps certificates to identities, remembering up to ~4096 certificates (the cache is cleared
 /// when full), and refuses certificates whose serial is revoked ([`Self::set_revoked`]).
 /// Clones share the cache and the revocation list.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct IdentityResolver {
     state: Arc<Mutex<ResolverState>>,
+    /// Counts revocation list loads, for streams that outlive the check of their first request.
+    loads: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for IdentityResolver {
+    fn default() -> Self {
+        IdentityResolver {
+            state: Arc::default(),
+            loads: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
 }
 
 impl fmt::Debug for IdentityResolver {
@@ -377,9 +388,27 @@ impl IdentityResolver {
     /// Replaces the revoked serials (normalized with [`normalize_serial`]) and empties the
     /// cache; takes effect on the next request.
     pub fn set_revoked(&self, serials: HashSet<String>) {
-        let mut st = self.lock();
-        st.revoked = serials;
-        st.certs.clear();
+        {
+            let mut st = self.lock();
+            st.revoked = serials;
+            st.certs.clear();
+        }
+        self.loads.send_modify(|n| *n += 1);
+    }
+
+    /// Resolves when a revocation list loaded from now on revokes `cert_der`: a long-lived
+    /// stream (an agent's tunnel) opened before the revocation ends with it. Never resolves
+    /// for a certificate that is not revoked.
+    pub async fn revoked_later(&self, cert_der: &[u8]) -> IdentityError {
+        let mut loads = self.loads.subscribe();
+        loop {
+            if loads.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            if let Err(e @ IdentityError::Revoked { .. }) = self.resolve(cert_der) {
+                return e;
+            }
+        }
     }
 
     /// How many serials are revoked.
