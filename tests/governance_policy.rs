@@ -174,6 +174,30 @@ async fn the_policy_decides_who_reads_and_calls_and_only_admins_change_it() {
     );
     assert_eq!(d["roles"], json!(["readers"]), "{d}");
 
+    // Pipeline changes are for admins (the policy grants `pipelines` to no one else) and are
+    // audited, refused or not.
+    let (code, _, err) = mesh.cli("client-c2", &["pipeline", "delete", "nightly"]);
+    assert_eq!(code, 4, "{err}");
+    let (code, _, err) = mesh.cli("admin-ops", &["pipeline", "delete", "nightly"]);
+    assert_eq!(code, 4, "{err}");
+    let deletes: Vec<(String, String)> = audit(&mesh, &["--action", "delete_pipeline"])
+        .iter()
+        .map(|r| (r["who"].to_string(), r["outcome"].to_string()))
+        .collect();
+    assert_eq!(
+        deletes,
+        [
+            (
+                r#""spiffe://croupier/admin/ops""#.to_string(),
+                r#""NOT_FOUND""#.to_string()
+            ),
+            (
+                r#""spiffe://croupier/client/c2""#.to_string(),
+                r#""PERMISSION_DENIED""#.to_string()
+            ),
+        ]
+    );
+
     // Both policy writes, the refused ones included, are in the audit trail.
     let puts = audit(&mesh, &["--action", "put_policy"]);
     let outcomes: Vec<(&str, &str)> = puts

@@ -146,7 +146,15 @@ impl Pipelines {
     /// Deletes a template (admin only); false when there was none.
     pub async fn delete(&self, who: &Identity, id: &str) -> Result<bool, FunctionError> {
         let outcome = self.delete_inner(who, id).await;
-        self.audited(who, "delete_pipeline", id, &outcome).await;
+        match &outcome {
+            // Nothing was deleted: recorded as such, not as a change.
+            Ok(false) => {
+                self.audit
+                    .record(AuditRecord::new(who.uri(), "delete_pipeline", id).outcome("NOT_FOUND"))
+                    .await;
+            }
+            _ => self.audited(who, "delete_pipeline", id, &outcome).await,
+        }
         outcome
     }
 
