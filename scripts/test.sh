@@ -11,7 +11,8 @@
 #   5. runs scripts/check-protos.sh (C++ and Go codegen from proto/croupier/ compile),
 #   6. checks that the Rust build needs no system protoc (scripts/check-no-protoc.sh), runs
 #      cargo fmt --check, cargo clippy -D warnings and cargo test --workspace with
-#      CROUPIER_REQUIRE_DOCKER=1 and CROUPIER_REQUIRE_ETCD=1 (tests fail instead of skipping),
+#      CROUPIER_REQUIRE_DOCKER=1, CROUPIER_REQUIRE_ETCD=1 and CROUPIER_REQUIRE_PROMETHEUS=1
+#      (tests fail instead of skipping),
 #   7. runs scripts/python-test.sh (the Python asyncio SDK: wheel, mypy --strict, pytest against
 #      real servers) and scripts/clients-test.sh (the Go, C++ and Python clients and the Python
 #      provider against a live server and agent); skipped when extra cargo args are given.
@@ -68,6 +69,7 @@ needs=(
     "pkg-config:pkg-config"
     "busybox-static:static-busybox"
     "iproute2:ip"
+    "prometheus:prometheus"
     "g++:g++"
     "ca-certificates:/etc/ssl/certs/ca-certificates.crt"
 )
@@ -122,6 +124,7 @@ else
     done
 fi
 echo "etcd: $(etcd --version 2>/dev/null | head -n1); protoc: $(protoc --version)"
+echo "prometheus: $(prometheus --version 2>&1 | head -n1); promtool: $(command -v promtool)"
 command -v cargo >/dev/null 2>&1 || die "cargo not found (the machine's rustup toolchain is expected on PATH)"
 
 # ---------------------------------------------------------------------------------------------
@@ -235,6 +238,7 @@ if [[ "${CROUPIER_SKIP_CARGO:-0}" == 1 ]]; then
 fi
 export CROUPIER_REQUIRE_DOCKER=1
 export CROUPIER_REQUIRE_ETCD=1
+export CROUPIER_REQUIRE_PROMETHEUS=1
 
 section "the Rust build needs no system protoc"
 # The protoc every build script runs (.cargo/config.toml's PROTOC): the vendored one.

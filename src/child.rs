@@ -38,14 +38,27 @@ pub fn wait_ready(
 
 /// The URL a `croupier server` prints when it listens (`croupier server listening on URL`).
 pub fn server_url(lines: &mpsc::Receiver<String>, timeout: Duration) -> Option<String> {
+    server_urls(lines, timeout).map(|(url, _)| url)
+}
+
+/// Like [`server_url`], with the address of the server's metrics port (`host:port`) when it
+/// announced one (the line before "listening").
+pub fn server_urls(
+    lines: &mpsc::Receiver<String>,
+    timeout: Duration,
+) -> Option<(String, Option<String>)> {
     let mut url = None;
+    let mut metrics = None;
     wait_ready(lines, timeout, |line| {
+        if let Some(m) = line.strip_prefix("croupier metrics on http://") {
+            metrics = Some(m.trim_end_matches("/metrics").to_string());
+        }
         url = line
             .strip_prefix("croupier server listening on ")
             .map(str::to_string);
         url.is_some()
     })?;
-    url
+    Some((url?, metrics))
 }
 
 /// Resident memory of process `pid`, in MiB (`VmRSS` of `/proc/PID/status`).

@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub audit_log: bool,
     /// What one audit record holds, and when the log is rotated.
     pub audit: Audit,
+    /// The plain-HTTP port for machines (`/metrics`, `/healthz`, `/readyz`).
+    pub http: Http,
     /// Where registrations, descriptors, node states, jobs and idempotency records live:
     /// `embedded` (default; in `<data_dir>/store`) or `etcd` (several servers can share it).
     pub store: StoreKind,
@@ -130,6 +132,17 @@ impl Default for Jobs {
             clients_read_all: d.clients_read_all,
         }
     }
+}
+
+/// The plain-HTTP port for machines.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Address of `/metrics`, `/healthz` and `/readyz` (no client certificate; nothing that
+    /// changes state). Unset: `127.0.0.1:9464`, or a free port of 127.0.0.1 when that one is
+    /// taken. `""` turns the port off. Expose it beyond the host only to your scrapers and probes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
 }
 
 /// Bounds of the audit log.
@@ -275,6 +288,7 @@ impl Default for ServerConfig {
             late_answer_grace: Duration::from_secs(30),
             audit_log: true,
             audit: Audit::default(),
+            http: Http::default(),
             store: StoreKind::Embedded,
             store_fsync: false,
             etcd_endpoints: Vec::new(),
@@ -306,6 +320,7 @@ const ENV_KEYS: &[&str] = &[
     "late_answer_grace",
     "audit_log",
     "audit",
+    "http",
     "store",
     "store_fsync",
     "etcd_endpoints",

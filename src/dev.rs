@@ -37,7 +37,7 @@ pub async fn run(
     let dir = args.dir.clone().unwrap_or_else(dev_dir);
     ensure_certs(&dir, &args.agent_id)?;
     let certs = dir.join("certs");
-    let cfg = ServerConfig {
+    let mut cfg = ServerConfig {
         listen: args.listen.clone(),
         data_dir: dir.join("data"),
         tls_dir: certs.clone(),
@@ -66,6 +66,12 @@ pub async fn run(
         })?;
     let addr = listener.local_addr()?;
     let url = format!("https://{addr}");
+    // The metrics port is picked here, so the banner can say where it is.
+    let metrics_at = match crate::http::bind(args.http_listen.as_deref()).await? {
+        Some(l) => Some(l.local_addr()?.to_string()),
+        None => None,
+    };
+    cfg.http.listen = Some(metrics_at.clone().unwrap_or_default());
 
     let stop = CancellationToken::new();
     let server_stop = stop.clone();
@@ -108,9 +114,14 @@ pub async fn run(
     } else {
         format!(" --server {url}")
     };
+    let metrics = metrics_at.map_or_else(
+        || "off".to_string(),
+        |a| format!("http://{a}/metrics (also /healthz, /readyz)"),
+    );
     println!(
         "\nCroupier dev mesh is up.\n\
          \x20 server:       {url} (embedded store in {data})\n\
+         \x20 metrics:      {metrics}\n\
          \x20 agent:        {agent}, serving {count} functions: {served}\n\
          \x20 certificates: {certs} (client-dev, admin-admin, agent-{agent})\n\n\
          Try, in another terminal:\n\

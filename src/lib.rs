@@ -5,6 +5,9 @@
 //! - [`config`] — layered server configuration.
 //! - [`server`] — [`server::serve`], the control plane on one TLS listener.
 //! - [`gate`] — TLS accept with the limits that hold before authentication.
+//! - [`http`] — the plain-HTTP port for machines: `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`] — the server's metric names, the Prometheus recorder, scrape-time gauges.
+//! - [`rpc_metrics`] — the tower layer that counts and times every rpc.
 //! - [`certs`] — `croupier certs init`.
 //! - [`cli`] — arguments and the client commands, one module per command group (`invoke`,
 //!   `registry`, `job`, `pipeline`, `function`, `node`, `store`, `certs`, `serve`).
@@ -23,5 +26,8 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod gate;
+pub mod http;
+pub mod metrics;
 pub mod output;
+pub mod rpc_metrics;
 pub mod server;

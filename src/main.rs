@@ -11,12 +11,21 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
+    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        cli::LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
         // No colour codes in a log redirected to a file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        cli::LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     // tonic and rustls both can use ring; installing it explicitly makes the process-wide
     // choice unambiguous should another provider be compiled in by a dependency.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -63,7 +72,10 @@ async fn wait_signal() {
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Server(args) => {
-            let cfg = ServerConfig::load(args.config.as_deref(), &args)?;
+            let mut cfg = ServerConfig::load(args.config.as_deref(), &args)?;
+            if let Some(h) = &args.http_listen {
+                cfg.http.listen = Some(h.clone());
+            }
             let listener = tokio::net::TcpListener::bind(&cfg.listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("binding {}: {e}", cfg.listen))?;

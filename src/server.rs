@@ -186,21 +186,27 @@ pub async fn serve_store(
 pub async fn open_store(cfg: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    Ok(match cfg.store {
-        StoreKind::Embedded => Arc::new(open_embedded(cfg)?),
-        StoreKind::Etcd => Arc::new(
-            EtcdStore::connect(EtcdOptions {
-                endpoints: cfg.etcd_endpoints.clone(),
-                namespace: cfg.etcd_namespace.clone(),
-                ca: cfg.etcd_ca.clone(),
-                cert: cfg.etcd_cert.clone(),
-                key: cfg.etcd_key.clone(),
-                timeout: None,
-            })
-            .await
-            .context("connecting to etcd")?,
+    let (store, backend): (Arc<dyn Store>, &'static str) = match cfg.store {
+        StoreKind::Embedded => (Arc::new(open_embedded(cfg)?), "embedded"),
+        StoreKind::Etcd => (
+            Arc::new(
+                EtcdStore::connect(EtcdOptions {
+                    endpoints: cfg.etcd_endpoints.clone(),
+                    namespace: cfg.etcd_namespace.clone(),
+                    ca: cfg.etcd_ca.clone(),
+                    cert: cfg.etcd_cert.clone(),
+                    key: cfg.etcd_key.clone(),
+                    timeout: None,
+                })
+                .await
+                .context("connecting to etcd")?,
+            ),
+            "etcd",
         ),
-    })
+    };
+    Ok(Arc::new(croupier_registry::store::metered::Metered::new(
+        store, backend,
+    )))
 }
 
 async fn serve_on(
@@ -385,7 +391,10 @@ async fn serve_on(
     .max_encoding_message_size(max);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // The recorder is installed before the first rpc is counted.
+    let _ = crate::metrics::prometheus();
     let router = Server::builder()
+        .layer(crate::rpc_metrics::RpcMetricsLayer::new())
         .layer(tower::util::MapResponseLayer::new(
             oversize_is_resource_exhausted::<tonic::body::Body>,
         ))
@@ -430,6 +439,24 @@ async fn serve_on(
         },
         background.child_token(),
     );
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(http) = crate::http::bind(cfg.http.listen.as_deref()).await? {
+        let at = crate::http::spawn(
+            http,
+            Arc::new(crate::metrics::ScrapeGauges::new(
+                view.clone(),
+                control.clone(),
+            )),
+            Arc::new(crate::http::Readiness {
+                store: store.clone(),
+                draining: draining.clone(),
+            }),
+            background.child_token(),
+        )?;
+        tracing::info!(%at, "HTTP port: /metrics, /healthz, /readyz");
+        // Before the "listening" line, which is the last one a supervisor may read.
+        println!("croupier metrics on http://{at}/metrics");
+    }
     tracing::info!(%addr, server_id = %cfg.server_id, %advertise, store = ?cfg.store, "croupier server listening");
     println!("croupier server listening on https://{addr}");
 
@@ -444,6 +471,7 @@ async fn serve_on(
         }
     }
     tracing::info!(grace = ?cfg.shutdown_grace, "shutting down: draining");
+    draining.store(true, std::sync::atomic::Ordering::Relaxed);
     for s in SERVICES {
         health
             .set_service_status(*s, ServingStatus::NotServing)

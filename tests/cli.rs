@@ -34,6 +34,18 @@ fn dev_mode_serves_the_cli() {
         "{banner}"
     );
     let certs = dir.path().join("certs");
+    // The banner says where the metrics are, and they are there.
+    let metrics = banner
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("metrics:      http://"))
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no metrics line: {banner}"));
+    let (status, text) = common::gateway::http(metrics, "GET", "/metrics", None, "");
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("croupier_agents_online{game=\"default\",env=\"dev\",state=\"normal\"} 1"),
+        "{text}"
+    );
     // The banner comes once the agent is online and lists every function it serves.
     let (code, out, _) = croupier(&["functions", "--json"], &certs, &url);
     assert_eq!(code, 0);

@@ -3,3 +3,69 @@
 
 /// Counter: a limit refused or cut something, by `kind` (shared with the control plane).
 pub use croupier_control::metrics::LIMITS_HIT;
+
+/// Counter: invocations (`InvokeFunction`) answered, by `game`, `env`, `function`, `route`
+/// and `outcome` (`ok`, `handler_error`, or the error's code name). Functions the registry does
+/// not know are counted as `(unregistered)` in game and env `(unknown)`, so a caller cannot
+/// grow the label set.
+pub const INVOCATIONS: &str = "croupier_invocations_total";
+
+/// Histogram: invocation duration, seconds, with the labels of [`INVOCATIONS`].
+pub const INVOCATION_SECONDS: &str = "croupier_invocation_duration_seconds";
+
+/// Counter: job starts (`InvokeJob`) answered, by `game`, `env`, `function` and `outcome`
+/// (labels bounded as for [`INVOCATIONS`]).
+pub const JOBS_STARTED: &str = "croupier_jobs_started_total";
+
+/// Counter: jobs that ended, by `outcome` (`completed`, `failed`, `cancelled`).
+pub const JOBS_ENDED: &str = "croupier_jobs_ended_total";
+
+/// Histogram: job duration from creation to end, seconds, by `outcome`.
+pub const JOB_SECONDS: &str = "croupier_job_duration_seconds";
+
+/// Counter: job events stored (from agents, and the server's own ends).
+pub const JOB_EVENTS: &str = "croupier_job_events_total";
+
+/// Describes this crate's metrics to the recorder.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(
+        INVOCATIONS,
+        "Invocations answered, by game, env, function, route and outcome."
+    );
+    describe_histogram!(
+        INVOCATION_SECONDS,
+        Unit::Seconds,
+        "Invocation duration, by game, env, function, route and outcome."
+    );
+    describe_counter!(
+        JOBS_STARTED,
+        "Job starts answered, by game, env, function and outcome."
+    );
+    describe_counter!(JOBS_ENDED, "Jobs that ended, by outcome.");
+    describe_histogram!(
+        JOB_SECONDS,
+        Unit::Seconds,
+        "Job duration from creation to end, by outcome."
+    );
+    describe_counter!(JOB_EVENTS, "Job events stored.");
+}
+
+/// The (game, env, function) labels of a call: as asked when the registry knows the function,
+/// else placeholders, so callers naming functions that do not exist cannot grow the label set.
+pub fn function_labels(
+    known: bool,
+    game: &str,
+    env: &str,
+    function: &str,
+) -> (String, String, String) {
+    if known {
+        (game.to_string(), env.to_string(), function.to_string())
+    } else {
+        (
+            "(unknown)".into(),
+            "(unknown)".into(),
+            "(unregistered)".into(),
+        )
+    }
+}

@@ -33,9 +33,11 @@ use crate::metrics as m;
 /// Largest push request body.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-type Resp = Response<Full<Bytes>>;
+/// A response with a full body.
+pub type Resp = Response<Full<Bytes>>;
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+/// A plain-text response.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r
@@ -59,7 +61,9 @@ pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
         == 0
 }
 
-async fn serve<F, Fut>(listener: TcpListener, shutdown: CancellationToken, handler: F)
+/// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` (also used by the server's
+/// machine port).
+pub async fn serve<F, Fut>(listener: TcpListener, shutdown: CancellationToken, handler: F)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Resp> + Send + 'static,

@@ -64,9 +64,27 @@ pub struct Cli {
     /// Log filter (e.g. "info", "croupier=debug").
     #[arg(long, global = true, env = "CROUPIER_LOG", default_value = "info")]
     pub log: String,
+    /// Log format: text (for people) or json (one object per line: timestamp, level, target,
+    /// message and the event's fields, e.g. agent_id, function, job_id).
+    #[arg(
+        long,
+        global = true,
+        env = "CROUPIER_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How logs are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Lines for people (colours on a terminal only).
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
 }
 
 /// Subcommands.

@@ -16,6 +16,11 @@ pub struct ServerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// Plain-HTTP port for /metrics, /healthz and /readyz (config `[http] listen`; default
+    /// 127.0.0.1:9464, a free port when that is taken; "" turns it off).
+    #[arg(long)]
+    #[serde(skip)]
+    pub http_listen: Option<String>,
     /// Data directory (embedded store, audit log).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -117,4 +122,8 @@ pub struct DevArgs {
     /// Id of the built-in agent.
     #[arg(long, default_value = "dev-agent")]
     pub agent_id: String,
+    /// Plain-HTTP port for /metrics, /healthz and /readyz (default 127.0.0.1:9464, a free port
+    /// when that is taken; "" turns it off).
+    #[arg(long)]
+    pub http_listen: Option<String>,
 }

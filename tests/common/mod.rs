@@ -60,6 +60,8 @@ pub struct Mesh {
     pub dir: tempfile::TempDir,
     pub server: Option<Proc>,
     pub url: String,
+    /// `host:port` of the main server's metrics port.
+    pub metrics: Option<String>,
     pub heartbeat: Duration,
     /// Extra environment of the server process (e.g. `CROUPIER_JOBS__MAX_EVENTS`).
     pub server_env: Vec<(String, String)>,
@@ -129,6 +131,7 @@ impl Mesh {
             dir,
             server: None,
             url: String::new(),
+            metrics: None,
             heartbeat,
             server_env: env
                 .iter()
@@ -148,8 +151,9 @@ impl Mesh {
 
     /// (Re)starts the server on `listen`, waiting for its "listening" line.
     pub fn start_server(&mut self, listen: &str) {
-        let (proc, url) = self.spawn_server(listen, "server", &[]);
+        let (proc, url, metrics) = self.spawn_server_with_metrics(listen, "server", &[]);
         self.url = url;
+        self.metrics = metrics;
         self.server = Some(proc);
     }
 
@@ -157,6 +161,17 @@ impl Mesh {
     /// named `name`); the main one ("server") gets `server_args`, others only `extra`. Returns it
     /// and its URL.
     pub fn spawn_server(&self, listen: &str, name: &str, extra: &[&str]) -> (Proc, String) {
+        let (proc, url, _) = self.spawn_server_with_metrics(listen, name, extra);
+        (proc, url)
+    }
+
+    /// Like [`Mesh::spawn_server`], with the address of the server's metrics port.
+    pub fn spawn_server_with_metrics(
+        &self,
+        listen: &str,
+        name: &str,
+        extra: &[&str],
+    ) -> (Proc, String, Option<String>) {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
         let data = if name == "server" {
             "data".to_string()
@@ -177,7 +192,14 @@ impl Mesh {
             None => Command::new(bin()),
         };
         let mut child = cmd
-            .args(["server", "--listen", listen, "--data-dir"])
+            .args([
+                "server",
+                "--listen",
+                listen,
+                "--http-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(self.dir.path().join(data))
             .arg("--tls-dir")
             .arg(self.certs())
@@ -204,8 +226,8 @@ impl Mesh {
             .spawn()
             .expect("starting croupier server");
         let stdout = child.stdout.take().unwrap();
-        let url =
-            croupier::child::server_url(&croupier::child::lines(stdout), Duration::from_secs(30))
+        let (url, metrics) =
+            croupier::child::server_urls(&croupier::child::lines(stdout), Duration::from_secs(30))
                 .unwrap_or_else(|| {
                     panic!(
                         "server {name} did not start: {}",
@@ -219,6 +241,7 @@ impl Mesh {
                 name: name.into(),
             },
             url,
+            metrics,
         )
     }
 

@@ -158,6 +158,18 @@ impl ControlPlane {
         let _ = self.jobs.set(sink);
     }
 
+    /// Tunnels open on this server, and calls sent down them not answered yet (for the
+    /// scrape-time gauges).
+    pub fn load_summary(&self) -> (usize, usize) {
+        let sessions = self.sessions.read();
+        let tunnels = sessions
+            .values()
+            .filter(|s| s.tunnel.lock().is_some())
+            .count();
+        let in_flight = sessions.values().map(|s| s.pending.lock().len()).sum();
+        (tunnels, in_flight)
+    }
+
     fn session(&self, agent_id: &str) -> Option<Arc<Session>> {
         self.sessions.read().get(agent_id).cloned()
     }
@@ -198,6 +210,8 @@ impl ControlPlane {
             // the backup for a server that died.
             tracing::warn!(agent_id = %req.agent_id, error = %e, "refreshing the agent's lease failed; the session stays alive");
         }
+        let since = session.last_heartbeat.lock().elapsed();
+        metrics::histogram!(crate::metrics::HEARTBEAT_DELAY).record(since.as_secs_f64());
         session.touch();
         session.take_summary(&req.status);
         *session.status.lock() = req.status;
@@ -223,7 +237,8 @@ impl ControlPlane {
 
     /// Ends a session: closes its tunnel, fails its pending invocations, forgets it and revokes
     /// its lease (its registration disappears).
-    async fn expire(&self, session: &Arc<Session>, reason: &str) {
+    async fn expire(&self, session: &Arc<Session>, reason: &'static str) {
+        metrics::counter!(crate::metrics::AGENT_EXPIRATIONS, "reason" => reason).increment(1);
         session.tunnel.lock().take();
         session.fail_pending(None);
         self.forget(session, reason).await;

@@ -134,6 +134,7 @@ impl ControlPlane {
             resumed,
             "agent registered"
         );
+        metrics::counter!(crate::metrics::AGENT_REGISTRATIONS).increment(1);
         self.audit
             .record(
                 AuditRecord::new(who.uri(), "register_agent", req.agent_id.clone())

@@ -68,6 +68,7 @@ impl ControlPlane {
             session.fail_pending(Some(prev.generation));
         }
         tracing::info!(agent_id = %hello.agent_id, generation, "tunnel open");
+        metrics::counter!(crate::metrics::TUNNEL_EVENTS, "event" => "open").increment(1);
         let plane = self.clone();
         croupier_proto::task::spawn("tunnel reader", async move {
             plane.read_tunnel(session, generation, inbound).await;
@@ -129,6 +130,7 @@ impl ControlPlane {
             *tunnel = None;
             drop(tunnel);
             tracing::info!(agent_id = %session.agent_id, generation, "tunnel closed");
+            metrics::counter!(crate::metrics::TUNNEL_EVENTS, "event" => "close").increment(1);
         } else {
             drop(tunnel);
         }

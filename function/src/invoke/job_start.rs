@@ -188,6 +188,15 @@ impl Invoker {
             Ok(_) => "ok".to_string(),
             Err(e) => e.code_name().to_string(),
         };
+        // The function passed `prepare`, so the registry knows it: bounded labels.
+        metrics::counter!(
+            crate::metrics::JOBS_STARTED,
+            "game" => req.game_id.clone(),
+            "env" => req.env.clone(),
+            "function" => req.function_id.clone(),
+            "outcome" => outcome_name.clone()
+        )
+        .increment(1);
         let rec = AuditRecord::new(who.uri(), "invoke_job", req.function_id.as_str())
             .scope(&req.game_id, &req.env)
             .outcome(outcome_name);

@@ -213,6 +213,7 @@ impl Invoker {
         let result = self
             .invoke_inner(who, &req, caller_timeout, started, forwarded, approved)
             .await;
+        self.count_invocation(&req, &result, started.elapsed());
         if self.audit.enabled() && !matches!(result, Err(FunctionError::ApprovalRequired { .. })) {
             let sensitive = self.sensitive_fields(&req.game_id, &req.env, &req.function_id);
             let outcome = match &result {
@@ -240,6 +241,48 @@ impl Invoker {
                 .await;
         }
         result
+    }
+
+    /// Counts a call in [`crate::metrics::INVOCATIONS`] and its duration.
+    fn count_invocation(
+        &self,
+        req: &InvokeFunctionRequest,
+        result: &Result<InvokeFunctionResponse, FunctionError>,
+        took: Duration,
+    ) {
+        let outcome = match result {
+            Ok(r) if r.success => "ok",
+            Ok(_) => "handler_error",
+            Err(e) => e.code_name(),
+        };
+        let (game, env, function) = crate::metrics::function_labels(
+            self.is_known(result.is_ok(), &req.game_id, &req.env, &req.function_id),
+            &req.game_id,
+            &req.env,
+            &req.function_id,
+        );
+        let route = req
+            .options
+            .as_ref()
+            .map_or("lb", |o| route_label(&o.routing_mode));
+        let labels = [
+            ("game", game),
+            ("env", env),
+            ("function", function),
+            ("route", route.to_string()),
+            ("outcome", outcome.to_string()),
+        ];
+        metrics::counter!(crate::metrics::INVOCATIONS, &labels).increment(1);
+        metrics::histogram!(crate::metrics::INVOCATION_SECONDS, &labels).record(took.as_secs_f64());
+    }
+
+    /// Whether the registry knows a function (an answered call's is known).
+    pub(crate) fn is_known(&self, answered: bool, game: &str, env: &str, function: &str) -> bool {
+        if answered {
+            return true;
+        }
+        let key = FnKey::new(game, env, function);
+        self.view.descriptor(&key).is_some() || !self.view.candidates(&key).is_empty()
     }
 
     /// The sensitive fields of a function's descriptor (masked in audit records and approvals).
@@ -491,6 +534,18 @@ fn response(r: InvokeResult, agent: &str) -> InvokeFunctionResponse {
         agent_id: agent.to_string(),
         results: Vec::new(),
         request_id: r.request_id,
+    }
+}
+
+/// The `route` label of a routing mode: one of the modes, `lb` for none, `invalid` otherwise.
+fn route_label(mode: &str) -> &'static str {
+    match mode {
+        "" | "lb" => "lb",
+        "round_robin" | "rr" => "round_robin",
+        "hash" => "hash",
+        "targeted" => "targeted",
+        "broadcast" => "broadcast",
+        _ => "invalid",
     }
 }
 

@@ -154,7 +154,15 @@ pub(super) fn apply(cfg: &JobConfig, st: &mut JobState, ev: JobEvent) -> (usize,
             }
         }
         EventType::Done | EventType::Error | EventType::Cancelled => {
+            let first_end = !r.status.is_terminal();
             record_end(r, kind, &ev);
+            if first_end {
+                metrics::counter!(crate::metrics::JOBS_ENDED, "outcome" => r.status.as_str())
+                    .increment(1);
+                let secs = (r.ended_at - r.created_at).max(0) as f64 / 1000.0;
+                metrics::histogram!(crate::metrics::JOB_SECONDS, "outcome" => r.status.as_str())
+                    .record(secs);
+            }
             st.ended = Some(Instant::now());
             st.record_version += 1;
         }
@@ -164,6 +172,7 @@ pub(super) fn apply(cfg: &JobConfig, st: &mut JobState, ev: JobEvent) -> (usize,
     if r.first_seq == 0 {
         r.first_seq = ev.seq;
     }
+    metrics::counter!(crate::metrics::JOB_EVENTS).increment(1);
     let added = ev.encoded_len();
     st.bytes += added;
     st.events.push_back(ev);

@@ -5,11 +5,13 @@
 //! - [`embedded`] — the in-process backend (default), persisting non-lease keys in a checksummed
 //!   log in a data dir, with the offline tools behind `croupier store check|repair|backup|restore`.
 //! - [`etcd`] — the etcd backend, for several server replicas.
+//! - [`metered`] — a wrapper that times every operation and counts failures (metrics).
 //! - [`conformance`] (feature `test-util`): the suite every backend must pass.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -19,6 +21,7 @@ use futures::Stream;
 pub mod conformance;
 pub mod embedded;
 pub mod etcd;
+pub mod metered;
 
 /// A store revision: increases by one with every change (put or delete) in the whole store.
 pub type Revision = i64;

@@ -1,0 +1,311 @@
+//! The server's HTTP port for machines, checked against the real thing: Debian's Prometheus
+//! scrapes a running server (and its agent's effects), and the counts it stores are the calls
+//! made; `promtool check metrics` accepts the exposition; health and readiness answer without a
+//! client certificate.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::gateway::http;
+use common::{Mesh, opts};
+use serde_json::{Value, json};
+
+/// Whether `prometheus` and `promtool` are here: required with `CROUPIER_REQUIRE_PROMETHEUS=1`
+/// (scripts/test.sh sets it), else a missing one skips the test with a message.
+fn prometheus_present() -> bool {
+    let ok = ["prometheus", "promtool"].iter().all(|b| {
+        Command::new(b)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !ok {
+        assert!(
+            std::env::var("CROUPIER_REQUIRE_PROMETHEUS").as_deref() != Ok("1"),
+            "prometheus and promtool are required (CROUPIER_REQUIRE_PROMETHEUS=1); install \
+             Debian's prometheus package"
+        );
+        eprintln!(
+            "skipped: prometheus/promtool not installed (set CROUPIER_REQUIRE_PROMETHEUS=1 to fail)"
+        );
+    }
+    ok
+}
+
+/// A free port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts Prometheus scraping `target` every second; returns it and its address.
+fn start_prometheus(dir: &Path, target: &str) -> (common::Proc, String) {
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  \
+             - job_name: croupier\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting prometheus");
+    (
+        common::Proc {
+            child,
+            name: "prometheus".into(),
+        },
+        addr,
+    )
+}
+
+/// The value of an instant query's single series (None while it has none).
+fn query(prom: &str, q: &str) -> Option<f64> {
+    // Prometheus may not listen yet.
+    std::net::TcpStream::connect(prom).ok()?;
+    let path = format!("/api/v1/query?query={}", urlencode(q));
+    let (status, body) = http(prom, "GET", &path, None, "");
+    if status != 200 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&body).ok()?;
+    let result = v["data"]["result"].as_array()?;
+    result.first()?["value"][1].as_str()?.parse().ok()
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Waits until `q` has the value `want` in Prometheus.
+async fn until_value(prom: &str, q: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = query(prom, q);
+        if got == Some(want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{q}: {got:?}, want {want}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_what_the_server_did() {
+    if !prometheus_present() {
+        return;
+    }
+    let mesh = Mesh::start(&["a1"], Duration::from_secs(1));
+    let metrics = mesh
+        .metrics
+        .clone()
+        .expect("the server announces its metrics port");
+    let _a1 = mesh.agent_with("a1", &[], &["--packs", "none"]);
+    mesh.wait_online(&["a1"]).await;
+
+    // Health and readiness need no client certificate; nothing else is served.
+    assert_eq!(
+        http(&metrics, "GET", "/healthz", None, ""),
+        (200, "ok\n".into())
+    );
+    assert_eq!(http(&metrics, "GET", "/readyz", None, "").0, 200);
+    assert_eq!(http(&metrics, "POST", "/metrics", None, "").0, 405);
+    assert_eq!(http(&metrics, "GET", "/admin", None, "").0, 404);
+
+    let (_prom, prom) = start_prometheus(mesh.dir.path(), &metrics);
+    until_value(
+        &prom,
+        "croupier_agents_online{game=\"g\",env=\"e\",state=\"normal\"}",
+        1.0,
+    )
+    .await;
+
+    // Five calls that work and one that fails on its payload.
+    let client = mesh.client("client-c1").await;
+    for i in 0..5 {
+        client
+            .invoke("agent.ping", json!({"i": i}), &opts())
+            .await
+            .unwrap();
+    }
+    let err = client
+        .invoke("agent.sleep", json!({"ms": "soon"}), &opts())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    until_value(
+        &prom,
+        "croupier_invocations_total{game=\"g\",env=\"e\",function=\"agent.ping\",outcome=\"ok\"}",
+        5.0,
+    )
+    .await;
+    until_value(
+        &prom,
+        "croupier_invocations_total{function=\"agent.sleep\",outcome=\"INVALID_ARGUMENT\"}",
+        1.0,
+    )
+    .await;
+    until_value(
+        &prom,
+        "croupier_rpc_total{rpc=\"FunctionService/InvokeFunction\",code=\"INVALID_ARGUMENT\"}",
+        1.0,
+    )
+    .await;
+    let job = client
+        .start_job("agent.countdown", json!({"steps": 1, "ms": 10}), &opts())
+        .await
+        .unwrap();
+    job.wait().await.unwrap();
+    until_value(
+        &prom,
+        "croupier_jobs_ended_total{outcome=\"completed\"}",
+        1.0,
+    )
+    .await;
+    assert!(
+        query(
+            &prom,
+            "croupier_store_operation_duration_seconds_count{backend=\"embedded\",op=\"put\"}"
+        )
+        .is_some_and(|n| n > 0.0)
+    );
+    until_value(&prom, "croupier_tunnels_open", 1.0).await;
+    until_value(&prom, "croupier_ready", 1.0).await;
+    assert!(query(&prom, "process_resident_memory_bytes").is_some_and(|b| b > 1e6));
+
+    // The exposition is valid for promtool (it reads it on stdin).
+    let (status, text) = http(&metrics, "GET", "/metrics", None, "");
+    assert_eq!(status, 200);
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut check.stdin.take().unwrap(), text.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let mesh = Mesh::start_with_env(
+        &["a1"],
+        Duration::from_secs(1),
+        &[("CROUPIER_LOG_FORMAT", "json")],
+    );
+    let _a1 = mesh.agent_env("a1", &[("CROUPIER_LOG_FORMAT", "json")]);
+    mesh.wait_online(&["a1"]).await;
+    let client = mesh.client("client-c1").await;
+    client
+        .invoke("agent.ping", json!({"secret": "hunter2"}), &opts())
+        .await
+        .unwrap();
+    for (who, log) in [
+        ("server", mesh.server_log()),
+        ("agent", mesh.agent_log("a1")),
+    ] {
+        let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(lines.len() >= 2, "{who}: {log}");
+        for line in &lines {
+            let v: Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{who}: not JSON ({e}): {line}"));
+            for key in ["timestamp", "level", "target", "message"] {
+                assert!(v.get(key).is_some(), "{who}: no {key} in {line}");
+            }
+        }
+        // No payloads in logs.
+        assert!(!log.contains("hunter2"), "{who}: {log}");
+    }
+    let registered = mesh
+        .agent_log("a1")
+        .lines()
+        .chain(mesh.server_log().lines())
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|v| v["message"] == "agent registered" && v["agent_id"] == "a1");
+    assert!(
+        registered,
+        "the registration is logged with agent_id as a field"
+    );
+}
+
+#[test]
+fn the_shipped_prometheus_config_and_alert_rules_are_valid() {
+    if !prometheus_present() {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus");
+    for args in [
+        vec!["check", "rules", "alerts.yml"],
+        vec!["check", "config", "prometheus.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Every metric the rules use is one the server exports.
+    let rules = std::fs::read_to_string(dir.join("alerts.yml")).unwrap();
+    for name in [
+        "croupier_ready",
+        "croupier_agents_online",
+        "croupier_invocations_total",
+        "croupier_jobs_ended_total",
+        "croupier_store_errors_total",
+        "croupier_audit_write_failures_total",
+        "croupier_audit_records_lost_total",
+    ] {
+        assert!(rules.contains(name), "{name}");
+        let defined = [
+            croupier::metrics::READY,
+            croupier::metrics::AGENTS_ONLINE,
+            croupier_function::metrics::INVOCATIONS,
+            croupier_function::metrics::JOBS_ENDED,
+            croupier_registry::store::metered::STORE_ERRORS,
+            croupier_control::metrics::AUDIT_WRITE_FAILURES,
+            croupier_control::metrics::AUDIT_LOST,
+        ];
+        assert!(
+            defined.contains(&name),
+            "{name} is not a metric of the server"
+        );
+    }
+}
