@@ -117,3 +117,49 @@ pub fn spawn(
     );
     Ok(addr)
 }
+
+/// Serves an agent's port on `listener` until `shutdown`: `/metrics` (the provider's and the
+/// packs' metrics), `/healthz`, and `/readyz` (200 while the tunnel to a server is open).
+pub fn spawn_agent(
+    listener: TcpListener,
+    state: tokio::sync::watch::Receiver<croupier_sdk::provider::ProviderState>,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let addr = listener.local_addr()?;
+    let prometheus = crate::metrics::prometheus();
+    croupier_sdk::metrics::describe();
+    croupier_agent::metrics::describe();
+    let process = Arc::new(metrics_process::Collector::default());
+    croupier_proto::task::spawn(
+        "agent http port",
+        serve(listener, shutdown, move |req| {
+            let (prometheus, state, process) = (prometheus.clone(), state.clone(), process.clone());
+            async move {
+                if req.method() != Method::GET {
+                    return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+                }
+                let connected = state.borrow().connected;
+                match req.uri().path() {
+                    "/metrics" => match &prometheus {
+                        Some(h) => {
+                            process.collect();
+                            text(StatusCode::OK, h.render())
+                        }
+                        None => text(StatusCode::NOT_FOUND, "no metrics recorder\n"),
+                    },
+                    "/healthz" => text(StatusCode::OK, "ok\n"),
+                    "/readyz" if connected => text(StatusCode::OK, "ready\n"),
+                    "/readyz" => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: no tunnel to a server\n",
+                    ),
+                    _ => text(
+                        StatusCode::NOT_FOUND,
+                        "not found: this port serves /metrics, /healthz and /readyz\n",
+                    ),
+                }
+            }
+        }),
+    );
+    Ok(addr)
+}

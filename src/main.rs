@@ -106,14 +106,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 s.cancel();
             });
             tracing::info!(packs = %args.packs, "starting agent");
-            croupier_agent::run(
-                croupier_agent::AgentConfig {
-                    provider,
-                    packs: args.packs.clone(),
-                },
-                stop,
-            )
-            .await?;
+            let agent = croupier_agent::provider(croupier_agent::AgentConfig {
+                provider,
+                packs: args.packs.clone(),
+            });
+            if let Some(listen) = args.http_listen.as_deref().filter(|l| !l.is_empty()) {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("binding the HTTP port {listen}: {e}"))?;
+                let at = croupier::http::spawn_agent(listener, agent.state(), stop.child_token())?;
+                tracing::info!(%at, "HTTP port: /metrics, /healthz, /readyz");
+            }
+            agent.run(stop).await?;
         }
         Command::Dev(args) => croupier::dev::run(args, shutdown_signal()).await?,
         Command::Completions { shell } => {

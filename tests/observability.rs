@@ -46,14 +46,19 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts Prometheus scraping `target` every second; returns it and its address.
-fn start_prometheus(dir: &Path, target: &str) -> (common::Proc, String) {
+/// Starts Prometheus scraping `targets` every second; returns it and its address.
+fn start_prometheus(dir: &Path, targets: &[&str]) -> (common::Proc, String) {
+    let targets = targets
+        .iter()
+        .map(|t| format!("'{t}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
         format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  \
-             - job_name: croupier\n    static_configs:\n      - targets: ['{target}']\n"
+             - job_name: croupier\n    static_configs:\n      - targets: [{targets}]\n"
         ),
     )
     .unwrap();
@@ -125,8 +130,15 @@ async fn prometheus_scrapes_what_the_server_did() {
         .metrics
         .clone()
         .expect("the server announces its metrics port");
-    let _a1 = mesh.agent_with("a1", &[], &["--packs", "none"]);
+    let agent_port = format!("127.0.0.1:{}", free_port());
+    let _a1 = mesh.agent_with(
+        "a1",
+        &[],
+        &["--packs", "none", "--http-listen", &agent_port],
+    );
     mesh.wait_online(&["a1"]).await;
+    // The agent's port: ready while its tunnel is open.
+    assert_eq!(http(&agent_port, "GET", "/readyz", None, "").0, 200);
 
     // Health and readiness need no client certificate; nothing else is served.
     assert_eq!(
@@ -137,7 +149,7 @@ async fn prometheus_scrapes_what_the_server_did() {
     assert_eq!(http(&metrics, "POST", "/metrics", None, "").0, 405);
     assert_eq!(http(&metrics, "GET", "/admin", None, "").0, 404);
 
-    let (_prom, prom) = start_prometheus(mesh.dir.path(), &metrics);
+    let (_prom, prom) = start_prometheus(mesh.dir.path(), &[&metrics, &agent_port]);
     until_value(
         &prom,
         "croupier_agents_online{game=\"g\",env=\"e\",state=\"normal\"}",
@@ -195,6 +207,14 @@ async fn prometheus_scrapes_what_the_server_did() {
         .is_some_and(|n| n > 0.0)
     );
     until_value(&prom, "croupier_tunnels_open", 1.0).await;
+    // The agent counts what it ran.
+    until_value(
+        &prom,
+        "croupier_agent_calls_total{function=\"agent.ping\",outcome=\"ok\"}",
+        5.0,
+    )
+    .await;
+    until_value(&prom, "croupier_agent_tunnel_up", 1.0).await;
     until_value(&prom, "croupier_ready", 1.0).await;
     assert!(query(&prom, "process_resident_memory_bytes").is_some_and(|b| b > 1e6));
 

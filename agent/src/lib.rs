@@ -7,6 +7,7 @@
 //!   derived with `schemars` from the types a handler decodes and returns.
 //! - [`packs`] — packs switched on by name (`--packs`): `node` (host metrics and inventory),
 //!   `container` (the host's Docker containers), `pipeline` (runs stored pipeline templates).
+//! - [`metrics`] — the names of the metrics the packs record.
 //! - this module — [`AgentConfig`], [`provider`] and [`run`], which build the provider from an
 //!   [`AgentConfig`] and run it.
 
@@ -15,6 +16,7 @@
 
 pub mod builtin;
 mod descriptor;
+pub mod metrics;
 pub mod packs;
 
 use croupier_sdk::{Provider, ProviderConfig};

@@ -92,6 +92,7 @@
 //! - [`typed`] — typed functions and jobs, with schemas derived by [`schemars`].
 //! - [`job`] — [`JobContext`] for job handlers, and the outbox that delivers job events.
 //! - [`backoff`] — exponential backoff with jitter.
+//! - [`metrics`] — the names of the metrics a provider (an agent) records.
 
 // Library code handles its errors; tests may unwrap.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -100,6 +101,7 @@ pub mod backoff;
 pub mod breaker;
 pub mod client;
 pub mod job;
+pub mod metrics;
 pub mod options;
 pub mod provider;
 pub mod retry;

@@ -108,6 +108,10 @@ pub struct AgentArgs {
     /// node, container, pipeline; "all" for every pack, "none" (or empty) for none.
     #[arg(long, env = "CROUPIER_PACKS", default_value = "all")]
     pub packs: croupier_agent::Packs,
+    /// Plain-HTTP port for /metrics, /healthz and /readyz (ready while the tunnel is open); off
+    /// unless given. The agent needs no inbound port for anything else.
+    #[arg(long, env = "CROUPIER_AGENT_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
 }
 
 /// `croupier dev`.

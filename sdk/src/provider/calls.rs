@@ -38,6 +38,8 @@ impl Provider {
         }
         let Some(handler) = self.handlers.get(&inv.function_id).cloned() else {
             let message = format!("this agent does not provide {}", inv.function_id);
+            metrics::counter!(crate::metrics::CALLS, "function" => "(unknown)", "outcome" => "NOT_FOUND")
+                .increment(1);
             if inv.job_id.is_empty() {
                 let result = failure(&request_id, "NOT_FOUND", message);
                 croupier_proto::task::spawn("call", async move { out.send(result).await });
@@ -82,7 +84,9 @@ impl Provider {
         };
         let limit = self.server_limit.load(Ordering::Relaxed);
         croupier_proto::task::spawn("call", async move {
-            if job_id.is_empty() {
+            let started = Instant::now();
+            let function = call.function_id.clone();
+            let outcome_code = if job_id.is_empty() {
                 let outcome = run_call(handler, call, timeout, &running, &env.locals).await;
                 let frame = match outcome.map(|v| json_to_struct(&v)) {
                     Ok(result) => match croupier_proto::limits::check_payload(Some(&result), limit)
@@ -107,9 +111,23 @@ impl Provider {
                     },
                     Err(e) => failure(&request_id, &e.code, e.message),
                 };
+                let code = match &frame.frame {
+                    Some(agent_frame::Frame::Result(r)) if !r.success => r.error_code.clone(),
+                    _ => "ok".to_string(),
+                };
                 let _ = out.send(frame).await;
+                Some(code)
             } else {
-                run_job(handler, call, timeout, &running, &env).await;
+                metrics::gauge!(crate::metrics::JOBS_RUNNING).increment(1.0);
+                let outcome = run_job(handler, call, timeout, &running, &env).await;
+                metrics::gauge!(crate::metrics::JOBS_RUNNING).decrement(1.0);
+                outcome
+            };
+            if let Some(code) = outcome_code {
+                let labels = [("function", function), ("outcome", code)];
+                metrics::counter!(crate::metrics::CALLS, &labels).increment(1);
+                metrics::histogram!(crate::metrics::CALL_SECONDS, &labels)
+                    .record(started.elapsed().as_secs_f64());
             }
             running_map.lock().remove(&request_id);
             in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -149,19 +167,19 @@ pub(super) async fn run_call(
 }
 
 /// Runs a job: `START`, the handler (given `cancel_grace` to clean up once cancelled), then one
-/// terminal event.
+/// terminal event. Returns its outcome (`ok` or the error code), None for a repeated `Invoke`.
 pub(super) async fn run_job(
     handler: Handler,
     call: Invocation,
     timeout: Duration,
     running: &Running,
     env: &JobEnv,
-) {
+) -> Option<String> {
     let (outbox, agent_id, cancel_grace) = (&env.outbox, env.agent_id.as_str(), env.cancel_grace);
     let job_id = call.request_id.clone();
     if !outbox.begin(&job_id, &call.function_id).await {
         tracing::debug!(job_id = %job_id, "job already running here; repeated Invoke ignored");
-        return;
+        return None;
     }
     let start_data = serde_json::json!({ "agent_id": agent_id });
     outbox
@@ -218,9 +236,14 @@ pub(super) async fn run_job(
             serde_json::json!({ "code": e.code }),
         ),
     };
+    let outcome = match kind {
+        EventType::Done => "ok".to_string(),
+        _ => data["code"].as_str().unwrap_or("ERROR").to_string(),
+    };
     outbox
         .emit(&job_id, kind, message, progress, Some(data))
         .await;
+    Some(outcome)
 }
 
 pub(super) fn failure(request_id: &str, code: &str, message: String) -> AgentFrame {

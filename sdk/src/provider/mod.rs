@@ -178,10 +178,12 @@ impl Provider {
                 .session(&server, &pem, &mut session_id, &mut backoff, &shutdown)
                 .await;
             self.state.send_modify(|s| s.connected = false);
+            metrics::gauge!(crate::metrics::TUNNEL_UP).set(0.0);
             match outcome {
                 Ended::Shutdown => return Ok(()),
                 Ended::Reconnect(why) => {
                     tracing::warn!(server = %server, reason = %why, "tunnel lost; reconnecting");
+                    metrics::counter!(crate::metrics::TUNNEL_RECONNECTS).increment(1);
                     server_index += 1;
                 }
             }

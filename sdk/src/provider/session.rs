@@ -97,6 +97,7 @@ impl Provider {
         }
         backoff.reset();
         let mut generation = 0;
+        metrics::gauge!(crate::metrics::TUNNEL_UP).set(1.0);
         self.state.send_modify(|s| {
             s.connected = true;
             s.session_id = session_id.clone();
@@ -255,9 +256,13 @@ pub(super) async fn heartbeat_loop(
                 return;
             }
             Ok(Err(s)) => {
+                metrics::counter!(crate::metrics::HEARTBEAT_FAILURES).increment(1);
                 tracing::warn!(code = ?s.code(), message = %s.message(), "heartbeat failed");
             }
-            Err(_) => tracing::warn!("heartbeat timed out"),
+            Err(_) => {
+                metrics::counter!(crate::metrics::HEARTBEAT_FAILURES).increment(1);
+                tracing::warn!("heartbeat timed out");
+            }
         }
     }
 }

@@ -24,6 +24,14 @@ pub(super) enum Subject<'a> {
 /// The handler error for a failed Docker request made while `action` ("creating the
 /// container", "stopping container x"…).
 pub(super) fn docker_error(action: &str, subject: Subject<'_>, e: DockerError) -> HandlerError {
+    let err = docker_error_inner(action, subject, e);
+    if err.code == "UNAVAILABLE" {
+        metrics::counter!(crate::metrics::DOCKER_UNAVAILABLE).increment(1);
+    }
+    err
+}
+
+fn docker_error_inner(action: &str, subject: Subject<'_>, e: DockerError) -> HandlerError {
     match e {
         DockerError::DockerResponseServerError {
             status_code,
