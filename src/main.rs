@@ -132,6 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Agents(args) => cli::agents(args).await?,
         Command::Functions(args) => cli::functions(args).await?,
         Command::Describe(args) => return cli::describe::describe(args).await,
+        Command::Stats(args) => cli::stats::stats(args).await?,
         Command::Watch(args) => {
             tokio::select! {
                 r = cli::watch(args) => r?,

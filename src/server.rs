@@ -374,12 +374,13 @@ async fn serve_on(
         invoker.clone(),
         audit.clone(),
     ));
-    let function_svc =
-        FunctionServiceServer::new(FunctionServer::new(invoker, jobs, pipelines, approvals))
-            .accept_compressed(GZIP)
-            .send_compressed(GZIP)
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max);
+    let function_svc = FunctionServiceServer::new(
+        FunctionServer::new(invoker, jobs, pipelines, approvals).with_server_id(&cfg.server_id),
+    )
+    .accept_compressed(GZIP)
+    .send_compressed(GZIP)
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
     let registry_svc = RegistryServiceServer::new(
         RegistryServer::new(view.clone(), control.clone(), watches.clone())
             .with_max_message_bytes(max)

@@ -329,3 +329,76 @@ fn the_shipped_prometheus_config_and_alert_rules_are_valid() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_calls_errors_latency_and_agents() {
+    let mesh = Mesh::start(&["a1", "a2"], Duration::from_secs(1));
+    common::certs_cmd(
+        &mesh.certs(),
+        "init",
+        &["--client", "other", "--scope", "h/*"],
+    );
+    let _a1 = mesh.agent_with("a1", &[], &["--packs", "none"]);
+    let _a2 = mesh.agent_with("a2", &[], &["--packs", "none"]);
+    mesh.wait_online(&["a1", "a2"]).await;
+    let client = mesh.client("client-c1").await;
+    for i in 0..10 {
+        client
+            .invoke("agent.ping", json!({"i": i}), &opts())
+            .await
+            .unwrap();
+    }
+    let mut slow = opts();
+    slow.timeout = Some(Duration::from_millis(200));
+    let err = client
+        .invoke("agent.sleep", json!({"ms": 5000}), &slow)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+
+    let stats = |identity: &str, function: &str| -> Value {
+        let (code, out, err) = mesh.cli(identity, &["stats", function, "--json"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let ping = stats("client-c1", "agent.ping");
+    assert_eq!(ping["server_id"], "server");
+    let s = &ping["stats"][0];
+    assert_eq!(s["function_id"], "agent.ping");
+    assert_eq!(s["total"]["calls"], 10);
+    assert_eq!(s["total"]["errors"], 0);
+    assert_eq!(s["total"]["success_rate"], 1.0);
+    assert_eq!(s["last_minute"]["calls"], 10);
+    assert!(s["total"]["p99_ms"].as_f64().unwrap() > 0.0, "{s}");
+    let per_agent: u64 = s["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["calls"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_agent, 10, "{s}");
+    assert_eq!(s["agents"].as_array().unwrap().len(), 2, "lb spreads: {s}");
+
+    let sleep = stats("client-c1", "agent.sleep");
+    let s = &sleep["stats"][0];
+    assert_eq!(
+        (s["total"]["calls"].as_u64(), s["total"]["errors"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert!(
+        s["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("DEADLINE_EXCEEDED"),
+        "{s}"
+    );
+    // A client scoped to another game sees none of it; the table form names the server.
+    assert_eq!(stats("client-other", "agent.ping")["stats"], json!([]));
+    let (code, out, err) = mesh.cli("client-c1", &["stats"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("agent.ping") && out.contains("agent.sleep"),
+        "{out}"
+    );
+    assert!(err.contains("server server's view"), "{err}");
+}

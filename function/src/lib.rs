@@ -9,6 +9,7 @@
 //! - [`forward`] — [`forward::Forwarder`]: calls and jobs for agents held by other replicas.
 //! - [`pipeline`] — pipeline templates and how `pipeline.start` is filled.
 //! - [`approval`] — two-person approvals: pending requests, decisions, the approved run.
+//! - [`stats`] — per-function call statistics (`GetFunctionStats`).
 //! - [`service`] — the `FunctionService` handler.
 //! - [`error`] — [`FunctionError`] and its gRPC mapping.
 //! - [`metrics`] — the names of the metrics this crate records.
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod router;
 pub mod service;
+pub mod stats;
 
 pub use error::FunctionError;
 pub use invoke::{InvokeConfig, Invoker};

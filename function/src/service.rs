@@ -23,6 +23,7 @@ pub struct FunctionServer {
     jobs: Arc<JobManager>,
     pipelines: Arc<Pipelines>,
     approvals: Arc<Approvals>,
+    server_id: String,
 }
 
 impl FunctionServer {
@@ -39,7 +40,14 @@ impl FunctionServer {
             jobs,
             pipelines,
             approvals,
+            server_id: String::new(),
         }
+    }
+
+    /// Names this server in the answers that are its own view (`GetFunctionStats`).
+    pub fn with_server_id(mut self, server_id: &str) -> Self {
+        self.server_id = server_id.to_string();
+        self
     }
 }
 
@@ -215,6 +223,24 @@ impl FunctionService for FunctionServer {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn get_function_stats(
+        &self,
+        request: Request<pb::GetFunctionStatsRequest>,
+    ) -> Result<Response<pb::GetFunctionStatsResponse>, Status> {
+        let who = caller(&request)?;
+        let req = request.into_inner();
+        let stats = self.invoker.stats().snapshot(|g, e, f| {
+            (req.game_id.is_empty() || req.game_id == g)
+                && (req.env.is_empty() || req.env == e)
+                && (req.function_id.is_empty() || req.function_id == f)
+                && who.out_of_scope("read stats", g, e).is_none()
+        });
+        Ok(Response::new(pb::GetFunctionStatsResponse {
+            server_id: self.server_id.clone(),
+            stats,
+        }))
+    }
+
     async fn decide_approval(
         &self,
         request: Request<pb::DecideApprovalRequest>,

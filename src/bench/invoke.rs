@@ -171,6 +171,15 @@ impl FunctionService for Direct {
         ))
     }
 
+    async fn get_function_stats(
+        &self,
+        _: Request<pb::GetFunctionStatsRequest>,
+    ) -> Result<Response<pb::GetFunctionStatsResponse>, Status> {
+        Err(Status::unimplemented(
+            "the direct baseline serves InvokeFunction only",
+        ))
+    }
+
     async fn delete_pipeline(
         &self,
         _: Request<pb::DeletePipelineRequest>,

@@ -6,6 +6,7 @@
 //! - `invoke` — `croupier invoke`.
 //! - `registry` — `agents`, `functions`, `watch`.
 //! - `describe` — `croupier describe FUNCTION`.
+//! - `stats` — `croupier stats [FUNCTION]`.
 //! - `job` — `croupier job …`.
 //! - `pipeline` — `croupier pipeline …`.
 //! - `function` — `croupier function register|delete`.
@@ -30,6 +31,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod registry;
 pub mod serve;
+pub mod stats;
 pub mod store;
 #[cfg(test)]
 mod tests;
@@ -104,6 +106,9 @@ pub enum Command {
     Functions(ListArgs),
     /// Show one function: descriptor, schemas, who may call it, its agents.
     Describe(describe::DescribeArgs),
+    /// Per-function call statistics: calls, errors, success rate, latency, rate (this server's
+    /// view).
+    Stats(stats::StatsArgs),
     /// Watch registrations change.
     Watch(WatchArgs),
     /// Jobs: start, watch, cancel, get, list.

@@ -100,6 +100,7 @@ pub struct Invoker {
     jobs: Arc<JobManager>,
     forwarder: Option<Arc<Forwarder>>,
     pipelines: Arc<Pipelines>,
+    stats: crate::stats::FunctionStats,
 }
 
 /// A request whose function is resolved, caller authorised and payload checked.
@@ -158,6 +159,7 @@ impl Invoker {
             jobs,
             forwarder: None,
             pipelines,
+            stats: crate::stats::FunctionStats::new(),
         }
     }
 
@@ -165,6 +167,11 @@ impl Invoker {
     pub fn with_forwarder(mut self, forwarder: Arc<Forwarder>) -> Self {
         self.forwarder = Some(forwarder);
         self
+    }
+
+    /// The per-function call statistics of this server.
+    pub fn stats(&self) -> &crate::stats::FunctionStats {
+        &self.stats
     }
 
     /// The idempotency records (for the periodic sweep).
@@ -255,12 +262,26 @@ impl Invoker {
             Ok(_) => "handler_error",
             Err(e) => e.code_name(),
         };
-        let (game, env, function) = crate::metrics::function_labels(
-            self.is_known(result.is_ok(), &req.game_id, &req.env, &req.function_id),
-            &req.game_id,
-            &req.env,
-            &req.function_id,
-        );
+        let known = self.is_known(result.is_ok(), &req.game_id, &req.env, &req.function_id);
+        if known {
+            let error = match result {
+                Ok(r) if r.success => None,
+                Ok(r) => Some((r.error_code.clone(), r.error.clone())),
+                Err(e) => Some((e.code_name().to_string(), e.to_string())),
+            };
+            self.stats.record(
+                &req.game_id,
+                &req.env,
+                &req.function_id,
+                &crate::stats::Outcome {
+                    agent: result.as_ref().map_or("", |r| r.agent_id.as_str()),
+                    error: error.as_ref().map(|(c, m)| (c.as_str(), m.as_str())),
+                    took,
+                },
+            );
+        }
+        let (game, env, function) =
+            crate::metrics::function_labels(known, &req.game_id, &req.env, &req.function_id);
         let route = req
             .options
             .as_ref()

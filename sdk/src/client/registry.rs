@@ -213,6 +213,29 @@ impl Client {
         self.watch_registrations(req).await
     }
 
+    /// This server's call statistics per function ("" filters match everything), for the
+    /// functions in the caller's scopes.
+    pub async fn function_stats(
+        &self,
+        game_id: &str,
+        env: &str,
+        function_id: &str,
+    ) -> Result<croupier_proto::function::v1::GetFunctionStatsResponse, Status> {
+        self.read("GetFunctionStats", |left| {
+            let req = timed(
+                croupier_proto::function::v1::GetFunctionStatsRequest {
+                    game_id: game_id.into(),
+                    env: env.into(),
+                    function_id: function_id.into(),
+                },
+                left,
+            );
+            let mut svc = self.function.clone();
+            async move { svc.get_function_stats(req).await.map(Response::into_inner) }
+        })
+        .await
+    }
+
     /// Sets a node's state (needs an admin certificate).
     pub async fn set_node_state(
         &self,

@@ -26,6 +26,72 @@ ERROR: EventType
 CANCELLED: EventType
 GAP: EventType
 
+class GetFunctionStatsRequest(_message.Message):
+    __slots__ = ("game_id", "env", "function_id")
+    GAME_ID_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
+    game_id: str
+    env: str
+    function_id: str
+    def __init__(self, game_id: _Optional[str] = ..., env: _Optional[str] = ..., function_id: _Optional[str] = ...) -> None: ...
+
+class GetFunctionStatsResponse(_message.Message):
+    __slots__ = ("server_id", "stats")
+    SERVER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    server_id: str
+    stats: _containers.RepeatedCompositeFieldContainer[FunctionStats]
+    def __init__(self, server_id: _Optional[str] = ..., stats: _Optional[_Iterable[_Union[FunctionStats, _Mapping]]] = ...) -> None: ...
+
+class FunctionStats(_message.Message):
+    __slots__ = ("game_id", "env", "function_id", "total", "last_minute", "last_error", "last_error_at", "agents")
+    GAME_ID_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    LAST_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_AT_FIELD_NUMBER: _ClassVar[int]
+    AGENTS_FIELD_NUMBER: _ClassVar[int]
+    game_id: str
+    env: str
+    function_id: str
+    total: StatsWindow
+    last_minute: StatsWindow
+    last_error: str
+    last_error_at: int
+    agents: _containers.RepeatedCompositeFieldContainer[AgentStats]
+    def __init__(self, game_id: _Optional[str] = ..., env: _Optional[str] = ..., function_id: _Optional[str] = ..., total: _Optional[_Union[StatsWindow, _Mapping]] = ..., last_minute: _Optional[_Union[StatsWindow, _Mapping]] = ..., last_error: _Optional[str] = ..., last_error_at: _Optional[int] = ..., agents: _Optional[_Iterable[_Union[AgentStats, _Mapping]]] = ...) -> None: ...
+
+class StatsWindow(_message.Message):
+    __slots__ = ("calls", "errors", "success_rate", "p50_ms", "p99_ms", "rate_per_sec")
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_RATE_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P99_MS_FIELD_NUMBER: _ClassVar[int]
+    RATE_PER_SEC_FIELD_NUMBER: _ClassVar[int]
+    calls: int
+    errors: int
+    success_rate: float
+    p50_ms: float
+    p99_ms: float
+    rate_per_sec: float
+    def __init__(self, calls: _Optional[int] = ..., errors: _Optional[int] = ..., success_rate: _Optional[float] = ..., p50_ms: _Optional[float] = ..., p99_ms: _Optional[float] = ..., rate_per_sec: _Optional[float] = ...) -> None: ...
+
+class AgentStats(_message.Message):
+    __slots__ = ("agent_id", "calls", "errors", "last_error")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    calls: int
+    errors: int
+    last_error: str
+    def __init__(self, agent_id: _Optional[str] = ..., calls: _Optional[int] = ..., errors: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
+
 class InvokeFunctionRequest(_message.Message):
     __slots__ = ("game_id", "env", "function_id", "payload", "options")
     GAME_ID_FIELD_NUMBER: _ClassVar[int]

@@ -110,6 +110,11 @@ class FunctionServiceStub:
                 request_serializer=croupier_dot_function_dot_v1_dot_function__pb2.DecideApprovalRequest.SerializeToString,
                 response_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.DecideApprovalResponse.FromString,
                 _registered_method=True)
+        self.GetFunctionStats = channel.unary_unary(
+                '/croupier.function.v1.FunctionService/GetFunctionStats',
+                request_serializer=croupier_dot_function_dot_v1_dot_function__pb2.GetFunctionStatsRequest.SerializeToString,
+                response_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.GetFunctionStatsResponse.FromString,
+                _registered_method=True)
 
 
 class FunctionServiceServicer:
@@ -226,6 +231,14 @@ class FunctionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFunctionStats(self, request, context):
+        """Per-function call statistics kept by this server (calls, errors, latency, rate; since the
+        server started and over the last minute), for the functions in the caller's scopes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FunctionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -303,6 +316,11 @@ def add_FunctionServiceServicer_to_server(servicer, server):
                     servicer.DecideApproval,
                     request_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.DecideApprovalRequest.FromString,
                     response_serializer=croupier_dot_function_dot_v1_dot_function__pb2.DecideApprovalResponse.SerializeToString,
+            ),
+            'GetFunctionStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFunctionStats,
+                    request_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.GetFunctionStatsRequest.FromString,
+                    response_serializer=croupier_dot_function_dot_v1_dot_function__pb2.GetFunctionStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -711,6 +729,33 @@ class FunctionService:
             '/croupier.function.v1.FunctionService/DecideApproval',
             croupier_dot_function_dot_v1_dot_function__pb2.DecideApprovalRequest.SerializeToString,
             croupier_dot_function_dot_v1_dot_function__pb2.DecideApprovalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFunctionStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.function.v1.FunctionService/GetFunctionStats',
+            croupier_dot_function_dot_v1_dot_function__pb2.GetFunctionStatsRequest.SerializeToString,
+            croupier_dot_function_dot_v1_dot_function__pb2.GetFunctionStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
