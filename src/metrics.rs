@@ -11,11 +11,13 @@
 //! `(unregistered)`), and the per-agent gauges are keyed by game, env and node state.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use croupier_control::plane::ControlPlane;
 use croupier_registry::view::{Filter, RegistryView};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use parking_lot::Mutex;
 
@@ -39,16 +41,63 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// Whether metrics are recorded (see [`set_recording`]).
+static RECORDING: AtomicBool = AtomicBool::new(true);
+
+/// Turns recording on or off for the whole process (what was recorded stays exported). Only
+/// `croupier bench invoke --metrics-rounds` uses it, to measure what metrics cost.
+pub fn set_recording(on: bool) {
+    RECORDING.store(on, Ordering::Relaxed);
+}
+
+/// The Prometheus recorder behind the switch of [`set_recording`]: off, every metric is a
+/// no-op handle.
+struct Switch(metrics_exporter_prometheus::PrometheusRecorder);
+
+impl metrics::Recorder for Switch {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_counter(key, unit, description);
+    }
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_gauge(key, unit, description);
+    }
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_histogram(key, unit, description);
+    }
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        if RECORDING.load(Ordering::Relaxed) {
+            self.0.register_counter(key, metadata)
+        } else {
+            Counter::noop()
+        }
+    }
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        if RECORDING.load(Ordering::Relaxed) {
+            self.0.register_gauge(key, metadata)
+        } else {
+            Gauge::noop()
+        }
+    }
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        if RECORDING.load(Ordering::Relaxed) {
+            self.0.register_histogram(key, metadata)
+        } else {
+            Histogram::noop()
+        }
+    }
+}
+
 /// The process's Prometheus recorder, installed on first use (every server in the process
 /// shares it); `None` when another recorder was installed first.
 pub fn prometheus() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            let handle = PrometheusBuilder::new()
+            let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
                 .ok()?
-                .install_recorder()
-                .ok()?;
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(Switch(recorder)).ok()?;
             describe();
             metrics_process::Collector::default().describe();
             let h = handle.clone();
@@ -65,7 +114,7 @@ pub fn prometheus() -> Option<PrometheusHandle> {
 }
 
 fn describe() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_histogram!(RPC_SECONDS, Unit::Seconds, "Time to answer an rpc, by rpc.");
     describe_counter!(RPC_TOTAL, "Rpcs answered, by rpc and gRPC status code.");
     describe_gauge!(

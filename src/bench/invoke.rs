@@ -35,6 +35,59 @@ pub struct InvokeBenchArgs {
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also measure what metrics cost: this many rounds of mesh phases with the metrics
+    /// recorder on and off, interleaved (0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub metrics_rounds: usize,
+}
+
+/// The metrics' cost: median ratios (on / off) over interleaved rounds.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MetricsOverhead {
+    /// Rounds measured.
+    pub rounds: usize,
+    /// Throughput at the bench's concurrency, metrics on over off.
+    pub throughput_on_over_off: f64,
+    /// p50 at concurrency 1, metrics on over off.
+    pub p50_c1_on_over_off: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Mesh phases with metrics on and off, alternating which goes first each round.
+async fn metrics_overhead(
+    mesh: &Client,
+    payload: &serde_json::Value,
+    args: &InvokeBenchArgs,
+) -> anyhow::Result<MetricsOverhead> {
+    let (mut tput, mut p50) = (Vec::new(), Vec::new());
+    for round in 0..args.metrics_rounds {
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        let mut got = std::collections::HashMap::new();
+        for on in order {
+            crate::metrics::set_recording(on);
+            let c1 = phase("mesh", mesh, payload, 1, args.duration).await?;
+            let cn = phase("mesh", mesh, payload, args.concurrency, args.duration).await?;
+            got.insert(on, (c1, cn));
+        }
+        crate::metrics::set_recording(true);
+        let (on1, onn) = &got[&true];
+        let (off1, offn) = &got[&false];
+        tput.push(onn.per_second / offn.per_second);
+        p50.push(on1.p50_us as f64 / off1.p50_us as f64);
+    }
+    Ok(MetricsOverhead {
+        rounds: args.metrics_rounds,
+        throughput_on_over_off: median(tput),
+        p50_c1_on_over_off: median(p50),
+    })
 }
 
 /// The handler both paths run: echoes the payload.
@@ -317,6 +370,11 @@ pub async fn invoke(args: InvokeBenchArgs) -> anyhow::Result<()> {
     );
     let throughput_ratio = mn.per_second / dn.per_second;
     let p50_ratio = m1.p50_us as f64 / d1.p50_us as f64;
+    let overhead = if args.metrics_rounds > 0 {
+        Some(metrics_overhead(&mesh, &payload, &args).await?)
+    } else {
+        None
+    };
 
     if args.json {
         println!(
@@ -326,6 +384,7 @@ pub async fn invoke(args: InvokeBenchArgs) -> anyhow::Result<()> {
                 "phases": phases,
                 "mesh_over_direct_throughput": throughput_ratio,
                 "mesh_over_direct_p50_c1": p50_ratio,
+                "metrics_overhead": overhead,
             })
         );
     } else {
@@ -365,6 +424,13 @@ pub async fn invoke(args: InvokeBenchArgs) -> anyhow::Result<()> {
              mesh/direct p50 at concurrency 1: {:.2} (target <= 2.50)",
             args.concurrency, throughput_ratio, p50_ratio
         );
+        if let Some(o) = &overhead {
+            println!(
+                "metrics on/off over {} interleaved rounds (medians): throughput at concurrency \
+                 {} {:.3}, p50 at concurrency 1 {:.3} (goal: within 3%)",
+                o.rounds, args.concurrency, o.throughput_on_over_off, o.p50_c1_on_over_off
+            );
+        }
     }
     stop.cancel();
     let _ = direct.await;
