@@ -402,3 +402,79 @@ async fn stats_count_calls_errors_latency_and_agents() {
     );
     assert!(err.contains("server server's view"), "{err}");
 }
+
+/// Invokes `t.echo` through the raw function service with `traceparent` (or none); the raw agent
+/// answers. Returns the traceparent the agent got and the one the response carried.
+async fn traced_call(
+    mesh: &Mesh,
+    agent: &mut common::raw_agent::RawAgent,
+    traceparent: Option<&str>,
+) -> (String, String) {
+    let client = mesh.client("client-c1").await;
+    let mut req = tonic::Request::new(croupier_proto::function::v1::InvokeFunctionRequest {
+        game_id: "g".into(),
+        env: "e".into(),
+        function_id: "t.echo".into(),
+        payload: Some(croupier_proto::json::json_to_struct(&json!({}))),
+        options: None,
+    });
+    if let Some(tp) = traceparent {
+        req.metadata_mut()
+            .insert("traceparent", tp.parse().unwrap());
+    }
+    let mut svc = client.function_service();
+    let call = croupier_proto::task::spawn("call", async move { svc.invoke_function(req).await });
+    let inv = agent.next_invoke(Duration::from_secs(10)).await;
+    agent.answer(&inv.request_id, json!({"ok": true})).await;
+    let resp = call.await.unwrap().unwrap();
+    let returned = resp
+        .metadata()
+        .get("traceparent")
+        .expect("the response carries the trace context")
+        .to_str()
+        .unwrap()
+        .to_string();
+    (inv.traceparent, returned)
+}
+
+fn trace_of(tp: &str) -> &str {
+    croupier_proto::trace::trace_id(tp).unwrap_or_else(|| panic!("not a traceparent: {tp:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trace_context_goes_from_caller_to_handler_and_into_the_audit_log() {
+    let mesh = Mesh::start(&["a1"], Duration::from_secs(5));
+    let mut agent = common::raw_agent::RawAgent::connect(
+        &mesh,
+        "a1",
+        vec![common::raw_agent::descriptor("t.echo")],
+    )
+    .await;
+
+    // A caller's trace goes on to the agent (same trace, the server's own span) and comes back.
+    let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (at_agent, returned) = traced_call(&mesh, &mut agent, Some(sent)).await;
+    assert_eq!(returned, sent);
+    assert_eq!(trace_of(&at_agent), trace_of(sent));
+    assert_ne!(at_agent, sent, "the hop to the agent is a span of its own");
+
+    // A caller without one gets a new trace, returned to it and given to the agent.
+    let (at_agent, returned) = traced_call(&mesh, &mut agent, None).await;
+    assert_eq!(trace_of(&at_agent), trace_of(&returned));
+    assert_ne!(trace_of(&returned), trace_of(sent));
+
+    // Both calls are found in the audit log by their trace ids.
+    let (code, out, err) = mesh.cli(
+        "admin-ops",
+        &["audit", "list", "--action", "invoke", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let traces: Vec<&str> = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["trace_id"].as_str())
+        .collect();
+    assert_eq!(traces, [trace_of(&returned), trace_of(sent)], "{out}");
+}

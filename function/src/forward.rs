@@ -151,6 +151,12 @@ impl Forwarder {
         if let Some(t) = timeout {
             req.set_timeout(t);
         }
+        // The owner continues the caller's trace.
+        if let Some(tp) = croupier_proto::trace::current()
+            && let Ok(v) = croupier_proto::trace::child(&tp).parse()
+        {
+            req.metadata_mut().insert(croupier_proto::trace::HEADER, v);
+        }
         req
     }
 

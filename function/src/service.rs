@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use croupier_proto::function::v1::{self as pb, function_service_server::FunctionService};
+use croupier_proto::trace;
 use croupier_registry::identity::caller;
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -12,6 +13,7 @@ use tonic::{Request, Response, Status};
 use crate::invoke::{Invoker, parse_grpc_timeout};
 
 use crate::approval::Approvals;
+use crate::error::FunctionError;
 use crate::forward::origin;
 use crate::jobs::JobManager;
 use crate::pipeline::Pipelines;
@@ -51,6 +53,38 @@ impl FunctionServer {
     }
 }
 
+/// The caller's trace context, or a new trace.
+fn traceparent<T>(request: &Request<T>) -> String {
+    trace::accept(
+        request
+            .metadata()
+            .get(trace::HEADER)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+/// The answer with the call's trace context in its metadata, the error's too, so a caller
+/// without one can find its call in logs and audit records.
+fn with_trace<T>(tp: &str, result: Result<T, FunctionError>) -> Result<Response<T>, Status> {
+    let value = tp.parse().ok();
+    match result {
+        Ok(v) => {
+            let mut resp = Response::new(v);
+            if let Some(value) = value {
+                resp.metadata_mut().insert(trace::HEADER, value);
+            }
+            Ok(resp)
+        }
+        Err(e) => {
+            let mut status = Status::from(e);
+            if let Some(value) = value {
+                status.metadata_mut().insert(trace::HEADER, value);
+            }
+            Err(status)
+        }
+    }
+}
+
 type JobEventStream = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -65,11 +99,11 @@ impl FunctionService for FunctionServer {
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
-        let resp = self
+        let tp = traceparent(&request);
+        let call = self
             .invoker
-            .invoke(&o.who, request.into_inner(), deadline, o.forwarded)
-            .await?;
-        Ok(Response::new(resp))
+            .invoke(&o.who, request.into_inner(), deadline, o.forwarded);
+        with_trace(&tp, trace::scope(tp.clone(), call).await)
     }
 
     async fn invoke_job(
@@ -77,11 +111,11 @@ impl FunctionService for FunctionServer {
         request: Request<pb::InvokeJobRequest>,
     ) -> Result<Response<pb::InvokeJobResponse>, Status> {
         let o = origin(&request)?;
-        let resp = self
+        let tp = traceparent(&request);
+        let start = self
             .invoker
-            .start_job(&o.who, request.into_inner(), o.forwarded)
-            .await?;
-        Ok(Response::new(resp))
+            .start_job(&o.who, request.into_inner(), o.forwarded);
+        with_trace(&tp, trace::scope(tp.clone(), start).await)
     }
 
     type StreamJobEventsStream = JobEventStream;

@@ -193,6 +193,7 @@ fn server_frame_substitute(bytes: &[u8], why: &str) -> Option<ServerFrame> {
             caller: text(&i.caller),
             idempotency_key: text(&i.idempotency_key),
             job_id: text(&i.job_id),
+            traceparent: text(&i.traceparent),
         })),
     })
 }
@@ -266,6 +267,8 @@ struct ShallowInvoke {
     idempotency_key: Vec<u8>,
     #[prost(bytes = "vec", tag = "9")]
     job_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "10")]
+    traceparent: Vec<u8>,
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! - [`codec`] — the gRPC codec: prost's, with substitutes for undecodable tunnel frames.
 //! - [`task`] — named background tasks (the one place that spawns), with a tracker for shutdown.
 //! - [`status`] — error statuses with `ErrorInfo` details (the richer error model).
+//! - [`trace`] — W3C trace context through the mesh (`traceparent`).
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 
 // Library code handles its errors; tests may unwrap.
@@ -21,6 +22,7 @@ pub mod json;
 pub mod limits;
 pub mod status;
 pub mod task;
+pub mod trace;
 
 /// `croupier.common.v1`: descriptors and node states.
 pub mod common {

@@ -90,6 +90,7 @@ impl JobContext {
             game_id: self.call.game_id.clone(),
             env: self.call.env.clone(),
             idempotency_key: String::new(),
+            traceparent: self.call.traceparent.clone(),
             deadline,
             cancel: cancel.clone(),
         };

@@ -53,6 +53,9 @@ pub struct AuditRecord {
     /// Extra details (payload and result summaries, reason…).
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub details: serde_json::Value,
+    /// The W3C trace id of the request that did it ("" outside a traced request).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
 }
 
 impl AuditRecord {
@@ -67,6 +70,7 @@ impl AuditRecord {
             scope: String::new(),
             outcome: "ok".into(),
             details: serde_json::Value::Null,
+            trace_id: croupier_proto::trace::current_trace_id(),
         }
     }
 

@@ -312,6 +312,9 @@ impl Invoker {
             game_id: call.key.game_id.clone(),
             env: call.key.env.clone(),
             caller: call.who.uri(),
+            traceparent: croupier_proto::trace::current()
+                .map(|tp| croupier_proto::trace::child(&tp))
+                .unwrap_or_default(),
             idempotency_key: call
                 .req
                 .options

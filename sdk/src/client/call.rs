@@ -152,6 +152,7 @@ impl Client {
                 });
                 // A little over the server-side deadline, so the server's answer arrives first.
                 req.set_timeout(left);
+                let req = traced(req);
                 let mut svc = self.function.clone();
                 async move { svc.invoke_function(req).await.map(Response::into_inner) }
             },

@@ -155,6 +155,7 @@ impl Client {
                     },
                     left,
                 );
+                let req = traced(req);
                 let mut svc = self.function.clone();
                 async move { svc.invoke_job(req).await.map(Response::into_inner) }
             },

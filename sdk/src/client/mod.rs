@@ -272,6 +272,17 @@ impl Client {
 }
 
 /// A request with a gRPC deadline.
+/// `req` carrying the current trace context (inside a handler: its call's), so the server
+/// continues that trace.
+fn traced<M>(mut req: Request<M>) -> Request<M> {
+    if let Some(tp) = croupier_proto::trace::current()
+        && let Ok(v) = croupier_proto::trace::child(&tp).parse()
+    {
+        req.metadata_mut().insert(croupier_proto::trace::HEADER, v);
+    }
+    req
+}
+
 fn timed<M>(msg: M, timeout: Duration) -> Request<M> {
     let mut req = Request::new(msg);
     req.set_timeout(timeout);

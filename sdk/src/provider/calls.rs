@@ -73,6 +73,7 @@ impl Provider {
             game_id: inv.game_id,
             env: inv.env,
             idempotency_key: inv.idempotency_key,
+            traceparent: inv.traceparent,
             deadline: Instant::now() + timeout,
             cancel: running.cancel.clone(),
         };
@@ -83,7 +84,8 @@ impl Provider {
             cancel_grace: self.cfg.cancel_grace,
         };
         let limit = self.server_limit.load(Ordering::Relaxed);
-        croupier_proto::task::spawn("call", async move {
+        let trace = call.traceparent.clone();
+        let run = async move {
             let started = Instant::now();
             let function = call.function_id.clone();
             let outcome_code = if job_id.is_empty() {
@@ -131,7 +133,13 @@ impl Provider {
             }
             running_map.lock().remove(&request_id);
             in_flight.fetch_sub(1, Ordering::Relaxed);
-        });
+        };
+        // The handler runs inside its call's trace: calls it makes carry it on.
+        if trace.is_empty() {
+            croupier_proto::task::spawn("call", run);
+        } else {
+            croupier_proto::task::spawn("call", croupier_proto::trace::scope(trace, run));
+        }
     }
 }
 

@@ -24,6 +24,9 @@ pub struct Invocation {
     pub env: String,
     /// Idempotency key, if the caller gave one.
     pub idempotency_key: String,
+    /// W3C trace context of the call (`traceparent`; "" when the server sent none). The
+    /// handler runs inside it: calls it makes with a [`crate::Client`] carry the same trace.
+    pub traceparent: String,
     /// When the caller stops waiting; the handler is cancelled then.
     pub deadline: Instant,
     /// Cancelled when the caller gives up, the deadline passes or the agent shuts down.

@@ -337,6 +337,7 @@ pub(super) fn call(payload: Value) -> Invocation {
         game_id: "g".into(),
         env: "e".into(),
         idempotency_key: String::new(),
+        traceparent: String::new(),
         deadline: tokio::time::Instant::now() + Duration::from_secs(60),
         cancel: CancellationToken::new(),
     }

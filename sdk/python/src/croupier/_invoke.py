@@ -109,6 +109,7 @@ class Runner:
             idempotency_key=inv.idempotency_key,
             deadline=time.monotonic() + timeout,
             payload=from_struct(inv.payload) if inv.HasField("payload") else {},
+            traceparent=inv.traceparent,
         )
 
     async def _call_handler(self, spec: FunctionSpec, ctx: CallContext) -> Any:

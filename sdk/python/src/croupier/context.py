@@ -40,6 +40,8 @@ class CallContext:
     deadline: float
     #: The payload as received.
     payload: dict[str, Any]
+    #: W3C trace context of the call (``traceparent``; "" when the server sent none).
+    traceparent: str = ""
 
     def time_left(self) -> float:
         """Seconds until the deadline (0 when it has passed)."""

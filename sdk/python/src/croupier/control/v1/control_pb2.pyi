@@ -215,7 +215,7 @@ class ServerFrame(_message.Message):
     def __init__(self, invoke: _Optional[_Union[Invoke, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., state_change: _Optional[_Union[StateChange, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., goaway: _Optional[_Union[Goaway, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ...) -> None: ...
 
 class Invoke(_message.Message):
-    __slots__ = ("request_id", "function_id", "payload", "timeout_ms", "game_id", "env", "caller", "idempotency_key", "job_id")
+    __slots__ = ("request_id", "function_id", "payload", "timeout_ms", "game_id", "env", "caller", "idempotency_key", "job_id", "traceparent")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +225,7 @@ class Invoke(_message.Message):
     CALLER_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     function_id: str
     payload: _struct_pb2.Struct
@@ -234,7 +235,8 @@ class Invoke(_message.Message):
     caller: str
     idempotency_key: str
     job_id: str
-    def __init__(self, request_id: _Optional[str] = ..., function_id: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., game_id: _Optional[str] = ..., env: _Optional[str] = ..., caller: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., job_id: _Optional[str] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, request_id: _Optional[str] = ..., function_id: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., game_id: _Optional[str] = ..., env: _Optional[str] = ..., caller: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., job_id: _Optional[str] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class Cancel(_message.Message):
     __slots__ = ("request_id", "reason")

@@ -1,0 +1,124 @@
+//! W3C trace context (`traceparent: 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`) carried
+//! through the mesh: the server keeps the caller's (or starts one), returns it in the response
+//! metadata, writes its trace id in audit records and passes it to the agent in the `Invoke`
+//! frame and to other replicas when it forwards; a handler runs inside its call's context, so the
+//! calls it makes carry the same trace.
+//!
+//! The context of the running request is a task-local ([`scope`], [`current`]).
+
+use std::future::Future;
+
+/// The gRPC metadata key.
+pub const HEADER: &str = "traceparent";
+
+tokio::task_local! {
+    static CURRENT: String;
+}
+
+/// The trace id of a valid `traceparent`, None otherwise (wrong shape, all-zero ids, version
+/// `ff`).
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = parts.next().is_none()
+        && hex(version, 2)
+        && version != "ff"
+        && hex(trace, 32)
+        && hex(span, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0')
+        && span.bytes().any(|b| b != b'0');
+    valid.then_some(trace)
+}
+
+fn random_hex(bytes: usize) -> String {
+    let raw = uuid::Uuid::new_v4();
+    let mut out: String = raw.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    out.truncate(bytes * 2);
+    out
+}
+
+/// A new sampled trace: new trace id, new span id.
+pub fn new_traceparent() -> String {
+    format!("00-{}-{}-01", random_hex(16), random_hex(8))
+}
+
+/// The context of the next hop: the same trace, a new span id; a new trace when `parent` is not
+/// valid.
+pub fn child(parent: &str) -> String {
+    match trace_id(parent) {
+        Some(trace) => {
+            let flags = parent.rsplit('-').next().unwrap_or("01");
+            format!("00-{trace}-{}-{flags}", random_hex(8))
+        }
+        None => new_traceparent(),
+    }
+}
+
+/// The caller's context when it sent a valid one, else a new trace.
+pub fn accept(sent: Option<&str>) -> String {
+    match sent {
+        Some(tp) if trace_id(tp).is_some() => tp.to_string(),
+        _ => new_traceparent(),
+    }
+}
+
+/// Runs `fut` with `traceparent` as the current context.
+pub async fn scope<F: Future>(traceparent: String, fut: F) -> F::Output {
+    CURRENT.scope(traceparent, fut).await
+}
+
+/// The current context, when the task runs inside [`scope`].
+pub fn current() -> Option<String> {
+    CURRENT.try_with(Clone::clone).ok()
+}
+
+/// The trace id of the current context ("" outside one).
+pub fn current_trace_id() -> String {
+    current()
+        .and_then(|tp| trace_id(&tp).map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_generates_and_continues_traces() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_id(tp), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        ] {
+            assert_eq!(trace_id(bad), None, "{bad}");
+        }
+        let fresh = new_traceparent();
+        assert!(trace_id(&fresh).is_some(), "{fresh}");
+        let next = child(tp);
+        assert_eq!(trace_id(&next), trace_id(tp));
+        assert_ne!(next, tp);
+        assert_eq!(accept(Some(tp)), tp);
+        assert_ne!(accept(Some("junk")), "junk");
+    }
+
+    #[tokio::test]
+    async fn the_context_is_task_local() {
+        assert_eq!(current(), None);
+        let tp = new_traceparent();
+        let seen = scope(tp.clone(), async { current() }).await;
+        assert_eq!(seen, Some(tp));
+        assert_eq!(current_trace_id(), "");
+    }
+}
