@@ -221,6 +221,9 @@ async fn prometheus_scrapes_what_the_server_did() {
     // The exposition is valid for promtool (it reads it on stdin).
     let (status, text) = http(&metrics, "GET", "/metrics", None, "");
     assert_eq!(status, 200);
+    let (_, agent_text) = http(&agent_port, "GET", "/metrics", None, "");
+    assert!(agent_text.contains("croupier_agent_calls_total"));
+    check_dashboard(&prom);
     let mut check = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -278,6 +281,82 @@ async fn json_logs_are_one_object_per_line() {
         registered,
         "the registration is logged with agent_id as a field"
     );
+}
+
+/// The names of every metric the server defines (a counter that never moved is not exported
+/// yet, so the exposition alone does not list them all).
+fn defined_metrics() -> Vec<&'static str> {
+    use croupier_control::metrics as c;
+    use croupier_function::metrics as f;
+    vec![
+        croupier::metrics::RPC_SECONDS,
+        croupier::metrics::RPC_TOTAL,
+        croupier::metrics::AGENTS_ONLINE,
+        croupier::metrics::READY,
+        c::LIMITS_HIT,
+        c::AUDIT_RECORDS,
+        c::AUDIT_LOST,
+        c::AUDIT_WRITE_FAILURES,
+        c::AGENT_REGISTRATIONS,
+        c::AGENT_EXPIRATIONS,
+        c::HEARTBEAT_DELAY,
+        c::TUNNEL_EVENTS,
+        c::TUNNELS_OPEN,
+        c::CALLS_IN_FLIGHT,
+        f::INVOCATIONS,
+        f::INVOCATION_SECONDS,
+        f::JOBS_STARTED,
+        f::JOBS_ENDED,
+        f::JOB_SECONDS,
+        f::JOB_EVENTS,
+        croupier_registry::store::metered::STORE_SECONDS,
+        croupier_registry::store::metered::STORE_ERRORS,
+    ]
+}
+
+/// Every query of the shipped Grafana dashboard is valid PromQL for this Prometheus, and every
+/// `croupier_*` metric it reads is one the server defines.
+fn check_dashboard(prom: &str) {
+    let defined = defined_metrics();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/croupier.json");
+    let dash: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().clone())
+        .map(|t| {
+            t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$game", ".*")
+                .replace("$env", ".*")
+        })
+        .collect();
+    assert!(exprs.len() > 10);
+    for expr in &exprs {
+        let (status, body) = http(
+            prom,
+            "GET",
+            &format!("/api/v1/query?query={}", urlencode(expr)),
+            None,
+            "",
+        );
+        assert_eq!(status, 200, "{expr}: {body}");
+        let names = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("croupier_"));
+        for name in names {
+            let base = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_count")
+                .trim_end_matches("_sum");
+            assert!(
+                defined.contains(&base),
+                "the dashboard reads {name}, which is not a metric of the server"
+            );
+        }
+    }
 }
 
 #[test]
