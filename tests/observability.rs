@@ -188,6 +188,16 @@ async fn prometheus_scrapes_what_the_server_did() {
         1.0,
     )
     .await;
+    // A repeated idempotent call is a replay.
+    let mut keyed = opts();
+    keyed.idempotency_key = "k1".into();
+    for _ in 0..2 {
+        client
+            .invoke("agent.sleep", json!({"ms": 1}), &keyed)
+            .await
+            .unwrap();
+    }
+    until_value(&prom, "croupier_idempotency_total{result=\"replay\"}", 1.0).await;
     let job = client
         .start_job("agent.countdown", json!({"steps": 1, "ms": 10}), &opts())
         .await
@@ -309,6 +319,9 @@ fn defined_metrics() -> Vec<&'static str> {
         f::JOBS_ENDED,
         f::JOB_SECONDS,
         f::JOB_EVENTS,
+        f::IDEMPOTENCY,
+        f::FORWARDED,
+        f::FORWARD_SECONDS,
         croupier_registry::store::metered::STORE_SECONDS,
         croupier_registry::store::metered::STORE_ERRORS,
     ]

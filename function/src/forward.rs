@@ -169,10 +169,15 @@ impl Forwarder {
         timeout: Duration,
     ) -> Result<pb::InvokeFunctionResponse, Status> {
         let mut client = self.client(owner)?;
-        Ok(client
+        let started = std::time::Instant::now();
+        let result = client
             .invoke_function(Self::request(who, req, Some(timeout)))
-            .await?
-            .into_inner())
+            .await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!(crate::metrics::FORWARDED, "outcome" => outcome).increment(1);
+        metrics::histogram!(crate::metrics::FORWARD_SECONDS, "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        Ok(result?.into_inner())
     }
 
     /// Starts a job on `owner` for `who`.

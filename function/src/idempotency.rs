@@ -148,6 +148,7 @@ impl Idempotency {
                 continue;
             }
             if rec.payload_hash != payload_hash {
+                metrics::counter!(crate::metrics::IDEMPOTENCY, "result" => "conflict").increment(1);
                 return Err(FunctionError::IdempotencyConflict);
             }
             if rec.state == State::Done {
@@ -156,6 +157,7 @@ impl Idempotency {
                     .map_err(|e| FunctionError::Corrupt(format!("stored response: {e}")))?;
                 let resp = InvokeFunctionResponse::decode(bytes.as_slice())
                     .map_err(|e| FunctionError::Corrupt(format!("stored response: {e}")))?;
+                metrics::counter!(crate::metrics::IDEMPOTENCY, "result" => "replay").increment(1);
                 return Ok(Begin::Replay(resp));
             }
             // Pending: wait for the first call to finish (or give up).

@@ -26,6 +26,16 @@ pub const JOB_SECONDS: &str = "croupier_job_duration_seconds";
 /// Counter: job events stored (from agents, and the server's own ends).
 pub const JOB_EVENTS: &str = "croupier_job_events_total";
 
+/// Counter: calls with an idempotency key that found a record, by `result` (`replay`: the
+/// stored outcome was returned; `conflict`: the key was used with another payload).
+pub const IDEMPOTENCY: &str = "croupier_idempotency_total";
+
+/// Counter: calls forwarded to the replica that holds the agent, by `outcome` (`ok`, `error`).
+pub const FORWARDED: &str = "croupier_forwarded_calls_total";
+
+/// Histogram: forwarded calls' round trip to the owning replica, seconds, by `outcome`.
+pub const FORWARD_SECONDS: &str = "croupier_forwarded_call_duration_seconds";
+
 /// Describes this crate's metrics to the recorder.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_histogram};
@@ -49,6 +59,19 @@ pub fn describe() {
         "Job duration from creation to end, by outcome."
     );
     describe_counter!(JOB_EVENTS, "Job events stored.");
+    describe_counter!(
+        FORWARDED,
+        "Calls forwarded to the owning replica, by outcome."
+    );
+    describe_histogram!(
+        FORWARD_SECONDS,
+        Unit::Seconds,
+        "Forwarded calls' round trip to the owning replica, by outcome."
+    );
+    describe_counter!(
+        IDEMPOTENCY,
+        "Calls with an idempotency key that found a record, by result (replay, conflict)."
+    );
 }
 
 /// The (game, env, function) labels of a call: as asked when the registry knows the function,
