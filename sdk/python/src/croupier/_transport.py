@@ -261,7 +261,12 @@ class Transport:
                 permit.record(Outcome.REACHED)
                 conn.stats.record(True, time.monotonic() - t0)
                 return result
-            permit.record(outcome_of(failure), err.message)
+            outcome = outcome_of(failure)
+            if failure is Failure.BROKEN and conn.pool.other_ready(slot):
+                # One connection broke while others to the same server work: that says nothing
+                # about the server, so it does not count towards opening its circuit.
+                outcome = Outcome.NEUTRAL
+            permit.record(outcome, err.message)
             conn.stats.record(False, time.monotonic() - t0)
             if failure in (Failure.NOT_SENT, Failure.BROKEN):
                 conn.pool.mark_broken(slot, channel, err.message)

@@ -142,6 +142,13 @@ class ChannelPool:
         self._rebuild(i, "every channel is broken")
         return self._slots[i]
 
+    def other_ready(self, slot: PoolSlot) -> bool:
+        """Whether another channel than ``slot``'s is connected and not known to be broken."""
+        return any(
+            s is not slot and not s.broken and s.channel.get_state(False) == grpc.ChannelConnectivity.READY
+            for s in self._slots
+        )
+
     def mark_broken(self, slot: PoolSlot, channel: grpc.aio.Channel, why: str) -> None:
         """A call found the connection of ``slot`` broken: rebuild it now (unless it was
         rebuilt since ``channel`` was handed out)."""
@@ -152,6 +159,8 @@ class ChannelPool:
         slot = self._slots[index]
         old = slot.channel
         slot.replace(open_channel(self.server, self._tls))
+        # Connect now rather than on the next call through it: a pool keeps its size ready.
+        slot.channel.get_state(try_to_connect=True)
         self.rebuilt += 1
         log.info("rebuilt channel %d to %s: %s", index, self.server, why)
         task = asyncio.get_running_loop().create_task(old.close(grace=1.0))
