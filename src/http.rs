@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use croupier_gateway::http::{serve, text};
+use croupier_gateway::http::serve_machine_port;
 use croupier_registry::store::Store;
-use hyper::{Method, StatusCode};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -78,42 +78,28 @@ pub fn spawn(
 ) -> std::io::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     let prometheus = crate::metrics::prometheus();
+    let probe = ready.clone();
     croupier_proto::task::spawn(
         "http port",
-        serve(listener, shutdown, move |req| {
-            let (prometheus, gauges, ready) = (prometheus.clone(), gauges.clone(), ready.clone());
-            async move {
-                if req.method() != Method::GET {
-                    return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+        serve_machine_port(
+            listener,
+            shutdown,
+            move || {
+                let (prometheus, gauges, ready) =
+                    (prometheus.clone(), gauges.clone(), ready.clone());
+                async move {
+                    let h = prometheus?;
+                    let ok = ready.check().await.is_ok();
+                    metrics::gauge!(READY).set(if ok { 1.0 } else { 0.0 });
+                    gauges.update();
+                    Some(h.render())
                 }
-                match req.uri().path() {
-                    "/metrics" => match &prometheus {
-                        Some(h) => {
-                            let ok = ready.check().await.is_ok();
-                            metrics::gauge!(READY).set(if ok { 1.0 } else { 0.0 });
-                            gauges.update();
-                            text(StatusCode::OK, h.render())
-                        }
-                        None => text(
-                            StatusCode::NOT_FOUND,
-                            "no metrics: another recorder was installed in this process\n",
-                        ),
-                    },
-                    "/healthz" => text(StatusCode::OK, "ok\n"),
-                    "/readyz" => match ready.check().await {
-                        Ok(()) => text(StatusCode::OK, "ready\n"),
-                        Err(why) => text(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("not ready: {why}\n"),
-                        ),
-                    },
-                    _ => text(
-                        StatusCode::NOT_FOUND,
-                        "not found: this port serves /metrics, /healthz and /readyz\n",
-                    ),
-                }
-            }
-        }),
+            },
+            move || {
+                let probe = probe.clone();
+                async move { probe.check().await }
+            },
+        ),
     );
     Ok(addr)
 }
@@ -132,34 +118,42 @@ pub fn spawn_agent(
     let process = Arc::new(metrics_process::Collector::default());
     croupier_proto::task::spawn(
         "agent http port",
-        serve(listener, shutdown, move |req| {
-            let (prometheus, state, process) = (prometheus.clone(), state.clone(), process.clone());
-            async move {
-                if req.method() != Method::GET {
-                    return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
-                }
+        serve_machine_port(
+            listener,
+            shutdown,
+            move || {
+                process.collect();
+                let body = prometheus.as_ref().map(PrometheusHandle::render);
+                async move { body }
+            },
+            move || {
                 let connected = state.borrow().connected;
-                match req.uri().path() {
-                    "/metrics" => match &prometheus {
-                        Some(h) => {
-                            process.collect();
-                            text(StatusCode::OK, h.render())
-                        }
-                        None => text(StatusCode::NOT_FOUND, "no metrics recorder\n"),
-                    },
-                    "/healthz" => text(StatusCode::OK, "ok\n"),
-                    "/readyz" if connected => text(StatusCode::OK, "ready\n"),
-                    "/readyz" => text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "not ready: no tunnel to a server\n",
-                    ),
-                    _ => text(
-                        StatusCode::NOT_FOUND,
-                        "not found: this port serves /metrics, /healthz and /readyz\n",
-                    ),
+                async move {
+                    if connected {
+                        Ok(())
+                    } else {
+                        Err("no tunnel to a server".to_string())
+                    }
                 }
-            }
-        }),
+            },
+        ),
     );
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use croupier_registry::store::embedded::EmbeddedStore;
+
+    #[tokio::test]
+    async fn ready_while_the_store_answers_and_not_while_draining() {
+        let ready = Readiness {
+            store: Arc::new(EmbeddedStore::in_memory()),
+            draining: Arc::new(AtomicBool::new(false)),
+        };
+        assert_eq!(ready.check().await, Ok(()));
+        ready.draining.store(true, Ordering::Relaxed);
+        assert_eq!(ready.check().await, Err("draining".to_string()));
+    }
 }

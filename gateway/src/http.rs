@@ -96,7 +96,51 @@ where
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
+/// Serves a machine port until `shutdown`: `GET /metrics` (what `metrics` renders; 404 when
+/// it renders nothing), `/healthz` (200 while the process serves) and `/readyz` (200 when `ready`
+/// says so, else 503 with its reason); nothing else, and GET only. The gateway and the server's
+/// and agent's HTTP ports all use it.
+pub async fn serve_machine_port<M, MF, R, RF>(
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    metrics: M,
+    ready: R,
+) where
+    M: Fn() -> MF + Clone + Send + Sync + 'static,
+    MF: std::future::Future<Output = Option<String>> + Send + 'static,
+    R: Fn() -> RF + Clone + Send + Sync + 'static,
+    RF: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    serve(listener, shutdown, move |req: Request<Incoming>| {
+        let (metrics, ready) = (metrics.clone(), ready.clone());
+        async move {
+            if req.method() != Method::GET {
+                return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+            }
+            match req.uri().path() {
+                "/metrics" => match metrics().await {
+                    Some(body) => text(StatusCode::OK, body),
+                    None => text(StatusCode::NOT_FOUND, "no metrics recorder\n"),
+                },
+                "/healthz" => text(StatusCode::OK, "ok\n"),
+                "/readyz" => match ready().await {
+                    Ok(()) => text(StatusCode::OK, "ready\n"),
+                    Err(why) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {why}\n"),
+                    ),
+                },
+                _ => text(
+                    StatusCode::NOT_FOUND,
+                    "not found: this port serves /metrics, /healthz and /readyz\n",
+                ),
+            }
+        }
+    })
+    .await;
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown`: ready while `ready` is set.
 pub async fn serve_metrics(
     listener: TcpListener,
     prometheus: Option<PrometheusHandle>,
@@ -104,24 +148,24 @@ pub async fn serve_metrics(
     shutdown: CancellationToken,
 ) {
     let prometheus = Arc::new(prometheus);
-    serve(listener, shutdown, move |req: Request<Incoming>| {
-        let (prometheus, ready) = (prometheus.clone(), ready.clone());
-        async move {
-            if req.method() != Method::GET {
-                return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+    serve_machine_port(
+        listener,
+        shutdown,
+        move || {
+            let body = prometheus.as_ref().as_ref().map(PrometheusHandle::render);
+            async move { body }
+        },
+        move || {
+            let ok = ready.load(Ordering::Relaxed);
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err("not taking logins (not registered on the mesh, or draining)".to_string())
+                }
             }
-            match req.uri().path() {
-                "/metrics" => match prometheus.as_ref() {
-                    Some(h) => text(StatusCode::OK, h.render()),
-                    None => text(StatusCode::NOT_FOUND, "no metrics recorder\n"),
-                },
-                "/healthz" => text(StatusCode::OK, "ok\n"),
-                "/readyz" if ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
-                "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-                _ => text(StatusCode::NOT_FOUND, "not found\n"),
-            }
-        }
-    })
+        },
+    )
     .await;
 }
 
