@@ -332,18 +332,13 @@ impl Approvals {
         who: &Identity,
         req: pb::DecideApprovalRequest,
     ) -> Result<pb::Approval, FunctionError> {
-        let outcome = self.decide_inner(who, &req).await;
-        // A refused decision is recorded against the request's function too, when it exists.
-        let (target, scope, requester) = match &outcome {
-            Ok(a) => (
-                a.function_id.clone(),
-                Some((a.game_id.clone(), a.env.clone())),
-                a.requester.clone(),
-            ),
-            Err(_) => match self.load(&req.id).await {
-                Ok((a, _)) => (a.function_id, Some((a.game_id, a.env)), a.requester),
-                Err(_) => (req.id.clone(), None, String::new()),
-            },
+        // The request as read while deciding: a refused decision is recorded against its
+        // function and scope too, when it exists.
+        let mut seen = None;
+        let outcome = self.decide_inner(who, &req, &mut seen).await;
+        let (target, scope, requester) = match seen {
+            Some(a) => (a.function_id, Some((a.game_id, a.env)), a.requester),
+            None => (req.id.clone(), None, String::new()),
         };
         let mut rec = AuditRecord::new(
             who.uri(),
@@ -367,6 +362,7 @@ impl Approvals {
         &self,
         who: &Identity,
         req: &pb::DecideApprovalRequest,
+        seen: &mut Option<ApprovalRecord>,
     ) -> Result<pb::Approval, FunctionError> {
         self.audit
             .admit()
@@ -384,6 +380,7 @@ impl Approvals {
         // Compare-and-put on the record's revision; a concurrent decision makes us read again.
         for _ in 0..8 {
             let (mut rec, revision) = self.load(&req.id).await?;
+            *seen = Some(rec.clone());
             if !self.may_see(who, &rec) && !rec.is_requester(who) {
                 return Err(FunctionError::ApprovalNotFound(req.id.clone()));
             }
