@@ -542,9 +542,17 @@ impl Invoker {
             self.cfg.default_timeout
         };
         let chosen = chosen.min(self.cfg.max_timeout);
-        Ok(caller.map_or(chosen, |c| c.min(chosen)))
+        // When the caller's own deadline binds, answer a little before it, so the caller gets
+        // this server's DEADLINE_EXCEEDED (naming the agent) rather than racing its own timer.
+        Ok(caller.map_or(chosen, |c| {
+            c.saturating_sub(CALLER_MARGIN.min(c / 10)).min(chosen)
+        }))
     }
 }
+
+/// How much before the caller's gRPC deadline a call it bounds is given up (at most a tenth of
+/// that deadline).
+const CALLER_MARGIN: Duration = Duration::from_millis(100);
 
 fn response(r: InvokeResult, agent: &str) -> InvokeFunctionResponse {
     InvokeFunctionResponse {
