@@ -26,6 +26,11 @@ pub const JOB_SECONDS: &str = "croupier_job_duration_seconds";
 /// Counter: job events stored (from agents, and the server's own ends).
 pub const JOB_EVENTS: &str = "croupier_job_events_total";
 
+/// Gauge: bytes of job events the server holds in memory, by `state`: `retained` (kept for
+/// subscribers, bounded by `jobs.max_job_bytes` per job) and `unstored` (received, not yet
+/// written to the store, bounded per agent by backpressure on its tunnel).
+pub const JOB_EVENT_BYTES: &str = "croupier_job_event_bytes";
+
 /// Counter: calls with an idempotency key that found a record, by `result` (`replay`: the
 /// stored outcome was returned; `conflict`: the key was used with another payload).
 pub const IDEMPOTENCY: &str = "croupier_idempotency_total";
@@ -59,6 +64,11 @@ pub fn describe() {
         "Job duration from creation to end, by outcome."
     );
     describe_counter!(JOB_EVENTS, "Job events stored.");
+    metrics::describe_gauge!(
+        JOB_EVENT_BYTES,
+        Unit::Bytes,
+        "Bytes of job events held in memory, by state (retained, unstored)."
+    );
     describe_counter!(
         FORWARDED,
         "Calls forwarded to the owning replica, by outcome."

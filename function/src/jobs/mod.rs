@@ -83,8 +83,8 @@ pub struct JobManager {
     wake: Notify,
     forwarder: Option<Arc<Forwarder>>,
     audit: AuditLog,
-    /// Bytes of events per agent: kept in memory, and not yet stored.
-    usage: Mutex<HashMap<String, AgentUsage>>,
+    /// Bytes of events per agent, kept in memory and not yet stored, and their sum.
+    usage: Mutex<(HashMap<String, AgentUsage>, AgentUsage)>,
     /// Notified when the writer stored events (agents waiting on backpressure look again).
     stored: Notify,
     /// Where the admin policy comes from (unset: the built-in policy).
@@ -113,7 +113,7 @@ impl JobManager {
             wake: Notify::new(),
             forwarder,
             audit,
-            usage: Mutex::new(HashMap::new()),
+            usage: Mutex::new((HashMap::new(), AgentUsage::default())),
             stored: Notify::new(),
             policy: std::sync::OnceLock::new(),
         });
@@ -163,17 +163,28 @@ impl JobManager {
 
     /// Adds to (or takes from) an agent's byte counts.
     fn account(&self, agent_id: &str, retained: isize, unstored: isize) {
-        let mut usage = self.usage.lock();
+        let mut guard = self.usage.lock();
+        let (usage, total) = &mut *guard;
         let u = usage.entry(agent_id.to_string()).or_default();
         u.retained = u.retained.saturating_add_signed(retained);
         u.unstored = u.unstored.saturating_add_signed(unstored);
         if u.retained == 0 && u.unstored == 0 {
             usage.remove(agent_id);
         }
+        total.retained = total.retained.saturating_add_signed(retained);
+        total.unstored = total.unstored.saturating_add_signed(unstored);
+        let bytes = crate::metrics::JOB_EVENT_BYTES;
+        metrics::gauge!(bytes, "state" => "retained").set(total.retained as f64);
+        metrics::gauge!(bytes, "state" => "unstored").set(total.unstored as f64);
     }
 
     fn usage_of(&self, agent_id: &str) -> AgentUsage {
-        self.usage.lock().get(agent_id).copied().unwrap_or_default()
+        self.usage
+            .lock()
+            .0
+            .get(agent_id)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Stores a new job's record and sends its `Invoke` to `record.agent_id`. On a link error

@@ -212,7 +212,10 @@ impl JobManager {
         if !puts.is_empty() {
             self.store.write_all(puts).await?;
         }
-        {
+        // What was kept past the job's budgets only because it was not stored yet goes now, and
+        // so do the stored chunks that hold nothing retained: a flood of events costs the store
+        // about one budget, not everything sent between two sweeps.
+        let (pruned, stale) = {
             let mut st = job.st.lock();
             for chunk in stored {
                 st.persisted_seq = st.persisted_seq.max(chunk.last);
@@ -220,6 +223,23 @@ impl JobManager {
             }
             if let Some((_, version)) = record {
                 st.stored_version = st.stored_version.max(version);
+            }
+            let pruned = st.prune_to(self.cfg.max_events, self.cfg.max_job_bytes);
+            (pruned, st.take_stale_chunks())
+        };
+        if pruned > 0 {
+            self.account(&agent, -(pruned as isize), 0);
+        }
+        for batch in stale.chunks(MAX_BATCH_OPS) {
+            let deletes = batch
+                .iter()
+                .map(|c| WriteOp::delete(keys::job_event_chunk(&job.id, c.first)))
+                .collect();
+            if let Err(e) = self.store.write_all(deletes).await {
+                // Not retried here: the stored-job sweep removes them with the job's other
+                // events when those age out.
+                tracing::warn!(job_id = %job.id, error = %e, "dropping old job event chunks failed");
+                break;
             }
         }
         if !batch.is_empty() {

@@ -84,6 +84,32 @@ impl JobState {
         Some(n)
     }
 
+    /// Drops the oldest stored events while more than `max_events` events or `max_bytes` bytes
+    /// are retained (never one that is not stored yet); returns the bytes dropped. The record's
+    /// `first_seq` follows.
+    pub(super) fn prune_to(&mut self, max_events: usize, max_bytes: usize) -> usize {
+        let mut dropped = 0;
+        while self.events.len() > max_events.max(1) || self.bytes > max_bytes {
+            let Some(n) = self.prune_one() else { break };
+            dropped += n;
+        }
+        if dropped > 0 {
+            self.record.first_seq = self.first_available();
+        }
+        dropped
+    }
+
+    /// Takes the stored chunks that hold only events no longer retained (their keys are for
+    /// the caller to delete).
+    pub(super) fn take_stale_chunks(&mut self) -> Vec<Chunk> {
+        let first = self.first_available();
+        let mut out = Vec::new();
+        while self.chunks.front().is_some_and(|c| c.last < first) {
+            out.extend(self.chunks.pop_front());
+        }
+        out
+    }
+
     /// Seq of the oldest event a subscriber can still get.
     pub(super) fn first_available(&self) -> i64 {
         self.events
@@ -177,16 +203,9 @@ pub(super) fn apply(cfg: &JobConfig, st: &mut JobState, ev: JobEvent) -> (usize,
     st.bytes += added;
     st.events.push_back(ev);
     // Count and byte retention, never past what is stored.
-    let mut dropped = 0;
-    while st.events.len() > cfg.max_events.max(1) || st.bytes > cfg.max_job_bytes {
-        let Some(n) = st.prune_one() else { break };
-        dropped += n;
-    }
-    if dropped > 0 {
-        st.record.first_seq = st.first_available();
-        if st.bytes + dropped > cfg.max_job_bytes {
-            metrics::counter!(crate::metrics::LIMITS_HIT, "kind" => "job_event_bytes").increment(1);
-        }
+    let dropped = st.prune_to(cfg.max_events, cfg.max_job_bytes);
+    if dropped > 0 && st.bytes + dropped > cfg.max_job_bytes {
+        metrics::counter!(crate::metrics::LIMITS_HIT, "kind" => "job_event_bytes").increment(1);
     }
     (added, dropped)
 }

@@ -74,12 +74,11 @@ impl JobManager {
                     let agent = st.record.agent_id.clone();
                     self.account(&agent, -(pruned as isize), 0);
                 }
-                let first = st.first_available();
-                while st.chunks.front().is_some_and(|c| c.last < first) {
-                    if let Some(c) = st.chunks.pop_front() {
-                        drop_chunks.push(keys::job_event_chunk(&job.id, c.first));
-                    }
-                }
+                drop_chunks.extend(
+                    st.take_stale_chunks()
+                        .into_iter()
+                        .map(|c| keys::job_event_chunk(&job.id, c.first)),
+                );
             }
             if orphaned {
                 let agent = job.st.lock().record.agent_id.clone();
