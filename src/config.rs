@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub audit: Audit,
     /// The plain-HTTP port for machines (`/metrics`, `/healthz`, `/readyz`).
     pub http: Http,
+    /// Span export over OTLP.
+    pub otlp: Otlp,
     /// Where registrations, descriptors, node states, jobs and idempotency records live:
     /// `embedded` (default; in `<data_dir>/store`) or `etcd` (several servers can share it).
     pub store: StoreKind,
@@ -143,6 +145,16 @@ pub struct Http {
     /// taken. `""` turns the port off. Expose it beyond the host only to your scrapers and probes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+}
+
+/// Span export over OTLP.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Otlp {
+    /// The OTLP gRPC receiver spans go to, `http://HOST:PORT` (a collector, Jaeger, Tempo).
+    /// Unset: no spans are exported (trace ids still travel and are logged and audited).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 /// Bounds of the audit log.
@@ -289,6 +301,7 @@ impl Default for ServerConfig {
             audit_log: true,
             audit: Audit::default(),
             http: Http::default(),
+            otlp: Otlp::default(),
             store: StoreKind::Embedded,
             store_fsync: false,
             etcd_endpoints: Vec::new(),

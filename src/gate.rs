@@ -294,11 +294,16 @@ fn admit(
     let acceptor = acceptor.clone();
     let tx = tx.clone();
     croupier_proto::task::spawn("tls handshake", async move {
+        let mut refused = None;
+        let handshake = acceptor.accept(tcp).into_fallible();
         let outcome = tokio::select! {
             _ = token.cancelled() => Err("closed to make room for newer connections".to_string()),
-            r = tokio::time::timeout(cfg.handshake_timeout, acceptor.accept(tcp)) => match r {
+            r = tokio::time::timeout(cfg.handshake_timeout, handshake) => match r {
                 Ok(Ok(tls)) => Ok(tls),
-                Ok(Err(e)) => Err(e.to_string()),
+                Ok(Err((e, tcp))) => {
+                    refused = Some(tcp);
+                    Err(e.to_string())
+                }
                 Err(_) => Err(format!("no TLS handshake within {:?} (limits.handshake_timeout)", cfg.handshake_timeout)),
             },
         };
@@ -316,9 +321,34 @@ fn admit(
                 if let Some(n) = shared.warn_refused.hit() {
                     tracing::warn!(%peer, reason = %why, refused = n, "TLS handshake refused");
                 }
+                if let Some(tcp) = refused {
+                    close_gently(tcp).await;
+                }
             }
         }
     });
+}
+
+/// Closes a connection whose handshake was refused so that the client reads the alert saying
+/// why. In TLS 1.3 the client sends its first request right after its certificate; closing a
+/// socket with that request unread makes the kernel send a reset, and a reset makes the
+/// client's kernel drop the alert it had not read yet, so the client would see "connection
+/// reset" and retry. Shutting down the write side and reading what is left (at most 64 KiB,
+/// for a second) closes with a FIN instead.
+async fn close_gently(mut tcp: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut left = 64 * 1024usize;
+        while left > 0 {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
 }
 
 /// Raises the soft limit of open files to the hard limit (where the system allows), so the

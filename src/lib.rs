@@ -8,6 +8,7 @@
 //! - [`http`] — the plain-HTTP port for machines: `/metrics`, `/healthz`, `/readyz`.
 //! - [`metrics`] — the server's metric names, the Prometheus recorder, scrape-time gauges.
 //! - [`rpc_metrics`] — the tower layer that counts and times every rpc.
+//! - [`otel`] — span export over OTLP (`--otlp-endpoint`).
 //! - [`certs`] — `croupier certs init`.
 //! - [`cli`] — arguments and the client commands, one module per command group (`invoke`,
 //!   `registry`, `job`, `pipeline`, `function`, `node`, `store`, `certs`, `serve`).
@@ -28,6 +29,7 @@ pub mod dev;
 pub mod gate;
 pub mod http;
 pub mod metrics;
+pub mod otel;
 pub mod output;
 pub mod rpc_metrics;
 pub mod server;

@@ -76,6 +76,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(h) = &args.http_listen {
                 cfg.http.listen = Some(h.clone());
             }
+            if let Some(e) = &args.otlp_endpoint {
+                cfg.otlp.endpoint = Some(e.clone());
+            }
+            let _spans = match cfg.otlp.endpoint.as_deref().filter(|e| !e.is_empty()) {
+                Some(e) => Some(croupier::otel::install(e, "croupier-server")?),
+                None => None,
+            };
             let listener = tokio::net::TcpListener::bind(&cfg.listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("binding {}: {e}", cfg.listen))?;
@@ -98,6 +105,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             provider.game_id = args.game_id.clone();
             provider.env = args.env.clone();
             provider.labels = args.labels.iter().cloned().collect();
+            let _spans = match args.otlp_endpoint.as_deref().filter(|e| !e.is_empty()) {
+                Some(e) => Some(croupier::otel::install(e, "croupier-agent")?),
+                None => None,
+            };
             let stop = CancellationToken::new();
             let s = stop.clone();
             let signal = shutdown_signal();

@@ -127,6 +127,7 @@ fn describe() {
     );
     croupier_control::metrics::describe();
     croupier_registry::store::metered::describe();
+    croupier_registry::metrics::describe();
     croupier_function::metrics::describe();
 }
 

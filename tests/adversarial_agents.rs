@@ -261,15 +261,12 @@ async fn flood(
 async fn event_bytes_retained(mesh: &Mesh) -> u64 {
     let port = mesh.metrics.as_deref().expect("the server's metrics port");
     let sample = |text: &str, state: &str| -> u64 {
-        let prefix = format!("croupier_job_event_bytes{{state=\"{state}\"}} ");
-        let line = text.lines().find_map(|l| l.strip_prefix(prefix.as_str()));
-        let line = line.unwrap_or_else(|| panic!("no {prefix} in {text}"));
-        line.parse::<f64>().expect("a number") as u64
+        let series = format!("croupier_job_event_bytes{{state=\"{state}\"}}");
+        common::sample(text, &series).unwrap_or_else(|| panic!("no {series} in {text}")) as u64
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (status, text) = common::gateway::http(port, "GET", "/metrics", None, "");
-        assert_eq!(status, 200, "{text}");
+        let text = common::scrape(port);
         if sample(&text, "unstored") == 0 {
             return sample(&text, "retained");
         }

@@ -134,13 +134,15 @@ async fn calls_and_jobs_through_another_replica_reach_the_owner() {
         "--etcd-namespace",
         "/two",
     ];
+    // Every process exports its spans to one OTLP receiver.
+    let (spans, otlp) = common::otlp::receiver().await;
     let mut args = store_args.to_vec();
-    args.extend(["--server-id", "a"]);
+    args.extend(["--server-id", "a", "--otlp-endpoint", &otlp]);
     let mesh = Mesh::start_with(&["a1"], Duration::from_secs(2), &[], &args);
     let mut b_args = store_args.to_vec();
-    b_args.extend(["--server-id", "b"]);
-    let (_b, b_url) = mesh.spawn_server("127.0.0.1:0", "server-b", &b_args);
-    let _a1 = mesh.agent("a1", &[]); // holds its tunnel on server a
+    b_args.extend(["--server-id", "b", "--otlp-endpoint", &otlp]);
+    let (_b, b_url, b_metrics) = mesh.spawn_server_with_metrics("127.0.0.1:0", "server-b", &b_args);
+    let _a1 = mesh.agent_with("a1", &[], &["--otlp-endpoint", &otlp]); // its tunnel is on a
     mesh.wait_online(&["a1"]).await;
 
     let tls = croupier_sdk::TlsFiles::from_dir(&mesh.certs(), "client-c1");
@@ -164,6 +166,40 @@ async fn calls_and_jobs_through_another_replica_reach_the_owner() {
     assert_eq!(
         croupier_proto::json::opt_struct_to_json(r.result.as_ref())["payload"]["via"],
         "b"
+    );
+    // b counted and timed the forward.
+    let text = common::scrape(b_metrics.as_deref().unwrap());
+    let ok = common::sample(&text, "croupier_forwarded_calls_total{outcome=\"ok\"}");
+    assert!(ok >= Some(1.0), "{text}");
+    assert_eq!(
+        common::sample(
+            &text,
+            "croupier_forwarded_call_duration_seconds_count{outcome=\"ok\"}"
+        ),
+        ok
+    );
+    // One trace across both replicas and the agent: b's span, its route, the forward, a's span
+    // (the forward's child), a's route, the handler.
+    let parent = "00-5bf92f3577b34da6a3ce929d0e0e4736-10f067aa0ba902b7-01";
+    let traced = croupier_proto::trace::scope(parent.to_string(), async {
+        via_b.invoke("agent.ping", json!({}), &opts()).await
+    })
+    .await
+    .unwrap();
+    assert!(traced.success, "{traced:?}");
+    let got = spans
+        .chain_of("5bf92f3577b34da6a3ce929d0e0e4736", "10f067aa0ba902b7", 6)
+        .await;
+    assert_eq!(
+        got,
+        [
+            "InvokeFunction",
+            "route",
+            "forward",
+            "InvokeFunction",
+            "route",
+            "handler"
+        ]
     );
 
     // b lists a1 as online and says that server a holds its tunnel, in the API and the CLI.

@@ -209,6 +209,30 @@ async fn prometheus_scrapes_what_the_server_did() {
         1.0,
     )
     .await;
+    // Waiting for the job followed its events live: their delivery was timed; the follower
+    // is gone now.
+    assert!(
+        query(&prom, "croupier_job_event_delivery_seconds_count").is_some_and(|n| n >= 1.0),
+        "no job event delivery timed"
+    );
+    until_value(&prom, "croupier_job_subscribers", 0.0).await;
+    // An open registry watch is counted, with what it was sent (one ADDED per function, SYNCED).
+    let mut watch = client
+        .watch_registrations(Default::default())
+        .await
+        .unwrap();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(
+        first.r#type,
+        croupier_proto::registry::v1::EventType::Added as i32
+    );
+    until_value(&prom, "croupier_registry_watches_open", 1.0).await;
+    assert!(
+        query(&prom, "croupier_registry_watch_events_total").is_some_and(|n| n >= 2.0),
+        "watch events not counted"
+    );
+    drop(watch);
+    until_value(&prom, "croupier_registry_watches_open", 0.0).await;
     assert!(
         query(
             &prom,
@@ -322,6 +346,14 @@ fn defined_metrics() -> Vec<&'static str> {
         f::IDEMPOTENCY,
         f::FORWARDED,
         f::FORWARD_SECONDS,
+        f::JOB_EVENT_BYTES,
+        f::JOB_SUBSCRIBERS,
+        f::JOB_DELIVERY_SECONDS,
+        f::JOB_GAPS,
+        f::PIPELINES,
+        f::PIPELINE_RUNS,
+        croupier_registry::metrics::WATCHES_OPEN,
+        croupier_registry::metrics::WATCH_EVENTS,
         croupier_registry::store::metered::STORE_SECONDS,
         croupier_registry::store::metered::STORE_ERRORS,
     ]
@@ -493,6 +525,29 @@ async fn stats_count_calls_errors_latency_and_agents() {
         "{out}"
     );
     assert!(err.contains("server server's view"), "{err}");
+
+    // `functions --stats` puts the same counts next to each function.
+    let (code, out, err) = mesh.cli("client-c1", &["functions", "--stats", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["stats_server_id"], "server");
+    let of = |f: &str| -> Value {
+        v["registrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["function_id"] == f)
+            .unwrap_or_else(|| panic!("{f} not in {v}"))["stats"]
+            .clone()
+    };
+    assert_eq!(of("agent.ping")["total"]["calls"], 10, "{v}");
+    assert_eq!(of("agent.sleep")["total"]["errors"], 1, "{v}");
+    assert_eq!(of("agent.countdown")["total"]["calls"], 0, "{v}");
+    let (code, out, err) = mesh.cli("client-c1", &["functions", "--stats"]);
+    assert_eq!(code, 0, "{err}");
+    let ping = out.lines().find(|l| l.starts_with("agent.ping")).unwrap();
+    assert!(ping.split_whitespace().any(|c| c == "10"), "{out}");
+    assert!(out.lines().next().unwrap().contains("P50/P99 MS"), "{out}");
 }
 
 /// Invokes `t.echo` through the raw function service with `traceparent` (or none); the raw agent
@@ -543,12 +598,17 @@ async fn the_trace_context_goes_from_caller_to_handler_and_into_the_audit_log() 
     )
     .await;
 
-    // A caller's trace goes on to the agent (same trace, the server's own span) and comes back.
+    // A caller's trace goes on to the agent and comes back: the same trace, with the server's
+    // span in the answer and the route span's given to the agent, each a span of its own.
     let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let (at_agent, returned) = traced_call(&mesh, &mut agent, Some(sent)).await;
-    assert_eq!(returned, sent);
+    assert_eq!(trace_of(&returned), trace_of(sent));
     assert_eq!(trace_of(&at_agent), trace_of(sent));
-    assert_ne!(at_agent, sent, "the hop to the agent is a span of its own");
+    let spans = [&sent[36..52], &returned[36..52], &at_agent[36..52]];
+    assert!(
+        spans[0] != spans[1] && spans[1] != spans[2] && spans[0] != spans[2],
+        "{spans:?}"
+    );
 
     // A caller without one gets a new trace, returned to it and given to the agent.
     let (at_agent, returned) = traced_call(&mesh, &mut agent, None).await;

@@ -88,7 +88,17 @@ async fn pipelines_run_their_steps_in_order_and_cancel_stops_the_running_step() 
         return;
     }
     let mesh = Mesh::start(&["p1"], Duration::from_secs(2));
-    let _p1 = mesh.agent_env("p1", &[("REGION", "agent-eu")]);
+    let agent_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let _p1 = mesh.agent_env(
+        "p1",
+        &[
+            ("REGION", "agent-eu"),
+            ("CROUPIER_AGENT_HTTP_LISTEN", &agent_port),
+        ],
+    );
     mesh.wait_online(&["p1"]).await;
     let cli = |args: &[&str], identity: &str| {
         std::process::Command::new(bin())
@@ -266,4 +276,34 @@ async fn pipelines_run_their_steps_in_order_and_cancel_stops_the_running_step() 
         containers_labelled(&label).is_empty(),
         "the cancelled step's container is removed"
     );
+
+    // What the server and the agent counted.
+    let server = common::scrape(mesh.metrics.as_deref().unwrap());
+    let at = |series: &str| common::sample(&server, series);
+    assert_eq!(at("croupier_pipelines_total{op=\"put\"}"), Some(4.0));
+    assert_eq!(
+        at("croupier_pipeline_runs_total{outcome=\"started\"}"),
+        Some(4.0)
+    );
+    assert_eq!(
+        at("croupier_pipeline_runs_total{outcome=\"INVALID_ARGUMENT\"}"),
+        Some(1.0)
+    );
+    let agent = common::scrape(&agent_port);
+    let at = |series: &str| common::sample(&agent, series);
+    assert_eq!(
+        at("croupier_agent_pipeline_runs_total{outcome=\"completed\"}"),
+        Some(2.0),
+        "{agent}"
+    );
+    assert_eq!(
+        at("croupier_agent_pipeline_runs_total{outcome=\"failed\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        at("croupier_agent_pipeline_runs_total{outcome=\"cancelled\"}"),
+        Some(1.0)
+    );
+    assert!(at("croupier_agent_pipeline_steps_total{status=\"FAILED\"}") >= Some(1.0));
+    assert!(at("croupier_agent_pipeline_steps_total{status=\"CANCELLED\"}") >= Some(3.0));
 }

@@ -151,9 +151,9 @@ impl Forwarder {
         if let Some(t) = timeout {
             req.set_timeout(t);
         }
-        // The owner continues the caller's trace.
+        // The owner continues the caller's trace, as a child of the current span.
         if let Some(tp) = croupier_proto::trace::current()
-            && let Ok(v) = croupier_proto::trace::child(&tp).parse()
+            && let Ok(v) = tp.parse()
         {
             req.metadata_mut().insert(croupier_proto::trace::HEADER, v);
         }
@@ -170,9 +170,17 @@ impl Forwarder {
     ) -> Result<pb::InvokeFunctionResponse, Status> {
         let mut client = self.client(owner)?;
         let started = std::time::Instant::now();
-        let result = client
-            .invoke_function(Self::request(who, req, Some(timeout)))
-            .await;
+        let mut span = forward_span(owner);
+        // The request is made inside the span's scope, so it carries the span's context.
+        let result = croupier_proto::trace::scope(span.traceparent().to_string(), async {
+            client
+                .invoke_function(Self::request(who, req, Some(timeout)))
+                .await
+        })
+        .await;
+        if let Err(s) = &result {
+            span.set_error(format!("{:?}: {}", s.code(), s.message()));
+        }
         let outcome = if result.is_ok() { "ok" } else { "error" };
         metrics::counter!(crate::metrics::FORWARDED, "outcome" => outcome).increment(1);
         metrics::histogram!(crate::metrics::FORWARD_SECONDS, "outcome" => outcome)
@@ -188,10 +196,12 @@ impl Forwarder {
         req: pb::InvokeJobRequest,
     ) -> Result<pb::InvokeJobResponse, Status> {
         let mut client = self.client(owner)?;
-        Ok(client
-            .invoke_job(Self::request(who, req, Some(Duration::from_secs(30))))
-            .await?
-            .into_inner())
+        let call = async {
+            client
+                .invoke_job(Self::request(who, req, Some(Duration::from_secs(30))))
+                .await
+        };
+        Ok(forward_span(owner).run(call).await?.into_inner())
     }
 
     /// Follows a job's events on `owner`.
@@ -251,4 +261,17 @@ impl From<Status> for FunctionError {
     fn from(s: Status) -> Self {
         FunctionError::Remote(s)
     }
+}
+
+/// The span of a call forwarded to the replica `owner`, child of the current one.
+fn forward_span(owner: &str) -> croupier_proto::trace::Span {
+    croupier_proto::trace::Span::start(
+        "forward",
+        croupier_proto::trace::SpanKind::Client,
+        croupier_proto::trace::current().as_deref(),
+        vec![croupier_proto::trace::KeyValue::new(
+            "croupier.owner",
+            owner.to_string(),
+        )],
+    )
 }

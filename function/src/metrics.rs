@@ -31,6 +31,24 @@ pub const JOB_EVENTS: &str = "croupier_job_events_total";
 /// written to the store, bounded per agent by backpressure on its tunnel).
 pub const JOB_EVENT_BYTES: &str = "croupier_job_event_bytes";
 
+/// Gauge: `StreamJobEvents` subscribers being served.
+pub const JOB_SUBSCRIBERS: &str = "croupier_job_subscribers";
+
+/// Histogram: seconds from the server receiving a job event to handing it to a subscriber
+/// that was following live (replays of older events are not counted).
+pub const JOB_DELIVERY_SECONDS: &str = "croupier_job_event_delivery_seconds";
+
+/// Counter: `GAP` events sent: a subscriber asked for events retention had dropped.
+pub const JOB_GAPS: &str = "croupier_job_retention_gaps_total";
+
+/// Counter: pipeline templates changed by admins, by `op` (`put`, `delete`).
+pub const PIPELINES: &str = "croupier_pipelines_total";
+
+/// Counter: pipeline runs the server prepared (`pipeline.start` jobs given their template), by
+/// `outcome` (`started`, or the error's code name). How runs end is counted by the agents
+/// (`croupier_agent_pipeline_runs_total`) and in the jobs' outcomes.
+pub const PIPELINE_RUNS: &str = "croupier_pipeline_runs_total";
+
 /// Counter: calls with an idempotency key that found a record, by `result` (`replay`: the
 /// stored outcome was returned; `conflict`: the key was used with another payload).
 pub const IDEMPOTENCY: &str = "croupier_idempotency_total";
@@ -64,6 +82,24 @@ pub fn describe() {
         "Job duration from creation to end, by outcome."
     );
     describe_counter!(JOB_EVENTS, "Job events stored.");
+    metrics::describe_gauge!(JOB_SUBSCRIBERS, "StreamJobEvents subscribers being served.");
+    describe_histogram!(
+        JOB_DELIVERY_SECONDS,
+        Unit::Seconds,
+        "From the server receiving a job event to handing it to a live subscriber."
+    );
+    describe_counter!(
+        JOB_GAPS,
+        "GAP events sent: subscribers asked for events retention had dropped."
+    );
+    describe_counter!(
+        PIPELINES,
+        "Pipeline templates changed, by op (put, delete)."
+    );
+    describe_counter!(
+        PIPELINE_RUNS,
+        "Pipeline runs prepared by the server, by outcome."
+    );
     metrics::describe_gauge!(
         JOB_EVENT_BYTES,
         Unit::Bytes,

@@ -97,6 +97,9 @@ impl Pipelines {
     ) -> Result<PutPipelineResponse, FunctionError> {
         let id = t.id.clone();
         let outcome = self.put_inner(who, t).await;
+        if outcome.is_ok() {
+            metrics::counter!(crate::metrics::PIPELINES, "op" => "put").increment(1);
+        }
         self.audited(who, "put_pipeline", &id, &outcome).await;
         outcome
     }
@@ -146,6 +149,9 @@ impl Pipelines {
     /// Deletes a template (admin only); false when there was none.
     pub async fn delete(&self, who: &Identity, id: &str) -> Result<bool, FunctionError> {
         let outcome = self.delete_inner(who, id).await;
+        if let Ok(true) = outcome {
+            metrics::counter!(crate::metrics::PIPELINES, "op" => "delete").increment(1);
+        }
         match &outcome {
             // Nothing was deleted: recorded as such, not as a change.
             Ok(false) => {
@@ -172,6 +178,16 @@ impl Pipelines {
     /// Turns a `pipeline.start` payload `{template_id, args, envs}` into what the agent runs:
     /// `{template, args (filled), envs}`.
     pub async fn prepare_start(&self, payload: &Value) -> Result<Value, FunctionError> {
+        let prepared = self.prepare(payload).await;
+        let outcome = match &prepared {
+            Ok(_) => "started",
+            Err(e) => e.code_name(),
+        };
+        metrics::counter!(crate::metrics::PIPELINE_RUNS, "outcome" => outcome).increment(1);
+        prepared
+    }
+
+    async fn prepare(&self, payload: &Value) -> Result<Value, FunctionError> {
         let id = payload["template_id"].as_str().ok_or_else(|| {
             FunctionError::BadRequest(
                 "pipeline.start needs payload.template_id (a stored pipeline's id)".into(),

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use croupier_proto::function::v1::{self as pb, function_service_server::FunctionService};
-use croupier_proto::trace;
+use croupier_proto::trace::{self, KeyValue, SpanKind};
 use croupier_registry::identity::caller;
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -53,20 +53,40 @@ impl FunctionServer {
     }
 }
 
-/// The caller's trace context, or a new trace.
-fn traceparent<T>(request: &Request<T>) -> String {
-    trace::accept(
-        request
-            .metadata()
-            .get(trace::HEADER)
-            .and_then(|v| v.to_str().ok()),
+/// The server's span for a call: a child of the caller's trace context (a new trace when the
+/// caller sent none, or one that does not parse).
+fn server_span<T>(
+    request: &Request<T>,
+    rpc: &'static str,
+    game: &str,
+    env: &str,
+    function: &str,
+) -> trace::Span {
+    let sent = request
+        .metadata()
+        .get(trace::HEADER)
+        .and_then(|v| v.to_str().ok());
+    trace::Span::start(
+        rpc,
+        SpanKind::Server,
+        sent,
+        vec![
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("rpc.method", rpc),
+            KeyValue::new("croupier.game", game.to_string()),
+            KeyValue::new("croupier.env", env.to_string()),
+            KeyValue::new("croupier.function", function.to_string()),
+        ],
     )
 }
 
 /// The answer with the call's trace context in its metadata, the error's too, so a caller
-/// without one can find its call in logs and audit records.
-fn with_trace<T>(tp: &str, result: Result<T, FunctionError>) -> Result<Response<T>, Status> {
-    let value = tp.parse().ok();
+/// without one can find its call in logs and audit records; the span records a failure.
+fn with_trace<T>(
+    mut span: trace::Span,
+    result: Result<T, FunctionError>,
+) -> Result<Response<T>, Status> {
+    let value = span.traceparent().parse().ok();
     match result {
         Ok(v) => {
             let mut resp = Response::new(v);
@@ -77,6 +97,7 @@ fn with_trace<T>(tp: &str, result: Result<T, FunctionError>) -> Result<Response<
         }
         Err(e) => {
             let mut status = Status::from(e);
+            span.set_error(format!("{:?}: {}", status.code(), status.message()));
             if let Some(value) = value {
                 status.metadata_mut().insert(trace::HEADER, value);
             }
@@ -99,11 +120,24 @@ impl FunctionService for FunctionServer {
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
-        let tp = traceparent(&request);
+        let r = request.get_ref();
+        let mut span = server_span(
+            &request,
+            "InvokeFunction",
+            &r.game_id,
+            &r.env,
+            &r.function_id,
+        );
         let call = self
             .invoker
             .invoke(&o.who, request.into_inner(), deadline, o.forwarded);
-        with_trace(&tp, trace::scope(tp.clone(), call).await)
+        let result = trace::scope(span.traceparent().to_string(), call).await;
+        if let Ok(r) = &result
+            && !r.success
+        {
+            span.set_error(format!("{}: {}", r.error_code, r.error));
+        }
+        with_trace(span, result)
     }
 
     async fn invoke_job(
@@ -111,11 +145,13 @@ impl FunctionService for FunctionServer {
         request: Request<pb::InvokeJobRequest>,
     ) -> Result<Response<pb::InvokeJobResponse>, Status> {
         let o = origin(&request)?;
-        let tp = traceparent(&request);
+        let r = request.get_ref();
+        let span = server_span(&request, "InvokeJob", &r.game_id, &r.env, &r.function_id);
         let start = self
             .invoker
             .start_job(&o.who, request.into_inner(), o.forwarded);
-        with_trace(&tp, trace::scope(tp.clone(), start).await)
+        let result = trace::scope(span.traceparent().to_string(), start).await;
+        with_trace(span, result)
     }
 
     type StreamJobEventsStream = JobEventStream;

@@ -4,9 +4,24 @@
 //! frame and to other replicas when it forwards; a handler runs inside its call's context, so the
 //! calls it makes carry the same trace.
 //!
-//! The context of the running request is a task-local ([`scope`], [`current`]).
+//! The context of the running request is a task-local ([`scope`], [`current`]). It names the
+//! span of the work in hand (a [`Span`]): every hop starts its own span as a child of the
+//! context it received and passes its span's context on, so the spans of one call form one
+//! tree. Spans are exported when the process installed an OpenTelemetry tracer provider and
+//! called [`enable`] (`--otlp-endpoint`); otherwise a span is only a fresh span id.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Tracer as _,
+};
+use opentelemetry::{Context, global};
+
+/// The kinds of span and their attributes, as OpenTelemetry names them.
+pub use opentelemetry::KeyValue;
+pub use opentelemetry::trace::SpanKind;
 
 /// The gRPC metadata key.
 pub const HEADER: &str = "traceparent";
@@ -66,6 +81,116 @@ pub fn accept(sent: Option<&str>) -> String {
     match sent {
         Some(tp) if trace_id(tp).is_some() => tp.to_string(),
         _ => new_traceparent(),
+    }
+}
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Makes [`Span`]s recorded through the global OpenTelemetry tracer provider (call after
+/// installing one).
+pub fn enable() {
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// The remote parent a valid `traceparent` names.
+fn span_context(traceparent: &str) -> Option<SpanContext> {
+    let trace = trace_id(traceparent)?;
+    let mut parts = traceparent.rsplit('-');
+    let flags = u8::from_str_radix(parts.next()?, 16).ok()?;
+    let span = parts.next()?;
+    Some(SpanContext::new(
+        TraceId::from_hex(trace).ok()?,
+        SpanId::from_hex(span).ok()?,
+        TraceFlags::new(flags),
+        true,
+        TraceState::NONE,
+    ))
+}
+
+/// A span of Croupier's own work (the server's handling of a call, its routing to an agent, a
+/// forward to another replica, an agent's handler), child of the context it was started in.
+/// It ends when dropped.
+pub struct Span {
+    otel: Option<global::BoxedSpan>,
+    traceparent: String,
+}
+
+impl Span {
+    /// Starts `name` as a child of `parent` (a `traceparent`; a new trace when it is None or not
+    /// valid).
+    pub fn start(
+        name: &'static str,
+        kind: SpanKind,
+        parent: Option<&str>,
+        attributes: Vec<KeyValue>,
+    ) -> Span {
+        let parent = parent.filter(|tp| trace_id(tp).is_some());
+        let fresh = || parent.map(child).unwrap_or_else(new_traceparent);
+        if !ENABLED.load(Ordering::Relaxed) {
+            return Span {
+                otel: None,
+                traceparent: fresh(),
+            };
+        }
+        let cx = match parent.and_then(span_context) {
+            Some(sc) => Context::new().with_remote_span_context(sc),
+            None => Context::new(),
+        };
+        let tracer = global::tracer("croupier");
+        let span = tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attributes)
+            .start_with_context(&tracer, &cx);
+        let sc = span.span_context();
+        let traceparent = if sc.is_valid() {
+            format!(
+                "00-{:032x}-{:016x}-{:02x}",
+                sc.trace_id(),
+                sc.span_id(),
+                sc.trace_flags().to_u8()
+            )
+        } else {
+            fresh()
+        };
+        Span {
+            otel: Some(span),
+            traceparent,
+        }
+    }
+
+    /// The context this span's children continue (this span's id).
+    pub fn traceparent(&self) -> &str {
+        &self.traceparent
+    }
+
+    /// Adds an attribute.
+    pub fn set_attribute(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+        if let Some(s) = &mut self.otel {
+            s.set_attribute(KeyValue::new(key, value));
+        }
+    }
+
+    /// Marks the span failed, with what went wrong.
+    pub fn set_error(&mut self, message: impl Into<String>) {
+        if let Some(s) = &mut self.otel {
+            s.set_status(Status::error(message.into()));
+        }
+    }
+
+    /// Runs `fut` with this span as the current context, then ends the span.
+    pub async fn run<F: Future>(self, fut: F) -> F::Output {
+        let out = scope(self.traceparent.clone(), fut).await;
+        drop(self);
+        out
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        if let Some(s) = &mut self.otel {
+            s.end();
+        }
     }
 }
 

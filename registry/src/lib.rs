@@ -10,6 +10,7 @@
 //! - [`identity`] — caller identities from mTLS peer certificates: roles, scopes, revocation.
 //! - [`policy`] — the admin policy: rules, roles and approvals, and the decisions they make.
 //! - [`service`] — the `RegistryService` handler.
+//! - [`metrics`] — the names of the watch metrics it records.
 
 // Library code handles its errors; tests may unwrap.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -17,6 +18,7 @@
 pub mod identity;
 pub mod ids;
 pub mod keys;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod schema;

@@ -226,10 +226,13 @@ impl RegistryService for RegistryServer {
         };
         let shutdown = self.shutdown.clone();
         croupier_proto::task::spawn("registration watch", async move {
+            let _open = crate::metrics::OpenWatch::new();
+            let sent = metrics::counter!(crate::metrics::WATCH_EVENTS);
             for ev in initial {
                 if tx.send(Ok(ev)).await.is_err() {
                     return;
                 }
+                sent.increment(1);
             }
             loop {
                 let changes = tokio::select! {
@@ -258,6 +261,7 @@ impl RegistryService for RegistryServer {
                             if tx.send(Ok(ev)).await.is_err() {
                                 return;
                             }
+                            sent.increment(1);
                         }
                     }
                     Err(e) => {

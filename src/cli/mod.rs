@@ -41,7 +41,7 @@ pub use function::{FunctionCommand, function};
 pub use invoke::{InvokeArgs, invoke};
 pub use node::NodeCommand;
 use registry::node_state_name;
-pub use registry::{ListArgs, WatchArgs, agents, functions, watch};
+pub use registry::{FunctionsArgs, ListArgs, WatchArgs, agents, functions, watch};
 pub use serve::{AgentArgs, DevArgs, ServerArgs};
 
 use anyhow::{Context, bail};
@@ -103,7 +103,7 @@ pub enum Command {
     /// List agents.
     Agents(ListArgs),
     /// List functions and the agents providing them.
-    Functions(ListArgs),
+    Functions(FunctionsArgs),
     /// Show one function: descriptor, schemas, who may call it, its agents.
     Describe(describe::DescribeArgs),
     /// Per-function call statistics: calls, errors, success rate, latency, rate (this server's

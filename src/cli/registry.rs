@@ -1,10 +1,14 @@
 //! `croupier agents`, `functions` and `watch`: what the registry holds and how it changes.
 
 use super::*;
-use crate::output::{age, table};
+use std::collections::HashMap;
+
+use crate::output::{age, clean, table};
 use clap::Args;
 use croupier_proto::common::v1::NodeState;
+use croupier_proto::function::v1::FunctionStats;
 use croupier_proto::json::struct_to_json;
+use croupier_proto::registry::v1::FunctionRegistration;
 use croupier_proto::registry::v1::{EventType, WatchRegistrationsRequest};
 
 /// `croupier agents` / `croupier functions`.
@@ -22,6 +26,18 @@ pub struct ListArgs {
     /// Connection.
     #[command(flatten)]
     pub conn: Conn,
+}
+
+/// `croupier functions`.
+#[derive(Args, Debug)]
+pub struct FunctionsArgs {
+    /// What to list and how.
+    #[command(flatten)]
+    pub list: ListArgs,
+    /// Add each function's call statistics as this server counted them (calls, errors,
+    /// latency, last minute's rate; `croupier stats` has more).
+    #[arg(long)]
+    pub stats: bool,
 }
 
 /// `croupier watch`.
@@ -130,20 +146,61 @@ pub(super) fn node_state_name(s: i32) -> &'static str {
 }
 
 /// Runs `croupier functions`.
-pub async fn functions(args: ListArgs) -> anyhow::Result<()> {
+pub async fn functions(args: FunctionsArgs) -> anyhow::Result<()> {
+    let FunctionsArgs { list: args, stats } = args;
     let client = args.conn.client("client-dev").await?;
     let regs = client
         .registrations(&args.game_id, &args.env, "")
         .await
         .map_err(|s| status_error(&s))?;
+    let stats = if stats {
+        let resp = client
+            .function_stats(&args.game_id, &args.env, "")
+            .await
+            .map_err(|s| status_error(&s))?;
+        let by_key: HashMap<(String, String, String), FunctionStats> = resp
+            .stats
+            .into_iter()
+            .map(|s| ((s.game_id.clone(), s.env.clone(), s.function_id.clone()), s))
+            .collect();
+        Some((resp.server_id, by_key))
+    } else {
+        None
+    };
+    let stats_of = |r: &FunctionRegistration| {
+        let (_, by_key) = stats.as_ref()?;
+        let key = (r.game_id.clone(), r.env.clone(), r.function_id.clone());
+        Some(by_key.get(&key).cloned().unwrap_or_else(|| FunctionStats {
+            game_id: r.game_id.clone(),
+            env: r.env.clone(),
+            function_id: r.function_id.clone(),
+            ..Default::default()
+        }))
+    };
     if args.json {
-        let list: Vec<serde_json::Value> =
-            regs.registrations.iter().map(registration_json).collect();
-        println!(
-            "{}",
-            serde_json::json!({"revision": regs.revision, "registrations": list})
-        );
+        let list: Vec<serde_json::Value> = regs
+            .registrations
+            .iter()
+            .map(|r| {
+                let mut v = registration_json(r);
+                if let Some(s) = stats_of(r) {
+                    v["stats"] = super::stats::to_json(&s);
+                }
+                v
+            })
+            .collect();
+        let mut out = serde_json::json!({"revision": regs.revision, "registrations": list});
+        if let Some((server_id, _)) = &stats {
+            out["stats_server_id"] = server_id.clone().into();
+        }
+        println!("{out}");
         return Ok(());
+    }
+    if let Some((server_id, _)) = &stats {
+        eprintln!(
+            "# statistics are server {}'s view (each replica counts the calls it routed)",
+            clean(server_id)
+        );
     }
     let rows: Vec<Vec<String>> = regs
         .registrations
@@ -160,7 +217,7 @@ pub async fn functions(args: ListArgs) -> anyhow::Result<()> {
                 kind.push_str(", job");
             }
             let agents: Vec<String> = r.agents.iter().map(|a| a.agent_id.clone()).collect();
-            vec![
+            let mut row = vec![
                 r.function_id.clone(),
                 format!("{}/{}", r.game_id, r.env),
                 kind,
@@ -169,17 +226,27 @@ pub async fn functions(args: ListArgs) -> anyhow::Result<()> {
                 } else {
                     agents.join(",")
                 },
-                d.description,
-            ]
+            ];
+            if let Some(s) = stats_of(r) {
+                let total = s.total.unwrap_or_default();
+                let minute = s.last_minute.unwrap_or_default();
+                row.extend([
+                    total.calls.to_string(),
+                    total.errors.to_string(),
+                    format!("{:.2}/{:.2}", total.p50_ms, total.p99_ms),
+                    format!("{:.2}", minute.rate_per_sec),
+                ]);
+            }
+            row.push(d.description);
+            row
         })
         .collect();
-    print!(
-        "{}",
-        table(
-            &["FUNCTION", "GAME/ENV", "KIND", "AGENTS", "DESCRIPTION"],
-            &rows
-        )
-    );
+    let mut headers = vec!["FUNCTION", "GAME/ENV", "KIND", "AGENTS"];
+    if stats.is_some() {
+        headers.extend(["CALLS", "ERRORS", "P50/P99 MS", "1M RATE/S"]);
+    }
+    headers.push("DESCRIPTION");
+    print!("{}", table(&headers, &rows));
     Ok(())
 }
 

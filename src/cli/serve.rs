@@ -21,6 +21,11 @@ pub struct ServerArgs {
     #[arg(long)]
     #[serde(skip)]
     pub http_listen: Option<String>,
+    /// OTLP gRPC receiver to export spans to, http://HOST:PORT (config `[otlp] endpoint`;
+    /// off unless given).
+    #[arg(long, env = "CROUPIER_OTLP_ENDPOINT")]
+    #[serde(skip)]
+    pub otlp_endpoint: Option<String>,
     /// Data directory (embedded store, audit log).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,6 +117,9 @@ pub struct AgentArgs {
     /// unless given. The agent needs no inbound port for anything else.
     #[arg(long, env = "CROUPIER_AGENT_HTTP_LISTEN")]
     pub http_listen: Option<String>,
+    /// OTLP gRPC receiver to export the handlers' spans to, http://HOST:PORT (off unless given).
+    #[arg(long, env = "CROUPIER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `croupier dev`.

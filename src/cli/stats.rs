@@ -34,7 +34,7 @@ fn window_json(w: Option<&StatsWindow>) -> serde_json::Value {
     })
 }
 
-fn to_json(s: &FunctionStats) -> serde_json::Value {
+pub(super) fn to_json(s: &FunctionStats) -> serde_json::Value {
     let agents: Vec<_> = s
         .agents
         .iter()

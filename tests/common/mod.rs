@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod otlp;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -504,4 +505,19 @@ pub fn start_dev(mut cmd: Command, timeout: Duration) -> (Proc, String, String) 
     })
     .unwrap_or_else(|| panic!("croupier dev did not come up: {banner}"));
     (dev, url, banner)
+}
+
+/// The value of the sample `series` (name and labels as exposed, e.g.
+/// `croupier_pipelines_total{op="put"}`) in a Prometheus text exposition.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// GETs `/metrics` from the metrics port `addr`.
+pub fn scrape(addr: &str) -> String {
+    let (status, text) = gateway::http(addr, "GET", "/metrics", None, "");
+    assert_eq!(status, 200, "{text}");
+    text
 }

@@ -151,6 +151,22 @@ async fn status(job: &JobContext, index: usize, step: &str, status: &str, messag
 }
 
 async fn run(job: JobContext) -> Result<Value, HandlerError> {
+    let outcome = run_steps(job).await;
+    let label = match &outcome {
+        Ok(_) => "completed",
+        Err(e) if e.code == "CANCELLED" => "cancelled",
+        Err(e) if e.code == "STEP_FAILED" => "failed",
+        Err(_) => "invalid",
+    };
+    metrics::counter!(crate::metrics::PIPELINE_RUNS, "outcome" => label).increment(1);
+    outcome
+}
+
+fn count_step(status: &'static str) {
+    metrics::counter!(crate::metrics::PIPELINE_STEPS, "status" => status).increment(1);
+}
+
+async fn run_steps(job: JobContext) -> Result<Value, HandlerError> {
     let payload = job.payload().clone();
     let template = &payload["template"];
     let Some(steps) = template["steps"].as_array().filter(|s| !s.is_empty()) else {
@@ -185,6 +201,7 @@ async fn run(job: JobContext) -> Result<Value, HandlerError> {
                     format!("not run: step {f} failed")
                 });
             status(&job, i, &step, "CANCELLED", why).await;
+            count_step("CANCELLED");
             results.push(json!({"step": step, "status": "CANCELLED"}));
             continue;
         }
@@ -215,6 +232,7 @@ async fn run(job: JobContext) -> Result<Value, HandlerError> {
             Ok(v) => ("COMPLETED", v.clone()),
             Err(e) => ("FAILED", json!({"error_code": e.code, "error": e.message})),
         };
+        count_step(state);
         let message = match &outcome {
             Err(e) if !cancelled => format!("step {step} failed: {}: {}", e.code, e.message),
             _ => format!("step {step} {}", state.to_lowercase()),

@@ -304,9 +304,8 @@ impl Invoker {
                 caller: who.uri(),
                 idempotency_key: p.opts.idempotency_key.clone(),
                 job_id: job_id.clone(),
-                traceparent: croupier_proto::trace::current()
-                    .map(|tp| croupier_proto::trace::child(&tp))
-                    .unwrap_or_default(),
+                // The agent's handler is a child of this server's span.
+                traceparent: croupier_proto::trace::current().unwrap_or_default(),
             };
             match jobs.create(record, invoke).await {
                 Ok(()) => {

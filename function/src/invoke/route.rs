@@ -270,6 +270,28 @@ impl Invoker {
     /// Sends the call to one agent within the remaining deadline. When the deadline passes the
     /// invocation future is dropped, which cancels the call on the agent.
     pub(super) async fn send(&self, call: &Call<'_>, agent: &str) -> Result<InvokeResult, Sent> {
+        let mut span = croupier_proto::trace::Span::start(
+            "route",
+            croupier_proto::trace::SpanKind::Internal,
+            croupier_proto::trace::current().as_deref(),
+            vec![croupier_proto::trace::KeyValue::new(
+                "croupier.agent_id",
+                agent.to_string(),
+            )],
+        );
+        let tp = span.traceparent().to_string();
+        let sent = croupier_proto::trace::scope(tp, self.send_to(call, agent)).await;
+        match &sent {
+            Ok(r) if !r.success => span.set_error(format!("{}: {}", r.error_code, r.error)),
+            Ok(_) => {}
+            Err(Sent::Remote(owner, s)) => span.set_error(format!("via {owner}: {s}")),
+            Err(Sent::Link(e)) => span.set_error(e.to_string()),
+            Err(Sent::DeadlinePassed) => span.set_error("deadline passed"),
+        }
+        sent
+    }
+
+    async fn send_to(&self, call: &Call<'_>, agent: &str) -> Result<InvokeResult, Sent> {
         let remaining = call.deadline.saturating_duration_since(Instant::now());
         if !call.local_only
             && !self.link.is_connected(agent)
@@ -312,9 +334,8 @@ impl Invoker {
             game_id: call.key.game_id.clone(),
             env: call.key.env.clone(),
             caller: call.who.uri(),
-            traceparent: croupier_proto::trace::current()
-                .map(|tp| croupier_proto::trace::child(&tp))
-                .unwrap_or_default(),
+            // The agent's handler is a child of the route span.
+            traceparent: croupier_proto::trace::current().unwrap_or_default(),
             idempotency_key: call
                 .req
                 .options

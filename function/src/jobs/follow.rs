@@ -15,6 +15,22 @@ use tonic::Status;
 
 pub(super) const FOLLOW_BATCH: usize = 256;
 
+/// Counts one subscriber while its follower runs.
+struct Subscriber;
+
+impl Subscriber {
+    fn new() -> Self {
+        metrics::gauge!(crate::metrics::JOB_SUBSCRIBERS).increment(1.0);
+        Subscriber
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        metrics::gauge!(crate::metrics::JOB_SUBSCRIBERS).decrement(1.0);
+    }
+}
+
 impl JobManager {
     /// `StreamJobEvents`: replays from `from_seq` (0 or 1: from the start), then follows live
     /// until the terminal event.
@@ -50,6 +66,7 @@ impl JobManager {
             };
             let mut remote = fwd.stream_job_events(&record.server_id, who, req).await?;
             croupier_proto::task::spawn("job follower", async move {
+                let _counted = Subscriber::new();
                 loop {
                     let item = tokio::select! {
                         m = remote.message() => m,
@@ -73,6 +90,7 @@ impl JobManager {
             .await
             .map_err(FunctionError::store("reading the job's events"))?;
         croupier_proto::task::spawn("job follower", async move {
+            let _counted = Subscriber::new();
             let first = events.front().map(|e| e.seq).unwrap_or(record.last_seq + 1);
             let mut next = from;
             if next < first {
@@ -97,6 +115,9 @@ pub(super) async fn follow(
     mut next: i64,
     tx: mpsc::Sender<Result<JobEvent, Status>>,
 ) {
+    let _counted = Subscriber::new();
+    let since = now_ms();
+    let delivery = metrics::histogram!(crate::metrics::JOB_DELIVERY_SECONDS);
     let mut changed = job.changed.subscribe();
     loop {
         let (gap_ev, batch, caught_up_and_done, moved) = {
@@ -124,8 +145,13 @@ pub(super) async fn follow(
         let full = batch.len() == FOLLOW_BATCH;
         for e in batch {
             next = e.seq + 1;
+            let live = e.received_at >= since;
+            let received = e.received_at;
             if tx.send(Ok(e)).await.is_err() {
                 return;
+            }
+            if live {
+                delivery.record((now_ms() - received).max(0) as f64 / 1000.0);
             }
         }
         if caught_up_and_done {
@@ -151,6 +177,7 @@ pub(super) async fn follow(
 }
 
 pub(super) fn gap(job_id: &str, from: i64, next: i64) -> JobEvent {
+    metrics::counter!(crate::metrics::JOB_GAPS).increment(1);
     JobEvent {
         job_id: job_id.to_string(),
         r#type: EventType::Gap as i32,

@@ -272,11 +272,11 @@ impl Client {
 }
 
 /// A request with a gRPC deadline.
-/// `req` carrying the current trace context (inside a handler: its call's), so the server
-/// continues that trace.
+/// `req` carrying the current trace context (inside a handler: its span's), so the server's
+/// span is a child of the current one.
 fn traced<M>(mut req: Request<M>) -> Request<M> {
     if let Some(tp) = croupier_proto::trace::current()
-        && let Ok(v) = croupier_proto::trace::child(&tp).parse()
+        && let Ok(v) = tp.parse()
     {
         req.metadata_mut().insert(croupier_proto::trace::HEADER, v);
     }

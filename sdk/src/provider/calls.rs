@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 impl Provider {
-    pub(super) fn spawn_call(&self, inv: Invoke, out: &mpsc::Sender<AgentFrame>) {
+    pub(super) fn spawn_call(&self, mut inv: Invoke, out: &mpsc::Sender<AgentFrame>) {
         let out = out.clone();
         let request_id = inv.request_id.clone();
         if let Some(why) = croupier_proto::codec::undecodable_reason(inv.payload.as_ref()) {
@@ -65,6 +65,22 @@ impl Provider {
         in_flight.fetch_add(1, Ordering::Relaxed);
         let timeout = Duration::from_millis(inv.timeout_ms.max(1) as u64);
         let job_id = inv.job_id.clone();
+        // The handler's span, child of the server's; it is the context the handler sees.
+        let mut span = (!inv.traceparent.is_empty()).then(|| {
+            use croupier_proto::trace::{KeyValue, Span, SpanKind};
+            let mut attrs = vec![
+                KeyValue::new("croupier.function", inv.function_id.clone()),
+                KeyValue::new("croupier.agent_id", self.cfg.agent_id.clone()),
+                KeyValue::new("croupier.request_id", request_id.clone()),
+            ];
+            if !job_id.is_empty() {
+                attrs.push(KeyValue::new("croupier.job_id", job_id.clone()));
+            }
+            Span::start("handler", SpanKind::Server, Some(&inv.traceparent), attrs)
+        });
+        if let Some(span) = &span {
+            inv.traceparent = span.traceparent().to_string();
+        }
         let call = Invocation {
             request_id: request_id.clone(),
             function_id: inv.function_id,
@@ -125,6 +141,12 @@ impl Provider {
                 metrics::gauge!(crate::metrics::JOBS_RUNNING).decrement(1.0);
                 outcome
             };
+            if let (Some(span), Some(code)) = (&mut span, &outcome_code)
+                && code != "ok"
+            {
+                span.set_error(code.clone());
+            }
+            drop(span);
             if let Some(code) = outcome_code {
                 let labels = [("function", function), ("outcome", code)];
                 metrics::counter!(crate::metrics::CALLS, &labels).increment(1);
