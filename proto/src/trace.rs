@@ -52,16 +52,27 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
     valid.then_some(trace)
 }
 
-fn random_hex(bytes: usize) -> String {
-    let raw = uuid::Uuid::new_v4();
-    let mut out: String = raw.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    out.truncate(bytes * 2);
-    out
+/// A random non-zero id of `N` bytes as lowercase hex, from the thread-local generator (no
+/// system call per id).
+fn random_hex<const N: usize>() -> String {
+    loop {
+        let bytes: [u8; N] = rand::random();
+        if bytes.iter().any(|b| *b != 0) {
+            let mut out = String::with_capacity(N * 2);
+            for b in bytes {
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 15)]));
+            }
+            return out;
+        }
+    }
 }
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// A new sampled trace: new trace id, new span id.
 pub fn new_traceparent() -> String {
-    format!("00-{}-{}-01", random_hex(16), random_hex(8))
+    format!("00-{}-{}-01", random_hex::<16>(), random_hex::<8>())
 }
 
 /// The context of the next hop: the same trace, a new span id; a new trace when `parent` is not
@@ -70,7 +81,7 @@ pub fn child(parent: &str) -> String {
     match trace_id(parent) {
         Some(trace) => {
             let flags = parent.rsplit('-').next().unwrap_or("01");
-            format!("00-{trace}-{}-{flags}", random_hex(8))
+            format!("00-{trace}-{}-{flags}", random_hex::<8>())
         }
         None => new_traceparent(),
     }
