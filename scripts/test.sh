@@ -11,7 +11,8 @@
 #   5. runs scripts/check-protos.sh (C++ and Go codegen from proto/croupier/ compile),
 #   6. checks that the Rust build needs no system protoc (scripts/check-no-protoc.sh), runs
 #      cargo fmt --check, cargo clippy -D warnings and cargo test --workspace with
-#      CROUPIER_REQUIRE_DOCKER=1, CROUPIER_REQUIRE_ETCD=1 and CROUPIER_REQUIRE_PROMETHEUS=1
+#      CROUPIER_REQUIRE_DOCKER=1, CROUPIER_REQUIRE_ETCD=1, CROUPIER_REQUIRE_PROMETHEUS=1 and
+#      CROUPIER_REQUIRE_NATS=1
 #      (tests fail instead of skipping),
 #   7. runs scripts/python-test.sh (the Python asyncio SDK: wheel, mypy --strict, pytest against
 #      real servers) and scripts/clients-test.sh (the Go, C++ and Python clients and the Python
@@ -70,6 +71,7 @@ needs=(
     "busybox-static:static-busybox"
     "iproute2:ip"
     "prometheus:prometheus"
+    "nats-server:nats-server"
     "g++:g++"
     "ca-certificates:/etc/ssl/certs/ca-certificates.crt"
 )
@@ -125,6 +127,7 @@ else
 fi
 echo "etcd: $(etcd --version 2>/dev/null | head -n1); protoc: $(protoc --version)"
 echo "prometheus: $(prometheus --version 2>&1 | head -n1); promtool: $(command -v promtool)"
+echo "nats-server: $(nats-server --version 2>&1 | head -n1)"
 command -v cargo >/dev/null 2>&1 || die "cargo not found (the machine's rustup toolchain is expected on PATH)"
 
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +242,7 @@ fi
 export CROUPIER_REQUIRE_DOCKER=1
 export CROUPIER_REQUIRE_ETCD=1
 export CROUPIER_REQUIRE_PROMETHEUS=1
+export CROUPIER_REQUIRE_NATS=1
 
 section "the Rust build needs no system protoc"
 # The protoc every build script runs (.cargo/config.toml's PROTOC): the vendored one.

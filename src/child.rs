@@ -84,6 +84,26 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0) // USER_HZ is 100 on Linux
 }
 
+/// Context switches (voluntary and not) of every live thread of process `pid`, from
+/// `/proc/PID/task/*/status` (threads that ended no longer count).
+pub fn context_switches(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
+            continue; // the thread ended meanwhile
+        };
+        total += status
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            })
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +113,7 @@ mod tests {
         let pid = std::process::id();
         assert!(rss_mib(pid).is_some_and(|m| m > 0.0));
         assert!(cpu_seconds(pid).is_some_and(|s| s >= 0.0));
+        assert!(context_switches(pid).is_some());
         assert_eq!(rss_mib(u32::MAX), None);
     }
 

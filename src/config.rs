@@ -57,6 +57,10 @@ pub struct ServerConfig {
     pub audit: Audit,
     /// The plain-HTTP port for machines (`/metrics`, `/healthz`, `/readyz`).
     pub http: Http,
+    /// Print the "croupier server listening on URL" lines on stdout (off for a server embedded
+    /// in another command, such as `bench invoke --in-process --json`). Not a config key.
+    #[serde(skip)]
+    pub announce: bool,
     /// Span export over OTLP.
     pub otlp: Otlp,
     /// Where registrations, descriptors, node states, jobs and idempotency records live:
@@ -301,6 +305,7 @@ impl Default for ServerConfig {
             audit_log: true,
             audit: Audit::default(),
             http: Http::default(),
+            announce: true,
             otlp: Otlp::default(),
             store: StoreKind::Embedded,
             store_fsync: false,

@@ -11,7 +11,13 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The NATS client of `bench invoke` reports every connection at info: quieter unless asked.
+    let log = if cli.log.contains("async_nats") {
+        cli.log.clone()
+    } else {
+        format!("{},async_nats=warn", cli.log)
+    };
+    let filter = EnvFilter::try_new(&log).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -163,6 +169,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             return Ok(croupier_gateway::cmd::run(*args, shutdown_signal()).await?);
         }
         Command::Bench(BenchCommand::Gateway(args)) => croupier::bench::gateway::run(args).await?,
+        Command::Bench(BenchCommand::DirectServer(args)) => {
+            croupier::bench::procs::direct_server(args).await?;
+        }
+        Command::Bench(BenchCommand::NatsResponder(args)) => {
+            croupier::bench::procs::nats_responder_run(args).await?;
+        }
     }
     Ok(0)
 }

@@ -456,10 +456,14 @@ async fn serve_on(
         )?;
         tracing::info!(%at, "HTTP port: /metrics, /healthz, /readyz");
         // Before the "listening" line, which is the last one a supervisor may read.
-        println!("croupier metrics on http://{at}/metrics");
+        if cfg.announce {
+            println!("croupier metrics on http://{at}/metrics");
+        }
     }
     tracing::info!(%addr, server_id = %cfg.server_id, %advertise, store = ?cfg.store, "croupier server listening");
-    println!("croupier server listening on https://{addr}");
+    if cfg.announce {
+        println!("croupier server listening on https://{addr}");
+    }
 
     let mut server = server;
     tokio::select! {

@@ -1,6 +1,8 @@
-//! `croupier bench invoke`: calls through the mesh against the same handler called directly
-//! over mTLS, with latency percentiles and throughput. In one run it measures the same handler
-//! reached two ways:
+//! `croupier bench invoke`: calls through the mesh against the same echo reached other ways,
+//! with latency percentiles and throughput. By default it measures the deployed shape, server
+//! and agent as processes, against a direct tonic server and NATS request-reply
+//! ([`super::deployed`]). With `--in-process` it runs the server and the agent inside this
+//! process, the audit log off:
 //! - direct: client → a tonic `FunctionService` that calls the handler itself;
 //! - mesh: client → croupier server → agent tunnel → handler → back.
 //!
@@ -36,9 +38,25 @@ pub struct InvokeBenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Also measure what metrics cost: this many rounds of mesh phases with the metrics
-    /// recorder on and off, interleaved (0: skip).
+    /// recorder on and off, interleaved (0: skip; with --in-process only).
     #[arg(long, default_value_t = 0)]
     pub metrics_rounds: usize,
+    /// Run the server and the agent inside this process, audit log off (the older, kinder
+    /// figure), instead of the deployed shape.
+    #[arg(long)]
+    pub in_process: bool,
+    /// Rounds of every path, interleaved (deployed shape).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Client connections of the mesh's extra throughput phase (deployed shape; 1: none).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Agent processes serving the mesh's calls (deployed shape).
+    #[arg(long, default_value_t = 1)]
+    pub agents: usize,
+    /// Leave NATS out (deployed shape; it needs `nats-server` on PATH).
+    #[arg(long)]
+    pub skip_nats: bool,
 }
 
 /// The metrics' cost: median ratios (on / off) over interleaved rounds.
@@ -52,7 +70,8 @@ pub struct MetricsOverhead {
     pub p50_c1_on_over_off: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (NaN when empty).
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
@@ -309,6 +328,13 @@ pub(super) async fn phase(
 
 /// Runs the benchmark and prints the figures.
 pub async fn invoke(args: InvokeBenchArgs) -> anyhow::Result<()> {
+    if !args.in_process {
+        anyhow::ensure!(
+            args.metrics_rounds == 0,
+            "--metrics-rounds measures the in-process mesh: add --in-process"
+        );
+        return super::deployed::run(&args).await;
+    }
     let mesh_env = BenchMesh::start(
         |_| {},
         |p| {

@@ -3,15 +3,19 @@
 //! and an agent in this process) is here.
 //!
 //! Layout:
-//! - `invoke` — `bench invoke`: mesh against direct.
+//! - `invoke` — `bench invoke`: mesh against direct (in one process with `--in-process`).
+//! - `deployed` — `bench invoke` in the deployed shape: processes, direct and NATS.
+//! - `procs` — the processes that shape runs, and the hidden helper commands.
 //! - `jobs` — `bench jobs`: job event throughput and latency.
 //! - `agents` — `bench agents`: many agents against servers on etcd.
 //! - `gateway` — `bench gateway`: the game gateway under load.
 
 pub mod agents;
+mod deployed;
 pub mod gateway;
 pub mod invoke;
 pub mod jobs;
+pub mod procs;
 
 pub use agents::{AgentsBenchArgs, agents};
 pub use invoke::{InvokeBenchArgs, invoke};
@@ -62,8 +66,11 @@ impl BenchMesh {
             data_dir: dir.join("data"),
             tls_dir: certs.clone(),
             audit_log: false,
+            announce: false,
             ..ServerConfig::default()
         };
+        // Metrics recorded as in a deployment, on a port of its own.
+        cfg.http.listen = Some("127.0.0.1:0".into());
         tune(&mut cfg);
         let s = stop.clone();
         let server = croupier_proto::task::spawn(

@@ -324,6 +324,12 @@ pub enum BenchCommand {
     /// Game gateway: N client sessions, request latency through gateway + mesh, memory per
     /// session, broadcast fan-out.
     Gateway(crate::bench::gateway::GatewayBenchArgs),
+    /// The direct echo server `bench invoke` compares the mesh with (started by it).
+    #[command(hide = true)]
+    DirectServer(crate::bench::procs::DirectServerArgs),
+    /// The NATS responder `bench invoke` compares the mesh with (started by it).
+    #[command(hide = true)]
+    NatsResponder(crate::bench::procs::NatsResponderArgs),
 }
 
 /// Parses "k=v".

@@ -14,6 +14,8 @@ const NOT_RESULTS: &[&str] = &[
     "croupier bench jobs",
     "croupier bench agents",
     "croupier bench gateway",
+    "croupier bench direct-server",
+    "croupier bench nats-responder",
 ];
 
 fn leaves(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Command)>) {
