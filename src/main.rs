@@ -92,7 +92,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let listener = tokio::net::TcpListener::bind(&cfg.listen)
                 .await
                 .map_err(|e| anyhow::anyhow!("binding {}: {e}", cfg.listen))?;
-            croupier::server::serve(cfg, listener, shutdown_signal()).await?;
+            // On a worker thread, not the main thread's `block_on`: the server's own loops then
+            // share the workers with the tasks they wake instead of handing off to them.
+            let serving = croupier::server::serve(cfg, listener, shutdown_signal());
+            croupier_proto::task::spawn("server", serving).await??;
         }
         Command::Agent(args) => {
             let tls_dir = match &args.tls_dir {
@@ -134,7 +137,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 let at = croupier::http::spawn_agent(listener, agent.state(), stop.child_token())?;
                 tracing::info!(%at, "HTTP port: /metrics, /healthz, /readyz");
             }
-            agent.run(stop).await?;
+            // The tunnel's read loop on a worker thread, beside the calls it starts: run from
+            // the main thread's `block_on`, every frame would hop threads.
+            croupier_proto::task::spawn("agent", agent.run(stop)).await??;
         }
         Command::Dev(args) => croupier::dev::run(args, shutdown_signal()).await?,
         Command::Completions { shell } => {

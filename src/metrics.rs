@@ -11,7 +11,6 @@
 //! `(unregistered)`), and the per-agent gauges are keyed by game, env and node state.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -41,13 +40,11 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-/// Whether metrics are recorded (see [`set_recording`]).
-static RECORDING: AtomicBool = AtomicBool::new(true);
-
-/// Turns recording on or off for the whole process (what was recorded stays exported). Only
-/// `croupier bench invoke --metrics-rounds` uses it, to measure what metrics cost.
+/// Turns recording on or off for the whole process (what was recorded stays exported), cached
+/// handles included. Only `croupier bench invoke --metrics-rounds` uses it, to measure what
+/// metrics cost.
 pub fn set_recording(on: bool) {
-    RECORDING.store(on, Ordering::Relaxed);
+    croupier_proto::metric_handles::set_recording(on);
 }
 
 /// The Prometheus recorder behind the switch of [`set_recording`]: off, every metric is a
@@ -65,21 +62,21 @@ impl metrics::Recorder for Switch {
         self.0.describe_histogram(key, unit, description);
     }
     fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
-        if RECORDING.load(Ordering::Relaxed) {
+        if croupier_proto::metric_handles::recording() {
             self.0.register_counter(key, metadata)
         } else {
             Counter::noop()
         }
     }
     fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
-        if RECORDING.load(Ordering::Relaxed) {
+        if croupier_proto::metric_handles::recording() {
             self.0.register_gauge(key, metadata)
         } else {
             Gauge::noop()
         }
     }
     fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
-        if RECORDING.load(Ordering::Relaxed) {
+        if croupier_proto::metric_handles::recording() {
             self.0.register_histogram(key, metadata)
         } else {
             Histogram::noop()

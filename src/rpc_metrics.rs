@@ -5,7 +5,7 @@
 //! trailers-only response that carries `grpc-status` there; a response without it opened fine
 //! (`OK`; a stream's final status is not counted).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,19 +20,22 @@ use crate::metrics::{RPC_SECONDS, RPC_TOTAL};
 /// The layer: wraps the server's routes.
 #[derive(Clone)]
 pub struct RpcMetricsLayer {
-    known: Arc<HashSet<String>>,
+    /// Each known method's path and its label.
+    known: Arc<HashMap<String, Arc<str>>>,
+    handles: Arc<croupier_proto::metric_handles::Handles>,
 }
 
 impl RpcMetricsLayer {
     /// A layer that knows the methods of the croupier protos, gRPC health and reflection.
     pub fn new() -> RpcMetricsLayer {
-        let mut known = HashSet::new();
+        let mut known = HashMap::new();
         if let Ok(set) = prost_types::FileDescriptorSet::decode(croupier_proto::FILE_DESCRIPTOR_SET)
         {
             for file in set.file {
                 for svc in &file.service {
                     for m in &svc.method {
-                        known.insert(format!("/{}.{}/{}", file.package(), svc.name(), m.name()));
+                        let path = format!("/{}.{}/{}", file.package(), svc.name(), m.name());
+                        known.insert(path.clone(), label(&path));
                     }
                 }
             }
@@ -43,26 +46,30 @@ impl RpcMetricsLayer {
             "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
             "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         ] {
-            known.insert(extra.to_string());
+            known.insert(extra.to_string(), label(extra));
         }
         RpcMetricsLayer {
             known: Arc::new(known),
+            handles: Default::default(),
         }
     }
 
-    fn label(&self, path: &str) -> String {
-        if self.known.contains(path) {
-            // "/croupier.function.v1.FunctionService/InvokeFunction" → "FunctionService/InvokeFunction"
-            let (svc, method) = path
-                .trim_start_matches('/')
-                .split_once('/')
-                .unwrap_or(("", path));
-            let svc = svc.rsplit('.').next().unwrap_or(svc);
-            format!("{svc}/{method}")
-        } else {
-            "other".into()
-        }
+    fn label(&self, path: &str) -> Arc<str> {
+        self.known
+            .get(path)
+            .cloned()
+            .unwrap_or_else(|| Arc::from("other"))
     }
+}
+
+/// "/croupier.function.v1.FunctionService/InvokeFunction" → "FunctionService/InvokeFunction".
+fn label(path: &str) -> Arc<str> {
+    let (svc, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or(("", path));
+    let svc = svc.rsplit('.').next().unwrap_or(svc);
+    Arc::from(format!("{svc}/{method}"))
 }
 
 impl Default for RpcMetricsLayer {
@@ -104,6 +111,7 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let rpc = self.layer.label(req.uri().path());
+        let handles = self.layer.handles.clone();
         let started = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -117,9 +125,13 @@ where
                     .map_or("OK", code_name),
                 Err(_) => "UNKNOWN",
             };
-            metrics::histogram!(RPC_SECONDS, "rpc" => rpc.clone())
-                .record(started.elapsed().as_secs_f64());
-            metrics::counter!(RPC_TOTAL, "rpc" => rpc, "code" => code).increment(1);
+            let took = started.elapsed().as_secs_f64();
+            handles.record(&[&rpc, code], took, || {
+                (
+                    metrics::counter!(RPC_TOTAL, "rpc" => rpc.to_string(), "code" => code),
+                    metrics::histogram!(RPC_SECONDS, "rpc" => rpc.to_string()),
+                )
+            });
             resp
         })
     }
@@ -156,15 +168,15 @@ mod tests {
     fn labels_are_the_defined_methods_or_other() {
         let l = RpcMetricsLayer::new();
         assert_eq!(
-            l.label("/croupier.function.v1.FunctionService/InvokeFunction"),
+            &*l.label("/croupier.function.v1.FunctionService/InvokeFunction"),
             "FunctionService/InvokeFunction"
         );
-        assert_eq!(l.label("/grpc.health.v1.Health/Check"), "Health/Check");
+        assert_eq!(&*l.label("/grpc.health.v1.Health/Check"), "Health/Check");
         assert_eq!(
-            l.label("/croupier.function.v1.FunctionService/MadeUp"),
+            &*l.label("/croupier.function.v1.FunctionService/MadeUp"),
             "other"
         );
-        assert_eq!(l.label("/x"), "other");
+        assert_eq!(&*l.label("/x"), "other");
         assert_eq!(code_name(7), "PERMISSION_DENIED");
         assert_eq!(code_name(99), "UNKNOWN");
     }

@@ -122,19 +122,15 @@ pub fn describe() {
 
 /// The (game, env, function) labels of a call: as asked when the registry knows the function,
 /// else placeholders, so callers naming functions that do not exist cannot grow the label set.
-pub fn function_labels(
+pub fn function_labels<'a>(
     known: bool,
-    game: &str,
-    env: &str,
-    function: &str,
-) -> (String, String, String) {
+    game: &'a str,
+    env: &'a str,
+    function: &'a str,
+) -> (&'a str, &'a str, &'a str) {
     if known {
-        (game.to_string(), env.to_string(), function.to_string())
+        (game, env, function)
     } else {
-        (
-            "(unknown)".into(),
-            "(unknown)".into(),
-            "(unregistered)".into(),
-        )
+        ("(unknown)", "(unknown)", "(unregistered)")
     }
 }

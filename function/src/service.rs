@@ -128,9 +128,12 @@ impl FunctionService for FunctionServer {
             &r.env,
             &r.function_id,
         );
-        let call = self
-            .invoker
-            .invoke(&o.who, request.into_inner(), deadline, o.forwarded);
+        // Boxed: the call's state machine is large, and the layers above move their futures.
+        let call =
+            Box::pin(
+                self.invoker
+                    .invoke(&o.who, request.into_inner(), deadline, o.forwarded),
+            );
         let result = trace::scope(span.traceparent().to_string(), call).await;
         if let Ok(r) = &result
             && !r.success
@@ -147,9 +150,10 @@ impl FunctionService for FunctionServer {
         let o = origin(&request)?;
         let r = request.get_ref();
         let span = server_span(&request, "InvokeJob", &r.game_id, &r.env, &r.function_id);
-        let start = self
-            .invoker
-            .start_job(&o.who, request.into_inner(), o.forwarded);
+        let start = Box::pin(
+            self.invoker
+                .start_job(&o.who, request.into_inner(), o.forwarded),
+        );
         let result = trace::scope(span.traceparent().to_string(), start).await;
         with_trace(span, result)
     }

@@ -21,7 +21,8 @@ const SLOTS: usize = 6;
 /// Longest latency a histogram holds, microseconds (longer calls are counted at this value).
 const MAX_MICROS: u64 = 3_600_000_000;
 
-type Key = (String, String, String);
+/// An entry's game, env and function, each followed by U+001F.
+type Key = String;
 
 /// Counts and a latency histogram.
 #[derive(Clone)]
@@ -89,12 +90,67 @@ struct AgentCounts {
 
 /// One function's statistics.
 struct Entry {
+    game: String,
+    env: String,
+    function: String,
     total: Window,
     /// (slot number, window) for the last [`SLOTS`] slots.
     slots: Vec<(u64, Window)>,
     last_error: String,
     last_error_at: i64,
     agents: BTreeMap<String, AgentCounts>,
+}
+
+impl Entry {
+    fn new(game: &str, env: &str, function: &str) -> Entry {
+        Entry {
+            game: game.to_string(),
+            env: env.to_string(),
+            function: function.to_string(),
+            total: Window::new(),
+            slots: Vec::with_capacity(SLOTS),
+            last_error: String::new(),
+            last_error_at: 0,
+            agents: BTreeMap::new(),
+        }
+    }
+
+    fn record(&mut self, slot: u64, ok: bool, outcome: &Outcome<'_>) {
+        self.total.record(ok, outcome.took);
+        match self.slots.iter_mut().find(|(n, _)| *n == slot) {
+            Some((_, w)) => w.record(ok, outcome.took),
+            None => {
+                self.slots.retain(|(n, _)| *n + SLOTS as u64 > slot);
+                let mut w = Window::new();
+                w.record(ok, outcome.took);
+                self.slots.push((slot, w));
+            }
+        }
+        let error = outcome
+            .error
+            .map(|(code, message)| format!("{code}: {message}"));
+        if let Some(err) = &error {
+            self.last_error.clone_from(err);
+            self.last_error_at = croupier_registry::model::now_ms();
+        }
+        if !outcome.agent.is_empty() {
+            if !self.agents.contains_key(outcome.agent) {
+                self.agents
+                    .insert(outcome.agent.to_string(), AgentCounts::default());
+            }
+            if let Some(a) = self.agents.get_mut(outcome.agent) {
+                a.calls += 1;
+                if let Some(err) = error {
+                    a.errors += 1;
+                    a.last_error = err;
+                }
+            }
+        }
+    }
+}
+
+thread_local! {
+    static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 /// The statistics of every function this server routed calls to.
@@ -137,40 +193,21 @@ impl FunctionStats {
         let slot = self.slot_now();
         let ok = outcome.error.is_none();
         let mut entries = self.entries.lock();
-        let e = entries
-            .entry((game.to_string(), env.to_string(), function.to_string()))
-            .or_insert_with(|| Entry {
-                total: Window::new(),
-                slots: Vec::with_capacity(SLOTS),
-                last_error: String::new(),
-                last_error_at: 0,
-                agents: BTreeMap::new(),
-            });
-        e.total.record(ok, outcome.took);
-        match e.slots.iter_mut().find(|(n, _)| *n == slot) {
-            Some((_, w)) => w.record(ok, outcome.took),
-            None => {
-                e.slots.retain(|(n, _)| *n + SLOTS as u64 > slot);
-                let mut w = Window::new();
-                w.record(ok, outcome.took);
-                e.slots.push((slot, w));
+        // Found by the joined names in a reused buffer: no allocation once the entry exists.
+        KEY.with(|key| {
+            let mut key = key.borrow_mut();
+            key.clear();
+            for part in [game, env, function] {
+                key.push_str(part);
+                key.push('\u{1f}');
             }
-        }
-        let error = outcome
-            .error
-            .map(|(code, message)| format!("{code}: {message}"));
-        if let Some(err) = &error {
-            e.last_error.clone_from(err);
-            e.last_error_at = croupier_registry::model::now_ms();
-        }
-        if !outcome.agent.is_empty() {
-            let a = e.agents.entry(outcome.agent.to_string()).or_default();
-            a.calls += 1;
-            if let Some(err) = error {
-                a.errors += 1;
-                a.last_error = err;
+            if !entries.contains_key(key.as_str()) {
+                entries.insert(key.clone(), Entry::new(game, env, function));
             }
-        }
+            if let Some(e) = entries.get_mut(key.as_str()) {
+                e.record(slot, ok, outcome);
+            }
+        });
     }
 
     /// The statistics of the functions `keep` accepts (game, env, function), sorted.
@@ -182,9 +219,9 @@ impl FunctionStats {
             .min(((SLOTS - 1) as f64) * SLOT.as_secs_f64() + since_start % SLOT.as_secs_f64());
         let entries = self.entries.lock();
         let mut out: Vec<pb::FunctionStats> = entries
-            .iter()
-            .filter(|((g, e, f), _)| keep(g, e, f))
-            .map(|((g, e, f), entry)| {
+            .values()
+            .filter(|entry| keep(&entry.game, &entry.env, &entry.function))
+            .map(|entry| {
                 let mut minute = Window::new();
                 for (n, w) in &entry.slots {
                     if *n + SLOTS as u64 > slot {
@@ -194,9 +231,9 @@ impl FunctionStats {
                     }
                 }
                 pb::FunctionStats {
-                    game_id: g.clone(),
-                    env: e.clone(),
-                    function_id: f.clone(),
+                    game_id: entry.game.clone(),
+                    env: entry.env.clone(),
+                    function_id: entry.function.clone(),
                     total: Some(entry.total.to_proto(since_start)),
                     last_minute: Some(minute.to_proto(window_secs)),
                     last_error: entry.last_error.clone(),

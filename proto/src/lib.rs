@@ -10,7 +10,8 @@
 //! - [`codec`] — the gRPC codec: prost's, with substitutes for undecodable tunnel frames.
 //! - [`task`] — named background tasks (the one place that spawns), with a tracker for shutdown.
 //! - [`status`] — error statuses with `ErrorInfo` details (the richer error model).
-//! - [`trace`] — W3C trace context through the mesh (`traceparent`).
+//! - [`trace`] — W3C trace context through the mesh (`traceparent`) and its spans.
+//! - [`metric_handles`] — metric handles looked up once per label set; the recording switch.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 
 // Library code handles its errors; tests may unwrap.
@@ -20,6 +21,7 @@
 pub mod codec;
 pub mod json;
 pub mod limits;
+pub mod metric_handles;
 pub mod status;
 pub mod task;
 pub mod trace;

@@ -101,6 +101,8 @@ pub struct Invoker {
     forwarder: Option<Arc<Forwarder>>,
     pipelines: Arc<Pipelines>,
     stats: crate::stats::FunctionStats,
+    /// The handles of [`crate::metrics::INVOCATIONS`] per label set.
+    invocation_metrics: croupier_proto::metric_handles::Handles,
 }
 
 /// A request whose function is resolved, caller authorised and payload checked.
@@ -160,6 +162,7 @@ impl Invoker {
             forwarder: None,
             pipelines,
             stats: crate::stats::FunctionStats::new(),
+            invocation_metrics: Default::default(),
         }
     }
 
@@ -286,15 +289,21 @@ impl Invoker {
             .options
             .as_ref()
             .map_or("lb", |o| route_label(&o.routing_mode));
-        let labels = [
-            ("game", game),
-            ("env", env),
-            ("function", function),
-            ("route", route.to_string()),
-            ("outcome", outcome.to_string()),
-        ];
-        metrics::counter!(crate::metrics::INVOCATIONS, &labels).increment(1);
-        metrics::histogram!(crate::metrics::INVOCATION_SECONDS, &labels).record(took.as_secs_f64());
+        let values = [game, env, function, route, outcome];
+        self.invocation_metrics
+            .record(&values, took.as_secs_f64(), || {
+                let labels = [
+                    ("game", game.to_string()),
+                    ("env", env.to_string()),
+                    ("function", function.to_string()),
+                    ("route", route.to_string()),
+                    ("outcome", outcome.to_string()),
+                ];
+                (
+                    metrics::counter!(crate::metrics::INVOCATIONS, &labels),
+                    metrics::histogram!(crate::metrics::INVOCATION_SECONDS, &labels),
+                )
+            });
     }
 
     /// Whether the registry knows a function (an answered call's is known).

@@ -61,6 +61,7 @@ impl Provider {
             .lock()
             .insert(request_id.clone(), running.clone());
         let running_map = self.running.clone();
+        let call_metrics = self.call_metrics.clone();
         let in_flight = self.in_flight.clone();
         in_flight.fetch_add(1, Ordering::Relaxed);
         let timeout = Duration::from_millis(inv.timeout_ms.max(1) as u64);
@@ -148,10 +149,14 @@ impl Provider {
             }
             drop(span);
             if let Some(code) = outcome_code {
-                let labels = [("function", function), ("outcome", code)];
-                metrics::counter!(crate::metrics::CALLS, &labels).increment(1);
-                metrics::histogram!(crate::metrics::CALL_SECONDS, &labels)
-                    .record(started.elapsed().as_secs_f64());
+                let took = started.elapsed().as_secs_f64();
+                call_metrics.record(&[&function, &code], took, || {
+                    let labels = [("function", function.clone()), ("outcome", code.clone())];
+                    (
+                        metrics::counter!(crate::metrics::CALLS, &labels),
+                        metrics::histogram!(crate::metrics::CALL_SECONDS, &labels),
+                    )
+                });
             }
             running_map.lock().remove(&request_id);
             in_flight.fetch_sub(1, Ordering::Relaxed);

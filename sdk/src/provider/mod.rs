@@ -80,6 +80,8 @@ pub struct Provider {
     status: Option<StatusFn>,
     state: watch::Sender<ProviderState>,
     in_flight: Arc<AtomicI64>,
+    /// The handles of the calls' metrics per (function, outcome).
+    call_metrics: Arc<croupier_proto::metric_handles::Handles>,
     running: RunningMap,
     outbox: Arc<Outbox>,
     /// The server's message limit (from its Welcome): results must fit in it.
@@ -103,6 +105,7 @@ impl Provider {
             status: None,
             state: watch::channel(ProviderState::default()).0,
             in_flight: Arc::new(AtomicI64::new(0)),
+            call_metrics: Default::default(),
             server_limit: Arc::new(std::sync::atomic::AtomicUsize::new(MAX_MESSAGE_BYTES)),
             running: Arc::default(),
             outbox: Outbox::new(),
