@@ -132,6 +132,7 @@ fn describe() {
 pub struct ScrapeGauges {
     view: Arc<RegistryView>,
     plane: Arc<ControlPlane>,
+    jobs: Option<Arc<croupier_function::jobs::JobManager>>,
     /// The (game, env, state) series set last time, so a group that emptied drops to 0.
     seen: Mutex<BTreeSet<(String, String, String)>>,
     process: metrics_process::Collector,
@@ -143,14 +144,24 @@ impl ScrapeGauges {
         ScrapeGauges {
             view,
             plane,
+            jobs: None,
             seen: Mutex::default(),
             process: metrics_process::Collector::default(),
         }
     }
 
+    /// Also reports the jobs `jobs` runs.
+    pub fn with_jobs(mut self, jobs: Arc<croupier_function::jobs::JobManager>) -> Self {
+        self.jobs = Some(jobs);
+        self
+    }
+
     /// Sets the gauges to what the registry and the process hold now.
     pub fn update(&self) {
         self.process.collect();
+        if let Some(jobs) = &self.jobs {
+            metrics::gauge!(croupier_function::metrics::JOBS_RUNNING).set(jobs.running() as f64);
+        }
         let (tunnels, in_flight) = self.plane.load_summary();
         metrics::gauge!(croupier_control::metrics::TUNNELS_OPEN).set(tunnels as f64);
         metrics::gauge!(croupier_control::metrics::CALLS_IN_FLIGHT).set(in_flight as f64);

@@ -375,7 +375,8 @@ async fn serve_on(
         audit.clone(),
     ));
     let function_svc = FunctionServiceServer::new(
-        FunctionServer::new(invoker, jobs, pipelines, approvals).with_server_id(&cfg.server_id),
+        FunctionServer::new(invoker, jobs.clone(), pipelines, approvals)
+            .with_server_id(&cfg.server_id),
     )
     .accept_compressed(GZIP)
     .send_compressed(GZIP)
@@ -444,10 +445,10 @@ async fn serve_on(
     if let Some(http) = crate::http::bind(cfg.http.listen.as_deref()).await? {
         let at = crate::http::spawn(
             http,
-            Arc::new(crate::metrics::ScrapeGauges::new(
-                view.clone(),
-                control.clone(),
-            )),
+            Arc::new(
+                crate::metrics::ScrapeGauges::new(view.clone(), control.clone())
+                    .with_jobs(jobs.clone()),
+            ),
             Arc::new(crate::http::Readiness {
                 store: store.clone(),
                 draining: draining.clone(),

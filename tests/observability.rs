@@ -216,6 +216,15 @@ async fn prometheus_scrapes_what_the_server_did() {
         "no job event delivery timed"
     );
     until_value(&prom, "croupier_job_subscribers", 0.0).await;
+    // A running job is counted while it runs.
+    let long = client
+        .start_job("agent.countdown", json!({"steps": 1000, "ms": 50}), &opts())
+        .await
+        .unwrap();
+    until_value(&prom, "croupier_jobs_running", 1.0).await;
+    long.cancel("counted").await.unwrap();
+    long.wait().await.unwrap();
+    until_value(&prom, "croupier_jobs_running", 0.0).await;
     // An open registry watch is counted, with what it was sent (one ADDED per function, SYNCED).
     let mut watch = client
         .watch_registrations(Default::default())
@@ -347,6 +356,7 @@ fn defined_metrics() -> Vec<&'static str> {
         f::FORWARDED,
         f::FORWARD_SECONDS,
         f::JOB_EVENT_BYTES,
+        f::JOBS_RUNNING,
         f::JOB_SUBSCRIBERS,
         f::JOB_DELIVERY_SECONDS,
         f::JOB_GAPS,

@@ -17,6 +17,9 @@ pub const INVOCATION_SECONDS: &str = "croupier_invocation_duration_seconds";
 /// (labels bounded as for [`INVOCATIONS`]).
 pub const JOBS_STARTED: &str = "croupier_jobs_started_total";
 
+/// Gauge: jobs this server runs now (set when `/metrics` is scraped).
+pub const JOBS_RUNNING: &str = "croupier_jobs_running";
+
 /// Counter: jobs that ended, by `outcome` (`completed`, `failed`, `cancelled`).
 pub const JOBS_ENDED: &str = "croupier_jobs_ended_total";
 
@@ -76,6 +79,7 @@ pub fn describe() {
         "Job starts answered, by game, env, function and outcome."
     );
     describe_counter!(JOBS_ENDED, "Jobs that ended, by outcome.");
+    metrics::describe_gauge!(JOBS_RUNNING, "Jobs this server runs now.");
     describe_histogram!(
         JOB_SECONDS,
         Unit::Seconds,

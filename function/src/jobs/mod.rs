@@ -142,6 +142,15 @@ impl JobManager {
         self.jobs.read().values().cloned().collect()
     }
 
+    /// Jobs this server runs now (not ended; jobs a replica runs are counted by that replica).
+    pub fn running(&self) -> usize {
+        self.jobs
+            .read()
+            .values()
+            .filter(|j| !j.st.lock().record.status.is_terminal())
+            .count()
+    }
+
     /// Lets a job go from memory (its bytes no longer count for its agent).
     fn remove(&self, job_id: &str) {
         let removed = self.jobs.write().remove(job_id);
