@@ -35,7 +35,14 @@ fn main() -> ExitCode {
     // tonic and rustls both can use ring; installing it explicitly makes the process-wide
     // choice unambiguous should another provider be compiled in by a dependency.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Command::Agent(a) = &cli.command
+        && let Some(n) = a.worker_threads
+    {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");

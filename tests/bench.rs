@@ -49,6 +49,9 @@ fn the_invoke_bench_measures_every_path_of_the_deployed_shape() {
         "2",
         "--agents",
         "2",
+        // The agents run on one worker thread each (`croupier agent --worker-threads`).
+        "--agent-threads",
+        "1",
     ];
     if !nats {
         args.push("--skip-nats");

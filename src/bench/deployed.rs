@@ -229,7 +229,7 @@ async fn run_in(dir: &Path, args: &InvokeBenchArgs) -> anyhow::Result<()> {
     procs.push(server);
     let mut mesh_pids = vec![server_pid];
     for id in &agent_ids[..args.agents.max(1)] {
-        let a = procs::agent(dir, &certs, &url, id)?;
+        let a = procs::agent(dir, &certs, &url, id, args.agent_threads)?;
         mesh_pids.push(a.pid());
         procs.push(a);
     }

@@ -54,6 +54,9 @@ pub struct InvokeBenchArgs {
     /// Agent processes serving the mesh's calls (deployed shape).
     #[arg(long, default_value_t = 1)]
     pub agents: usize,
+    /// Worker threads of each agent process (deployed shape; default: one per core).
+    #[arg(long)]
+    pub agent_threads: Option<usize>,
     /// Leave NATS out (deployed shape; it needs `nats-server` on PATH).
     #[arg(long)]
     pub skip_nats: bool,

@@ -96,8 +96,17 @@ pub(super) fn server(dir: &Path, certs: &Path) -> anyhow::Result<(Proc, String)>
 }
 
 /// `croupier agent --packs none` as `id`; ready once it is registered (the caller checks).
-pub(super) fn agent(dir: &Path, certs: &Path, url: &str, id: &str) -> anyhow::Result<Proc> {
+pub(super) fn agent(
+    dir: &Path,
+    certs: &Path,
+    url: &str,
+    id: &str,
+    threads: Option<usize>,
+) -> anyhow::Result<Proc> {
     let mut cmd = exe()?;
+    if let Some(n) = threads {
+        cmd.env("CROUPIER_AGENT_WORKER_THREADS", n.to_string());
+    }
     cmd.args(["--log", "warn", "agent", "--server", url, "--id", id])
         .args(["--packs", "none", "--identity", &format!("agent-{id}")])
         .args(["--game-id", "default", "--env", "dev"])

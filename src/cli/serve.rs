@@ -117,6 +117,10 @@ pub struct AgentArgs {
     /// unless given. The agent needs no inbound port for anything else.
     #[arg(long, env = "CROUPIER_AGENT_HTTP_LISTEN")]
     pub http_listen: Option<String>,
+    /// Threads that run the agent's tunnel and handlers (default: one per core). An agent on a
+    /// busy game node may want 1: fewer threads also means fewer hand-offs per call.
+    #[arg(long, env = "CROUPIER_AGENT_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// OTLP gRPC receiver to export the handlers' spans to, http://HOST:PORT (off unless given).
     #[arg(long, env = "CROUPIER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
