@@ -76,8 +76,10 @@ fn the_invoke_bench_measures_every_path_of_the_deployed_shape() {
                     })
                     .unwrap_or_else(|| panic!("no {path} c{c} round {round}: {v}"));
                 assert!(p["calls"].as_u64().unwrap() > 0, "{p}");
-                // The servers did the work: their CPU time was read from /proc.
-                assert!(p["server_cpu_us_per_call"].as_f64().unwrap() >= 0.0, "{p}");
+                // The servers did the work: their CPU time was read from /proc (in ticks of
+                // 10 ms, so a short phase at concurrency 1 may read none).
+                let cpu = p["server_cpu_us_per_call"].as_f64().unwrap();
+                assert!(if c == 1 { cpu >= 0.0 } else { cpu > 0.0 }, "{p}");
                 assert!(p["switches_per_call"].as_f64().unwrap() > 0.0, "{p}");
             }
         }

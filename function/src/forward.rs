@@ -265,10 +265,9 @@ impl From<Status> for FunctionError {
 
 /// The span of a call forwarded to the replica `owner`, child of the current one.
 fn forward_span(owner: &str) -> croupier_proto::trace::Span {
-    croupier_proto::trace::Span::start(
+    croupier_proto::trace::Span::in_current(
         "forward",
         croupier_proto::trace::SpanKind::Client,
-        croupier_proto::trace::current().as_deref(),
         vec![croupier_proto::trace::KeyValue::new(
             "croupier.owner",
             owner.to_string(),

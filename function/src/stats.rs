@@ -134,16 +134,14 @@ impl Entry {
             self.last_error_at = croupier_registry::model::now_ms();
         }
         if !outcome.agent.is_empty() {
-            if !self.agents.contains_key(outcome.agent) {
-                self.agents
-                    .insert(outcome.agent.to_string(), AgentCounts::default());
-            }
-            if let Some(a) = self.agents.get_mut(outcome.agent) {
-                a.calls += 1;
-                if let Some(err) = error {
-                    a.errors += 1;
-                    a.last_error = err;
-                }
+            let a = match self.agents.get_mut(outcome.agent) {
+                Some(a) => a,
+                None => self.agents.entry(outcome.agent.to_string()).or_default(),
+            };
+            a.calls += 1;
+            if let Some(err) = error {
+                a.errors += 1;
+                a.last_error = err;
             }
         }
     }
@@ -201,11 +199,12 @@ impl FunctionStats {
                 key.push_str(part);
                 key.push('\u{1f}');
             }
-            if !entries.contains_key(key.as_str()) {
-                entries.insert(key.clone(), Entry::new(game, env, function));
-            }
             if let Some(e) = entries.get_mut(key.as_str()) {
                 e.record(slot, ok, outcome);
+            } else {
+                let mut e = Entry::new(game, env, function);
+                e.record(slot, ok, outcome);
+                entries.insert(key.clone(), e);
             }
         });
     }

@@ -87,14 +87,6 @@ pub fn child(parent: &str) -> String {
     }
 }
 
-/// The caller's context when it sent a valid one, else a new trace.
-pub fn accept(sent: Option<&str>) -> String {
-    match sent {
-        Some(tp) if trace_id(tp).is_some() => tp.to_string(),
-        _ => new_traceparent(),
-    }
-}
-
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// Makes [`Span`]s recorded through the global OpenTelemetry tracer provider (call after
@@ -168,6 +160,11 @@ impl Span {
             otel: Some(span),
             traceparent,
         }
+    }
+
+    /// Starts `name` as a child of the current context (see [`current`]).
+    pub fn in_current(name: &'static str, kind: SpanKind, attributes: Vec<KeyValue>) -> Span {
+        Span::start(name, kind, current().as_deref(), attributes)
     }
 
     /// The context this span's children continue (this span's id).
@@ -245,8 +242,6 @@ mod tests {
         let next = child(tp);
         assert_eq!(trace_id(&next), trace_id(tp));
         assert_ne!(next, tp);
-        assert_eq!(accept(Some(tp)), tp);
-        assert_ne!(accept(Some("junk")), "junk");
     }
 
     #[tokio::test]

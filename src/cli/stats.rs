@@ -4,7 +4,7 @@
 use clap::Args;
 use croupier_proto::function::v1::{FunctionStats, StatsWindow};
 
-use crate::cli::{Conn, status_error};
+use crate::cli::{ListArgs, status_error};
 use crate::output::{clean, table, time};
 
 /// `croupier stats`.
@@ -12,18 +12,9 @@ use crate::output::{clean, table, time};
 pub struct StatsArgs {
     /// Only this function (every function when omitted).
     pub function: Option<String>,
-    /// Only this game.
-    #[arg(long, default_value = "")]
-    pub game_id: String,
-    /// Only this environment.
-    #[arg(long, default_value = "")]
-    pub env: String,
-    /// JSON output: `{"server_id", "stats": [...]}`.
-    #[arg(long)]
-    pub json: bool,
-    /// Connection.
+    /// Game, environment, JSON output (`{"server_id", "stats": [...]}`) and connection.
     #[command(flatten)]
-    pub conn: Conn,
+    pub list: ListArgs,
 }
 
 fn window_json(w: Option<&StatsWindow>) -> serde_json::Value {
@@ -55,13 +46,13 @@ pub(super) fn to_json(s: &FunctionStats) -> serde_json::Value {
 
 /// Runs `croupier stats`.
 pub async fn stats(args: StatsArgs) -> anyhow::Result<()> {
+    let StatsArgs {
+        function,
+        list: args,
+    } = args;
     let client = args.conn.client("client-dev").await?;
     let resp = client
-        .function_stats(
-            &args.game_id,
-            &args.env,
-            args.function.as_deref().unwrap_or(""),
-        )
+        .function_stats(&args.game_id, &args.env, function.as_deref().unwrap_or(""))
         .await
         .map_err(|s| status_error(&s))?;
     if args.json {
@@ -126,7 +117,7 @@ pub async fn stats(args: StatsArgs) -> anyhow::Result<()> {
     );
     // One function asked for: its agents and last error too.
     if let [s] = resp.stats.as_slice()
-        && args.function.is_some()
+        && function.is_some()
     {
         if !s.last_error.is_empty() {
             println!(

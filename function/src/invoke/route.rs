@@ -270,10 +270,9 @@ impl Invoker {
     /// Sends the call to one agent within the remaining deadline. When the deadline passes the
     /// invocation future is dropped, which cancels the call on the agent.
     pub(super) async fn send(&self, call: &Call<'_>, agent: &str) -> Result<InvokeResult, Sent> {
-        let mut span = croupier_proto::trace::Span::start(
+        let mut span = croupier_proto::trace::Span::in_current(
             "route",
             croupier_proto::trace::SpanKind::Internal,
-            croupier_proto::trace::current().as_deref(),
             vec![croupier_proto::trace::KeyValue::new(
                 "croupier.agent_id",
                 agent.to_string(),
