@@ -4,9 +4,13 @@
 //! Every accepted connection must finish its TLS handshake (with a client certificate signed by
 //! the Croupier CA) within [`GateConfig::handshake_timeout`]. At most
 //! [`GateConfig::max_handshakes`] connections may be mid-handshake, and at most
-//! [`GateConfig::max_handshakes_per_source`] from one address: past either, the oldest such
-//! connection is closed to make room, so the server keeps accepting while a flood of idle or
-//! half-open connections comes in. Connections in all (authenticated or not) are capped at
+//! [`GateConfig::max_handshakes_per_source`] from one address. Past the per-source limit, the
+//! oldest connection from that address is closed to make room. Past the overall limit, the gate
+//! stops accepting until a handshake ends (the kernel's backlog holds the newcomers, which costs
+//! nothing), unless the oldest handshake is stale (older than a quarter of the handshake
+//! timeout): that one is closed to make room. So a reconnect storm of legitimate agents queues
+//! instead of having half-done handshakes thrown away, and a flood of idle or half-open
+//! connections still cannot keep clients out for longer than that quarter. Connections in all (authenticated or not) are capped at
 //! [`GateConfig::max_connections`]; past it new ones are closed at once. Each time a limit
 //! bites, a counter goes up (`croupier_limits_hit_total{kind}`) and a warning is logged (at most
 //! once a second per kind, with how many were shed meanwhile). Refused handshakes are logged
@@ -123,7 +127,7 @@ impl AsyncWrite for Conn {
 #[derive(Default)]
 struct Handshakes {
     next_id: u64,
-    by_id: BTreeMap<u64, (IpAddr, CancellationToken)>,
+    by_id: BTreeMap<u64, (IpAddr, CancellationToken, Instant)>,
     per_source: HashMap<IpAddr, usize>,
 }
 
@@ -132,13 +136,13 @@ impl Handshakes {
         let id = self.next_id;
         self.next_id += 1;
         let token = CancellationToken::new();
-        self.by_id.insert(id, (ip, token.clone()));
+        self.by_id.insert(id, (ip, token.clone(), Instant::now()));
         *self.per_source.entry(ip).or_default() += 1;
         (id, token)
     }
 
     fn remove(&mut self, id: u64) {
-        if let Some((ip, _)) = self.by_id.remove(&id)
+        if let Some((ip, _, _)) = self.by_id.remove(&id)
             && let Some(n) = self.per_source.get_mut(&ip)
         {
             *n -= 1;
@@ -153,8 +157,8 @@ impl Handshakes {
         let oldest = self
             .by_id
             .iter()
-            .find(|(_, (from, _))| ip.is_none_or(|ip| ip == *from))
-            .map(|(id, (_, t))| (*id, t.clone()));
+            .find(|(_, (from, _, _))| ip.is_none_or(|ip| ip == *from))
+            .map(|(id, (_, t, _))| (*id, t.clone()));
         match oldest {
             Some((id, token)) => {
                 token.cancel();
@@ -163,6 +167,11 @@ impl Handshakes {
             }
             None => false,
         }
+    }
+
+    /// How long the oldest handshake has been going on.
+    fn oldest_age(&self) -> Option<Duration> {
+        self.by_id.values().next().map(|(_, _, at)| at.elapsed())
     }
 
     fn count_from(&self, ip: IpAddr) -> usize {
@@ -202,6 +211,8 @@ struct Shared {
     /// Connections open: mid-handshake or authenticated.
     open: AtomicUsize,
     handshakes: Mutex<Handshakes>,
+    /// Woken when a handshake ends (a slot is free).
+    slot_freed: tokio::sync::Notify,
     warn_full: Throttled,
     warn_shed: Throttled,
     warn_refused: Throttled,
@@ -225,6 +236,7 @@ pub fn incoming(
         cfg,
         open: AtomicUsize::new(0),
         handshakes: Mutex::new(Handshakes::default()),
+        slot_freed: tokio::sync::Notify::new(),
         warn_full: Throttled::new(),
         warn_shed: Throttled::new(),
         warn_refused: Throttled::new(),
@@ -235,7 +247,10 @@ pub fn incoming(
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                a = listener.accept() => a,
+                a = async {
+                    wait_for_slot(&shared).await;
+                    listener.accept().await
+                } => a,
             };
             match accepted {
                 Ok((tcp, peer)) => admit(&shared, &acceptor, &tx, tcp, peer),
@@ -252,6 +267,42 @@ pub fn incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Returns when a handshake may start: at once below `max_handshakes`; otherwise when one
+/// ends, or when the oldest is stale (older than a quarter of the handshake timeout), which is
+/// then closed to make room.
+async fn wait_for_slot(shared: &Shared) {
+    let stale = shared.cfg.handshake_timeout / 4;
+    loop {
+        let freed = shared.slot_freed.notified();
+        let wait = {
+            let mut hs = shared.handshakes.lock();
+            if hs.by_id.len() < shared.cfg.max_handshakes {
+                return;
+            }
+            match hs.oldest_age() {
+                Some(age) if age >= stale => {
+                    hs.shed_oldest(None);
+                    hit("handshakes");
+                    if let Some(n) = shared.warn_shed.hit() {
+                        tracing::warn!(
+                            in_handshake = hs.by_id.len(),
+                            shed = n,
+                            "too many connections in their TLS handshake (limits.max_handshakes) and the oldest is stale; closing it"
+                        );
+                    }
+                    return;
+                }
+                Some(age) => stale - age,
+                None => return,
+            }
+        };
+        tokio::select! {
+            _ = freed => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
 }
 
 fn admit(
@@ -277,13 +328,10 @@ fn admit(
         if hs.count_from(ip) >= cfg.max_handshakes_per_source {
             shed |= hs.shed_oldest(Some(ip));
         }
-        if hs.by_id.len() >= cfg.max_handshakes {
-            shed |= hs.shed_oldest(None);
-        }
         if shed {
             hit("handshakes");
             if let Some(n) = shared.warn_shed.hit() {
-                tracing::warn!(%peer, in_handshake = hs.by_id.len(), shed = n, "too many connections in their TLS handshake (limits.max_handshakes, limits.max_handshakes_per_source); closing the oldest");
+                tracing::warn!(%peer, in_handshake = hs.by_id.len(), shed = n, "too many connections in their TLS handshake from one address (limits.max_handshakes_per_source); closing the oldest");
             }
         }
         hs.add(ip)
@@ -308,6 +356,7 @@ fn admit(
             },
         };
         shared.handshakes.lock().remove(id);
+        shared.slot_freed.notify_one();
         match outcome {
             Ok(inner) => {
                 let _ = tx

@@ -83,7 +83,7 @@ impl ControlService for ControlServer {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let who = caller(&request)?;
         Ok(Response::new(
-            self.plane.heartbeat(&who, request.into_inner()).await?,
+            self.plane.heartbeat(&who, request.into_inner())?,
         ))
     }
 

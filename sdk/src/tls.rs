@@ -104,8 +104,10 @@ pub fn endpoint(server: &str, pem: &TlsPem) -> Result<Endpoint, TlsError> {
         .map(|e| {
             e.connect_timeout(Duration::from_secs(5))
                 .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5))
+                // As the server: a connection that carried anything for 30 s is not pinged,
+                // so an agent's heartbeats (every 15 s by default) cost the server no pings.
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10))
                 .keep_alive_while_idle(true)
         })
 }

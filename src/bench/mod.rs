@@ -8,6 +8,7 @@
 //! - `procs` — the processes that shape runs, and the hidden helper commands.
 //! - `jobs` — `bench jobs`: job event throughput and latency.
 //! - `agents` — `bench agents`: many agents against servers on etcd.
+//! - `sim_agent` — the lightweight agents `bench agents` runs.
 //! - `gateway` — `bench gateway`: the game gateway under load.
 
 pub mod agents;
@@ -16,6 +17,7 @@ pub mod gateway;
 pub mod invoke;
 pub mod jobs;
 pub mod procs;
+mod sim_agent;
 
 pub use agents::{AgentsBenchArgs, agents};
 pub use invoke::{InvokeBenchArgs, invoke};

@@ -1,17 +1,20 @@
 //! [`ControlPlane`]: agent sessions, heartbeats and liveness, the tunnel, node states.
 //!
 //! A session is created by `RegisterAgent` and lives while heartbeats arrive: after
-//! `missed_heartbeats` intervals without one, the session is expired, its lease revoked and its
-//! registration disappears (watchers see `REMOVED`). Work reaches the agent only through its
+//! `missed_heartbeats` intervals without one, the session is expired and its registration
+//! deleted (watchers see `REMOVED`). Registrations live under one store lease per server
+//! (`lease`), which only a dead server lets end: heartbeats do not write to the store. Work reaches the agent only through its
 //! `Connect` tunnel; an agent whose tunnel is down is registered but not routable.
 //!
 //! Layout:
 //! - `session` — one agent's session: tunnel, pending calls, jobs.
 //! - `register` — `RegisterAgent` as named steps.
 //! - `tunnel` — the `Connect` tunnel, its read loop and the `AgentLink` impl.
+//! - `lease` — the server's agents' lease and the registration writes under it.
 //! - `governance` — `GetPolicy`, `PutPolicy`, `TestPolicy` and `ListAudit`.
 
 mod governance;
+mod lease;
 mod register;
 mod session;
 mod tunnel;
@@ -111,7 +114,13 @@ pub struct ControlPlane {
     draining: AtomicBool,
     generations: AtomicU64,
     jobs: OnceLock<Arc<dyn JobSink>>,
+    lease: Arc<lease::AgentLease>,
+    /// Registrations writing to the store at once ([`MAX_CONCURRENT_REGISTRATIONS`]).
+    registering: tokio::sync::Semaphore,
 }
+
+/// Registrations that write to the store at once; the others wait their turn.
+pub const MAX_CONCURRENT_REGISTRATIONS: usize = 32;
 
 impl ControlPlane {
     /// Builds the control plane and starts its liveness task, which ends with `shutdown`.
@@ -122,6 +131,7 @@ impl ControlPlane {
         audit: AuditLog,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
+        let lease_ttl = cfg.offline_after() + Duration::from_secs(1);
         let plane = Arc::new(ControlPlane {
             cfg,
             store,
@@ -131,9 +141,23 @@ impl ControlPlane {
             draining: AtomicBool::new(false),
             generations: AtomicU64::new(1),
             jobs: OnceLock::new(),
+            lease: Arc::new(lease::AgentLease::new(lease_ttl)),
+            registering: tokio::sync::Semaphore::new(MAX_CONCURRENT_REGISTRATIONS),
         });
         let task = plane.clone();
-        croupier_proto::task::spawn("liveness", async move { task.run_liveness(shutdown).await });
+        let stop = shutdown.clone();
+        croupier_proto::task::spawn("liveness", async move { task.run_liveness(stop).await });
+        let task = plane.clone();
+        croupier_proto::task::spawn(
+            "agents lease",
+            plane
+                .lease
+                .clone()
+                .run(plane.store.clone(), shutdown, move |lease| {
+                    let task = task.clone();
+                    async move { task.rewrite_registrations(lease).await }
+                }),
+        );
         plane
     }
 
@@ -189,7 +213,7 @@ impl ControlPlane {
     }
 
     /// Handles `Heartbeat`.
-    pub async fn heartbeat(
+    pub fn heartbeat(
         &self,
         who: &Identity,
         req: pb::HeartbeatRequest,
@@ -200,16 +224,6 @@ impl ControlPlane {
             .session(&req.agent_id)
             .filter(|s| req.session_id.is_empty() || s.session_id == req.session_id)
             .ok_or_else(|| expired(&req.agent_id))?;
-        if let Err(e) = self.store.keep_alive(session.lease).await {
-            if matches!(e, croupier_registry::store::StoreError::LeaseNotFound(_)) {
-                self.expire(&session, "lease ended").await;
-                return Err(expired(&req.agent_id));
-            }
-            // The store is down, not the agent: liveness is this server's to judge (the agent
-            // heartbeats and holds its tunnel), so the session stays alive; the lease is only
-            // the backup for a server that died.
-            tracing::warn!(agent_id = %req.agent_id, error = %e, "refreshing the agent's lease failed; the session stays alive");
-        }
         let since = session.last_heartbeat.lock().elapsed();
         metrics::histogram!(crate::metrics::HEARTBEAT_DELAY).record(since.as_secs_f64());
         session.touch();
@@ -235,8 +249,8 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Ends a session: closes its tunnel, fails its pending invocations, forgets it and revokes
-    /// its lease (its registration disappears).
+    /// Ends a session: closes its tunnel, fails its pending invocations, forgets it and deletes
+    /// its registration.
     async fn expire(&self, session: &Arc<Session>, reason: &'static str) {
         metrics::counter!(crate::metrics::AGENT_EXPIRATIONS, "reason" => reason).increment(1);
         session.tunnel.lock().take();
@@ -247,8 +261,7 @@ impl ControlPlane {
         }
     }
 
-    /// Forgets a session and revokes its lease (its registration disappears) without touching
-    /// its tunnel.
+    /// Forgets a session and deletes its registration without touching its tunnel.
     async fn forget(&self, session: &Arc<Session>, reason: &str) {
         {
             let mut sessions = self.sessions.write();
@@ -259,9 +272,7 @@ impl ControlPlane {
                 sessions.remove(&session.agent_id);
             }
         }
-        if let Err(e) = self.store.revoke_lease(session.lease).await {
-            tracing::warn!(agent_id = %session.agent_id, error = %e, "revoking lease failed; it will expire");
-        }
+        self.delete_registration(session).await;
         tracing::info!(agent_id = %session.agent_id, reason, "agent session ended");
     }
 

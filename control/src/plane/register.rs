@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 impl ControlPlane {
     /// Handles `RegisterAgent`: checks the request, resumes or starts the session, stores the
-    /// descriptors the agent may write and its registration (under the session's lease).
+    /// descriptors the agent may write and its registration (under the server's agents' lease).
     #[tracing::instrument(skip_all, fields(agent_id = %req.agent_id))]
     pub async fn register(
         &self,
@@ -48,25 +48,27 @@ impl ControlPlane {
         let functions = provided_functions(&req)?;
         let writes = self.descriptor_writes(&req, &functions)?;
 
+        // Bounded store traffic: in a reconnect storm registrations queue here instead of
+        // flooding the store (whose timeouts would send agents into long backoffs).
+        let _writing = self
+            .registering
+            .acquire()
+            .await
+            .map_err(|_| ControlError::Draining("server is shutting down".into()))?;
         // Resume the same session when asked and still alive here.
         let existing = self.session(&req.agent_id);
         let key = keys::agent(&req.game_id, &req.env, &req.agent_id);
         let resumed = existing.as_ref().is_some_and(|s| {
             !req.session_id.is_empty() && s.session_id == req.session_id && s.key == key
         });
-        let (session_id, lease) = match (&existing, resumed) {
-            (Some(s), true) => (s.session_id.clone(), s.lease),
+        let session_id = match (&existing, resumed) {
+            (Some(s), true) => s.session_id.clone(),
             _ => {
                 if let Some(old) = &existing {
                     // A new session replaces the old one (the agent restarted).
                     self.expire(old, "replaced by a new registration").await;
                 }
-                let lease = self
-                    .store
-                    .grant_lease(self.cfg.offline_after() + Duration::from_secs(1))
-                    .await
-                    .map_err(ControlError::store("granting the agent's lease"))?;
-                (uuid::Uuid::new_v4().to_string(), lease)
+                uuid::Uuid::new_v4().to_string()
             }
         };
 
@@ -90,24 +92,23 @@ impl ControlPlane {
         }
         let value = serde_json::to_vec(&record)
             .map_err(|e| ControlError::Internal(format!("agent record cannot be encoded: {e}")))?;
-        let rev = self
-            .store
-            .put(&key, value, Some(lease))
-            .await
-            .map_err(ControlError::store("storing the agent registration"))?;
+        let rev = self.put_registration(&key, value.clone()).await?;
 
         let max_frame = match req.max_message_bytes {
             n if n > 0 => (n as usize).min(self.cfg.max_message_bytes),
             _ => DEFAULT_MAX_MESSAGE_BYTES.min(self.cfg.max_message_bytes),
         };
         let session = match existing.filter(|_| resumed) {
-            Some(s) => s,
+            Some(s) => {
+                *s.record.lock() = StoredRecord { value, rev };
+                s
+            }
             None => {
                 let s = Arc::new(Session {
                     agent_id: req.agent_id.clone(),
                     session_id: session_id.clone(),
                     key,
-                    lease,
+                    record: Mutex::new(StoredRecord { value, rev }),
                     last_heartbeat: Mutex::new(Instant::now()),
                     last_heartbeat_ms: AtomicI64::new(now_ms()),
                     status: Mutex::new(HashMap::new()),

@@ -8,7 +8,7 @@ use crate::link::{LinkError, Load};
 use croupier_proto::control::v1::{self as pb, InvokeResult, ServerFrame};
 use croupier_proto::function::v1::{EventType, JobEvent};
 use croupier_registry::model::now_ms;
-use croupier_registry::store::LeaseId;
+use croupier_registry::store::Revision;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -27,11 +27,19 @@ pub(super) struct Pending {
     pub(super) tx: oneshot::Sender<Result<InvokeResult, LinkError>>,
 }
 
+/// An agent's registration record and the revision it was written at.
+pub(super) struct StoredRecord {
+    pub(super) value: Vec<u8>,
+    pub(super) rev: Revision,
+}
+
 pub(super) struct Session {
     pub(super) agent_id: String,
     pub(super) session_id: String,
     pub(super) key: String,
-    pub(super) lease: LeaseId,
+    /// The registration as stored: written again when the agents' lease is replaced, deleted
+    /// (if still this revision) when the session ends.
+    pub(super) record: Mutex<StoredRecord>,
     pub(super) last_heartbeat: Mutex<Instant>,
     pub(super) last_heartbeat_ms: AtomicI64,
     pub(super) status: Mutex<HashMap<String, String>>,

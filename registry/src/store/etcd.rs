@@ -30,6 +30,10 @@ use super::{
     WatchEvent, WatchStream, WriteOp, check_batch,
 };
 
+/// The largest range or watch response read from etcd. The client's default (4 MiB) is a
+/// snapshot of about 9,000 agents, or a watch response batching as many changes (a reconnect
+/// storm): past it the registry view could not load.
+const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
 /// How to reach etcd.
 #[derive(Clone, Debug, Default)]
 pub struct EtcdOptions {
@@ -253,9 +257,14 @@ impl Store for EtcdStore {
     async fn range(&self, prefix: &str) -> Result<RangeResult, StoreError> {
         let full = self.key(prefix);
         let (resp, _) = self
-            .call(|mut c| {
+            .call(|c| {
                 let full = full.clone();
-                async move { c.get(full, Some(GetOptions::new().with_prefix())).await }
+                async move {
+                    c.kv_client()
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+                        .get(full, Some(GetOptions::new().with_prefix()))
+                        .await
+                }
             })
             .await
             .map_err(unavailable)?;
@@ -415,7 +424,8 @@ impl Store for EtcdStore {
         }
         let stream = self
             .client
-            .clone()
+            .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
             .watch(self.key(prefix), Some(opts))
             .await
             .map_err(unavailable)?;
