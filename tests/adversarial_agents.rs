@@ -467,7 +467,36 @@ async fn registration_and_status_sizes_are_bounded_and_lists_are_paged() {
     );
     let agents = c1.agents("", "").await.unwrap();
     assert_eq!(agents.len(), 1);
-    let _ = raw.next_frame(Duration::from_millis(10)).await;
+
+    // The same heartbeat over the tunnel ends the tunnel with the same error.
+    let status = [("blob".to_string(), "s".repeat(20_000))]
+        .into_iter()
+        .collect();
+    raw.send(agent_frame::Frame::Heartbeat(HeartbeatRequest {
+        agent_id: "raw".into(),
+        status,
+        ..Default::default()
+    }))
+    .await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match raw.rx.message().await {
+                Ok(Some(_)) => {}
+                other => break other,
+            }
+        }
+    })
+    .await
+    .expect("the tunnel did not end");
+    let err = ended.expect_err("the tunnel ended without an error");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("max_status_bytes"),
+        "{}",
+        err.message()
+    );
+    // The server and the registration carry on.
+    assert_eq!(c1.agents("", "").await.unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

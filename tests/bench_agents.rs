@@ -24,7 +24,8 @@ async fn the_agents_bench_runs_every_phase_and_every_agent_comes_back_after_the_
     assert!(out.status.success(), "{stdout}\n{stderr}");
     for phase in [
         "register all:",
-        "holding, heartbeat 1s:",
+        "holding, heartbeat 1s over the tunnel:",
+        "holding, heartbeats by rpc instead:",
         "change via a seen by 60 watchers on b (3 changes, 180 samples)",
         "via another replica",
         "forwarded path a",

@@ -5,7 +5,8 @@
 //!   and connection: `RegisterAgent`, a `Connect` tunnel, heartbeats every `--heartbeat`;
 //!   `sim_agent`) and reports the rate;
 //! - holds them heartbeating for `--hold` and reports server a's CPU use and resident memory
-//!   (from `/proc`), and the memory per agent against the idle server;
+//!   (from `/proc`), and the memory per agent against the idle server; then holds them as long
+//!   again with heartbeats by rpc instead of over the tunnel, to compare;
 //! - opens `--watchers` `WatchRegistrations` streams on server b and measures how long each
 //!   takes to see a change made through server a (node state flips);
 //! - measures invoke throughput to a real agent held by server a, called through a (the owner)
@@ -190,13 +191,12 @@ pub async fn agents(args: AgentsBenchArgs) -> anyhow::Result<()> {
         );
     }
 
-    // Holding: everyone heartbeats.
-    let cpu0 = a.cpu_seconds()?;
-    let hb0 = stats.heartbeats.load(Ordering::Relaxed);
-    tokio::time::sleep(args.hold).await;
-    let hold_cpu = (a.cpu_seconds()? - cpu0) / args.hold.as_secs_f64();
-    let hold_heartbeats = stats.heartbeats.load(Ordering::Relaxed) - hb0;
+    // Holding: everyone heartbeats, over the tunnel and then by rpc.
+    let (hold_cpu, hold_heartbeats) = hold(&a, &stats, args.hold).await?;
     let rss = a.rss_mib()?;
+    stats.unary_heartbeats.store(true, Ordering::Relaxed);
+    let (unary_cpu, unary_heartbeats) = hold(&a, &stats, args.hold).await?;
+    stats.unary_heartbeats.store(false, Ordering::Relaxed);
 
     let watch_h = watch_latency(&a, &b, &certs, &args).await?;
 
@@ -272,7 +272,7 @@ pub async fn agents(args: AgentsBenchArgs) -> anyhow::Result<()> {
         register_cpu / args.agents as f64 * 1e6
     );
     println!(
-        "holding, heartbeat {:?}: server a {:.1} % of one core, {:.0} MiB resident ({:.0} idle, {:.1} KiB per agent); \
+        "holding, heartbeat {:?} over the tunnel: server a {:.1} % of one core, {:.0} MiB resident ({:.0} idle, {:.1} KiB per agent); \
          {} heartbeats in {:?} ({:.0}/s)",
         args.heartbeat,
         hold_cpu * 100.0,
@@ -282,6 +282,12 @@ pub async fn agents(args: AgentsBenchArgs) -> anyhow::Result<()> {
         hold_heartbeats,
         args.hold,
         hold_heartbeats as f64 / args.hold.as_secs_f64()
+    );
+    println!(
+        "holding, heartbeats by rpc instead: server a {:.1} % of one core; {} heartbeats ({:.0}/s)",
+        unary_cpu * 100.0,
+        unary_heartbeats,
+        unary_heartbeats as f64 / args.hold.as_secs_f64()
     );
     println!(
         "change via a seen by {} watchers on b ({} changes, {} samples): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
@@ -325,6 +331,15 @@ pub async fn agents(args: AgentsBenchArgs) -> anyhow::Result<()> {
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// Holds the agents for `hold`: server a's share of one core, and the heartbeats sent.
+async fn hold(a: &ServerProc, stats: &SimStats, hold: Duration) -> anyhow::Result<(f64, u64)> {
+    let cpu0 = a.cpu_seconds()?;
+    let hb0 = stats.heartbeats.load(Ordering::Relaxed);
+    tokio::time::sleep(hold).await;
+    let cpu = (a.cpu_seconds()? - cpu0) / hold.as_secs_f64();
+    Ok((cpu, stats.heartbeats.load(Ordering::Relaxed) - hb0))
 }
 
 /// Waits until `stats` counts `n` registrations.

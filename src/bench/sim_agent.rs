@@ -1,15 +1,16 @@
 //! The lightweight agents of `croupier bench agents`: each one has its own certificate and
 //! connection, registers, opens its `Connect` tunnel and heartbeats like a real agent, and
 //! reconnects with the SDK's backoff when the tunnel ends (a server restart), so a reconnect
-//! storm is what real agents would make.
+//! storm is what real agents would make. Heartbeats go over the tunnel where the server takes
+//! them there, as the SDK's do, or by rpc when `SimStats::unary_heartbeats` says so.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use croupier_proto::control::v1::{
-    AgentFrame, HeartbeatRequest, Hello, RegisterAgentRequest, agent_frame,
-    control_service_client::ControlServiceClient,
+    AgentFrame, HeartbeatRequest, Hello, RegisterAgentRequest, ServerFrame, agent_frame,
+    control_service_client::ControlServiceClient, server_frame,
 };
 use croupier_sdk::backoff::Backoff;
 use croupier_sdk::tls::{TlsPem, endpoint, error_chain};
@@ -25,6 +26,8 @@ pub(super) struct SimStats {
     pub(super) failures: AtomicU64,
     /// Heartbeats the server accepted.
     pub(super) heartbeats: AtomicU64,
+    /// Heartbeat with the rpc even where the server takes them over the tunnel (to compare).
+    pub(super) unary_heartbeats: std::sync::atomic::AtomicBool,
     /// Failed attempts by the start of their error.
     pub(super) reasons: parking_lot::Mutex<std::collections::HashMap<String, u64>>,
 }
@@ -117,14 +120,18 @@ impl SimAgent {
             .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await?
             .into_inner();
-        inbound.message().await?; // Welcome
+        let tunnel_heartbeats = match inbound.message().await? {
+            Some(ServerFrame {
+                frame: Some(server_frame::Frame::Welcome(w)),
+            }) => w.tunnel_heartbeats,
+            _ => anyhow::bail!("no Welcome on the tunnel"),
+        };
         self.stats.registrations.fetch_add(1, Ordering::Relaxed);
         first.take();
         let interval = Duration::from_secs(reg.heartbeat_interval.max(1) as u64);
         // Spread the heartbeats over the interval.
         let offset = Duration::from_millis(rand::random::<u64>() % interval.as_millis() as u64);
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
-        let _tx = tx;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return Ok(()),
@@ -141,6 +148,16 @@ impl SimAgent {
                 status: Default::default(),
                 session_id: reg.session_id.clone(),
             };
+            if tunnel_heartbeats && !self.stats.unary_heartbeats.load(Ordering::Relaxed) {
+                let frame = AgentFrame {
+                    frame: Some(agent_frame::Frame::Heartbeat(req)),
+                };
+                if tx.send(frame).await.is_err() {
+                    return Ok(());
+                }
+                self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             match control.heartbeat(req).await {
                 Ok(_) => {
                     self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);

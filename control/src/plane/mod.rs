@@ -219,20 +219,27 @@ impl ControlPlane {
         req: pb::HeartbeatRequest,
     ) -> Result<pb::HeartbeatResponse, ControlError> {
         Self::require_agent(who, &req.agent_id, "heartbeat")?;
-        self.check_status(&req.status)?;
         let session = self
             .session(&req.agent_id)
             .filter(|s| req.session_id.is_empty() || s.session_id == req.session_id)
             .ok_or_else(|| expired(&req.agent_id))?;
-        let since = session.last_heartbeat.lock().elapsed();
-        metrics::histogram!(crate::metrics::HEARTBEAT_DELAY).record(since.as_secs_f64());
-        session.touch();
-        session.take_summary(&req.status);
-        *session.status.lock() = req.status;
+        self.beat(&session, req.status)?;
         Ok(pb::HeartbeatResponse {
             success: true,
             node_state: common::NodeState::from(self.view.node(&req.agent_id).state) as i32,
         })
+    }
+
+    /// A heartbeat of `session` (by rpc or over its tunnel): checks the status map's limits,
+    /// then marks the session alive and keeps the status.
+    fn beat(&self, session: &Session, status: HashMap<String, String>) -> Result<(), ControlError> {
+        self.check_status(&status)?;
+        let since = session.last_heartbeat.lock().elapsed();
+        metrics::histogram!(crate::metrics::HEARTBEAT_DELAY).record(since.as_secs_f64());
+        session.touch();
+        session.take_summary(&status);
+        *session.status.lock() = status;
+        Ok(())
     }
 
     fn check_status(&self, status: &HashMap<String, String>) -> Result<(), ControlError> {

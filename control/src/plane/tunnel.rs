@@ -55,6 +55,7 @@ impl ControlPlane {
                 session_id: session.session_id.clone(),
                 node_state: common::NodeState::from(self.view.node(&hello.agent_id).state) as i32,
                 max_message_bytes: self.cfg.max_message_bytes as i64,
+                tunnel_heartbeats: true,
             })),
         };
         tx.send(Ok(welcome))
@@ -120,6 +121,25 @@ impl ControlPlane {
                     session.running.reported(&r.jobs);
                     if let Some(sink) = self.jobs.get() {
                         sink.report(&session.agent_id, generation, r.jobs).await;
+                    }
+                }
+                Some(agent_frame::Frame::Heartbeat(h)) => {
+                    let beat = if h.agent_id.is_empty() || h.agent_id == session.agent_id {
+                        self.beat(&session, h.status)
+                    } else {
+                        Err(ControlError::BadRequest(format!(
+                            "a heartbeat for agent {:?} on the tunnel of agent {}",
+                            excerpt(&h.agent_id, 64),
+                            session.agent_id
+                        )))
+                    };
+                    if let Err(e) = beat {
+                        // As the rpc would answer it; the agent reconnects and sees why.
+                        tracing::warn!(agent_id = %session.agent_id, error = %e, "heartbeat over the tunnel refused; closing the tunnel");
+                        if let Some(t) = session.tunnel().filter(|t| t.generation == generation) {
+                            let _ = t.tx.try_send(Err(e.into()));
+                        }
+                        break;
                     }
                 }
                 Some(agent_frame::Frame::Hello(_)) | None => {}

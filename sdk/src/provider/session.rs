@@ -81,7 +81,7 @@ impl Provider {
             Ok(r) => r.into_inner(),
             Err(s) => return Ended::Reconnect(format!("Connect: {}", s.message())),
         };
-        match inbound.message().await {
+        let tunnel_heartbeats = match inbound.message().await {
             Ok(Some(ServerFrame {
                 frame: Some(server_frame::Frame::Welcome(w)),
             })) => {
@@ -91,10 +91,11 @@ impl Provider {
                     self.server_limit
                         .store(limit.min(MAX_MESSAGE_BYTES), Ordering::Relaxed);
                 }
+                w.tunnel_heartbeats
             }
             Ok(_) => return Ended::Reconnect("server did not welcome the tunnel".into()),
             Err(s) => return Ended::Reconnect(format!("Connect: {}", s.message())),
-        }
+        };
         backoff.reset();
         let mut generation = 0;
         metrics::gauge!(crate::metrics::TUNNEL_UP).set(1.0);
@@ -123,6 +124,7 @@ impl Provider {
                     status: self.status.clone(),
                     in_flight: self.in_flight.clone(),
                     outbox: self.outbox.clone(),
+                    tunnel: tunnel_heartbeats.then(|| out_tx.clone()),
                 },
                 session_over.clone(),
             ),
@@ -210,6 +212,9 @@ pub(super) struct Beat {
     pub(super) status: Option<StatusFn>,
     pub(super) in_flight: Arc<AtomicI64>,
     pub(super) outbox: Arc<Outbox>,
+    /// The tunnel, when the server takes heartbeats over it (its Welcome said so); otherwise
+    /// the Heartbeat rpc.
+    pub(super) tunnel: Option<mpsc::Sender<AgentFrame>>,
 }
 
 pub(super) async fn heartbeat_loop(
@@ -224,6 +229,7 @@ pub(super) async fn heartbeat_loop(
         status,
         in_flight,
         outbox,
+        tunnel,
     } = beat;
     let mut tick = tokio::time::interval(interval);
     tick.tick().await; // registration counts as the first heartbeat
@@ -247,6 +253,21 @@ pub(super) async fn heartbeat_loop(
             status: s,
             session_id: session_id.clone(),
         };
+        if let Some(tunnel) = &tunnel {
+            let frame = AgentFrame {
+                frame: Some(agent_frame::Frame::Heartbeat(req)),
+            };
+            match tokio::time::timeout(interval, tunnel.send(frame)).await {
+                Ok(Ok(())) => {}
+                // The tunnel is gone: the session loop sees it end and reconnects.
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    metrics::counter!(crate::metrics::HEARTBEAT_FAILURES).increment(1);
+                    tracing::warn!("heartbeat timed out: the tunnel is full");
+                }
+            }
+            continue;
+        }
         let sent = tokio::time::timeout(interval, control.heartbeat(req)).await;
         match sent {
             Ok(Ok(_)) => {}

@@ -135,18 +135,20 @@ class SetNodeStateResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., record: _Optional[_Union[_common_pb2.NodeStateRecord, _Mapping]] = ...) -> None: ...
 
 class AgentFrame(_message.Message):
-    __slots__ = ("hello", "result", "job_event", "jobs_report", "goodbye")
+    __slots__ = ("hello", "result", "job_event", "jobs_report", "goodbye", "heartbeat")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     JOB_EVENT_FIELD_NUMBER: _ClassVar[int]
     JOBS_REPORT_FIELD_NUMBER: _ClassVar[int]
     GOODBYE_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     result: InvokeResult
     job_event: AgentJobEvent
     jobs_report: JobsReport
     goodbye: Goodbye
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[InvokeResult, _Mapping]] = ..., job_event: _Optional[_Union[AgentJobEvent, _Mapping]] = ..., jobs_report: _Optional[_Union[JobsReport, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
+    heartbeat: HeartbeatRequest
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[InvokeResult, _Mapping]] = ..., job_event: _Optional[_Union[AgentJobEvent, _Mapping]] = ..., jobs_report: _Optional[_Union[JobsReport, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("agent_id", "session_id")
@@ -267,14 +269,16 @@ class Goaway(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "node_state", "max_message_bytes")
+    __slots__ = ("session_id", "node_state", "max_message_bytes", "tunnel_heartbeats")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_STATE_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TUNNEL_HEARTBEATS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     node_state: _common_pb2.NodeState
     max_message_bytes: int
-    def __init__(self, session_id: _Optional[str] = ..., node_state: _Optional[_Union[_common_pb2.NodeState, str]] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    tunnel_heartbeats: bool
+    def __init__(self, session_id: _Optional[str] = ..., node_state: _Optional[_Union[_common_pb2.NodeState, str]] = ..., max_message_bytes: _Optional[int] = ..., tunnel_heartbeats: _Optional[bool] = ...) -> None: ...
 
 class GetPolicyRequest(_message.Message):
     __slots__ = ()
