@@ -1,5 +1,6 @@
 //! The gRPC codec of every Croupier service: prost's, except that a tunnel frame that cannot be
-//! decoded fails the one call it belongs to instead of the whole `Connect` stream.
+//! decoded fails the one call it belongs to instead of the whole `Connect` stream, and that its
+//! buffers start at [`FIRST_BUFFER_BYTES`].
 //!
 //! A decode failure of a streamed message ends a tonic stream. On the tunnel that would drop an
 //! agent, and every call in flight on it, because of one bad payload. So when an `AgentFrame` or
@@ -24,7 +25,7 @@ use prost::Message;
 use prost::bytes::Buf;
 use prost_types::{Struct, Value, value::Kind};
 use tonic::Status;
-use tonic::codec::{Codec, DecodeBuf, Decoder};
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::ProstEncoder;
 
 use crate::control::v1::{
@@ -61,12 +62,23 @@ where
     type Decoder = TolerantDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::new(Default::default())
+        ProstEncoder::new(buffer_settings())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
         TolerantDecoder { _pd: PhantomData }
     }
+}
+
+/// The first size of a call's encode and decode buffers: 1 KiB, where tonic's default is 8 KiB.
+/// They grow to the largest message as needed; what matters is what a long-lived stream holds
+/// while idle. Each agent's tunnel holds one of each, so this saves 14 KiB of every agent's
+/// memory on the server (and on the agent).
+pub const FIRST_BUFFER_BYTES: usize = 1024;
+
+fn buffer_settings() -> BufferSettings {
+    // 32 KiB: tonic's yield threshold (when an encoder stops batching messages).
+    BufferSettings::new(FIRST_BUFFER_BYTES, 32 * 1024)
 }
 
 /// The decoder of [`CroupierCodec`].
@@ -78,6 +90,10 @@ pub struct TolerantDecoder<U> {
 impl<U: Message + Default + 'static> Decoder for TolerantDecoder<U> {
     type Item = U;
     type Error = Status;
+
+    fn buffer_settings(&self) -> BufferSettings {
+        buffer_settings()
+    }
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
         let len = buf.remaining();

@@ -20,6 +20,7 @@ mod session;
 mod tunnel;
 
 pub use register::check_descriptor;
+pub use session::Frames;
 use session::*;
 
 use std::collections::HashMap;
@@ -371,7 +372,7 @@ impl ControlPlane {
         self.view.wait_for(rev, Duration::from_secs(5)).await;
         let pb_record = common::NodeStateRecord::from(&record);
         if let Some(t) = self.session(&req.agent_id).and_then(|s| s.tunnel()) {
-            let _ = t.tx.try_send(Ok(ServerFrame {
+            let _ = t.tx.try_send(out(ServerFrame {
                 frame: Some(server_frame::Frame::StateChange(pb::StateChange {
                     record: Some(pb_record.clone()),
                 })),
@@ -462,7 +463,7 @@ impl ControlPlane {
         let sessions: Vec<Arc<Session>> = self.sessions.read().values().cloned().collect();
         for s in &sessions {
             if let Some(t) = s.tunnel() {
-                let _ = t.tx.try_send(Ok(ServerFrame {
+                let _ = t.tx.try_send(out(ServerFrame {
                     frame: Some(server_frame::Frame::Goaway(pb::Goaway {
                         reason: "server shutting down".into(),
                     })),

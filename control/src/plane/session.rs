@@ -14,7 +14,32 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::Status;
 
-pub(super) type FrameTx = mpsc::Sender<Result<ServerFrame, Status>>;
+/// What goes down a tunnel's queue: boxed, so that the queue's first block (32 slots, allocated
+/// with the queue) is 512 bytes rather than 32 whole frames, for every agent held.
+pub(super) type Outgoing = Result<Box<ServerFrame>, Box<Status>>;
+
+pub(super) type FrameTx = mpsc::Sender<Outgoing>;
+
+/// A frame for the tunnel's queue.
+pub(super) fn out(frame: ServerFrame) -> Outgoing {
+    Ok(Box::new(frame))
+}
+
+/// The frames of a tunnel's queue as the `Connect` response streams them.
+pub struct Frames(pub(super) tokio_stream::wrappers::ReceiverStream<Outgoing>);
+
+impl tokio_stream::Stream for Frames {
+    type Item = Result<ServerFrame, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_next(cx)
+            .map(|f| f.map(|f| f.map(|b| *b).map_err(|e| *e)))
+    }
+}
 
 #[derive(Clone)]
 pub(super) struct Tunnel {

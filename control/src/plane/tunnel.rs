@@ -17,7 +17,7 @@ use croupier_registry::identity::Identity;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Status, Streaming};
+use tonic::Streaming;
 
 impl ControlPlane {
     /// Handles `Connect`: validates the Hello, attaches the tunnel to the session and returns
@@ -26,7 +26,7 @@ impl ControlPlane {
         self: &Arc<Self>,
         who: &Identity,
         mut inbound: Streaming<AgentFrame>,
-    ) -> Result<ReceiverStream<Result<ServerFrame, Status>>, ControlError> {
+    ) -> Result<Frames, ControlError> {
         let first = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
             .map_err(|_| ControlError::BadRequest("no Hello frame within 10 s of Connect".into()))?
@@ -58,7 +58,7 @@ impl ControlPlane {
                 tunnel_heartbeats: true,
             })),
         };
-        tx.send(Ok(welcome))
+        tx.send(out(welcome))
             .await
             .map_err(|_| ControlError::TunnelClosed("tunnel closed during setup".into()))?;
         let previous = session.tunnel.lock().replace(Tunnel {
@@ -74,7 +74,7 @@ impl ControlPlane {
         croupier_proto::task::spawn("tunnel reader", async move {
             plane.read_tunnel(session, generation, inbound).await;
         });
-        Ok(ReceiverStream::new(rx))
+        Ok(Frames(ReceiverStream::new(rx)))
     }
 
     pub(super) async fn read_tunnel(
@@ -137,7 +137,7 @@ impl ControlPlane {
                         // As the rpc would answer it; the agent reconnects and sees why.
                         tracing::warn!(agent_id = %session.agent_id, error = %e, "heartbeat over the tunnel refused; closing the tunnel");
                         if let Some(t) = session.tunnel().filter(|t| t.generation == generation) {
-                            let _ = t.tx.try_send(Err(e.into()));
+                            let _ = t.tx.try_send(Err(Box::new(e.into())));
                         }
                         break;
                     }
@@ -200,7 +200,7 @@ impl Drop for InFlight<'_> {
             .remove(&self.request_id)
             .is_some()
         {
-            let _ = self.tx.try_send(Ok(ServerFrame {
+            let _ = self.tx.try_send(out(ServerFrame {
                 frame: Some(server_frame::Frame::Cancel(pb::Cancel {
                     request_id: std::mem::take(&mut self.request_id),
                     reason: "caller gave up (deadline passed or call cancelled)".into(),
@@ -244,7 +244,7 @@ impl AgentLink for ControlPlane {
             tx: tunnel.tx.clone(),
             done: false,
         };
-        if tunnel.tx.send(Ok(frame)).await.is_err() {
+        if tunnel.tx.send(out(frame)).await.is_err() {
             session.pending.lock().remove(&guard.request_id);
             guard.done = true;
             return Err(not_connected());
@@ -265,7 +265,7 @@ impl AgentLink for ControlPlane {
         session.check_frame(&frame)?;
         // Counted before it is sent, so that its terminal event cannot arrive first.
         session.running.started(&job_id);
-        if tunnel.tx.send(Ok(frame)).await.is_err() {
+        if tunnel.tx.send(out(frame)).await.is_err() {
             session.running.ended(&job_id);
             return Err(not_connected());
         }
@@ -275,7 +275,7 @@ impl AgentLink for ControlPlane {
     fn send_frame(&self, agent_id: &str, frame: ServerFrame) -> bool {
         self.session(agent_id)
             .and_then(|s| s.tunnel())
-            .is_some_and(|t| t.tx.try_send(Ok(frame)).is_ok())
+            .is_some_and(|t| t.tx.try_send(out(frame)).is_ok())
     }
 
     fn has_session(&self, agent_id: &str) -> bool {
