@@ -160,3 +160,114 @@ impl super::ControlPlane {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ControlConfig, ControlPlane};
+    use crate::audit::AuditLog;
+    use croupier_proto::control::v1::RegisterAgentRequest;
+    use croupier_registry::identity::Identity;
+    use croupier_registry::keys;
+    use croupier_registry::store::Store;
+    use croupier_registry::store::embedded::EmbeddedStore;
+    use croupier_registry::view::RegistryView;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    async fn plane(store: Arc<dyn Store>, stop: &CancellationToken) -> Arc<ControlPlane> {
+        let view = RegistryView::start(store.clone(), stop.child_token())
+            .await
+            .unwrap();
+        let cfg = ControlConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            missed_heartbeats: 2,
+            ..Default::default()
+        };
+        ControlPlane::start(cfg, store, view, AuditLog::disabled(), stop.child_token())
+    }
+
+    async fn register(plane: &ControlPlane, agent: &str) {
+        let who = Identity::parse_uri(&format!("spiffe://croupier/agent/{agent}")).unwrap();
+        let req = RegisterAgentRequest {
+            agent_id: agent.into(),
+            game_id: "g".into(),
+            env: "e".into(),
+            functions: vec!["x.y".into()],
+            ..Default::default()
+        };
+        plane.register(&who, req, None).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn agents_share_one_lease_and_a_lost_lease_brings_their_records_back() {
+        let stop = CancellationToken::new();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::in_memory());
+        let plane = plane(store.clone(), &stop).await;
+        register(&plane, "a1").await;
+        register(&plane, "a2").await;
+        let a1 = store
+            .get(&keys::agent("g", "e", "a1"))
+            .await
+            .unwrap()
+            .unwrap();
+        let a2 = store
+            .get(&keys::agent("g", "e", "a2"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(a1.lease, 0, "the record hangs on a lease");
+        assert_eq!(a1.lease, a2.lease, "one lease for all agents of a server");
+
+        // The store loses the lease (an outage longer than its TTL): the records go, and the
+        // server writes them again under a new lease within a refresh period (TTL / 3 = 1 s).
+        store.revoke_lease(a1.lease).await.unwrap();
+        assert!(
+            store
+                .get(&keys::agent("g", "e", "a1"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let (b1, b2) = loop {
+            let b1 = store.get(&keys::agent("g", "e", "a1")).await.unwrap();
+            let b2 = store.get(&keys::agent("g", "e", "a2")).await.unwrap();
+            if let (Some(b1), Some(b2)) = (b1, b2) {
+                break (b1, b2);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "records not written again"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_ne!(b1.lease, a1.lease);
+        assert_eq!(b1.lease, b2.lease);
+
+        // A session that ends deletes its own record only: a1's record written since by
+        // "another server" (a plain put) stays.
+        let other = store
+            .put(&keys::agent("g", "e", "a1"), b1.value.clone(), None)
+            .await
+            .unwrap();
+        let s1 = plane.session("a1").unwrap();
+        plane.forget(&s1, "test").await;
+        let kept = store
+            .get(&keys::agent("g", "e", "a1"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept.mod_revision, other);
+        let s2 = plane.session("a2").unwrap();
+        plane.forget(&s2, "test").await;
+        assert!(
+            store
+                .get(&keys::agent("g", "e", "a2"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        stop.cancel();
+    }
+}

@@ -39,6 +39,7 @@ _TRANSPORT_HINTS = (
     "broken pipe",
     "transport closed",
     "connection refused",
+    "stream removed",
     "goaway",
     "keepalive",
     "stream removed",
