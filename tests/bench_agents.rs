@@ -1,5 +1,5 @@
 //! `croupier bench agents` runs in a short mode against a real etcd: two server processes,
-//! a few hundred simulated agents (each with its own certificate, connection and source
+//! a few hundred lightweight agents (each with its own certificate, connection and source
 //! address), watchers, the owner and forwarded invoke phases and the reconnect storm after a
 //! kill of the owning server. Every phase must report; no timing is asserted (figures on a
 //! shared machine are for the note).

@@ -3,7 +3,7 @@
 //!   namespace;
 //! - registers N lightweight agents with server a (real sessions, each with its own certificate
 //!   and connection: `RegisterAgent`, a `Connect` tunnel, heartbeats every `--heartbeat`;
-//!   `sim_agent`) and reports the rate;
+//!   `load_agent`) and reports the rate;
 //! - holds them heartbeating for `--hold` and reports server a's CPU use and resident memory
 //!   (from `/proc`), and the memory per agent against the idle server; then holds them as long
 //!   again with heartbeats by rpc instead of over the tunnel, to compare;
@@ -28,13 +28,13 @@ use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::sim_agent::{SimAgent, SimStats};
+use super::load_agent::{LoadAgent, LoadStats};
 use crate::certs::{CertsInit, init};
 
 /// Arguments of `croupier bench agents`.
 #[derive(Args, Debug, Clone)]
 pub struct AgentsBenchArgs {
-    /// Simulated agents.
+    /// Lightweight agents.
     #[arg(long, default_value_t = 10_000)]
     pub agents: usize,
     /// etcd client URLs, comma-separated (start one with e.g. `etcd --data-dir /tmp/etcd`).
@@ -156,7 +156,7 @@ pub async fn agents(args: AgentsBenchArgs) -> anyhow::Result<()> {
 
     // Registration.
     let stop = CancellationToken::new();
-    let stats = Arc::new(SimStats::default());
+    let stats = Arc::new(LoadStats::default());
     let limit = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let mut pems = Vec::with_capacity(ids.len());
     for id in &ids {
@@ -167,11 +167,11 @@ pub async fn agents(args: AgentsBenchArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for (i, (id, pem)) in ids.iter().zip(pems).enumerate() {
         let permit = limit.clone().acquire_owned().await?;
-        let agent = SimAgent {
+        let agent = LoadAgent {
             url: a.url.clone(),
             pem,
             id: id.clone(),
-            source: super::sim_agent::source(i),
+            source: super::load_agent::source(i),
             stop: stop.clone(),
             stats: stats.clone(),
         };
@@ -334,7 +334,7 @@ pub async fn agents(args: AgentsBenchArgs) -> anyhow::Result<()> {
 }
 
 /// Holds the agents for `hold`: server a's share of one core, and the heartbeats sent.
-async fn hold(a: &ServerProc, stats: &SimStats, hold: Duration) -> anyhow::Result<(f64, u64)> {
+async fn hold(a: &ServerProc, stats: &LoadStats, hold: Duration) -> anyhow::Result<(f64, u64)> {
     let cpu0 = a.cpu_seconds()?;
     let hb0 = stats.heartbeats.load(Ordering::Relaxed);
     tokio::time::sleep(hold).await;
@@ -343,7 +343,7 @@ async fn hold(a: &ServerProc, stats: &SimStats, hold: Duration) -> anyhow::Resul
 }
 
 /// Waits until `stats` counts `n` registrations.
-async fn wait_registered(stats: &SimStats, n: u64, limit: Duration) -> anyhow::Result<()> {
+async fn wait_registered(stats: &LoadStats, n: u64, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     while stats.registrations.load(Ordering::Relaxed) < n {
         if Instant::now() > deadline {
@@ -357,7 +357,7 @@ async fn wait_registered(stats: &SimStats, n: u64, limit: Duration) -> anyhow::R
     Ok(())
 }
 
-/// Simulated agents registered and online, as server a lists them.
+/// Lightweight agents registered and online, as server a lists them.
 async fn online_agents(client: &Client) -> anyhow::Result<usize> {
     Ok(client
         .agents("bench", "scale")
@@ -444,14 +444,14 @@ struct Storm {
     cpu: f64,
 }
 
-/// Kills server a, starts it again on its address, and waits until every simulated agent is
+/// Kills server a, starts it again on its address, and waits until every lightweight agent is
 /// registered with it and online.
 async fn reconnect_storm(
     a: &mut ServerProc,
     dir: &std::path::Path,
     args: &AgentsBenchArgs,
     ns: &str,
-    stats: &SimStats,
+    stats: &LoadStats,
     certs: &std::path::Path,
 ) -> anyhow::Result<Storm> {
     let listen = a.url.trim_start_matches("https://").to_string();

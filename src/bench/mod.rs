@@ -8,7 +8,7 @@
 //! - `procs` — the processes that shape runs, and the hidden helper commands.
 //! - `jobs` — `bench jobs`: job event throughput and latency.
 //! - `agents` — `bench agents`: many agents against servers on etcd.
-//! - `sim_agent` — the lightweight agents `bench agents` runs.
+//! - `load_agent` — the lightweight agents `bench agents` runs.
 //! - `gateway` — `bench gateway`: the game gateway under load.
 
 pub mod agents;
@@ -16,8 +16,8 @@ mod deployed;
 pub mod gateway;
 pub mod invoke;
 pub mod jobs;
+mod load_agent;
 pub mod procs;
-mod sim_agent;
 
 pub use agents::{AgentsBenchArgs, agents};
 pub use invoke::{InvokeBenchArgs, invoke};

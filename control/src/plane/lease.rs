@@ -199,6 +199,10 @@ mod tests {
         plane.register(&who, req, None).await.unwrap();
     }
 
+    async fn record(store: &dyn Store, agent: &str) -> Option<croupier_registry::store::KeyValue> {
+        store.get(&keys::agent("g", "e", agent)).await.unwrap()
+    }
+
     #[tokio::test]
     async fn agents_share_one_lease_and_a_lost_lease_brings_their_records_back() {
         let stop = CancellationToken::new();
@@ -206,33 +210,19 @@ mod tests {
         let plane = plane(store.clone(), &stop).await;
         register(&plane, "a1").await;
         register(&plane, "a2").await;
-        let a1 = store
-            .get(&keys::agent("g", "e", "a1"))
-            .await
-            .unwrap()
-            .unwrap();
-        let a2 = store
-            .get(&keys::agent("g", "e", "a2"))
-            .await
-            .unwrap()
-            .unwrap();
+        let a1 = record(store.as_ref(), "a1").await.unwrap();
+        let a2 = record(store.as_ref(), "a2").await.unwrap();
         assert_ne!(a1.lease, 0, "the record hangs on a lease");
         assert_eq!(a1.lease, a2.lease, "one lease for all agents of a server");
 
         // The store loses the lease (an outage longer than its TTL): the records go, and the
         // server writes them again under a new lease within a refresh period (TTL / 3 = 1 s).
         store.revoke_lease(a1.lease).await.unwrap();
-        assert!(
-            store
-                .get(&keys::agent("g", "e", "a1"))
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(record(store.as_ref(), "a1").await.is_none());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let (b1, b2) = loop {
-            let b1 = store.get(&keys::agent("g", "e", "a1")).await.unwrap();
-            let b2 = store.get(&keys::agent("g", "e", "a2")).await.unwrap();
+            let b1 = record(store.as_ref(), "a1").await;
+            let b2 = record(store.as_ref(), "a2").await;
             if let (Some(b1), Some(b2)) = (b1, b2) {
                 break (b1, b2);
             }
@@ -253,21 +243,11 @@ mod tests {
             .unwrap();
         let s1 = plane.session("a1").unwrap();
         plane.forget(&s1, "test").await;
-        let kept = store
-            .get(&keys::agent("g", "e", "a1"))
-            .await
-            .unwrap()
-            .unwrap();
+        let kept = record(store.as_ref(), "a1").await.unwrap();
         assert_eq!(kept.mod_revision, other);
         let s2 = plane.session("a2").unwrap();
         plane.forget(&s2, "test").await;
-        assert!(
-            store
-                .get(&keys::agent("g", "e", "a2"))
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(record(store.as_ref(), "a2").await.is_none());
         stop.cancel();
     }
 }

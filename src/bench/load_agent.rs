@@ -1,8 +1,9 @@
-//! The lightweight agents of `croupier bench agents`: each one has its own certificate and
-//! connection, registers, opens its `Connect` tunnel and heartbeats like a real agent, and
-//! reconnects with the SDK's backoff when the tunnel ends (a server restart), so a reconnect
-//! storm is what real agents would make. Heartbeats go over the tunnel where the server takes
-//! them there, as the SDK's do, or by rpc when `SimStats::unary_heartbeats` says so.
+//! The lightweight agents of `croupier bench agents`: real agent sessions without handlers or
+//! packs (the load a fleet puts on a server). Each one has its own certificate and connection,
+//! registers, opens its `Connect` tunnel and heartbeats like a real agent, and reconnects with
+//! the SDK's backoff when the tunnel ends (a server restart), so a reconnect storm is what real
+//! agents would make. Heartbeats go over the tunnel where the server takes
+//! them there, as the SDK's do, or by rpc when `LoadStats::unary_heartbeats` says so.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,9 +18,9 @@ use croupier_sdk::tls::{TlsPem, endpoint, error_chain};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-/// What all simulated agents did, counted together.
+/// What all lightweight agents did, counted together.
 #[derive(Default)]
-pub(super) struct SimStats {
+pub(super) struct LoadStats {
     /// Registrations that succeeded.
     pub(super) registrations: AtomicU64,
     /// Attempts that failed (connect, TLS, `RegisterAgent` or the tunnel's opening).
@@ -32,7 +33,7 @@ pub(super) struct SimStats {
     pub(super) reasons: parking_lot::Mutex<std::collections::HashMap<String, u64>>,
 }
 
-impl SimStats {
+impl LoadStats {
     /// The most frequent failure reasons, most frequent first.
     pub(super) fn top_reasons(&self, n: usize) -> Vec<(String, u64)> {
         let mut v: Vec<(String, u64)> = self.reasons.lock().drain().collect();
@@ -42,7 +43,7 @@ impl SimStats {
     }
 }
 
-/// The loopback source address of simulated agent `i` (127.1.0.1 onwards; all of 127/8 is
+/// The loopback source address of lightweight agent `i` (127.1.0.1 onwards; all of 127/8 is
 /// loopback on Linux).
 pub(super) fn source(i: usize) -> std::net::IpAddr {
     let n = i as u32;
@@ -55,8 +56,8 @@ pub(super) fn source(i: usize) -> std::net::IpAddr {
     .into()
 }
 
-/// One simulated agent of `bench` / `scale`.
-pub(super) struct SimAgent {
+/// One lightweight agent of `bench` / `scale`.
+pub(super) struct LoadAgent {
     pub(super) url: String,
     pub(super) pem: TlsPem,
     pub(super) id: String,
@@ -64,10 +65,10 @@ pub(super) struct SimAgent {
     /// server's per-source handshake limit then applies per agent).
     pub(super) source: std::net::IpAddr,
     pub(super) stop: CancellationToken,
-    pub(super) stats: Arc<SimStats>,
+    pub(super) stats: Arc<LoadStats>,
 }
 
-impl SimAgent {
+impl LoadAgent {
     /// Runs until `stop`: a session, and after it ends (or fails to start) another one after
     /// the SDK's backoff. `first` is held until the first registration, so that the caller
     /// can bound how many register at once.
