@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
     "croupier/common/v1/common.proto",
+    "croupier/control/v1/fleet.proto",
     "croupier/control/v1/control.proto",
     "croupier/function/v1/function.proto",
     "croupier/registry/v1/registry.proto",
@@ -21,6 +22,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc);
     // Gateway payloads are shared between the many frames of a broadcast without copying.
     config.bytes([".croupier.gateway.v1.Frame.payload"]);
+    // An inventory is large and rare among the tunnel's frames.
+    config.boxed(".croupier.control.v1.AgentFrame.frame.inventory");
+    // The inventory is stored and compared as JSON.
+    config.type_attribute(
+        ".croupier.control.v1.NodeInventory",
+        "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+    );
+    for m in [
+        "CpuInfo",
+        "MemoryInfo",
+        "GpuInfo",
+        "DiskInfo",
+        "NicInfo",
+        "OsInfo",
+        "KernelInfo",
+        "RuntimeInfo",
+    ] {
+        config.type_attribute(
+            format!(".croupier.control.v1.{m}"),
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        );
+    }
     let vendored_include = protoc_bin_vendored::include_path()?;
     let includes = [PathBuf::from("."), vendored_include];
     let protos: Vec<PathBuf> = PROTOS.iter().map(PathBuf::from).collect();

@@ -84,6 +84,33 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Job retention and deadlines.
     pub jobs: Jobs,
+    /// Node events and inventories.
+    pub fleet: Fleet,
+}
+
+/// Node events and inventories.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fleet {
+    /// Node events kept in memory for `croupier events` (older ones are dropped; a reader
+    /// asking for them is told). Default 10000.
+    pub events_retained: usize,
+    /// Node events older than this are dropped. Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub events_max_age: Duration,
+    /// Inventory versions kept per node in the store. Default 20.
+    pub inventory_versions: usize,
+}
+
+impl Default for Fleet {
+    fn default() -> Self {
+        let d = croupier_control::ControlConfig::default();
+        Fleet {
+            events_retained: d.events_retained,
+            events_max_age: d.events_max_age,
+            inventory_versions: d.inventory_versions,
+        }
+    }
 }
 
 /// Job retention and deadlines.
@@ -316,6 +343,7 @@ impl Default for ServerConfig {
             etcd_key: None,
             limits: Limits::default(),
             jobs: Jobs::default(),
+            fleet: Fleet::default(),
         }
     }
 }

@@ -92,10 +92,7 @@ pub async fn run(
     let agent = croupier_proto::task::spawn(
         "run",
         croupier_agent::run(
-            croupier_agent::AgentConfig {
-                provider,
-                packs: croupier_agent::Packs::all(),
-            },
+            croupier_agent::AgentConfig::new(provider, croupier_agent::Packs::all()),
             agent_stop.clone(),
         ),
     );

@@ -136,6 +136,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let agent = croupier_agent::provider(croupier_agent::AgentConfig {
                 provider,
                 packs: args.packs.clone(),
+                inventory: croupier_agent::InventoryTimes {
+                    check: args.inventory_interval,
+                    resend: args.inventory_resend,
+                },
             });
             if let Some(listen) = args.http_listen.as_deref().filter(|l| !l.is_empty()) {
                 let listener = tokio::net::TcpListener::bind(listen)
@@ -170,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Function(cmd) => cli::function(cmd).await?,
         Command::Node(cmd) => cli::node::run(cmd).await?,
+        Command::Events(args) => cli::fleet::events(args).await?,
         Command::Policy(cmd) => return cli::policy::run(cmd).await,
         Command::Approval(cmd) => cli::approval::run(cmd).await?,
         Command::Audit(cmd) => return cli::audit::run(cmd).await,

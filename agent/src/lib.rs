@@ -8,8 +8,8 @@
 //! - [`packs`] — packs switched on by name (`--packs`): `node` (host metrics and inventory),
 //!   `container` (the host's Docker containers), `pipeline` (runs stored pipeline templates).
 //! - [`metrics`] — the names of the metrics the packs record.
-//! - this module — [`AgentConfig`], [`provider`] and [`run`], which build the provider from an
-//!   [`AgentConfig`] and run it.
+//! - this module — [`AgentConfig`], [`Agent`] (the provider with its packs' background
+//!   reports), [`provider`] and [`run`], which build it from an [`AgentConfig`] and run it.
 
 // Library code handles its errors; tests may unwrap.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -19,10 +19,18 @@ mod descriptor;
 pub mod metrics;
 pub mod packs;
 
+use std::time::Duration;
+
+use croupier_sdk::provider::{ProviderError, ProviderState};
 use croupier_sdk::{Provider, ProviderConfig};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use packs::{Pack, PackError, Packs};
+pub use packs::{InventoryTimes, Pack, PackError, Packs};
+
+/// How long an agent waits for its first inventory before it registers without one (it is
+/// sent over the tunnel when it comes).
+const FIRST_INVENTORY_WAIT: Duration = Duration::from_secs(5);
 
 /// What an agent needs to run.
 #[derive(Clone, Debug)]
@@ -31,13 +39,70 @@ pub struct AgentConfig {
     pub provider: ProviderConfig,
     /// Packs to serve besides the built-in `agent.*` functions.
     pub packs: Packs,
+    /// When the node pack collects and sends the inventory.
+    pub inventory: InventoryTimes,
+}
+
+impl AgentConfig {
+    /// An agent with `packs` and the default inventory times.
+    pub fn new(provider: ProviderConfig, packs: Packs) -> Self {
+        AgentConfig {
+            provider,
+            packs,
+            inventory: InventoryTimes::default(),
+        }
+    }
+}
+
+/// An agent ready to run: its provider, and what its packs report beside it.
+pub struct Agent {
+    provider: Provider,
+    background: Vec<packs::Background>,
+    /// The node pack is on: the registration waits (briefly) for the inventory.
+    inventory: bool,
+}
+
+impl Agent {
+    /// Watches the connection state.
+    pub fn state(&self) -> watch::Receiver<ProviderState> {
+        self.provider.state()
+    }
+
+    /// Runs until `shutdown` is cancelled: starts the packs' reports, waits up to 5 s for the
+    /// first inventory (so the registration carries it), then runs the provider.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProviderError> {
+        let stop = shutdown.child_token();
+        let reporter = self.provider.reporter();
+        for b in self.background {
+            croupier_proto::task::spawn(b.name, (b.start)(stop.clone()));
+        }
+        if self.inventory {
+            let waited = tokio::time::timeout(FIRST_INVENTORY_WAIT, async {
+                while !reporter.has_inventory() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+            if waited.is_err() {
+                tracing::warn!("no inventory within 5 s; registering without it");
+            }
+        }
+        let outcome = self.provider.run(shutdown).await;
+        stop.cancel();
+        outcome
+    }
 }
 
 /// Builds the agent's provider with its built-in functions and its packs.
-pub fn provider(cfg: AgentConfig) -> Provider {
+pub fn provider(cfg: AgentConfig) -> Agent {
     let agent_id = cfg.provider.agent_id.clone();
     let provider = builtin::register(Provider::new(cfg.provider), &agent_id);
-    packs::install(provider, &cfg.packs, &agent_id)
+    let (provider, background) = packs::install(provider, &cfg.packs, &agent_id, cfg.inventory);
+    Agent {
+        provider,
+        background,
+        inventory: cfg.packs.contains(Pack::Node),
+    }
 }
 
 /// Locks `m`, taking over a lock poisoned by a panic: what it guards stays consistent at every
@@ -47,9 +112,6 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Runs the agent until `shutdown` is cancelled.
-pub async fn run(
-    cfg: AgentConfig,
-    shutdown: CancellationToken,
-) -> Result<(), croupier_sdk::provider::ProviderError> {
+pub async fn run(cfg: AgentConfig, shutdown: CancellationToken) -> Result<(), ProviderError> {
     provider(cfg).run(shutdown).await
 }

@@ -19,6 +19,9 @@ pub enum ControlError {
     /// The agent is not registered anywhere.
     #[error("{0}")]
     NotRegistered(String),
+    /// Nothing of what was asked for exists (a node's inventory, a version of it).
+    #[error("{0}")]
+    NotFound(String),
     /// The node is disabled: it may not register until an admin sets it back.
     #[error("{0}")]
     NodeDisabled(String),
@@ -66,7 +69,9 @@ impl ControlError {
         match self {
             ControlError::NotAllowed(_) => Code::PermissionDenied,
             ControlError::BadRequest(_) => Code::InvalidArgument,
-            ControlError::NoSession(_) | ControlError::NotRegistered(_) => Code::NotFound,
+            ControlError::NoSession(_)
+            | ControlError::NotRegistered(_)
+            | ControlError::NotFound(_) => Code::NotFound,
             ControlError::NodeDisabled(_) | ControlError::DescriptorOwned(_) => {
                 Code::FailedPrecondition
             }
@@ -92,6 +97,7 @@ impl ControlError {
             ControlError::BadRequest(_) => "BAD_REQUEST",
             ControlError::NoSession(_) => "NO_SESSION",
             ControlError::NotRegistered(_) => "AGENT_NOT_REGISTERED",
+            ControlError::NotFound(_) => "NOT_FOUND",
             ControlError::NodeDisabled(_) => "NODE_DISABLED",
             ControlError::DescriptorOwned(_) => "DESCRIPTOR_OWNED",
             ControlError::LimitReached(_) => "LIMIT_REACHED",

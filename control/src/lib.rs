@@ -4,6 +4,7 @@
 //!
 //! Layout:
 //! - [`plane`] — [`ControlPlane`], the sessions and everything they do.
+//! - [`fleet`] — node events and inventories: the event log, inventory checks and diffs.
 //! - [`link`] — the [`AgentLink`] trait the function router and jobs use to reach agents, and
 //!   the [`JobSink`] trait through which job frames from agents reach the job manager.
 //! - [`service`] — the `ControlService` handler.
@@ -19,6 +20,7 @@ pub mod audit;
 pub mod error;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
+pub mod fleet;
 pub mod link;
 pub mod metrics;
 pub mod plane;

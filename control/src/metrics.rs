@@ -57,3 +57,6 @@ pub fn describe() {
         "Calls sent down tunnels and not answered yet."
     );
 }
+
+/// Counter: node events recorded in this server's event log.
+pub const NODE_EVENTS: &str = "croupier_node_events_total";

@@ -177,4 +177,29 @@ impl ControlService for ControlServer {
             self.plane.list_audit(&who, request.into_inner()).await?,
         ))
     }
+
+    async fn get_node_resources(
+        &self,
+        request: Request<pb::GetNodeResourcesRequest>,
+    ) -> Result<Response<pb::GetNodeResourcesResponse>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            self.plane
+                .node_resources(&who, request.into_inner())
+                .await?,
+        ))
+    }
+
+    type StreamNodeEventsStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::StreamNodeEventsResponse, Status>>;
+
+    async fn stream_node_events(
+        &self,
+        request: Request<pb::StreamNodeEventsRequest>,
+    ) -> Result<Response<Self::StreamNodeEventsStream>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            self.plane.stream_node_events(&who, request.into_inner())?,
+        ))
+    }
 }

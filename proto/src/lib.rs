@@ -47,6 +47,17 @@ pub mod control {
     /// Version 1.
     pub mod v1 {
         tonic::include_proto!("croupier.control.v1");
+
+        impl NodeInventory {
+            /// Whether `other` describes the node the same way (whenever each was collected).
+            pub fn same_as(&self, other: &NodeInventory) -> bool {
+                let strip = |i: &NodeInventory| NodeInventory {
+                    collected_at: 0,
+                    ..i.clone()
+                };
+                strip(self) == strip(other)
+            }
+        }
     }
 }
 

@@ -56,6 +56,20 @@ pub fn job_event_chunk(job_id: &str, first_seq: i64) -> String {
     format!("{JOB_EVENTS}{job_id}/{first_seq:020}")
 }
 
+/// Prefix of node inventories. Outside [`ROOT`]: the registry view has no use for them.
+pub const INVENTORIES: &str = "/croupier-inventory/";
+
+/// `/croupier-inventory/{agent_id}/`: every stored inventory version of a node.
+pub fn inventories(agent_id: &str) -> String {
+    format!("{INVENTORIES}{agent_id}/")
+}
+
+/// `/croupier-inventory/{agent_id}/{version}`: one inventory version (zero-padded so keys
+/// sort by version).
+pub fn inventory(agent_id: &str, version: i64) -> String {
+    format!("{INVENTORIES}{agent_id}/{version:012}")
+}
+
 /// `/croupier/servers/{server_id}`.
 pub fn server(server_id: &str) -> String {
     format!("{SERVERS}{server_id}")

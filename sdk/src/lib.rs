@@ -113,7 +113,7 @@ pub use client::{CallError, Client, FunctionInfo, JobHandle};
 pub use croupier_proto as proto;
 pub use job::JobContext;
 pub use options::{CallOptions, Route};
-pub use provider::{HandlerError, Invocation, Provider, ProviderConfig};
+pub use provider::{HandlerError, Invocation, Provider, ProviderConfig, Reporter};
 pub use retry::RetryPolicy;
 /// The `schemars` crate the typed functions use (derive `JsonSchema` with it).
 pub use schemars;

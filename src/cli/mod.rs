@@ -23,6 +23,7 @@ pub mod audit;
 pub mod certs;
 pub mod describe;
 pub mod exit;
+pub mod fleet;
 pub mod function;
 pub mod invoke;
 pub mod job;
@@ -120,9 +121,12 @@ pub enum Command {
     /// Function descriptors: delete (admin certificate).
     #[command(subcommand)]
     Function(FunctionCommand),
-    /// Node administration.
+    /// Nodes: state, inventory.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Node events (container lifecycle, state changes, agents coming and going, inventory
+    /// changes): replay recent ones, follow new ones.
+    Events(fleet::EventsArgs),
     /// The admin policy: get, put, test.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),

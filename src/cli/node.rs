@@ -1,4 +1,5 @@
-//! `croupier node state`: a node's administrative state.
+//! `croupier node state`: a node's administrative state; `croupier node resources`: its
+//! inventory (in `fleet`).
 
 use super::*;
 use clap::Subcommand;
@@ -23,6 +24,24 @@ pub enum NodeCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Show a node's inventory (hardware, system, runtimes), its history, or what changed.
+    Resources {
+        /// Agent id.
+        agent: String,
+        /// List every stored version instead of showing the latest.
+        #[arg(long)]
+        history: bool,
+        /// Show what changed from version V1 to version V2.
+        #[arg(long, num_args = 2, value_names = ["V1", "V2"])]
+        diff: Option<Vec<i64>>,
+        /// JSON output: {"agent_id", "versions": [{"version", "recorded_at", "inventory"}],
+        /// "changes": [{"path", "before", "after"}]}.
+        #[arg(long)]
+        json: bool,
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 /// Runs a `croupier node` command.
@@ -35,6 +54,16 @@ pub async fn run(cmd: NodeCommand) -> anyhow::Result<()> {
             json,
             conn,
         } => node_state(&agent, &state, &reason, json, &conn).await,
+        NodeCommand::Resources {
+            agent,
+            history,
+            diff,
+            json,
+            conn,
+        } => {
+            let diff = diff.map(|v| (v[0], v[1]));
+            super::fleet::resources(&agent, history, diff, json, &conn).await
+        }
     }
 }
 

@@ -124,6 +124,12 @@ pub struct AgentArgs {
     /// OTLP gRPC receiver to export the handlers' spans to, http://HOST:PORT (off unless given).
     #[arg(long, env = "CROUPIER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+    /// How often the node pack collects the inventory again; a changed one is sent at once.
+    #[arg(long, env = "CROUPIER_INVENTORY_INTERVAL", default_value = "10m", value_parser = super::parse_duration)]
+    pub inventory_interval: std::time::Duration,
+    /// The inventory is sent at least this often, changed or not.
+    #[arg(long, env = "CROUPIER_INVENTORY_RESEND", default_value = "24h", value_parser = super::parse_duration)]
+    pub inventory_resend: std::time::Duration,
 }
 
 /// `croupier dev`.

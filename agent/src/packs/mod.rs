@@ -29,6 +29,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use croupier_sdk::Provider;
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+pub use node::InventoryTimes;
 
 /// One pack of functions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -174,6 +178,15 @@ impl fmt::Display for Packs {
     }
 }
 
+/// Work a pack does beside its functions while the agent runs (reports to the server): started
+/// with the agent's stop token, ends when it is cancelled.
+pub(crate) struct Background {
+    /// The task's name.
+    pub(crate) name: &'static str,
+    /// Starts it.
+    pub(crate) start: Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>,
+}
+
 /// Adds a pack's entries to a heartbeat's status map.
 pub(crate) type StatusFn = Box<dyn Fn(&mut HashMap<String, String>) + Send + Sync>;
 
@@ -184,13 +197,36 @@ pub(crate) type StatusFn = Box<dyn Fn(&mut HashMap<String, String>) + Send + Syn
 /// The `node` and `container` packs share the agent's one Docker client; the `container` pack
 /// is also told whether Docker answered at startup (asked for at most 2 s). Without Docker it
 /// still registers: its descriptions say so and its calls answer `UNAVAILABLE`.
-pub fn install(provider: Provider, packs: &Packs, agent_id: &str) -> Provider {
+///
+/// Besides the provider it returns the packs' [`Background`] work: the node pack reports the
+/// inventory (`times`), the container pack reports Docker's container events.
+pub(crate) fn install(
+    provider: Provider,
+    packs: &Packs,
+    agent_id: &str,
+    times: InventoryTimes,
+) -> (Provider, Vec<Background>) {
     // One Docker client for the agent, handed to the packs that use it; it connects on first
     // use, so an agent without Docker pays nothing for it.
     let docker: Arc<dyn container::DockerApi> = Arc::new(container::LocalDocker::new());
     let mut status: Vec<StatusFn> = Vec::new();
+    let mut background = Vec::new();
     let mut provider = provider;
     for pack in packs.iter() {
+        let (d, reporter) = (docker.clone(), provider.reporter());
+        match pack {
+            Pack::Node => background.push(Background {
+                name: "node inventory",
+                start: Box::new(move |stop| {
+                    Box::pin(node::report_inventory(d, reporter, times, stop))
+                }),
+            }),
+            Pack::Container => background.push(Background {
+                name: "container events",
+                start: Box::new(move |stop| Box::pin(container::report_events(d, reporter, stop))),
+            }),
+            Pack::Pipeline => {}
+        }
         provider = match pack {
             Pack::Node => node::register(provider, &mut status, docker.clone()),
             Pack::Container => {
@@ -207,15 +243,16 @@ pub fn install(provider: Provider, packs: &Packs, agent_id: &str) -> Provider {
         };
     }
     if status.is_empty() {
-        return provider;
+        return (provider, background);
     }
-    provider.status(move || {
+    let provider = provider.status(move || {
         let mut out = HashMap::new();
         for add in &status {
             add(&mut out);
         }
         out
-    })
+    });
+    (provider, background)
 }
 
 #[cfg(test)]

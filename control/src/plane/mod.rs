@@ -11,8 +11,10 @@
 //! - `register` — `RegisterAgent` as named steps.
 //! - `tunnel` — the `Connect` tunnel, its read loop and the `AgentLink` impl.
 //! - `lease` — the server's agents' lease and the registration writes under it.
+//! - `fleet` — node events and inventories: recorded, read, followed, compared.
 //! - `governance` — `GetPolicy`, `PutPolicy`, `TestPolicy` and `ListAudit`.
 
+mod fleet;
 mod governance;
 mod lease;
 mod register;
@@ -76,6 +78,12 @@ pub struct ControlConfig {
     pub max_text_chars: usize,
     /// Bounds on the JSON Schemas in descriptors.
     pub schema_limits: SchemaLimits,
+    /// Node events kept in memory for replay. Default 10 000.
+    pub events_retained: usize,
+    /// Oldest node event kept. Default 24 h.
+    pub events_max_age: Duration,
+    /// Inventory versions kept per node. Default 20.
+    pub inventory_versions: usize,
 }
 
 impl Default for ControlConfig {
@@ -94,6 +102,9 @@ impl Default for ControlConfig {
             max_status_bytes: 16 * 1024,
             max_text_chars: 1024,
             schema_limits: SchemaLimits::default(),
+            events_retained: 10_000,
+            events_max_age: Duration::from_secs(24 * 3600),
+            inventory_versions: 20,
         }
     }
 }
@@ -118,6 +129,10 @@ pub struct ControlPlane {
     lease: Arc<lease::AgentLease>,
     /// Registrations writing to the store at once ([`MAX_CONCURRENT_REGISTRATIONS`]).
     registering: tokio::sync::Semaphore,
+    /// Node events of the agents this server holds.
+    events: Arc<crate::fleet::EventLog>,
+    /// Ends event followers when the server shuts down.
+    shutdown: CancellationToken,
 }
 
 /// Registrations that write to the store at once; the others wait their turn.
@@ -134,7 +149,6 @@ impl ControlPlane {
     ) -> Arc<Self> {
         let lease_ttl = cfg.offline_after() + Duration::from_secs(1);
         let plane = Arc::new(ControlPlane {
-            cfg,
             store,
             view,
             sessions: RwLock::new(HashMap::new()),
@@ -144,6 +158,12 @@ impl ControlPlane {
             jobs: OnceLock::new(),
             lease: Arc::new(lease::AgentLease::new(lease_ttl)),
             registering: tokio::sync::Semaphore::new(MAX_CONCURRENT_REGISTRATIONS),
+            events: Arc::new(crate::fleet::EventLog::new(
+                cfg.events_retained,
+                cfg.events_max_age,
+            )),
+            shutdown: shutdown.clone(),
+            cfg,
         });
         let task = plane.clone();
         let stop = shutdown.clone();
@@ -267,6 +287,14 @@ impl ControlPlane {
         if let Some(sink) = self.jobs.get() {
             sink.agent_gone(&session.agent_id, reason);
         }
+        self.node_event(
+            &session.agent_id,
+            "agent.offline",
+            "",
+            "offline",
+            format!("agent session ended: {reason}"),
+            &[("reason", reason.into())],
+        );
     }
 
     /// Forgets a session and deletes its registration without touching its tunnel.
@@ -379,6 +407,22 @@ impl ControlPlane {
             }));
         }
         tracing::info!(agent_id = %req.agent_id, state = record.state.as_str(), actor = %record.actor, reason = %excerpt(&record.reason, 200), "node state changed");
+        self.node_event(
+            &req.agent_id,
+            "node.state",
+            "",
+            record.state.as_str(),
+            format!(
+                "node state set to {} by {}: {}",
+                record.state.as_str(),
+                record.actor,
+                record.reason
+            ),
+            &[
+                ("actor", record.actor.clone()),
+                ("reason", record.reason.clone()),
+            ],
+        );
         if record.state == NodeState::Disabled
             && let Some(sink) = self.jobs.get()
         {

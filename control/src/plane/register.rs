@@ -136,6 +136,24 @@ impl ControlPlane {
             "agent registered"
         );
         metrics::counter!(crate::metrics::AGENT_REGISTRATIONS).increment(1);
+        if let Some(inv) = req.inventory {
+            // Checked with the request; a store failure here loses the inventory, not the
+            // registration (the agent sends it again within its resend interval).
+            if let Err(e) = self
+                .take_inventory(&req.agent_id, &req.game_id, &req.env, inv)
+                .await
+            {
+                tracing::warn!(agent_id = %req.agent_id, error = %e, "inventory not stored");
+                self.node_event(
+                    &req.agent_id,
+                    "inventory.invalid",
+                    "",
+                    "refused",
+                    e.to_string(),
+                    &[],
+                );
+            }
+        }
         self.audit
             .record(
                 AuditRecord::new(who.uri(), "register_agent", req.agent_id.clone())
@@ -187,6 +205,10 @@ impl ControlPlane {
                     excerpt(k, 40)
                 )));
             }
+        }
+        if let Some(inv) = &req.inventory {
+            crate::fleet::inventory::validate(inv)
+                .map_err(|e| ControlError::BadRequest(format!("agent {}: {e}", req.agent_id)))?;
         }
         if req.version.chars().count() > 128 {
             return Err(ControlError::BadRequest(

@@ -69,6 +69,14 @@ impl ControlPlane {
             session.fail_pending(Some(prev.generation));
         }
         tracing::info!(agent_id = %hello.agent_id, generation, "tunnel open");
+        self.node_event(
+            &hello.agent_id,
+            "agent.online",
+            "",
+            "online",
+            format!("tunnel open on server {}", self.cfg.server_id),
+            &[("server", self.cfg.server_id.clone())],
+        );
         metrics::counter!(crate::metrics::TUNNEL_EVENTS, "event" => "open").increment(1);
         let plane = self.clone();
         croupier_proto::task::spawn("tunnel reader", async move {
@@ -107,6 +115,14 @@ impl ControlPlane {
                     tracing::info!(agent_id = %session.agent_id, reason = %reason, "agent said goodbye");
                     said_goodbye = true;
                     self.forget(&session, "agent said goodbye").await;
+                    self.node_event(
+                        &session.agent_id,
+                        "agent.offline",
+                        "",
+                        "offline",
+                        format!("agent said goodbye: {reason}"),
+                        &[("reason", "goodbye".into())],
+                    );
                 }
                 Some(agent_frame::Frame::JobEvent(e)) => match (self.jobs.get(), e.event) {
                     (Some(sink), Some(ev)) => {
@@ -141,6 +157,10 @@ impl ControlPlane {
                         }
                         break;
                     }
+                }
+                Some(agent_frame::Frame::NodeEvent(e)) => self.agent_event(&session, e),
+                Some(agent_frame::Frame::Inventory(inv)) => {
+                    self.inventory_frame(&session, *inv).await;
                 }
                 Some(agent_frame::Frame::Hello(_)) | None => {}
             }

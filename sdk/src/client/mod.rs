@@ -11,6 +11,7 @@
 //! - `governance` — the policy, approvals and the audit log.
 
 mod call;
+mod fleet;
 mod governance;
 mod jobs;
 mod registry;

@@ -25,11 +25,14 @@
 //! - `types` — what handlers see and return, the configuration.
 //! - `session` — one session with a server: register, tunnel, frames.
 //! - `calls` — running one call or job.
+//! - `report` — [`Reporter`]: node events and the inventory, queued while no tunnel is open.
 
 mod calls;
+mod report;
 mod session;
 mod types;
 
+pub use report::{MAX_QUEUED_REPORTS, Reporter};
 pub use types::*;
 
 use crate::client::MAX_MESSAGE_BYTES;
@@ -86,6 +89,8 @@ pub struct Provider {
     outbox: Arc<Outbox>,
     /// The server's message limit (from its Welcome): results must fit in it.
     server_limit: Arc<std::sync::atomic::AtomicUsize>,
+    /// Node events and the inventory, sent over the tunnel.
+    reporter: Reporter,
 }
 
 /// How one session ended.
@@ -109,7 +114,14 @@ impl Provider {
             server_limit: Arc::new(std::sync::atomic::AtomicUsize::new(MAX_MESSAGE_BYTES)),
             running: Arc::default(),
             outbox: Outbox::new(),
+            reporter: Reporter::default(),
         }
+    }
+
+    /// The handle through which this provider reports node events and its node's inventory
+    /// (sent with each registration and over the tunnel).
+    pub fn reporter(&self) -> Reporter {
+        self.reporter.clone()
     }
 
     /// Registers a function: its descriptor (id, params schema, semantics…) and async handler.

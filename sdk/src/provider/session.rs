@@ -51,6 +51,7 @@ impl Provider {
             descriptors: self.descriptors.clone(),
             session_id: session_id.clone(),
             max_message_bytes: MAX_MESSAGE_BYTES as i64,
+            inventory: self.reporter.for_registration(),
         };
         let registered = match control.register_agent(reg).await {
             Ok(r) => r.into_inner(),
@@ -129,6 +130,11 @@ impl Provider {
                 session_over.clone(),
             ),
         );
+        let reports = croupier_proto::task::spawn("node reports", {
+            let (reporter, tunnel, over) =
+                (self.reporter.clone(), out_tx.clone(), session_over.clone());
+            async move { reporter.forward(tunnel, over).await }
+        });
         let ended = loop {
             let frame = tokio::select! {
                 _ = shutdown.cancelled() => break Ended::Shutdown,
@@ -165,6 +171,7 @@ impl Provider {
         };
         session_over.cancel();
         let _ = heartbeat.await;
+        let _ = reports.await;
         if let Ended::Shutdown = ended {
             let bye = AgentFrame {
                 frame: Some(agent_frame::Frame::Goodbye(Goodbye {

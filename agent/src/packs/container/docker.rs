@@ -14,10 +14,10 @@ use bollard::errors::Error as DockerError;
 use bollard::exec::StartExecResults;
 use bollard::models::{
     ContainerCreateBody, ContainerCreateResponse, ContainerInspectResponse, ContainerSummary,
-    ExecConfig, SystemVersion,
+    EventMessage, ExecConfig, SystemVersion,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptions,
+    CreateContainerOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder, LogsOptions,
     RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
     WaitContainerOptionsBuilder,
 };
@@ -38,6 +38,9 @@ const EXEC_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// A container's output: frames of stdout / stderr, ending when the output does.
 pub(crate) type LogStream = Pin<Box<dyn Stream<Item = Result<LogOutput, DockerError>> + Send>>;
+
+/// Docker's event stream: container lifecycle events as they happen.
+pub(crate) type EventStream = Pin<Box<dyn Stream<Item = Result<EventMessage, DockerError>> + Send>>;
 
 /// The Docker operations the pack uses. Implemented for the local daemon by [`LocalDocker`];
 /// unit tests use a fake. Errors are bollard's, so the mapping to handler errors is the same
@@ -79,6 +82,9 @@ pub(crate) trait DockerApi: Send + Sync {
     async fn kill_exec(&self, exec_id: &str) -> Result<usize, DockerError>;
     /// The daemon's version (for `node.resources`).
     async fn version(&self) -> Result<SystemVersion, DockerError>;
+    /// Container events from `since_secs` (Unix seconds; None: from now) on, until the
+    /// connection ends.
+    async fn events(&self, since_secs: Option<i64>) -> Result<EventStream, DockerError>;
 }
 
 /// The local Docker daemon (`DOCKER_HOST` when it names a `unix://` socket, else
@@ -359,6 +365,15 @@ impl DockerApi for LocalDocker {
 
     async fn version(&self) -> Result<SystemVersion, DockerError> {
         self.client().await?.version().await
+    }
+
+    async fn events(&self, since_secs: Option<i64>) -> Result<EventStream, DockerError> {
+        let mut options =
+            EventsOptionsBuilder::new().filters(&HashMap::from([("type", vec!["container"])]));
+        if let Some(since) = since_secs {
+            options = options.since(&since.to_string());
+        }
+        Ok(Box::pin(self.client().await?.events(Some(options.build()))))
     }
 }
 

@@ -60,6 +60,8 @@ pub(super) struct State {
     /// Every call fails as when the daemon is not running.
     pub(super) down: bool,
     pub(super) next: u32,
+    /// What `events` streams (once).
+    pub(super) events: Vec<bollard::models::EventMessage>,
 }
 
 /// A Docker daemon in memory: containers with names, labels and a running flag.
@@ -290,6 +292,15 @@ impl DockerApi for Fake {
             api_version: Some("1.41".into()),
             ..Default::default()
         })
+    }
+
+    async fn events(
+        &self,
+        _since_secs: Option<i64>,
+    ) -> Result<super::docker::EventStream, DockerError> {
+        Ok(Box::pin(futures::stream::iter(
+            lock(&self.st).events.drain(..).map(Ok).collect::<Vec<_>>(),
+        )))
     }
 }
 

@@ -47,12 +47,15 @@
 //! - [`calls`] — the synchronous functions: list, inspect, create, start, stop, restart,
 //!   remove, exec.
 //! - [`jobs`] — the jobs `container.logs` and `container.run`.
+//! - [`events`] — Docker's container events reported as node events (`container.die` with
+//!   the exit code, `container.oom`, `container.health`, …).
 //! - `fake` (tests only) — a Docker daemon in memory and a recorder of job events.
 
 mod calls;
 mod descriptors;
 mod docker;
 mod error;
+mod events;
 mod jobs;
 mod params;
 mod procs;
@@ -76,6 +79,7 @@ use descriptors::with_note;
 use params::params;
 
 pub(crate) use docker::{DockerApi, LocalDocker, probe};
+pub(crate) use events::report as report_events;
 
 /// Label naming the agent that created a container.
 pub(crate) const AGENT_LABEL: &str = "croupier.agent";

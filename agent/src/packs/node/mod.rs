@@ -23,10 +23,16 @@
 //! - [`resources`] — `node.resources`: its result type, descriptor, the inventory and the
 //!   Docker version.
 //! - [`heartbeat`] — the `cpu_percent` and `memory_percent` heartbeat summary.
+//! - [`inventory`] — the inventory the server keeps: collected at start (the registration
+//!   carries it), checked periodically, sent over the tunnel when it changes.
 
 mod heartbeat;
+mod inventory;
 mod metrics;
 mod resources;
+
+pub use inventory::InventoryTimes;
+pub(crate) use inventory::report as report_inventory;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};

@@ -112,7 +112,7 @@ pub(super) async fn resources(docker: &dyn DockerApi) -> Result<Resources, Handl
 }
 
 /// Everything `node.resources` reports except Docker.
-fn inventory() -> Result<Resources, sysinfo::Error> {
+pub(super) fn inventory() -> Result<Resources, sysinfo::Error> {
     let sys = System::new_with_specifics(
         RefreshKind::nothing()
             .with_cpu(CpuRefreshKind::nothing().with_frequency())

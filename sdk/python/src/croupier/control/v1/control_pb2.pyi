@@ -1,6 +1,7 @@
 from google.protobuf import struct_pb2 as _struct_pb2
 from croupier.common.v1 import common_pb2 as _common_pb2
 from croupier.function.v1 import function_pb2 as _function_pb2
+from croupier.control.v1 import fleet_pb2 as _fleet_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -10,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterAgentRequest(_message.Message):
-    __slots__ = ("agent_id", "game_id", "env", "version", "functions", "labels", "descriptors", "session_id", "max_message_bytes")
+    __slots__ = ("agent_id", "game_id", "env", "version", "functions", "labels", "descriptors", "session_id", "max_message_bytes", "inventory")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +28,7 @@ class RegisterAgentRequest(_message.Message):
     DESCRIPTORS_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INVENTORY_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     game_id: str
     env: str
@@ -36,7 +38,8 @@ class RegisterAgentRequest(_message.Message):
     descriptors: _containers.RepeatedCompositeFieldContainer[_common_pb2.FunctionDescriptor]
     session_id: str
     max_message_bytes: int
-    def __init__(self, agent_id: _Optional[str] = ..., game_id: _Optional[str] = ..., env: _Optional[str] = ..., version: _Optional[str] = ..., functions: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., descriptors: _Optional[_Iterable[_Union[_common_pb2.FunctionDescriptor, _Mapping]]] = ..., session_id: _Optional[str] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    inventory: _fleet_pb2.NodeInventory
+    def __init__(self, agent_id: _Optional[str] = ..., game_id: _Optional[str] = ..., env: _Optional[str] = ..., version: _Optional[str] = ..., functions: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., descriptors: _Optional[_Iterable[_Union[_common_pb2.FunctionDescriptor, _Mapping]]] = ..., session_id: _Optional[str] = ..., max_message_bytes: _Optional[int] = ..., inventory: _Optional[_Union[_fleet_pb2.NodeInventory, _Mapping]] = ...) -> None: ...
 
 class RegisterAgentResponse(_message.Message):
     __slots__ = ("success", "agent_id", "heartbeat_interval", "session_id", "resumed", "node_state")
@@ -135,20 +138,24 @@ class SetNodeStateResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., record: _Optional[_Union[_common_pb2.NodeStateRecord, _Mapping]] = ...) -> None: ...
 
 class AgentFrame(_message.Message):
-    __slots__ = ("hello", "result", "job_event", "jobs_report", "goodbye", "heartbeat")
+    __slots__ = ("hello", "result", "job_event", "jobs_report", "goodbye", "heartbeat", "node_event", "inventory")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     JOB_EVENT_FIELD_NUMBER: _ClassVar[int]
     JOBS_REPORT_FIELD_NUMBER: _ClassVar[int]
     GOODBYE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    NODE_EVENT_FIELD_NUMBER: _ClassVar[int]
+    INVENTORY_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     result: InvokeResult
     job_event: AgentJobEvent
     jobs_report: JobsReport
     goodbye: Goodbye
     heartbeat: HeartbeatRequest
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[InvokeResult, _Mapping]] = ..., job_event: _Optional[_Union[AgentJobEvent, _Mapping]] = ..., jobs_report: _Optional[_Union[JobsReport, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ...) -> None: ...
+    node_event: _fleet_pb2.NodeEvent
+    inventory: _fleet_pb2.NodeInventory
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[InvokeResult, _Mapping]] = ..., job_event: _Optional[_Union[AgentJobEvent, _Mapping]] = ..., jobs_report: _Optional[_Union[JobsReport, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., node_event: _Optional[_Union[_fleet_pb2.NodeEvent, _Mapping]] = ..., inventory: _Optional[_Union[_fleet_pb2.NodeInventory, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("agent_id", "session_id")

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from croupier.control.v1 import control_pb2 as croupier_dot_control_dot_v1_dot_control__pb2
+from croupier.control.v1 import fleet_pb2 as croupier_dot_control_dot_v1_dot_fleet__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -80,6 +81,16 @@ class ControlServiceStub:
                 request_serializer=croupier_dot_control_dot_v1_dot_control__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=croupier_dot_control_dot_v1_dot_control__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.GetNodeResources = channel.unary_unary(
+                '/croupier.control.v1.ControlService/GetNodeResources',
+                request_serializer=croupier_dot_control_dot_v1_dot_fleet__pb2.GetNodeResourcesRequest.SerializeToString,
+                response_deserializer=croupier_dot_control_dot_v1_dot_fleet__pb2.GetNodeResourcesResponse.FromString,
+                _registered_method=True)
+        self.StreamNodeEvents = channel.unary_stream(
+                '/croupier.control.v1.ControlService/StreamNodeEvents',
+                request_serializer=croupier_dot_control_dot_v1_dot_fleet__pb2.StreamNodeEventsRequest.SerializeToString,
+                response_deserializer=croupier_dot_control_dot_v1_dot_fleet__pb2.StreamNodeEventsResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -151,6 +162,22 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNodeResources(self, request, context):
+        """Returns a node's inventory: the latest version, every stored version, or what changed
+        between two versions. Readable by clients and admins within their scopes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamNodeEvents(self, request, context):
+        """Replays this server's recent node events (filtered by node and type) and, with follow,
+        delivers new ones as they happen. A gap in what was asked for is told, not hidden.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +225,16 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=croupier_dot_control_dot_v1_dot_control__pb2.ListAuditRequest.FromString,
                     response_serializer=croupier_dot_control_dot_v1_dot_control__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'GetNodeResources': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeResources,
+                    request_deserializer=croupier_dot_control_dot_v1_dot_fleet__pb2.GetNodeResourcesRequest.FromString,
+                    response_serializer=croupier_dot_control_dot_v1_dot_fleet__pb2.GetNodeResourcesResponse.SerializeToString,
+            ),
+            'StreamNodeEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamNodeEvents,
+                    request_deserializer=croupier_dot_control_dot_v1_dot_fleet__pb2.StreamNodeEventsRequest.FromString,
+                    response_serializer=croupier_dot_control_dot_v1_dot_fleet__pb2.StreamNodeEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -444,6 +481,60 @@ class ControlService:
             '/croupier.control.v1.ControlService/ListAudit',
             croupier_dot_control_dot_v1_dot_control__pb2.ListAuditRequest.SerializeToString,
             croupier_dot_control_dot_v1_dot_control__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeResources(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.control.v1.ControlService/GetNodeResources',
+            croupier_dot_control_dot_v1_dot_fleet__pb2.GetNodeResourcesRequest.SerializeToString,
+            croupier_dot_control_dot_v1_dot_fleet__pb2.GetNodeResourcesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamNodeEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/croupier.control.v1.ControlService/StreamNodeEvents',
+            croupier_dot_control_dot_v1_dot_fleet__pb2.StreamNodeEventsRequest.SerializeToString,
+            croupier_dot_control_dot_v1_dot_fleet__pb2.StreamNodeEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

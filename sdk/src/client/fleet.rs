@@ -1,0 +1,49 @@
+//! The fleet: node inventories and node events.
+//!
+//! Inventory reads are safe to repeat and go through the retry policy; an event stream is
+//! opened once (resume a broken one with `from_seq` one past the last seq seen).
+
+use super::*;
+use croupier_proto::control::v1::{
+    GetNodeResourcesRequest, GetNodeResourcesResponse, StreamNodeEventsRequest,
+    StreamNodeEventsResponse,
+};
+use tonic::Streaming;
+
+impl Client {
+    /// A node's inventory: the latest version, or every stored version with `history`; with
+    /// `diff` = `(from, to)` also what changed between those two versions.
+    pub async fn node_resources(
+        &self,
+        agent_id: &str,
+        history: bool,
+        diff: Option<(i64, i64)>,
+    ) -> Result<GetNodeResourcesResponse, Status> {
+        let (diff_from, diff_to) = diff.unwrap_or_default();
+        self.read("GetNodeResources", |left| {
+            let req = timed(
+                GetNodeResourcesRequest {
+                    agent_id: agent_id.into(),
+                    history,
+                    diff_from,
+                    diff_to,
+                },
+                left,
+            );
+            let mut svc = self.control.clone();
+            async move { svc.get_node_resources(req).await.map(Response::into_inner) }
+        })
+        .await
+    }
+
+    /// This server's node events as asked by `req` (replay by seq or time, filter by node and
+    /// type, follow), each item an event or a gap.
+    pub async fn node_events(
+        &self,
+        req: StreamNodeEventsRequest,
+    ) -> Result<Streaming<StreamNodeEventsResponse>, Status> {
+        let mut svc = self.control.clone();
+        self.once(async move { svc.stream_node_events(req).await })
+            .await
+    }
+}
