@@ -100,6 +100,15 @@ pub struct Fleet {
     pub events_max_age: Duration,
     /// Inventory versions kept per node in the store. Default 20.
     pub inventory_versions: usize,
+    /// Node metric samples are kept as they came for this long. Default `1h`.
+    #[serde(with = "humantime_serde")]
+    pub metrics_raw_for: Duration,
+    /// Older samples are kept as per-step minimum, maximum and average. Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub metrics_step: Duration,
+    /// No node metric older than this is kept. Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub metrics_keep: Duration,
 }
 
 impl Default for Fleet {
@@ -109,6 +118,9 @@ impl Default for Fleet {
             events_retained: d.events_retained,
             events_max_age: d.events_max_age,
             inventory_versions: d.inventory_versions,
+            metrics_raw_for: d.metrics_history.raw_for,
+            metrics_step: d.metrics_history.step,
+            metrics_keep: d.metrics_history.keep,
         }
     }
 }

@@ -136,9 +136,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let agent = croupier_agent::provider(croupier_agent::AgentConfig {
                 provider,
                 packs: args.packs.clone(),
-                inventory: croupier_agent::InventoryTimes {
-                    check: args.inventory_interval,
-                    resend: args.inventory_resend,
+                reports: croupier_agent::Reports {
+                    inventory: croupier_agent::InventoryTimes {
+                        check: args.inventory_interval,
+                        resend: args.inventory_resend,
+                    },
+                    metrics: croupier_agent::MetricsTimes {
+                        sample: args.metrics_interval,
+                        batch: args.metrics_batch,
+                        thresholds: args.thresholds.clone(),
+                    },
                 },
             });
             if let Some(listen) = args.http_listen.as_deref().filter(|l| !l.is_empty()) {

@@ -29,6 +29,8 @@ pub const RPC_TOTAL: &str = "croupier_rpc_total";
 /// Gauge: agents registered with a live lease, by `game`, `env` and `state` (normal,
 /// maintenance, disabled), read from the registry at scrape time.
 pub const AGENTS_ONLINE: &str = "croupier_agents_online";
+/// Gauge: the latest value of a node metric (node pack), by `node` and `metric`.
+pub const NODE_METRIC: &str = "croupier_node_metric";
 /// Gauge: 1 while this server is ready (store reachable, not draining).
 pub const READY: &str = "croupier_ready";
 
@@ -119,6 +121,10 @@ fn describe() {
         "Agents registered with a live lease, by game, env and node state."
     );
     describe_gauge!(
+        NODE_METRIC,
+        "The latest value an agent's node pack reported for a node metric, by node and metric."
+    );
+    describe_gauge!(
         READY,
         "1 while the server is ready: store reachable, not draining."
     );
@@ -135,6 +141,8 @@ pub struct ScrapeGauges {
     jobs: Option<Arc<croupier_function::jobs::JobManager>>,
     /// The (game, env, state) series set last time, so a group that emptied drops to 0.
     seen: Mutex<BTreeSet<(String, String, String)>>,
+    /// The (node, metric) series set last time, so one whose history aged out becomes NaN.
+    seen_nodes: Mutex<BTreeSet<(String, String)>>,
     process: metrics_process::Collector,
 }
 
@@ -146,6 +154,7 @@ impl ScrapeGauges {
             plane,
             jobs: None,
             seen: Mutex::default(),
+            seen_nodes: Mutex::default(),
             process: metrics_process::Collector::default(),
         }
     }
@@ -186,5 +195,26 @@ impl ScrapeGauges {
             metrics::gauge!(AGENTS_ONLINE, "game" => g, "env" => e, "state" => s).set(n);
             seen.insert(key);
         }
+        drop(seen);
+        self.node_metrics();
+    }
+
+    /// The latest value of every node metric this server keeps, one series per node and
+    /// metric; a series whose history aged out reads NaN.
+    fn node_metrics(&self) {
+        let latest = self.plane.latest_node_metrics();
+        let mut seen = self.seen_nodes.lock();
+        let now: BTreeSet<(String, String)> = latest
+            .iter()
+            .map(|(n, m, _)| (n.clone(), m.clone()))
+            .collect();
+        for (node, metric) in seen.difference(&now) {
+            metrics::gauge!(NODE_METRIC, "node" => node.clone(), "metric" => metric.clone())
+                .set(f64::NAN);
+        }
+        for (node, metric, value) in latest {
+            metrics::gauge!(NODE_METRIC, "node" => node, "metric" => metric).set(value);
+        }
+        *seen = now;
     }
 }

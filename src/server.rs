@@ -260,6 +260,11 @@ async fn serve_on(
             events_retained: cfg.fleet.events_retained,
             events_max_age: cfg.fleet.events_max_age,
             inventory_versions: cfg.fleet.inventory_versions,
+            metrics_history: croupier_control::fleet::HistoryTimes {
+                raw_for: cfg.fleet.metrics_raw_for,
+                step: cfg.fleet.metrics_step,
+                keep: cfg.fleet.metrics_keep,
+            },
         },
         store.clone(),
         view.clone(),

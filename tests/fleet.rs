@@ -6,6 +6,9 @@
 //! - a container that exits produces a `container.die` event with its exit code, seen live by
 //!   a follower and replayed by `croupier events`; node state changes and agents coming and
 //!   going are events too;
+//! - the node pack's metric samples reach the server in batches, answer a range query (raw
+//!   points, the figures as `/proc` has them), show in `croupier node metrics` and on the
+//!   server's Prometheus endpoint; a crossed threshold is an event;
 //! - an invalid inventory at registration is refused naming the field; invalid inventories and
 //!   events on a tunnel become `inventory.invalid` / `event.refused` events, and the tunnel and
 //!   every other agent carry on.
@@ -264,6 +267,109 @@ async fn a_container_that_exits_is_a_die_event_with_its_exit_code() {
     // Seqs increase through the log.
     let seqs: Vec<i64> = all.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}
+
+#[tokio::test]
+async fn metric_samples_have_a_history_and_thresholds_are_events() {
+    let mesh = Mesh::start(&["m1"], HB);
+    let _agent = mesh.agent_with(
+        "m1",
+        &[],
+        &[
+            "--packs",
+            "node",
+            "--metrics-interval",
+            "500ms",
+            "--metrics-batch",
+            "1s",
+            // Any machine uses more than 1 % of its memory: crossed on the first sample.
+            "--thresholds",
+            "memory=1,cpu=0",
+        ],
+    );
+    mesh.wait_online(&["m1"]).await;
+    let client = mesh.client("client-c1").await;
+    let series = until("four samples", Duration::from_secs(30), || async {
+        let r = client.node_metrics("m1", 0, &[]).await.ok()?;
+        let cpu = r.series.iter().find(|s| s.name == "cpu.percent")?;
+        (cpu.points.len() >= 4).then_some(r)
+    })
+    .await;
+    let by_name = |n: &str| series.series.iter().find(|s| s.name == n).unwrap();
+    let cpu = by_name("cpu.percent");
+    assert!(cpu.points.iter().all(|p| (0.0..=100.0).contains(&p.value)));
+    assert!(
+        cpu.points
+            .windows(2)
+            .all(|w| w[0].timestamp < w[1].timestamp)
+    );
+    // Raw points: min = max = value, all newer than raw_since.
+    assert!(
+        cpu.points
+            .iter()
+            .all(|p| p.min == p.value && p.max == p.value)
+    );
+    assert!(cpu.points.iter().all(|p| p.timestamp >= series.raw_since));
+    // memory.used_bytes against /proc/meminfo (MemTotal - MemAvailable), within 25 %.
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib = |k: &str| -> f64 {
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let used = (kib("MemTotal:") - kib("MemAvailable:")) * 1024.0;
+    let reported = by_name("memory.used_bytes").points.last().unwrap().value;
+    assert!(
+        (reported - used).abs() / used < 0.25,
+        "memory.used_bytes {reported} vs /proc {used}"
+    );
+    assert!(
+        series.series.iter().any(|s| s.name.starts_with("net.")),
+        "per-interface metrics"
+    );
+    // A prefix selects; the CLI shows the table and JSON.
+    let only = client
+        .node_metrics("m1", 0, &["memory.".into()])
+        .await
+        .unwrap();
+    assert!(only.series.iter().all(|s| s.name.starts_with("memory.")));
+    let (code, out, err) = mesh.cli("client-c1", &["node", "metrics", "m1", "--metric", "cpu"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("cpu.percent"), "{out}");
+    let (code, out, err) = mesh.cli(
+        "client-c1",
+        &["node", "metrics", "m1", "--since", "5m", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let json: Value = serde_json::from_str(&out).unwrap();
+    assert!(json["series"].as_array().unwrap().len() >= 5, "{json}");
+
+    // The threshold: crossed once, told as an event.
+    let crossed = cli_events(&mesh, &["--node", "m1", "--type", "threshold.crossed"]);
+    assert_eq!(crossed.len(), 1, "{crossed:?}");
+    assert_eq!(crossed[0]["entity_id"], "memory.percent");
+    assert_eq!(crossed[0]["data"]["threshold"], "1");
+
+    // Prometheus: the latest value per node and metric.
+    let text = common::scrape(mesh.metrics.as_deref().unwrap());
+    assert!(
+        text.lines().any(|l| l.starts_with("croupier_node_metric{")
+            && l.contains("metric=\"cpu.percent\"")
+            && l.contains("node=\"m1\"")),
+        "no croupier_node_metric for m1 in the scrape"
+    );
+    // A node with no history here is a clear NOT_FOUND.
+    let e = client.node_metrics("nobody", 0, &[]).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(
+        e.message().contains("no metrics of node"),
+        "{}",
+        e.message()
+    );
 }
 
 #[tokio::test]

@@ -26,7 +26,7 @@ use croupier_sdk::{Provider, ProviderConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-pub use packs::{InventoryTimes, Pack, PackError, Packs};
+pub use packs::{InventoryTimes, MetricsTimes, Pack, PackError, Packs, Reports, Thresholds};
 
 /// How long an agent waits for its first inventory before it registers without one (it is
 /// sent over the tunnel when it comes).
@@ -39,17 +39,17 @@ pub struct AgentConfig {
     pub provider: ProviderConfig,
     /// Packs to serve besides the built-in `agent.*` functions.
     pub packs: Packs,
-    /// When the node pack collects and sends the inventory.
-    pub inventory: InventoryTimes,
+    /// When the node pack reports the inventory and the metrics.
+    pub reports: Reports,
 }
 
 impl AgentConfig {
-    /// An agent with `packs` and the default inventory times.
+    /// An agent with `packs` and the default report times.
     pub fn new(provider: ProviderConfig, packs: Packs) -> Self {
         AgentConfig {
             provider,
             packs,
-            inventory: InventoryTimes::default(),
+            reports: Reports::default(),
         }
     }
 }
@@ -97,7 +97,7 @@ impl Agent {
 pub fn provider(cfg: AgentConfig) -> Agent {
     let agent_id = cfg.provider.agent_id.clone();
     let provider = builtin::register(Provider::new(cfg.provider), &agent_id);
-    let (provider, background) = packs::install(provider, &cfg.packs, &agent_id, cfg.inventory);
+    let (provider, background) = packs::install(provider, &cfg.packs, &agent_id, &cfg.reports);
     Agent {
         provider,
         background,

@@ -190,6 +190,16 @@ impl ControlService for ControlServer {
         ))
     }
 
+    async fn query_node_metrics(
+        &self,
+        request: Request<pb::QueryNodeMetricsRequest>,
+    ) -> Result<Response<pb::QueryNodeMetricsResponse>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            self.plane.node_metrics(&who, request.into_inner())?,
+        ))
+    }
+
     type StreamNodeEventsStream =
         tokio_stream::wrappers::ReceiverStream<Result<pb::StreamNodeEventsResponse, Status>>;
 

@@ -119,6 +119,131 @@ fn event_json(e: &NodeEvent) -> serde_json::Value {
     })
 }
 
+/// Runs `croupier node metrics`. A bare name (`cpu`) selects every metric under it.
+pub async fn metrics(
+    agent: &str,
+    since: Duration,
+    wanted: &[String],
+    json: bool,
+    conn: &Conn,
+) -> anyhow::Result<()> {
+    let client = conn.client("client-dev").await?;
+    let wanted: Vec<String> = wanted
+        .iter()
+        .flat_map(|w| {
+            if w.ends_with('.') {
+                vec![w.clone()]
+            } else {
+                vec![w.clone(), format!("{w}.")]
+            }
+        })
+        .collect();
+    let since_ms = croupier_registry::model::now_ms() - since.as_millis() as i64;
+    let resp = client
+        .node_metrics(agent, since_ms, &wanted)
+        .await
+        .map_err(|s| status_error(&s))?;
+    if json {
+        let series: Vec<serde_json::Value> = resp
+            .series
+            .iter()
+            .map(|s| {
+                let points: Vec<serde_json::Value> = s
+                    .points
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({"timestamp": p.timestamp, "value": p.value,
+                            "min": p.min, "max": p.max})
+                    })
+                    .collect();
+                serde_json::json!({"name": s.name, "points": points})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"agent_id": agent, "raw_since": resp.raw_since,
+                "step_ms": resp.step_ms, "series": series})
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = resp
+        .series
+        .iter()
+        .filter(|s| !s.points.is_empty())
+        .map(|s| {
+            let values: Vec<f64> = s.points.iter().map(|p| p.value).collect();
+            let min = s.points.iter().map(|p| p.min).fold(f64::INFINITY, f64::min);
+            let max = s
+                .points
+                .iter()
+                .map(|p| p.max)
+                .fold(f64::NEG_INFINITY, f64::max);
+            let avg = values.iter().sum::<f64>() / values.len() as f64;
+            vec![
+                clean(&s.name),
+                number(*values.last().unwrap_or(&0.0)),
+                number(min),
+                number(avg),
+                number(max),
+                sparkline(&values, 40),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("{agent}: no samples in that time");
+        return Ok(());
+    }
+    print!(
+        "{}",
+        table(&["METRIC", "LAST", "MIN", "AVG", "MAX", "HISTORY"], &rows)
+    );
+    Ok(())
+}
+
+/// A figure in few characters: 1234567 → "1.23M", 12.345 → "12.3".
+fn number(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e9 {
+        format!("{:.2}G", v / 1e9)
+    } else if a >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if a >= 1e4 {
+        format!("{:.1}k", v / 1e3)
+    } else if a == a.trunc() {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// `values` as at most `width` block characters (averaged when there are more values),
+/// scaled between their minimum and maximum.
+fn sparkline(values: &[f64], width: usize) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    if values.is_empty() {
+        return String::new();
+    }
+    let per = values.len().div_ceil(width.max(1));
+    let cols: Vec<f64> = values
+        .chunks(per)
+        .map(|c| c.iter().sum::<f64>() / c.len() as f64)
+        .collect();
+    let (lo, hi) = cols
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
+            (l.min(*v), h.max(*v))
+        });
+    cols.iter()
+        .map(|v| {
+            if (hi - lo).abs() < f64::EPSILON {
+                BARS[0]
+            } else {
+                BARS[(((v - lo) / (hi - lo)) * 7.0).round() as usize]
+            }
+        })
+        .collect()
+}
+
 /// Runs `croupier node resources`.
 pub async fn resources(
     agent: &str,
@@ -321,6 +446,21 @@ fn describe(agent: &str, v: &InventoryVersion) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sparklines_scale_and_numbers_shorten() {
+        assert_eq!(sparkline(&[0.0, 7.0], 40), "▁█");
+        assert_eq!(sparkline(&[5.0, 5.0, 5.0], 40), "▁▁▁");
+        assert_eq!(
+            sparkline(&(0..100).map(f64::from).collect::<Vec<_>>(), 10)
+                .chars()
+                .count(),
+            10
+        );
+        assert_eq!(number(1_234_567.0), "1.23M");
+        assert_eq!(number(12.345), "12.3");
+        assert_eq!(number(42.0), "42");
+    }
 
     #[test]
     fn sizes_read_well() {

@@ -10,7 +10,8 @@
 //! - `job` — `croupier job …`.
 //! - `pipeline` — `croupier pipeline …`.
 //! - `function` — `croupier function register|delete`.
-//! - `node` — `croupier node state`.
+//! - `node` — `croupier node state|resources`.
+//! - `fleet` — `croupier events` and `croupier node resources`: node events and inventories.
 //! - `policy`, `approval`, `audit` — governance: the admin policy, two-person approvals, the
 //!   audit log.
 //! - `store` — `croupier store …`.

@@ -1,5 +1,5 @@
-//! `croupier node state`: a node's administrative state; `croupier node resources`: its
-//! inventory (in `fleet`).
+//! `croupier node state`: a node's administrative state; `croupier node resources` and
+//! `croupier node metrics`: its inventory and metric history (in `fleet`).
 
 use super::*;
 use clap::Subcommand;
@@ -21,6 +21,24 @@ pub enum NodeCommand {
         #[arg(long)]
         json: bool,
         /// Connection (identity defaults to the admin certificate).
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show a node's metric history: last, min, average, max and a sparkline per metric.
+    Metrics {
+        /// Agent id.
+        agent: String,
+        /// How far back (e.g. 30m, 6h, 1d).
+        #[arg(long, default_value = "1h", value_parser = super::parse_duration)]
+        since: std::time::Duration,
+        /// Only these metrics: names or prefixes (`cpu`, `disk.`, `net.eth0.`), repeatable.
+        #[arg(long = "metric")]
+        metrics: Vec<String>,
+        /// JSON output: {"agent_id", "raw_since", "step_ms", "series": [{"name", "points":
+        /// [{"timestamp", "value", "min", "max"}]}]}.
+        #[arg(long)]
+        json: bool,
+        /// Connection.
         #[command(flatten)]
         conn: Conn,
     },
@@ -54,6 +72,13 @@ pub async fn run(cmd: NodeCommand) -> anyhow::Result<()> {
             json,
             conn,
         } => node_state(&agent, &state, &reason, json, &conn).await,
+        NodeCommand::Metrics {
+            agent,
+            since,
+            metrics,
+            json,
+            conn,
+        } => super::fleet::metrics(&agent, since, &metrics, json, &conn).await,
         NodeCommand::Resources {
             agent,
             history,

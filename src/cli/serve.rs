@@ -130,6 +130,20 @@ pub struct AgentArgs {
     /// The inventory is sent at least this often, changed or not.
     #[arg(long, env = "CROUPIER_INVENTORY_RESEND", default_value = "24h", value_parser = super::parse_duration)]
     pub inventory_resend: std::time::Duration,
+    /// How often the node pack samples the node's metrics.
+    #[arg(long, env = "CROUPIER_METRICS_INTERVAL", default_value = "15s", value_parser = super::parse_duration)]
+    pub metrics_interval: std::time::Duration,
+    /// How often the samples are sent to the server (at once when a threshold is crossed).
+    #[arg(long, env = "CROUPIER_METRICS_BATCH", default_value = "1m", value_parser = super::parse_duration)]
+    pub metrics_batch: std::time::Duration,
+    /// Usage percentages whose crossing is a node event and sends the samples at once:
+    /// cpu=90,memory=90,disk=90 (names left out keep these defaults; 0 turns one off).
+    #[arg(
+        long,
+        env = "CROUPIER_THRESHOLDS",
+        default_value = "cpu=90,memory=90,disk=90"
+    )]
+    pub thresholds: croupier_agent::Thresholds,
 }
 
 /// `croupier dev`.

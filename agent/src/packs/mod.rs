@@ -32,7 +32,7 @@ use croupier_sdk::Provider;
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-pub use node::InventoryTimes;
+pub use node::{InventoryTimes, MetricsTimes, Thresholds};
 
 /// One pack of functions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -187,6 +187,15 @@ pub(crate) struct Background {
     pub(crate) start: Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>,
 }
 
+/// When the node pack reports the inventory and the metrics.
+#[derive(Clone, Debug, Default)]
+pub struct Reports {
+    /// The inventory's checks and resends.
+    pub inventory: InventoryTimes,
+    /// The metrics' samples, batches and thresholds.
+    pub metrics: MetricsTimes,
+}
+
 /// Adds a pack's entries to a heartbeat's status map.
 pub(crate) type StatusFn = Box<dyn Fn(&mut HashMap<String, String>) + Send + Sync>;
 
@@ -199,12 +208,12 @@ pub(crate) type StatusFn = Box<dyn Fn(&mut HashMap<String, String>) + Send + Syn
 /// still registers: its descriptions say so and its calls answer `UNAVAILABLE`.
 ///
 /// Besides the provider it returns the packs' [`Background`] work: the node pack reports the
-/// inventory (`times`), the container pack reports Docker's container events.
+/// inventory and the metrics (`reports`), the container pack reports Docker's container events.
 pub(crate) fn install(
     provider: Provider,
     packs: &Packs,
     agent_id: &str,
-    times: InventoryTimes,
+    reports: &Reports,
 ) -> (Provider, Vec<Background>) {
     // One Docker client for the agent, handed to the packs that use it; it connects on first
     // use, so an agent without Docker pays nothing for it.
@@ -215,12 +224,22 @@ pub(crate) fn install(
     for pack in packs.iter() {
         let (d, reporter) = (docker.clone(), provider.reporter());
         match pack {
-            Pack::Node => background.push(Background {
-                name: "node inventory",
-                start: Box::new(move |stop| {
-                    Box::pin(node::report_inventory(d, reporter, times, stop))
-                }),
-            }),
+            Pack::Node => {
+                let (d2, r2, times) = (d.clone(), reporter.clone(), reports.inventory);
+                background.push(Background {
+                    name: "node inventory",
+                    start: Box::new(move |stop| {
+                        Box::pin(node::report_inventory(d2, r2, times, stop))
+                    }),
+                });
+                let times = reports.metrics.clone();
+                background.push(Background {
+                    name: "node metrics",
+                    start: Box::new(move |stop| {
+                        Box::pin(node::report_metrics(d, reporter, times, stop))
+                    }),
+                });
+            }
             Pack::Container => background.push(Background {
                 name: "container events",
                 start: Box::new(move |stop| Box::pin(container::report_events(d, reporter, stop))),

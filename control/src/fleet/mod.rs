@@ -3,12 +3,15 @@
 //! Layout:
 //! - [`events`] — [`EventLog`]: this server's recent node events, replayed and followed.
 //! - [`inventory`] — inventory checks, the stored version record and the diff of two versions.
+//! - [`metrics`] — [`MetricsHistory`]: the nodes' metric samples, raw and per step.
 //! - this module — the checks of an event an agent reports.
 
 pub mod events;
 pub mod inventory;
+pub mod metrics;
 
 pub use events::{EventFilter, EventLog, Replay};
+pub use metrics::{HistoryTimes, MetricsHistory};
 
 use croupier_proto::control::v1::NodeEvent;
 use croupier_proto::limits::excerpt;

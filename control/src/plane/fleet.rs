@@ -1,5 +1,5 @@
-//! The fleet through the control plane: node events (recorded, read, followed) and node
-//! inventories (stored as versions, read, compared).
+//! The fleet through the control plane: node events (recorded, read, followed), node
+//! inventories (stored as versions, read, compared) and node metrics (kept, queried).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -8,8 +8,9 @@ use super::*;
 use crate::fleet::inventory::{self, InventoryRecord};
 use crate::fleet::{EventFilter, EventLog, check_agent_event};
 use croupier_proto::control::v1::{
-    GetNodeResourcesRequest, GetNodeResourcesResponse, InventoryVersion, NodeEvent, NodeInventory,
-    StreamNodeEventsRequest, StreamNodeEventsResponse,
+    GetNodeResourcesRequest, GetNodeResourcesResponse, InventoryVersion, MetricsReport, NodeEvent,
+    NodeInventory, QueryNodeMetricsRequest, QueryNodeMetricsResponse, StreamNodeEventsRequest,
+    StreamNodeEventsResponse,
 };
 use croupier_registry::identity::Scopes;
 use tokio::sync::{broadcast, mpsc};
@@ -171,6 +172,63 @@ impl ControlPlane {
                 &[],
             );
         }
+    }
+
+    /// A metrics report from the agent of `session`: checked, then added to its history. One
+    /// that fails the checks becomes an `event.refused` event saying why.
+    pub(super) fn metrics_frame(&self, session: &Session, report: MetricsReport) {
+        if let Err(why) = crate::fleet::metrics::check_report(&report.samples) {
+            tracing::warn!(agent_id = %session.agent_id, reason = %why, "metrics report refused");
+            self.node_event(&session.agent_id, "event.refused", "", "refused", why, &[]);
+            return;
+        }
+        let agent = self.view.agent(&session.agent_id);
+        let scope = agent
+            .as_deref()
+            .map_or(("", ""), |a| (a.game_id.as_str(), a.env.as_str()));
+        self.metrics
+            .record(&session.agent_id, scope, &report.samples, now_ms());
+    }
+
+    /// The latest value of every node metric this server keeps: (node, metric, value).
+    pub fn latest_node_metrics(&self) -> Vec<(String, String, f64)> {
+        self.metrics.latest()
+    }
+
+    /// Handles `QueryNodeMetrics`: clients and admins, inside their scopes.
+    pub fn node_metrics(
+        &self,
+        who: &Identity,
+        req: QueryNodeMetricsRequest,
+    ) -> Result<QueryNodeMetricsResponse, ControlError> {
+        check_id("agent_id", &req.agent_id).map_err(ControlError::BadRequest)?;
+        Self::require_reader(who, "read node metrics")?;
+        let none = || {
+            ControlError::NotFound(format!(
+                "this server ({}) has no metrics of node {:?}: the node reports them to the \
+                 server holding its tunnel, when it carries the node pack",
+                self.cfg.server_id, req.agent_id
+            ))
+        };
+        let (game, env) = self.metrics.scope(&req.agent_id).ok_or_else(none)?;
+        if !who.scopes.allows(&game, &env) {
+            return Err(none());
+        }
+        let now = now_ms();
+        let since = if req.since > 0 {
+            req.since
+        } else {
+            now - 3_600_000
+        };
+        let (series, raw_since) = self
+            .metrics
+            .query(&req.agent_id, since, &req.metrics, now)
+            .ok_or_else(none)?;
+        Ok(QueryNodeMetricsResponse {
+            series,
+            raw_since,
+            step_ms: self.metrics.step().as_millis() as i64,
+        })
     }
 
     /// The stored inventory versions of a node, oldest first.

@@ -84,6 +84,8 @@ pub struct ControlConfig {
     pub events_max_age: Duration,
     /// Inventory versions kept per node. Default 20.
     pub inventory_versions: usize,
+    /// How long node metrics are kept, raw and per step.
+    pub metrics_history: crate::fleet::HistoryTimes,
 }
 
 impl Default for ControlConfig {
@@ -105,6 +107,7 @@ impl Default for ControlConfig {
             events_retained: 10_000,
             events_max_age: Duration::from_secs(24 * 3600),
             inventory_versions: 20,
+            metrics_history: crate::fleet::HistoryTimes::default(),
         }
     }
 }
@@ -131,6 +134,8 @@ pub struct ControlPlane {
     registering: tokio::sync::Semaphore,
     /// Node events of the agents this server holds.
     events: Arc<crate::fleet::EventLog>,
+    /// Metric history of the agents this server holds.
+    metrics: crate::fleet::MetricsHistory,
     /// Ends event followers when the server shuts down.
     shutdown: CancellationToken,
 }
@@ -162,6 +167,7 @@ impl ControlPlane {
                 cfg.events_retained,
                 cfg.events_max_age,
             )),
+            metrics: crate::fleet::MetricsHistory::new(cfg.metrics_history),
             shutdown: shutdown.clone(),
             cfg,
         });
@@ -317,10 +323,15 @@ impl ControlPlane {
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut swept = Instant::now();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            if swept.elapsed() >= Duration::from_secs(60) {
+                swept = Instant::now();
+                self.metrics.sweep(now_ms());
             }
             let limit = self.cfg.offline_after();
             let stale: Vec<Arc<Session>> = self

@@ -162,6 +162,7 @@ impl ControlPlane {
                 Some(agent_frame::Frame::Inventory(inv)) => {
                     self.inventory_frame(&session, *inv).await;
                 }
+                Some(agent_frame::Frame::Metrics(m)) => self.metrics_frame(&session, m),
                 Some(agent_frame::Frame::Hello(_)) | None => {}
             }
         }

@@ -5,8 +5,8 @@
 
 use super::*;
 use croupier_proto::control::v1::{
-    GetNodeResourcesRequest, GetNodeResourcesResponse, StreamNodeEventsRequest,
-    StreamNodeEventsResponse,
+    GetNodeResourcesRequest, GetNodeResourcesResponse, QueryNodeMetricsRequest,
+    QueryNodeMetricsResponse, StreamNodeEventsRequest, StreamNodeEventsResponse,
 };
 use tonic::Streaming;
 
@@ -32,6 +32,29 @@ impl Client {
             );
             let mut svc = self.control.clone();
             async move { svc.get_node_resources(req).await.map(Response::into_inner) }
+        })
+        .await
+    }
+
+    /// A node's metric history from `since_ms` (Unix ms; 0 for the last hour), for the metrics
+    /// named in `metrics` (names, or prefixes ending with "."; empty for all).
+    pub async fn node_metrics(
+        &self,
+        agent_id: &str,
+        since_ms: i64,
+        metrics: &[String],
+    ) -> Result<QueryNodeMetricsResponse, Status> {
+        self.read("QueryNodeMetrics", |left| {
+            let req = timed(
+                QueryNodeMetricsRequest {
+                    agent_id: agent_id.into(),
+                    since: since_ms,
+                    metrics: metrics.to_vec(),
+                },
+                left,
+            );
+            let mut svc = self.control.clone();
+            async move { svc.query_node_metrics(req).await.map(Response::into_inner) }
         })
         .await
     }

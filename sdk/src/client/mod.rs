@@ -9,6 +9,7 @@
 //! - `jobs` — `start_job`, `JobHandle`, `list_jobs`.
 //! - `registry` — functions, agents, watches, admin calls.
 //! - `governance` — the policy, approvals and the audit log.
+//! - `fleet` — node inventories and node events.
 
 mod call;
 mod fleet;

@@ -6,7 +6,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use croupier_proto::control::v1::{AgentFrame, NodeEvent, NodeInventory, agent_frame};
+use croupier_proto::control::v1::{
+    AgentFrame, MetricSample, MetricsReport, NodeEvent, NodeInventory, agent_frame,
+};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +28,7 @@ struct Inner {
     queue: Mutex<VecDeque<AgentFrame>>,
     notify: Notify,
     inventory: Mutex<Option<NodeInventory>>,
+    gauges: Mutex<std::collections::BTreeMap<String, f64>>,
     dropped: AtomicU64,
 }
 
@@ -48,6 +51,29 @@ impl Reporter {
         queue.retain(|f| !matches!(f.frame, Some(agent_frame::Frame::Inventory(_))));
         drop(queue);
         self.push(agent_frame::Frame::Inventory(Box::new(inventory)));
+    }
+
+    /// Sends metric samples (the node pack's batches). Empty batches are not sent.
+    pub fn metrics(&self, samples: Vec<MetricSample>) {
+        if !samples.is_empty() {
+            self.push(agent_frame::Frame::Metrics(MetricsReport { samples }));
+        }
+    }
+
+    /// Sets a custom gauge, e.g. players online: the node pack's samples carry it as
+    /// `custom.<name>` (other characters than `[A-Za-z0-9._/:-]` become `_`) from now on.
+    pub fn gauge(&self, name: &str, value: f64) {
+        self.inner.gauges.lock().insert(name.to_string(), value);
+    }
+
+    /// The custom gauges set so far.
+    pub fn gauges(&self) -> Vec<(String, f64)> {
+        self.inner
+            .gauges
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 
     /// Whether an inventory was set (registrations carry it).

@@ -292,6 +292,29 @@ pub(super) async fn metrics(
     blocking(move || s.snapshot()).await?
 }
 
+/// The metrics over the time since `sampler`'s previous sample (the periodic reports'
+/// interval); the first call takes a baseline and a sample [`SAMPLE_GAP`] apart.
+pub(super) async fn over_interval(
+    sampler: Arc<tokio::sync::Mutex<Sampler>>,
+) -> Result<Metrics, HandlerError> {
+    let mut s = sampler.lock_owned().await;
+    if s.age().is_none() {
+        let (back, taken) = blocking(move || {
+            let r = s.sample(true);
+            (s, r)
+        })
+        .await?;
+        s = back;
+        taken.map_err(sysinfo_error)?;
+        tokio::time::sleep(SAMPLE_GAP).await;
+    }
+    blocking(move || {
+        s.sample(false).map_err(sysinfo_error)?;
+        s.snapshot()
+    })
+    .await?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,14 +25,18 @@
 //! - [`heartbeat`] — the `cpu_percent` and `memory_percent` heartbeat summary.
 //! - [`inventory`] — the inventory the server keeps: collected at start (the registration
 //!   carries it), checked periodically, sent over the tunnel when it changes.
+//! - [`telemetry`] — periodic metric samples, batched over the tunnel, and threshold events.
 
 mod heartbeat;
 mod inventory;
 mod metrics;
 mod resources;
+mod telemetry;
 
 pub use inventory::InventoryTimes;
 pub(crate) use inventory::report as report_inventory;
+pub(crate) use telemetry::report as report_metrics;
+pub use telemetry::{MetricsTimes, Thresholds};
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};

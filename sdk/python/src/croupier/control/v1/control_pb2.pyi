@@ -138,7 +138,7 @@ class SetNodeStateResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., record: _Optional[_Union[_common_pb2.NodeStateRecord, _Mapping]] = ...) -> None: ...
 
 class AgentFrame(_message.Message):
-    __slots__ = ("hello", "result", "job_event", "jobs_report", "goodbye", "heartbeat", "node_event", "inventory")
+    __slots__ = ("hello", "result", "job_event", "jobs_report", "goodbye", "heartbeat", "node_event", "inventory", "metrics")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     JOB_EVENT_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,7 @@ class AgentFrame(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     NODE_EVENT_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     result: InvokeResult
     job_event: AgentJobEvent
@@ -155,7 +156,8 @@ class AgentFrame(_message.Message):
     heartbeat: HeartbeatRequest
     node_event: _fleet_pb2.NodeEvent
     inventory: _fleet_pb2.NodeInventory
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[InvokeResult, _Mapping]] = ..., job_event: _Optional[_Union[AgentJobEvent, _Mapping]] = ..., jobs_report: _Optional[_Union[JobsReport, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., node_event: _Optional[_Union[_fleet_pb2.NodeEvent, _Mapping]] = ..., inventory: _Optional[_Union[_fleet_pb2.NodeInventory, _Mapping]] = ...) -> None: ...
+    metrics: _fleet_pb2.MetricsReport
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[InvokeResult, _Mapping]] = ..., job_event: _Optional[_Union[AgentJobEvent, _Mapping]] = ..., jobs_report: _Optional[_Union[JobsReport, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., node_event: _Optional[_Union[_fleet_pb2.NodeEvent, _Mapping]] = ..., inventory: _Optional[_Union[_fleet_pb2.NodeInventory, _Mapping]] = ..., metrics: _Optional[_Union[_fleet_pb2.MetricsReport, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("agent_id", "session_id")

@@ -91,6 +91,11 @@ class ControlServiceStub:
                 request_serializer=croupier_dot_control_dot_v1_dot_fleet__pb2.StreamNodeEventsRequest.SerializeToString,
                 response_deserializer=croupier_dot_control_dot_v1_dot_fleet__pb2.StreamNodeEventsResponse.FromString,
                 _registered_method=True)
+        self.QueryNodeMetrics = channel.unary_unary(
+                '/croupier.control.v1.ControlService/QueryNodeMetrics',
+                request_serializer=croupier_dot_control_dot_v1_dot_fleet__pb2.QueryNodeMetricsRequest.SerializeToString,
+                response_deserializer=croupier_dot_control_dot_v1_dot_fleet__pb2.QueryNodeMetricsResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServiceServicer:
@@ -178,6 +183,14 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryNodeMetrics(self, request, context):
+        """Returns a node's metric history as this server keeps it (the server holding its tunnel):
+        raw samples for the last hour, per-step averages for up to a day.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -235,6 +248,11 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.StreamNodeEvents,
                     request_deserializer=croupier_dot_control_dot_v1_dot_fleet__pb2.StreamNodeEventsRequest.FromString,
                     response_serializer=croupier_dot_control_dot_v1_dot_fleet__pb2.StreamNodeEventsResponse.SerializeToString,
+            ),
+            'QueryNodeMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryNodeMetrics,
+                    request_deserializer=croupier_dot_control_dot_v1_dot_fleet__pb2.QueryNodeMetricsRequest.FromString,
+                    response_serializer=croupier_dot_control_dot_v1_dot_fleet__pb2.QueryNodeMetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -535,6 +553,33 @@ class ControlService:
             '/croupier.control.v1.ControlService/StreamNodeEvents',
             croupier_dot_control_dot_v1_dot_fleet__pb2.StreamNodeEventsRequest.SerializeToString,
             croupier_dot_control_dot_v1_dot_fleet__pb2.StreamNodeEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryNodeMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.control.v1.ControlService/QueryNodeMetrics',
+            croupier_dot_control_dot_v1_dot_fleet__pb2.QueryNodeMetricsRequest.SerializeToString,
+            croupier_dot_control_dot_v1_dot_fleet__pb2.QueryNodeMetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,

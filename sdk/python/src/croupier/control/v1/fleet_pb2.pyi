@@ -234,3 +234,64 @@ class StreamNodeEventsResponse(_message.Message):
     gap_from: int
     gap_next: int
     def __init__(self, event: _Optional[_Union[NodeEvent, _Mapping]] = ..., gap_from: _Optional[int] = ..., gap_next: _Optional[int] = ...) -> None: ...
+
+class MetricSample(_message.Message):
+    __slots__ = ("timestamp", "values")
+    class ValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    timestamp: int
+    values: _containers.ScalarMap[str, float]
+    def __init__(self, timestamp: _Optional[int] = ..., values: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class MetricsReport(_message.Message):
+    __slots__ = ("samples",)
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    samples: _containers.RepeatedCompositeFieldContainer[MetricSample]
+    def __init__(self, samples: _Optional[_Iterable[_Union[MetricSample, _Mapping]]] = ...) -> None: ...
+
+class QueryNodeMetricsRequest(_message.Message):
+    __slots__ = ("agent_id", "since", "metrics")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    since: int
+    metrics: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, agent_id: _Optional[str] = ..., since: _Optional[int] = ..., metrics: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class QueryNodeMetricsResponse(_message.Message):
+    __slots__ = ("series", "raw_since", "step_ms")
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    RAW_SINCE_FIELD_NUMBER: _ClassVar[int]
+    STEP_MS_FIELD_NUMBER: _ClassVar[int]
+    series: _containers.RepeatedCompositeFieldContainer[MetricSeries]
+    raw_since: int
+    step_ms: int
+    def __init__(self, series: _Optional[_Iterable[_Union[MetricSeries, _Mapping]]] = ..., raw_since: _Optional[int] = ..., step_ms: _Optional[int] = ...) -> None: ...
+
+class MetricSeries(_message.Message):
+    __slots__ = ("name", "points")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
+    def __init__(self, name: _Optional[str] = ..., points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ...) -> None: ...
+
+class MetricPoint(_message.Message):
+    __slots__ = ("timestamp", "value", "min", "max")
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    timestamp: int
+    value: float
+    min: float
+    max: float
+    def __init__(self, timestamp: _Optional[int] = ..., value: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
