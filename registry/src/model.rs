@@ -123,6 +123,10 @@ pub struct NodeRecord {
     /// When, Unix milliseconds.
     #[serde(default)]
     pub changed_at: i64,
+    /// When the agent acknowledged that it applied this state, Unix milliseconds; 0 until it
+    /// has.
+    #[serde(default)]
+    pub applied_at: i64,
 }
 
 impl From<&NodeRecord> for pb::NodeStateRecord {
@@ -133,6 +137,7 @@ impl From<&NodeRecord> for pb::NodeStateRecord {
             reason: r.reason.clone(),
             actor: r.actor.clone(),
             changed_at: r.changed_at,
+            applied_at: r.applied_at,
         }
     }
 }

@@ -122,6 +122,7 @@ pub async fn node_state(
             serde_json::json!({
                 "agent_id": rec.agent_id, "state": node_state_name(rec.state),
                 "actor": rec.actor, "reason": rec.reason, "changed_at": rec.changed_at,
+                "applied_at": rec.applied_at, "delivery": resp.delivery,
             })
         );
         return Ok(());
@@ -133,5 +134,13 @@ pub async fn node_state(
         rec.actor,
         rec.reason
     );
+    if rec.applied_at > 0 {
+        println!(
+            "applied by the agent at {}",
+            crate::output::time(rec.applied_at)
+        );
+    } else {
+        println!("{}", resp.delivery);
+    }
     Ok(())
 }

@@ -79,7 +79,8 @@ pub async fn agents(args: ListArgs) -> anyhow::Result<()> {
                     "agent_id": a.agent_id, "game_id": a.game_id, "env": a.env,
                     "version": a.version, "functions": a.functions, "labels": a.labels,
                     "node_state": node_state_name(node.state), "node_reason": node.reason,
-                    "node_actor": node.actor, "online": a.online,
+                    "node_actor": node.actor, "node_changed_at": node.changed_at,
+                    "node_applied_at": node.applied_at, "online": a.online,
                     "last_heartbeat": a.last_heartbeat, "owner": a.owner, "addr": a.addr,
                     "in_flight": a.in_flight, "status": a.status,
                 })
@@ -97,7 +98,7 @@ pub async fn agents(args: ListArgs) -> anyhow::Result<()> {
             vec![
                 a.agent_id.clone(),
                 format!("{}/{}", a.game_id, a.env),
-                node_state_name(a.node_state.as_ref().map(|n| n.state).unwrap_or(0)).into(),
+                state_cell(a.node_state.as_ref()),
                 if a.online { "online" } else { "offline" }.into(),
                 if a.owner.is_empty() {
                     "-".into()
@@ -135,6 +136,17 @@ pub async fn agents(args: ListArgs) -> anyhow::Result<()> {
         )
     );
     Ok(())
+}
+
+/// The STATE column: the state, and "(pending)" while the agent has not applied a change.
+fn state_cell(node: Option<&croupier_proto::common::v1::NodeStateRecord>) -> String {
+    let node = node.cloned().unwrap_or_default();
+    let name = node_state_name(node.state);
+    if node.changed_at > 0 && node.applied_at < node.changed_at {
+        format!("{name} (pending)")
+    } else {
+        name.to_string()
+    }
 }
 
 pub(super) fn node_state_name(s: i32) -> &'static str {

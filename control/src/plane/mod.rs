@@ -9,6 +9,7 @@
 //! Layout:
 //! - `session` — one agent's session: tunnel, pending calls, jobs.
 //! - `register` — `RegisterAgent` as named steps.
+//! - `state` — `SetNodeState` and the agent's acknowledgement of node state changes.
 //! - `tunnel` — the `Connect` tunnel, its read loop and the `AgentLink` impl.
 //! - `lease` — the server's agents' lease and the registration writes under it.
 //! - `fleet` — node events and inventories: recorded, read, followed, compared.
@@ -19,6 +20,7 @@ mod governance;
 mod lease;
 mod register;
 mod session;
+mod state;
 mod tunnel;
 
 pub use register::check_descriptor;
@@ -323,7 +325,7 @@ impl ControlPlane {
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut swept = Instant::now();
+        let (mut swept, mut relayed) = (Instant::now(), Instant::now());
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -332,6 +334,10 @@ impl ControlPlane {
             if swept.elapsed() >= Duration::from_secs(60) {
                 swept = Instant::now();
                 self.metrics.sweep(now_ms());
+            }
+            if relayed.elapsed() >= Duration::from_secs(1) {
+                relayed = Instant::now();
+                self.relay_states();
             }
             let limit = self.cfg.offline_after();
             let stale: Vec<Arc<Session>> = self
@@ -346,112 +352,6 @@ impl ControlPlane {
                 self.expire(&s, "heartbeats missed").await;
             }
         }
-    }
-
-    /// Handles `SetNodeState`: the policy's `node_state` action decides (admins by default),
-    /// inside the caller's scopes.
-    pub async fn set_node_state(
-        &self,
-        who: &Identity,
-        req: pb::SetNodeStateRequest,
-    ) -> Result<pb::SetNodeStateResponse, ControlError> {
-        check_id("agent_id", &req.agent_id).map_err(ControlError::BadRequest)?;
-        let agent = self.view.agent(&req.agent_id);
-        let (game, env) = agent
-            .as_deref()
-            .map_or(("", ""), |a| (a.game_id.as_str(), a.env.as_str()));
-        let decision = self.view.policy().decide(
-            who,
-            croupier_registry::policy::Request {
-                action: croupier_registry::policy::Action::NodeState,
-                function: "",
-                game,
-                env,
-            },
-        );
-        if !decision.allowed {
-            return Err(ControlError::NotAllowed(format!(
-                "identity {who} may not set node states: {}",
-                decision.explanation
-            )));
-        }
-        if agent.is_some()
-            && let Some(refusal) = who.out_of_scope("set node states", game, env)
-        {
-            return Err(ControlError::NotAllowed(refusal));
-        }
-        self.audit.admit().map_err(ControlError::AuditUnavailable)?;
-        if req.reason.chars().count() > self.cfg.max_text_chars {
-            return Err(ControlError::BadRequest(format!(
-                "reason is {} characters; at most {} are allowed",
-                req.reason.chars().count(),
-                self.cfg.max_text_chars
-            )));
-        }
-        let state = common::NodeState::try_from(req.state).map_err(|_| {
-            ControlError::BadRequest(format!(
-                "state {} is not a node state (0 normal, 1 maintenance, 2 disabled)",
-                req.state
-            ))
-        })?;
-        let record = NodeRecord {
-            agent_id: req.agent_id.clone(),
-            state: state.into(),
-            reason: req.reason.clone(),
-            actor: who.uri(),
-            changed_at: now_ms(),
-        };
-        let value = serde_json::to_vec(&record)
-            .map_err(|e| ControlError::Internal(format!("encoding the node record: {e}")))?;
-        let rev = self
-            .store
-            .put(&keys::node(&req.agent_id), value, None)
-            .await
-            .map_err(ControlError::store("storing the node state"))?;
-        self.view.wait_for(rev, Duration::from_secs(5)).await;
-        let pb_record = common::NodeStateRecord::from(&record);
-        if let Some(t) = self.session(&req.agent_id).and_then(|s| s.tunnel()) {
-            let _ = t.tx.try_send(out(ServerFrame {
-                frame: Some(server_frame::Frame::StateChange(pb::StateChange {
-                    record: Some(pb_record.clone()),
-                })),
-            }));
-        }
-        tracing::info!(agent_id = %req.agent_id, state = record.state.as_str(), actor = %record.actor, reason = %excerpt(&record.reason, 200), "node state changed");
-        self.node_event(
-            &req.agent_id,
-            "node.state",
-            "",
-            record.state.as_str(),
-            format!(
-                "node state set to {} by {}: {}",
-                record.state.as_str(),
-                record.actor,
-                record.reason
-            ),
-            &[
-                ("actor", record.actor.clone()),
-                ("reason", record.reason.clone()),
-            ],
-        );
-        if record.state == NodeState::Disabled
-            && let Some(sink) = self.jobs.get()
-        {
-            sink.node_disabled(
-                &req.agent_id,
-                &format!("node disabled by {}: {}", record.actor, record.reason),
-            );
-        }
-        let mut rec = AuditRecord::new(who.uri(), "set_node_state", req.agent_id)
-            .details(serde_json::json!({"state": record.state.as_str(), "reason": record.reason}));
-        if !game.is_empty() {
-            rec = rec.scope(game, env);
-        }
-        self.audit.record(rec).await;
-        Ok(pb::SetNodeStateResponse {
-            success: true,
-            record: Some(pb_record),
-        })
     }
 
     /// Handles `GetAssignments`.

@@ -118,6 +118,8 @@ impl ControlPlane {
                     running: RunningJobs::default(),
                     cpu_tenths: AtomicI64::new(-1),
                     max_frame,
+                    state_waiter: Mutex::new(None),
+                    state_sent: AtomicI64::new(0),
                 });
                 self.sessions
                     .write()

@@ -77,6 +77,10 @@ pub(super) struct Session {
     pub(super) cpu_tenths: AtomicI64,
     /// The largest frame the agent accepts: its own limit and the server's, whichever is less.
     pub(super) max_frame: usize,
+    /// A `SetNodeState` waiting for the agent to apply the change made at this time.
+    pub(super) state_waiter: Mutex<Option<(i64, tokio::sync::oneshot::Sender<i64>)>>,
+    /// The `changed_at` of the last node state change sent down the tunnel.
+    pub(super) state_sent: AtomicI64,
 }
 
 impl Session {
@@ -123,6 +127,30 @@ impl Session {
     }
 
     /// Fails every pending invocation sent over `generation` (or all, with None).
+    /// The node was disabled: every synchronous call in flight fails with `NODE_DISABLED`
+    /// saying `why`, and the agent is told to cancel it.
+    pub(super) fn fail_pending_disabled(&self, why: &str) {
+        let failed: Vec<(String, Pending)> = self.pending.lock().drain().collect();
+        let tunnel = self.tunnel();
+        for (request_id, p) in failed {
+            if let Some(t) = &tunnel {
+                let _ = t.tx.try_send(out(pb::ServerFrame {
+                    frame: Some(pb::server_frame::Frame::Cancel(pb::Cancel {
+                        request_id: request_id.clone(),
+                        reason: why.to_string(),
+                    })),
+                }));
+            }
+            let _ = p.tx.send(Ok(pb::InvokeResult {
+                request_id,
+                success: false,
+                error: why.to_string(),
+                error_code: "NODE_DISABLED".into(),
+                ..Default::default()
+            }));
+        }
+    }
+
     pub(super) fn fail_pending(&self, generation: Option<u64>) {
         let failed: Vec<Pending> = {
             let mut pending = self.pending.lock();

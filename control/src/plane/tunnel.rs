@@ -78,6 +78,7 @@ impl ControlPlane {
             &[("server", self.cfg.server_id.clone())],
         );
         metrics::counter!(crate::metrics::TUNNEL_EVENTS, "event" => "open").increment(1);
+        self.resend_state(&session);
         let plane = self.clone();
         croupier_proto::task::spawn("tunnel reader", async move {
             plane.read_tunnel(session, generation, inbound).await;
@@ -163,6 +164,7 @@ impl ControlPlane {
                     self.inventory_frame(&session, *inv).await;
                 }
                 Some(agent_frame::Frame::Metrics(m)) => self.metrics_frame(&session, m),
+                Some(agent_frame::Frame::StateApplied(a)) => self.state_applied(&session, a).await,
                 Some(agent_frame::Frame::Hello(_)) | None => {}
             }
         }

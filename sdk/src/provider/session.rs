@@ -157,8 +157,7 @@ impl Provider {
                 Some(server_frame::Frame::Ack(a)) => self.outbox.ack(&a.job_id, a.seq).await,
                 Some(server_frame::Frame::StateChange(sc)) => {
                     if let Some(r) = sc.record {
-                        tracing::info!(state = ?NodeState::try_from(r.state).unwrap_or_default(), reason = %r.reason, actor = %r.actor, "node state changed");
-                        self.state.send_modify(|s| s.node_state = r.state);
+                        self.apply_state(&r, &out_tx);
                     }
                 }
                 Some(server_frame::Frame::Goaway(g)) => {
@@ -208,6 +207,38 @@ impl Provider {
             self.outbox.detach(generation).await;
         }
         ended
+    }
+}
+
+impl Provider {
+    /// Applies a node state change and acknowledges it: `disabled` cancels every running call
+    /// and job; `maintenance` lets them finish (the server sends no new work).
+    fn apply_state(
+        &self,
+        r: &croupier_proto::common::v1::NodeStateRecord,
+        out_tx: &mpsc::Sender<AgentFrame>,
+    ) {
+        let state = NodeState::try_from(r.state).unwrap_or_default();
+        tracing::info!(?state, reason = %r.reason, actor = %r.actor, "node state changed");
+        self.state.send_modify(|s| s.node_state = r.state);
+        if state == NodeState::Disabled {
+            let why = format!("node disabled by {}: {}", r.actor, r.reason);
+            let running: Vec<Arc<Running>> = self.running.lock().values().cloned().collect();
+            for call in running {
+                call.cancel(&why);
+            }
+        }
+        let ack = AgentFrame {
+            frame: Some(agent_frame::Frame::StateApplied(
+                croupier_proto::control::v1::StateApplied {
+                    changed_at: r.changed_at,
+                    state: r.state,
+                },
+            )),
+        };
+        if out_tx.try_send(ack).is_err() {
+            tracing::warn!("node state applied, but the tunnel is full: not acknowledged");
+        }
     }
 }
 

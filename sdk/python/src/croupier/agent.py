@@ -483,9 +483,16 @@ class Agent:
         elif kind == "ack":
             await self._outbox.ack(frame.ack.job_id, frame.ack.seq)
         elif kind == "state_change":
-            rec = NodeStateRecord.from_proto(frame.state_change.record)
+            # Apply, then acknowledge: disabled cancels every running call and job;
+            # maintenance lets them finish (the server sends no new work).
+            raw = frame.state_change.record
+            rec = NodeStateRecord.from_proto(raw)
             log.info("node state now %s (%r by %s)", rec.state.name, rec.reason, rec.actor)
+            if rec.state == NodeState.DISABLED:
+                self._runner.cancel_all(f"node disabled by {rec.actor}: {rec.reason}")
             await self._notify_node_state(rec)
+            applied = control_pb2.StateApplied(changed_at=raw.changed_at, state=raw.state)
+            await out.put(control_pb2.AgentFrame(state_applied=applied))
         elif kind == "goaway":
             # Keep serving: the server closes the tunnel once its calls are done, and the next
             # session goes to the next server.

@@ -110,15 +110,17 @@ class ErrorInfo(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., details: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class NodeStateRecord(_message.Message):
-    __slots__ = ("agent_id", "state", "reason", "actor", "changed_at")
+    __slots__ = ("agent_id", "state", "reason", "actor", "changed_at", "applied_at")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_AT_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     state: NodeState
     reason: str
     actor: str
     changed_at: int
-    def __init__(self, agent_id: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., changed_at: _Optional[int] = ...) -> None: ...
+    applied_at: int
+    def __init__(self, agent_id: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., reason: _Optional[str] = ..., actor: _Optional[str] = ..., changed_at: _Optional[int] = ..., applied_at: _Optional[int] = ...) -> None: ...

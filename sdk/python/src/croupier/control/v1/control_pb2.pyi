@@ -130,15 +130,17 @@ class SetNodeStateRequest(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.NodeState, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SetNodeStateResponse(_message.Message):
-    __slots__ = ("success", "record")
+    __slots__ = ("success", "record", "delivery")
     SUCCESS_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_FIELD_NUMBER: _ClassVar[int]
     success: bool
     record: _common_pb2.NodeStateRecord
-    def __init__(self, success: _Optional[bool] = ..., record: _Optional[_Union[_common_pb2.NodeStateRecord, _Mapping]] = ...) -> None: ...
+    delivery: str
+    def __init__(self, success: _Optional[bool] = ..., record: _Optional[_Union[_common_pb2.NodeStateRecord, _Mapping]] = ..., delivery: _Optional[str] = ...) -> None: ...
 
 class AgentFrame(_message.Message):
-    __slots__ = ("hello", "result", "job_event", "jobs_report", "goodbye", "heartbeat", "node_event", "inventory", "metrics")
+    __slots__ = ("hello", "result", "job_event", "jobs_report", "goodbye", "heartbeat", "node_event", "inventory", "metrics", "state_applied")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     JOB_EVENT_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +150,7 @@ class AgentFrame(_message.Message):
     NODE_EVENT_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    STATE_APPLIED_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     result: InvokeResult
     job_event: AgentJobEvent
@@ -157,7 +160,16 @@ class AgentFrame(_message.Message):
     node_event: _fleet_pb2.NodeEvent
     inventory: _fleet_pb2.NodeInventory
     metrics: _fleet_pb2.MetricsReport
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[InvokeResult, _Mapping]] = ..., job_event: _Optional[_Union[AgentJobEvent, _Mapping]] = ..., jobs_report: _Optional[_Union[JobsReport, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., node_event: _Optional[_Union[_fleet_pb2.NodeEvent, _Mapping]] = ..., inventory: _Optional[_Union[_fleet_pb2.NodeInventory, _Mapping]] = ..., metrics: _Optional[_Union[_fleet_pb2.MetricsReport, _Mapping]] = ...) -> None: ...
+    state_applied: StateApplied
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., result: _Optional[_Union[InvokeResult, _Mapping]] = ..., job_event: _Optional[_Union[AgentJobEvent, _Mapping]] = ..., jobs_report: _Optional[_Union[JobsReport, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ..., heartbeat: _Optional[_Union[HeartbeatRequest, _Mapping]] = ..., node_event: _Optional[_Union[_fleet_pb2.NodeEvent, _Mapping]] = ..., inventory: _Optional[_Union[_fleet_pb2.NodeInventory, _Mapping]] = ..., metrics: _Optional[_Union[_fleet_pb2.MetricsReport, _Mapping]] = ..., state_applied: _Optional[_Union[StateApplied, _Mapping]] = ...) -> None: ...
+
+class StateApplied(_message.Message):
+    __slots__ = ("changed_at", "state")
+    CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    changed_at: int
+    state: _common_pb2.NodeState
+    def __init__(self, changed_at: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.NodeState, str]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("agent_id", "session_id")
