@@ -107,7 +107,7 @@ async fn disabling_a_node_fails_its_calls_in_flight() {
     let _agent = mesh.agent_with("a3", &[], &["--packs", "none"]);
     mesh.wait_online(&["a3"]).await;
     let client = mesh.client("client-c1").await;
-    let call = tokio::spawn(async move {
+    let call = croupier_proto::task::spawn("sleeping call", async move {
         let opts = common::opts().timeout(Duration::from_secs(60));
         client
             .invoke("agent.sleep", json!({"ms": 50_000}), &opts)
