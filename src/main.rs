@@ -182,6 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Function(cmd) => cli::function(cmd).await?,
         Command::Node(cmd) => cli::node::run(cmd).await?,
         Command::Events(args) => cli::fleet::events(args).await?,
+        Command::Assign(cmd) => cli::assign::run(cmd).await?,
         Command::Policy(cmd) => return cli::policy::run(cmd).await,
         Command::Approval(cmd) => cli::approval::run(cmd).await?,
         Command::Audit(cmd) => return cli::audit::run(cmd).await,

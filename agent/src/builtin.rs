@@ -1,6 +1,7 @@
 //! Built-in `agent.*` functions, present on every agent: `agent.ping` answers with the agent's
-//! id, the payload it got and how many pings it has served; `agent.sleep` waits `ms`
-//! milliseconds (honouring deadline and cancellation), useful for testing timeouts and load;
+//! id, the payload it got, how many pings it has served and its assignments' config;
+//! `agent.sleep` waits `ms` milliseconds (honouring deadline and cancellation), useful for
+//! testing timeouts and load;
 //! `agent.countdown` is its job form: `steps` steps of `ms` milliseconds, each reported as
 //! progress and a log line, stopping cleanly when cancelled.
 
@@ -44,7 +45,8 @@ pub fn register(provider: Provider, agent_id: &str) -> Provider {
     let id = agent_id.to_string();
     let ping = descriptor(
         "agent.ping",
-        "Answers with the agent id, the payload it got and how many pings it has served.",
+        "Answers with the agent id, the payload it got, how many pings it has served and the \
+         config its assignments give it.",
         // Counted per execution, so it is a command: repeats are not silently retried.
         "command",
         json!({"type": "object"}),
@@ -53,7 +55,8 @@ pub fn register(provider: Provider, agent_id: &str) -> Provider {
             "properties": {
                 "agent_id": {"type": "string"},
                 "payload": {"type": "object"},
-                "calls": {"type": "integer"}
+                "calls": {"type": "integer"},
+                "config": {"type": "object", "additionalProperties": {"type": "string"}}
             },
             "required": ["agent_id", "payload", "calls"]
         }),
@@ -98,7 +101,11 @@ pub fn register(provider: Provider, agent_id: &str) -> Provider {
         .function(ping, move |call| {
             let calls = pings.fetch_add(1, Ordering::Relaxed) + 1;
             let id = id.clone();
-            async move { Ok(json!({"agent_id": id, "payload": call.payload, "calls": calls})) }
+            async move {
+                Ok(json!({
+                    "agent_id": id, "payload": call.payload, "calls": calls, "config": call.config,
+                }))
+            }
         })
         .function(sleep, move |call| {
             let id = sleep_id.clone();

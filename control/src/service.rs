@@ -178,6 +178,40 @@ impl ControlService for ControlServer {
         ))
     }
 
+    async fn put_assignment(
+        &self,
+        request: Request<pb::PutAssignmentRequest>,
+    ) -> Result<Response<pb::PutAssignmentResponse>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            self.plane
+                .put_assignment(&who, request.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn delete_assignment(
+        &self,
+        request: Request<pb::DeleteAssignmentRequest>,
+    ) -> Result<Response<pb::DeleteAssignmentResponse>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            self.plane
+                .delete_assignment(&who, request.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn list_assignments(
+        &self,
+        request: Request<pb::ListAssignmentsRequest>,
+    ) -> Result<Response<pb::ListAssignmentsResponse>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            self.plane.list_assignments(&who, request.into_inner())?,
+        ))
+    }
+
     async fn get_node_resources(
         &self,
         request: Request<pb::GetNodeResourcesRequest>,

@@ -210,6 +210,7 @@ fn server_frame_substitute(bytes: &[u8], why: &str) -> Option<ServerFrame> {
             idempotency_key: text(&i.idempotency_key),
             job_id: text(&i.job_id),
             traceparent: text(&i.traceparent),
+            config: Default::default(),
         })),
     })
 }

@@ -70,6 +70,14 @@ pub fn inventory(agent_id: &str, version: i64) -> String {
     format!("{INVENTORIES}{agent_id}/{version:012}")
 }
 
+/// Prefix of function assignments.
+pub const ASSIGNMENTS: &str = "/croupier/assignments/";
+
+/// `/croupier/assignments/{id}`.
+pub fn assignment(id: &str) -> String {
+    format!("{ASSIGNMENTS}{id}")
+}
+
 /// `/croupier/servers/{server_id}`.
 pub fn server(server_id: &str) -> String {
     format!("{SERVERS}{server_id}")

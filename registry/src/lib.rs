@@ -5,6 +5,7 @@
 //!   one with its checksummed log and offline tools (check, repair, backup, restore).
 //! - [`keys`], [`ids`] — the key layout and the id rules that keep keys safe.
 //! - [`model`] — records as stored, with proto conversions.
+//! - [`assign`] — function assignments as stored, and what they make of a function on an agent.
 //! - [`view`] — the in-memory registry view fed by one watch; routing reads it.
 //! - [`schema`] — JSON Schema checks of payloads.
 //! - [`identity`] — caller identities from mTLS peer certificates: roles, scopes, revocation.
@@ -15,6 +16,7 @@
 // Library code handles its errors; tests may unwrap.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod assign;
 pub mod identity;
 pub mod ids;
 pub mod keys;

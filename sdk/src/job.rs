@@ -91,6 +91,7 @@ impl JobContext {
             env: self.call.env.clone(),
             idempotency_key: String::new(),
             traceparent: self.call.traceparent.clone(),
+            config: std::collections::HashMap::new(),
             deadline,
             cancel: cancel.clone(),
         };

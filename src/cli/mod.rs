@@ -11,6 +11,7 @@
 //! - `pipeline` — `croupier pipeline …`.
 //! - `function` — `croupier function register|delete`.
 //! - `node` — `croupier node state|resources`.
+//! - `assign` — `croupier assign set|list|delete`: function assignments.
 //! - `fleet` — `croupier events` and `croupier node resources`: node events and inventories.
 //! - `policy`, `approval`, `audit` — governance: the admin policy, two-person approvals, the
 //!   audit log.
@@ -20,6 +21,7 @@
 //! - `tests` — the contract on the argument tree (`--json` everywhere).
 
 pub mod approval;
+pub mod assign;
 pub mod audit;
 pub mod certs;
 pub mod describe;
@@ -125,6 +127,10 @@ pub enum Command {
     /// Nodes: state, inventory.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Function assignments: enable, disable and configure a function per agent or label
+    /// selector.
+    #[command(subcommand)]
+    Assign(assign::AssignCommand),
     /// Node events (container lifecycle, state changes, agents coming and going, inventory
     /// changes): replay recent ones, follow new ones.
     Events(fleet::EventsArgs),

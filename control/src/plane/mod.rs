@@ -12,9 +12,12 @@
 //! - `state` — `SetNodeState` and the agent's acknowledgement of node state changes.
 //! - `tunnel` — the `Connect` tunnel, its read loop and the `AgentLink` impl.
 //! - `lease` — the server's agents' lease and the registration writes under it.
+//! - `assign` — function assignments: `GetAssignments`, `PutAssignment`, `DeleteAssignment`,
+//!   `ListAssignments`, and telling agents theirs changed.
 //! - `fleet` — node events and inventories: recorded, read, followed, compared.
 //! - `governance` — `GetPolicy`, `PutPolicy`, `TestPolicy` and `ListAudit`.
 
+mod assign;
 mod fleet;
 mod governance;
 mod lease;
@@ -140,6 +143,8 @@ pub struct ControlPlane {
     metrics: crate::fleet::MetricsHistory,
     /// Ends event followers when the server shuts down.
     shutdown: CancellationToken,
+    /// The assignments revision agents were last told about.
+    assignments_told: AtomicU64,
 }
 
 /// Registrations that write to the store at once; the others wait their turn.
@@ -171,6 +176,7 @@ impl ControlPlane {
             )),
             metrics: crate::fleet::MetricsHistory::new(cfg.metrics_history),
             shutdown: shutdown.clone(),
+            assignments_told: AtomicU64::new(0),
             cfg,
         });
         let task = plane.clone();
@@ -338,6 +344,7 @@ impl ControlPlane {
             if relayed.elapsed() >= Duration::from_secs(1) {
                 relayed = Instant::now();
                 self.relay_states();
+                self.relay_assignments();
             }
             let limit = self.cfg.offline_after();
             let stale: Vec<Arc<Session>> = self
@@ -352,63 +359,6 @@ impl ControlPlane {
                 self.expire(&s, "heartbeats missed").await;
             }
         }
-    }
-
-    /// Handles `GetAssignments`.
-    pub fn assignments(
-        &self,
-        who: &Identity,
-        req: pb::GetAssignmentsRequest,
-    ) -> Result<pb::GetAssignmentsResponse, ControlError> {
-        if who.role != Role::Admin {
-            Self::require_agent(who, &req.agent_id, "read assignments")?;
-        }
-        let agent = self.view.agent(&req.agent_id).ok_or_else(|| {
-            ControlError::NotRegistered(format!("agent {:?} is not registered", req.agent_id))
-        })?;
-        let node = self.view.node(&req.agent_id);
-        let game = if req.game_id.is_empty() {
-            &agent.game_id
-        } else {
-            &req.game_id
-        };
-        let env = if req.env.is_empty() {
-            &agent.env
-        } else {
-            &req.env
-        };
-        let assignments = agent
-            .functions
-            .iter()
-            .map(|f| {
-                let d = self
-                    .view
-                    .descriptor(&croupier_registry::view::FnKey::new(game, env, &f.id));
-                let mut config: HashMap<String, String> = HashMap::new();
-                if let Some(d) = &d {
-                    if d.timeout_secs > 0 {
-                        config.insert("timeout".into(), d.timeout_secs.to_string());
-                    }
-                    config.insert(
-                        "kind".into(),
-                        if d.kind.is_empty() {
-                            "command".into()
-                        } else {
-                            d.kind.clone()
-                        },
-                    );
-                }
-                pb::FunctionAssignment {
-                    function_id: f.id.clone(),
-                    enabled: node.state == NodeState::Normal,
-                    config,
-                }
-            })
-            .collect();
-        Ok(pb::GetAssignmentsResponse {
-            assignments,
-            version: self.view.revision(),
-        })
     }
 
     /// Begins shutdown: refuses new registrations, tells every agent to go away, waits up to

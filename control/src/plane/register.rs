@@ -120,6 +120,7 @@ impl ControlPlane {
                     max_frame,
                     state_waiter: Mutex::new(None),
                     state_sent: AtomicI64::new(0),
+                    assignments_sent: AtomicI64::new(0),
                 });
                 self.sessions
                     .write()

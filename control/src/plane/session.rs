@@ -81,6 +81,8 @@ pub(super) struct Session {
     pub(super) state_waiter: Mutex<Option<(i64, tokio::sync::oneshot::Sender<i64>)>>,
     /// The `changed_at` of the last node state change sent down the tunnel.
     pub(super) state_sent: AtomicI64,
+    /// The assignments version the agent was last told about.
+    pub(super) assignments_sent: AtomicI64,
 }
 
 impl Session {

@@ -306,6 +306,7 @@ impl Invoker {
                 job_id: job_id.clone(),
                 // The agent's handler is a child of this server's span.
                 traceparent: croupier_proto::trace::current().unwrap_or_default(),
+                config: self.assigned_config(&agent, &p.key.function_id),
             };
             match jobs.create(record, invoke).await {
                 Ok(()) => {

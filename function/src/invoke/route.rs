@@ -21,6 +21,7 @@ impl Invoker {
         local_only: bool,
     ) -> bool {
         c.state == NodeState::Normal
+            && c.assignment.as_ref().is_none_or(|a| a.enabled)
             && c.agent.matches(&opts.selector)
             && (opts.version.is_empty()
                 || c.agent
@@ -28,6 +29,19 @@ impl Invoker {
                     .is_some_and(|f| f.version == opts.version))
             && (self.link.is_connected(&c.agent.agent_id)
                 || (!local_only && self.remote_owner(&c.agent.agent_id).is_some()))
+    }
+
+    /// The function's configuration on `agent` from the admins' assignments (empty when none
+    /// applies).
+    pub(super) fn assigned_config(
+        &self,
+        agent: &str,
+        function_id: &str,
+    ) -> std::collections::HashMap<String, String> {
+        self.view
+            .assignment(agent, function_id)
+            .map(|a| a.config.into_iter().collect())
+            .unwrap_or_default()
     }
 
     /// The other replica holding the agent's tunnel, when there is one and it is alive.
@@ -342,6 +356,7 @@ impl Invoker {
                 .map(|o| o.idempotency_key.clone())
                 .unwrap_or_default(),
             job_id: String::new(),
+            config: self.assigned_config(agent, &call.key.function_id),
         };
         let request_id = invoke.request_id.clone();
         let outcome = if call.keyed {
@@ -406,6 +421,9 @@ impl Invoker {
                 return format!("disabled ({:?} by {})", node.reason, node.actor);
             }
             NodeState::Normal => {}
+        }
+        if let Some(a) = c.assignment.as_ref().filter(|a| !a.enabled) {
+            return format!("{function_id} is disabled on it by {}", a.decided_by);
         }
         if !c.agent.matches(&opts.selector) {
             return "labels do not match the selector".into();

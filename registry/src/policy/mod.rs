@@ -40,11 +40,13 @@ pub enum Action {
     Pipelines,
     /// Approve or reject a pending call (besides being among its approvers).
     Approve,
+    /// Put or delete function assignments (enable, disable, configure per agent or selector).
+    Assign,
 }
 
 impl Action {
     /// Every action, in the order the docs list them.
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 8] = [
         Action::Invoke,
         Action::Job,
         Action::Read,
@@ -52,6 +54,7 @@ impl Action {
         Action::NodeState,
         Action::Pipelines,
         Action::Approve,
+        Action::Assign,
     ];
 
     /// The name used in policies and on the command line.
@@ -64,6 +67,7 @@ impl Action {
             Action::NodeState => "node_state",
             Action::Pipelines => "pipelines",
             Action::Approve => "approve",
+            Action::Assign => "assign",
         }
     }
 
@@ -84,7 +88,12 @@ impl Action {
     pub fn has_function(self) -> bool {
         matches!(
             self,
-            Action::Invoke | Action::Job | Action::Read | Action::Cancel | Action::Approve
+            Action::Invoke
+                | Action::Job
+                | Action::Read
+                | Action::Cancel
+                | Action::Approve
+                | Action::Assign
         )
     }
 }

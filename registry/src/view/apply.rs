@@ -2,6 +2,7 @@
 //! registration changes (deltas) each one produces for watchers.
 
 use super::*;
+use crate::assign::AssignmentRecord;
 use crate::keys;
 use crate::model::{AgentRecord, DescriptorRecord, NodeRecord, NodeState, ServerRecord};
 use crate::store::{EventKind, KeyValue, Revision, Store, StoreError, WatchEvent};
@@ -183,6 +184,19 @@ impl RegistryView {
                     st.servers.remove(server_id);
                 }
             }
+        } else if let Some(id) = key.strip_prefix(keys::ASSIGNMENTS) {
+            match ev.kind {
+                EventKind::Put => {
+                    if let Some(mut rec) = decode::<AssignmentRecord>(&ev.kv) {
+                        rec.revision = ev.kv.mod_revision;
+                        st.assignments.insert(id.to_string(), Arc::new(rec));
+                    }
+                }
+                EventKind::Delete => {
+                    st.assignments.remove(id);
+                }
+            }
+            st.assignments_revision = rev;
         } else if key == keys::POLICY {
             st.policy = match ev.kind {
                 EventKind::Put => decode_policy(&ev.kv),
@@ -276,6 +290,12 @@ pub(super) fn apply_put_silent(st: &mut State, kv: &KeyValue) {
         && let Some(rec) = decode::<ServerRecord>(kv)
     {
         st.servers.insert(server_id.to_string(), Arc::new(rec));
+    } else if let Some(id) = key.strip_prefix(keys::ASSIGNMENTS)
+        && let Some(mut rec) = decode::<AssignmentRecord>(kv)
+    {
+        rec.revision = kv.mod_revision;
+        st.assignments_revision = st.assignments_revision.max(kv.mod_revision);
+        st.assignments.insert(id.to_string(), Arc::new(rec));
     }
 }
 

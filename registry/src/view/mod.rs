@@ -1,4 +1,5 @@
-//! The in-memory view of the registry: agents, descriptors and node states, fed by one store
+//! The in-memory view of the registry: agents, descriptors, node states and function
+//! assignments, fed by one store
 //! watch on `/croupier/`. Routing reads this view; the invoke path never reads the store.
 //!
 //! The view also keeps a bounded log of registration changes (which agent started or stopped
@@ -11,6 +12,7 @@ mod types;
 use apply::*;
 pub use types::*;
 
+use crate::assign::{AssignmentRecord, Effective, resolve};
 use crate::keys;
 use crate::model::{AgentRecord, DescriptorRecord, NodeRecord, ServerRecord};
 use crate::policy::Policy;
@@ -31,6 +33,10 @@ struct State {
     providers: HashMap<FnKey, BTreeSet<String>>,
     nodes: HashMap<String, NodeRecord>,
     servers: HashMap<String, Arc<ServerRecord>>,
+    /// Function assignments by id.
+    assignments: HashMap<String, Arc<AssignmentRecord>>,
+    /// The revision of the last change to an assignment.
+    assignments_revision: Revision,
     /// The stored admin policy (None: the built-in one).
     policy: Option<Arc<Policy>>,
     log: VecDeque<Arc<Change>>,
@@ -154,10 +160,51 @@ impl RegistryView {
                     .map(|a| Candidate {
                         agent: a.clone(),
                         state: node_state(&st, &a.agent_id),
+                        assignment: if st.assignments.is_empty() {
+                            None
+                        } else {
+                            resolve(
+                                st.assignments.values().map(AsRef::as_ref),
+                                a,
+                                &key.function_id,
+                            )
+                        },
                     })
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// What the assignments make of `function_id` on `agent_id` (None when none applies, or
+    /// the agent is not registered).
+    pub fn assignment(&self, agent_id: &str, function_id: &str) -> Option<Effective> {
+        let st = self.read();
+        let agent = st.agents.get(agent_id)?;
+        resolve(
+            st.assignments.values().map(AsRef::as_ref),
+            agent,
+            function_id,
+        )
+    }
+
+    /// The version of `agent_id`'s assignments (see [`crate::assign::version`]); 0 for none.
+    pub fn assignments_version(&self, agent_id: &str) -> i64 {
+        let st = self.read();
+        st.agents.get(agent_id).map_or(0, |agent| {
+            crate::assign::version(st.assignments.values().map(AsRef::as_ref), agent)
+        })
+    }
+
+    /// The revision of the last change to any assignment.
+    pub fn assignments_revision(&self) -> Revision {
+        self.read().assignments_revision
+    }
+
+    /// Every assignment, sorted by id.
+    pub fn assignments(&self) -> Vec<Arc<AssignmentRecord>> {
+        let mut all: Vec<_> = self.read().assignments.values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
     }
 
     /// One agent's registration.

@@ -64,6 +64,8 @@ pub struct Candidate {
     pub agent: Arc<AgentRecord>,
     /// Its node state.
     pub state: NodeState,
+    /// What the admins' assignments make of the function on it (None when none applies).
+    pub assignment: Option<crate::assign::Effective>,
 }
 
 /// Filter for registrations and watches; empty fields match everything.

@@ -1,9 +1,12 @@
-//! The fleet: node inventories and node events.
+//! The fleet: node inventories, metrics and events, and function assignments.
 //!
 //! Inventory reads are safe to repeat and go through the retry policy; an event stream is
 //! opened once (resume a broken one with `from_seq` one past the last seq seen).
 
 use super::*;
+use croupier_proto::control::v1::{
+    Assignment, DeleteAssignmentRequest, ListAssignmentsRequest, PutAssignmentRequest,
+};
 use croupier_proto::control::v1::{
     GetNodeResourcesRequest, GetNodeResourcesResponse, QueryNodeMetricsRequest,
     QueryNodeMetricsResponse, StreamNodeEventsRequest, StreamNodeEventsResponse,
@@ -57,6 +60,47 @@ impl Client {
             async move { svc.query_node_metrics(req).await.map(Response::into_inner) }
         })
         .await
+    }
+
+    /// Stores an assignment (policy action `assign`; admins by default); returns it as stored.
+    pub async fn put_assignment(&self, assignment: Assignment) -> Result<Assignment, Status> {
+        self.read("PutAssignment", |left| {
+            let req = timed(
+                PutAssignmentRequest {
+                    assignment: Some(assignment.clone()),
+                },
+                left,
+            );
+            let mut svc = self.control.clone();
+            async move { svc.put_assignment(req).await.map(Response::into_inner) }
+        })
+        .await
+        .map(|r| r.assignment.unwrap_or_default())
+    }
+
+    /// Deletes an assignment; false when there was none with that id.
+    pub async fn delete_assignment(&self, id: &str) -> Result<bool, Status> {
+        self.read("DeleteAssignment", |left| {
+            let req = timed(DeleteAssignmentRequest { id: id.into() }, left);
+            let mut svc = self.control.clone();
+            async move { svc.delete_assignment(req).await.map(Response::into_inner) }
+        })
+        .await
+        .map(|r| r.deleted)
+    }
+
+    /// Assignments matching `req` ("" fields match everything).
+    pub async fn list_assignments(
+        &self,
+        req: ListAssignmentsRequest,
+    ) -> Result<Vec<Assignment>, Status> {
+        self.read("ListAssignments", |left| {
+            let req = timed(req.clone(), left);
+            let mut svc = self.control.clone();
+            async move { svc.list_assignments(req).await.map(Response::into_inner) }
+        })
+        .await
+        .map(|r| r.assignments)
     }
 
     /// This server's node events as asked by `req` (replay by seq or time, filter by node and

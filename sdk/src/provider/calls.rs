@@ -13,6 +13,30 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 impl Provider {
+    /// Answers a call (or job) that will not run: a failure with `code`, or the job's `ERROR`.
+    fn refuse(
+        &self,
+        inv: Invoke,
+        out: mpsc::Sender<AgentFrame>,
+        code: &'static str,
+        message: String,
+    ) {
+        if inv.job_id.is_empty() {
+            let result = failure(&inv.request_id, code, message);
+            croupier_proto::task::spawn("call", async move { out.send(result).await });
+        } else {
+            let outbox = self.outbox.clone();
+            croupier_proto::task::spawn("call", async move {
+                if outbox.begin(&inv.job_id, &inv.function_id).await {
+                    let data = Some(serde_json::json!({ "code": code }));
+                    outbox
+                        .emit(&inv.job_id, EventType::Error, message, 0.0, data)
+                        .await;
+                }
+            });
+        }
+    }
+
     pub(super) fn spawn_call(&self, mut inv: Invoke, out: &mpsc::Sender<AgentFrame>) {
         let out = out.clone();
         let request_id = inv.request_id.clone();
@@ -20,42 +44,33 @@ impl Provider {
             // The codec could not decode this call's payload: fail the call, keep the tunnel.
             let message = format!("the agent could not decode the call's payload: {why}");
             tracing::warn!(request_id = %request_id, function = %inv.function_id, %message);
-            if inv.job_id.is_empty() {
-                let result = failure(&request_id, "INVALID_ARGUMENT", message);
-                croupier_proto::task::spawn("call", async move { out.send(result).await });
-            } else {
-                let outbox = self.outbox.clone();
-                croupier_proto::task::spawn("call", async move {
-                    if outbox.begin(&inv.job_id, &inv.function_id).await {
-                        let data = Some(serde_json::json!({ "code": "INVALID_ARGUMENT" }));
-                        outbox
-                            .emit(&inv.job_id, EventType::Error, message, 0.0, data)
-                            .await;
-                    }
-                });
-            }
+            self.refuse(inv, out, "INVALID_ARGUMENT", message);
             return;
         }
         let Some(handler) = self.handlers.get(&inv.function_id).cloned() else {
             let message = format!("this agent does not provide {}", inv.function_id);
             metrics::counter!(crate::metrics::CALLS, "function" => "(unknown)", "outcome" => "NOT_FOUND")
                 .increment(1);
-            if inv.job_id.is_empty() {
-                let result = failure(&request_id, "NOT_FOUND", message);
-                croupier_proto::task::spawn("call", async move { out.send(result).await });
-            } else {
-                let outbox = self.outbox.clone();
-                croupier_proto::task::spawn("call", async move {
-                    if outbox.begin(&inv.job_id, &inv.function_id).await {
-                        let data = Some(serde_json::json!({ "code": "NOT_FOUND" }));
-                        outbox
-                            .emit(&inv.job_id, EventType::Error, message, 0.0, data)
-                            .await;
-                    }
-                });
-            }
+            self.refuse(inv, out, "NOT_FOUND", message);
             return;
         };
+        if let Some(a) = self
+            .assignments
+            .lock()
+            .get(&inv.function_id)
+            .filter(|a| !a.enabled)
+        {
+            // The server routes around a disabled function; a call sent before the change
+            // reached it is refused here.
+            let message = format!(
+                "{} is disabled on agent {} by assignment {}",
+                inv.function_id,
+                self.cfg.agent_id,
+                a.assignment_ids.join(", ")
+            );
+            self.refuse(inv, out, "FUNCTION_DISABLED", message);
+            return;
+        }
         let running = Arc::new(Running::default());
         self.running
             .lock()
@@ -91,6 +106,7 @@ impl Provider {
             env: inv.env,
             idempotency_key: inv.idempotency_key,
             traceparent: inv.traceparent,
+            config: inv.config,
             deadline: Instant::now() + timeout,
             cancel: running.cancel.clone(),
         };

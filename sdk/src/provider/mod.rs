@@ -38,6 +38,7 @@ pub use types::*;
 use crate::client::MAX_MESSAGE_BYTES;
 use crate::job::{JobContext, Outbox};
 use croupier_proto::common::v1::FunctionDescriptor;
+use croupier_proto::control::v1::FunctionAssignment;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
@@ -91,6 +92,8 @@ pub struct Provider {
     server_limit: Arc<std::sync::atomic::AtomicUsize>,
     /// Node events and the inventory, sent over the tunnel.
     reporter: Reporter,
+    /// This agent's assignments by function, as last fetched.
+    assignments: Arc<Mutex<HashMap<String, FunctionAssignment>>>,
 }
 
 /// How one session ended.
@@ -115,7 +118,15 @@ impl Provider {
             running: Arc::default(),
             outbox: Outbox::new(),
             reporter: Reporter::default(),
+            assignments: Arc::default(),
         }
+    }
+
+    /// This agent's assignments by function, as last fetched from the server (after each
+    /// registration, and whenever the server says they changed): whether each function is
+    /// enabled here and its config (which handlers also get as [`Invocation::config`]).
+    pub fn assignments(&self) -> HashMap<String, FunctionAssignment> {
+        self.assignments.lock().clone()
     }
 
     /// The handle through which this provider reports node events and its node's inventory

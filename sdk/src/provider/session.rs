@@ -130,6 +130,7 @@ impl Provider {
                 session_over.clone(),
             ),
         );
+        croupier_proto::task::spawn("assignments", self.fetch_assignments(control.clone()));
         let reports = croupier_proto::task::spawn("node reports", {
             let (reporter, tunnel, over) =
                 (self.reporter.clone(), out_tx.clone(), session_over.clone());
@@ -164,6 +165,13 @@ impl Provider {
                     // Keep serving: the server closes the tunnel once calls in flight are done,
                     // and the next session goes to the next server.
                     tracing::info!(reason = %g.reason, "server going away");
+                }
+                Some(server_frame::Frame::AssignmentsChanged(c)) => {
+                    tracing::info!(version = c.version, "assignments changed; fetching them");
+                    croupier_proto::task::spawn(
+                        "assignments",
+                        self.fetch_assignments(control.clone()),
+                    );
                 }
                 Some(server_frame::Frame::Welcome(_)) | None => {}
             }
@@ -211,6 +219,39 @@ impl Provider {
 }
 
 impl Provider {
+    /// Fetches this agent's assignments (GetAssignments) into the provider; a failure keeps
+    /// the previous ones (the next change or registration fetches again).
+    fn fetch_assignments(
+        &self,
+        mut control: ControlServiceClient<tonic::transport::Channel>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (agent_id, store, state) = (
+            self.cfg.agent_id.clone(),
+            self.assignments.clone(),
+            self.state.clone(),
+        );
+        async move {
+            let req = croupier_proto::control::v1::GetAssignmentsRequest {
+                agent_id,
+                ..Default::default()
+            };
+            match control.get_assignments(req).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    *store.lock() = r
+                        .assignments
+                        .into_iter()
+                        .map(|a| (a.function_id.clone(), a))
+                        .collect();
+                    state.send_modify(|s| s.assignments_version = r.version);
+                }
+                Err(s) => {
+                    tracing::warn!(code = ?s.code(), message = %s.message(), "fetching assignments failed")
+                }
+            }
+        }
+    }
+
     /// Applies a node state change and acknowledges it: `disabled` cancels every running call
     /// and job; `maintenance` lets them finish (the server sends no new work).
     fn apply_state(

@@ -27,6 +27,9 @@ pub struct Invocation {
     /// W3C trace context of the call (`traceparent`; "" when the server sent none). The
     /// handler runs inside it: calls it makes with a [`crate::Client`] carry the same trace.
     pub traceparent: String,
+    /// The function's configuration on this agent, from the admins' assignments (empty when
+    /// none applies).
+    pub config: HashMap<String, String>,
     /// When the caller stops waiting; the handler is cancelled then.
     pub deadline: Instant,
     /// Cancelled when the caller gives up, the deadline passes or the agent shuts down.
@@ -125,4 +128,6 @@ pub struct ProviderState {
     pub node_state: i32,
     /// Times the tunnel was (re)opened.
     pub connects: u64,
+    /// Version of the assignments last fetched (GetAssignments); 0 when none applies.
+    pub assignments_version: i64,
 }

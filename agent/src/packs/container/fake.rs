@@ -349,6 +349,7 @@ pub(super) fn call(payload: Value) -> Invocation {
         env: "e".into(),
         idempotency_key: String::new(),
         traceparent: String::new(),
+        config: HashMap::new(),
         deadline: tokio::time::Instant::now() + Duration::from_secs(60),
         cancel: CancellationToken::new(),
     }

@@ -2,6 +2,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from croupier.common.v1 import common_pb2 as _common_pb2
 from croupier.function.v1 import function_pb2 as _function_pb2
 from croupier.control.v1 import fleet_pb2 as _fleet_pb2
+from croupier.control.v1 import assignment_pb2 as _assignment_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -103,7 +104,7 @@ class GetAssignmentsResponse(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[_Union[FunctionAssignment, _Mapping]]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class FunctionAssignment(_message.Message):
-    __slots__ = ("function_id", "enabled", "config")
+    __slots__ = ("function_id", "enabled", "config", "assignment_ids")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -114,10 +115,12 @@ class FunctionAssignment(_message.Message):
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_IDS_FIELD_NUMBER: _ClassVar[int]
     function_id: str
     enabled: bool
     config: _containers.ScalarMap[str, str]
-    def __init__(self, function_id: _Optional[str] = ..., enabled: _Optional[bool] = ..., config: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    assignment_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, function_id: _Optional[str] = ..., enabled: _Optional[bool] = ..., config: _Optional[_Mapping[str, str]] = ..., assignment_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SetNodeStateRequest(_message.Message):
     __slots__ = ("agent_id", "state", "reason")
@@ -222,23 +225,32 @@ class Goodbye(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class ServerFrame(_message.Message):
-    __slots__ = ("invoke", "cancel", "state_change", "ack", "goaway", "welcome")
+    __slots__ = ("invoke", "cancel", "state_change", "ack", "goaway", "welcome", "assignments_changed")
     INVOKE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     STATE_CHANGE_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     GOAWAY_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENTS_CHANGED_FIELD_NUMBER: _ClassVar[int]
     invoke: Invoke
     cancel: Cancel
     state_change: StateChange
     ack: Ack
     goaway: Goaway
     welcome: Welcome
-    def __init__(self, invoke: _Optional[_Union[Invoke, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., state_change: _Optional[_Union[StateChange, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., goaway: _Optional[_Union[Goaway, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ...) -> None: ...
+    assignments_changed: _assignment_pb2.AssignmentsChanged
+    def __init__(self, invoke: _Optional[_Union[Invoke, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., state_change: _Optional[_Union[StateChange, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., goaway: _Optional[_Union[Goaway, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignments_changed: _Optional[_Union[_assignment_pb2.AssignmentsChanged, _Mapping]] = ...) -> None: ...
 
 class Invoke(_message.Message):
-    __slots__ = ("request_id", "function_id", "payload", "timeout_ms", "game_id", "env", "caller", "idempotency_key", "job_id", "traceparent")
+    __slots__ = ("request_id", "function_id", "payload", "timeout_ms", "game_id", "env", "caller", "idempotency_key", "job_id", "traceparent", "config")
+    class ConfigEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +261,7 @@ class Invoke(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     function_id: str
     payload: _struct_pb2.Struct
@@ -259,7 +272,8 @@ class Invoke(_message.Message):
     idempotency_key: str
     job_id: str
     traceparent: str
-    def __init__(self, request_id: _Optional[str] = ..., function_id: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., game_id: _Optional[str] = ..., env: _Optional[str] = ..., caller: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., job_id: _Optional[str] = ..., traceparent: _Optional[str] = ...) -> None: ...
+    config: _containers.ScalarMap[str, str]
+    def __init__(self, request_id: _Optional[str] = ..., function_id: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., game_id: _Optional[str] = ..., env: _Optional[str] = ..., caller: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., job_id: _Optional[str] = ..., traceparent: _Optional[str] = ..., config: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Cancel(_message.Message):
     __slots__ = ("request_id", "reason")

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from croupier.control.v1 import assignment_pb2 as croupier_dot_control_dot_v1_dot_assignment__pb2
 from croupier.control.v1 import control_pb2 as croupier_dot_control_dot_v1_dot_control__pb2
 from croupier.control.v1 import fleet_pb2 as croupier_dot_control_dot_v1_dot_fleet__pb2
 
@@ -50,6 +51,21 @@ class ControlServiceStub:
                 '/croupier.control.v1.ControlService/GetAssignments',
                 request_serializer=croupier_dot_control_dot_v1_dot_control__pb2.GetAssignmentsRequest.SerializeToString,
                 response_deserializer=croupier_dot_control_dot_v1_dot_control__pb2.GetAssignmentsResponse.FromString,
+                _registered_method=True)
+        self.PutAssignment = channel.unary_unary(
+                '/croupier.control.v1.ControlService/PutAssignment',
+                request_serializer=croupier_dot_control_dot_v1_dot_assignment__pb2.PutAssignmentRequest.SerializeToString,
+                response_deserializer=croupier_dot_control_dot_v1_dot_assignment__pb2.PutAssignmentResponse.FromString,
+                _registered_method=True)
+        self.DeleteAssignment = channel.unary_unary(
+                '/croupier.control.v1.ControlService/DeleteAssignment',
+                request_serializer=croupier_dot_control_dot_v1_dot_assignment__pb2.DeleteAssignmentRequest.SerializeToString,
+                response_deserializer=croupier_dot_control_dot_v1_dot_assignment__pb2.DeleteAssignmentResponse.FromString,
+                _registered_method=True)
+        self.ListAssignments = channel.unary_unary(
+                '/croupier.control.v1.ControlService/ListAssignments',
+                request_serializer=croupier_dot_control_dot_v1_dot_assignment__pb2.ListAssignmentsRequest.SerializeToString,
+                response_deserializer=croupier_dot_control_dot_v1_dot_assignment__pb2.ListAssignmentsResponse.FromString,
                 _registered_method=True)
         self.Connect = channel.stream_stream(
                 '/croupier.control.v1.ControlService/Connect',
@@ -118,7 +134,30 @@ class ControlServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetAssignments(self, request, context):
-        """Returns the configuration assigned to an agent's functions.
+        """Returns the configuration assigned to an agent's functions: whether each is enabled on it
+        (node state and admins' assignments) and its config. The agent's own certificate or an
+        admin's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutAssignment(self, request, context):
+        """Stores an assignment (the policy's `assign` action; admins by default).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAssignment(self, request, context):
+        """Deletes an assignment (the policy's `assign` action).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAssignments(self, request, context):
+        """Lists assignments, inside the caller's scopes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -208,6 +247,21 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.GetAssignments,
                     request_deserializer=croupier_dot_control_dot_v1_dot_control__pb2.GetAssignmentsRequest.FromString,
                     response_serializer=croupier_dot_control_dot_v1_dot_control__pb2.GetAssignmentsResponse.SerializeToString,
+            ),
+            'PutAssignment': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutAssignment,
+                    request_deserializer=croupier_dot_control_dot_v1_dot_assignment__pb2.PutAssignmentRequest.FromString,
+                    response_serializer=croupier_dot_control_dot_v1_dot_assignment__pb2.PutAssignmentResponse.SerializeToString,
+            ),
+            'DeleteAssignment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAssignment,
+                    request_deserializer=croupier_dot_control_dot_v1_dot_assignment__pb2.DeleteAssignmentRequest.FromString,
+                    response_serializer=croupier_dot_control_dot_v1_dot_assignment__pb2.DeleteAssignmentResponse.SerializeToString,
+            ),
+            'ListAssignments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAssignments,
+                    request_deserializer=croupier_dot_control_dot_v1_dot_assignment__pb2.ListAssignmentsRequest.FromString,
+                    response_serializer=croupier_dot_control_dot_v1_dot_assignment__pb2.ListAssignmentsResponse.SerializeToString,
             ),
             'Connect': grpc.stream_stream_rpc_method_handler(
                     servicer.Connect,
@@ -337,6 +391,87 @@ class ControlService:
             '/croupier.control.v1.ControlService/GetAssignments',
             croupier_dot_control_dot_v1_dot_control__pb2.GetAssignmentsRequest.SerializeToString,
             croupier_dot_control_dot_v1_dot_control__pb2.GetAssignmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutAssignment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.control.v1.ControlService/PutAssignment',
+            croupier_dot_control_dot_v1_dot_assignment__pb2.PutAssignmentRequest.SerializeToString,
+            croupier_dot_control_dot_v1_dot_assignment__pb2.PutAssignmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAssignment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.control.v1.ControlService/DeleteAssignment',
+            croupier_dot_control_dot_v1_dot_assignment__pb2.DeleteAssignmentRequest.SerializeToString,
+            croupier_dot_control_dot_v1_dot_assignment__pb2.DeleteAssignmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAssignments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.control.v1.ControlService/ListAssignments',
+            croupier_dot_control_dot_v1_dot_assignment__pb2.ListAssignmentsRequest.SerializeToString,
+            croupier_dot_control_dot_v1_dot_assignment__pb2.ListAssignmentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
