@@ -134,6 +134,7 @@ async fn jobs_are_read_by_their_caller_or_an_admin_and_revoked_certificates_are_
         .stream_job_events(croupier_proto::function::v1::StreamJobEventsRequest {
             job_id: id.clone(),
             from_seq: 0,
+            ..Default::default()
         })
         .await;
     if let Ok(stream) = &mut follow {

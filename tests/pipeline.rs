@@ -2,7 +2,8 @@
 //! real agent whose `container.run` steps run on the real dockerd with the local busybox image:
 //! args filled by the server (a missing one named), envs merged on the agent (its own value
 //! wins), step events through PENDING → RUNNING → COMPLETED, and cancel stopping the running
-//! step and removing its container.
+//! step and removing its container; each finished step's log kept with the job (`croupier
+//! job logs --step`, live with `--follow`), a cancelled step's not.
 
 mod common;
 
@@ -13,6 +14,24 @@ use croupier_proto::function::v1::{EventType, JobEvent};
 use croupier_proto::json::opt_struct_to_json;
 use serde_json::{Value, json};
 use tonic::Code;
+
+/// A step's stored log, once its (background) write is done.
+async fn step_log(
+    client: &croupier_sdk::Client,
+    job: &str,
+    step: &str,
+) -> croupier_proto::function::v1::GetStepLogResponse {
+    for _ in 0..100 {
+        if let Ok(log) = client.step_log(job, step).await {
+            return log;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client
+        .step_log(job, step)
+        .await
+        .expect("the step's log is stored")
+}
 
 fn data(e: &JobEvent) -> Value {
     opt_struct_to_json(e.data.as_ref())
@@ -193,6 +212,32 @@ async fn pipelines_run_their_steps_in_order_and_cancel_stops_the_running_step() 
         .collect();
     assert_eq!(progress, vec![0.5, 1.0]);
 
+    // The step's log is kept with the job once the step ended.
+    let log = step_log(&client, job.id(), "say").await;
+    assert_eq!(log.status, "COMPLETED");
+    assert_eq!(log.index, 1);
+    assert!(
+        log.lines
+            .contains(&"hi world from agent-eu and the caller".to_string()),
+        "{log:?}"
+    );
+    let out = cli(&["job", "logs", job.id(), "--step", "say"], "client-c1");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("hi world from agent-eu"), "{text}");
+    // Followed live (here: replayed, the job is over): only this step's events, to its end.
+    let out = cli(
+        &["job", "logs", job.id(), "--step", "say", "--follow"],
+        "client-c1",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("[say RUNNING]") && text.contains("[say COMPLETED]"),
+        "{text}"
+    );
+    assert!(text.contains("hi world from agent-eu"), "{text}");
+    assert!(!text.contains("[ping"), "other steps left out: {text}");
+
     // A failing step stops the pipeline, named; the rest is not run.
     let job = client
         .start_job("pipeline.start", json!({"template_id": "failing"}), &opts())
@@ -215,6 +260,17 @@ async fn pipelines_run_their_steps_in_order_and_cancel_stops_the_running_step() 
     assert!(
         events.iter().any(|e| e.message == "trying"),
         "the step's output is kept"
+    );
+    let log = step_log(&client, job.id(), "breaks").await;
+    assert_eq!(log.status, "FAILED");
+    assert!(log.lines.contains(&"trying".to_string()), "{log:?}");
+    // A step that never ran (CANCELLED) has no stored log, and the error says what there is.
+    let e = client.step_log(job.id(), "after").await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(
+        e.message().contains("no stored log of step \"after\"") && e.message().contains("breaks"),
+        "{}",
+        e.message()
     );
 
     // The example from deploy/pipelines: a platform container that answers.

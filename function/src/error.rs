@@ -75,6 +75,9 @@ pub enum FunctionError {
          the jobs there are"
     )]
     JobNotFound(String),
+    /// No stored log of a pipeline step (not ended yet, cancelled, or no such step).
+    #[error("{0}")]
+    StepLogNotFound(String),
     /// No such pipeline template.
     #[error("pipeline {0:?} does not exist; `croupier pipeline list` shows those there are")]
     PipelineNotFound(String),
@@ -179,6 +182,7 @@ impl FunctionError {
             FunctionError::NotRegistered { .. }
             | FunctionError::NotProvided(_)
             | FunctionError::JobNotFound(_)
+            | FunctionError::StepLogNotFound(_)
             | FunctionError::ApprovalNotFound(_)
             | FunctionError::PipelineNotFound(_) => Code::NotFound,
             FunctionError::NoAgent(_)
@@ -250,6 +254,7 @@ impl FunctionError {
             FunctionError::NotRegistered { .. } => "FUNCTION_NOT_FOUND",
             FunctionError::NotProvided(_) => "NOT_PROVIDED",
             FunctionError::JobNotFound(_) => "JOB_NOT_FOUND",
+            FunctionError::StepLogNotFound(_) => "STEP_LOG_NOT_FOUND",
             FunctionError::PipelineNotFound(_) => "PIPELINE_NOT_FOUND",
             FunctionError::NoAgent(_) => "NO_AGENT",
             FunctionError::AgentLost(_) => "AGENT_LOST",

@@ -166,7 +166,10 @@ impl FunctionService for FunctionServer {
     ) -> Result<Response<Self::StreamJobEventsStream>, Status> {
         let o = origin(&request)?;
         let r = request.into_inner();
-        let stream = self.jobs.subscribe(&o.who, &r.job_id, r.from_seq).await?;
+        let stream = self
+            .jobs
+            .subscribe_step(&o.who, &r.job_id, r.from_seq, &r.step)
+            .await?;
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -224,6 +227,17 @@ impl FunctionService for FunctionServer {
             .get_job(&who, &request.into_inner().job_id)
             .await?;
         Ok(Response::new(pb::GetJobResponse { job: Some(job) }))
+    }
+
+    async fn get_step_log(
+        &self,
+        request: Request<pb::GetStepLogRequest>,
+    ) -> Result<Response<pb::GetStepLogResponse>, Status> {
+        let who = origin(&request)?.who;
+        let r = request.into_inner();
+        Ok(Response::new(
+            self.jobs.step_log(&who, &r.job_id, &r.step).await?,
+        ))
     }
 
     async fn list_jobs(

@@ -78,6 +78,19 @@ pub fn assignment(id: &str) -> String {
     format!("{ASSIGNMENTS}{id}")
 }
 
+/// Prefix of pipeline step logs, kept with their job's record. Outside [`ROOT`].
+pub const JOB_STEPS: &str = "/croupier-events/steps/";
+
+/// `/croupier-events/steps/{job_id}/`: every stored step log of a job.
+pub fn job_steps(job_id: &str) -> String {
+    format!("{JOB_STEPS}{job_id}/")
+}
+
+/// `/croupier-events/steps/{job_id}/{index}`: one step's log (zero-padded index).
+pub fn job_step(job_id: &str, index: i64) -> String {
+    format!("{JOB_STEPS}{job_id}/{index:06}")
+}
+
 /// `/croupier/servers/{server_id}`.
 pub fn server(server_id: &str) -> String {
     format!("{SERVERS}{server_id}")

@@ -183,6 +183,15 @@ impl FunctionService for Direct {
         ))
     }
 
+    async fn get_step_log(
+        &self,
+        _: Request<pb::GetStepLogRequest>,
+    ) -> Result<Response<pb::GetStepLogResponse>, Status> {
+        Err(Status::unimplemented(
+            "the direct baseline serves InvokeFunction only",
+        ))
+    }
+
     async fn list_jobs(
         &self,
         _: Request<pb::ListJobsRequest>,

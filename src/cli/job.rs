@@ -33,6 +33,29 @@ pub enum JobCommand {
     Get(GetArgs),
     /// List jobs, newest first.
     List(ListArgs),
+    /// Show a pipeline step's log: stored when the step completed or failed, or followed live.
+    Logs(LogsArgs),
+}
+
+/// `croupier job logs`.
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// The job (a pipeline.start job).
+    pub job_id: String,
+    /// The step's name.
+    #[arg(long)]
+    pub step: String,
+    /// Follow the step live until it ends (from its first line), instead of reading its
+    /// stored log.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// JSON output: {"step", "index", "status", "lines", "dropped_lines", "ended_at"}; with
+    /// --follow, one line per event.
+    #[arg(long)]
+    pub json: bool,
+    /// Connection.
+    #[command(flatten)]
+    pub conn: Conn,
 }
 
 /// `croupier job start`.
@@ -135,6 +158,7 @@ pub struct ListArgs {
 pub async fn run(cmd: JobCommand) -> anyhow::Result<i32> {
     match cmd {
         JobCommand::Start(a) => start(a).await,
+        JobCommand::Logs(a) => logs(a).await,
         JobCommand::Watch(a) => {
             let client = a.conn.client("client-dev").await?;
             follow(&client, &a.job_id, a.from_seq, a.json).await
@@ -475,5 +499,65 @@ async fn list(a: ListArgs) -> anyhow::Result<i32> {
     if !resp.next_page_token.is_empty() {
         println!("more: --page-token {}", resp.next_page_token);
     }
+    Ok(0)
+}
+
+/// Runs `croupier job logs`.
+async fn logs(a: LogsArgs) -> anyhow::Result<i32> {
+    let client = a.conn.client("client-dev").await?;
+    if a.follow {
+        let mut stream = client
+            .job_events_of_step(&a.job_id, 1, &a.step)
+            .await
+            .map_err(|s| status_error(&s))?;
+        while let Some(ev) = stream.message().await.map_err(|s| status_error(&s))? {
+            let data = croupier_proto::json::opt_struct_to_json(ev.data.as_ref());
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"seq": ev.seq, "message": ev.message, "data": data})
+                );
+            } else if let Some(status) = data["status"].as_str() {
+                println!(
+                    "[{} {status}] {}",
+                    a.step,
+                    crate::output::clean(&ev.message)
+                );
+            } else {
+                println!("{}", crate::output::clean(&ev.message));
+            }
+        }
+        return Ok(0);
+    }
+    let log = client
+        .step_log(&a.job_id, &a.step)
+        .await
+        .map_err(|s| status_error(&s))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "step": log.step, "index": log.index, "status": log.status,
+                "lines": log.lines, "dropped_lines": log.dropped_lines, "ended_at": log.ended_at,
+            })
+        );
+        return Ok(0);
+    }
+    if log.dropped_lines > 0 {
+        println!(
+            "... {} older lines were not kept (1 MiB per step)",
+            log.dropped_lines
+        );
+    }
+    for line in &log.lines {
+        println!("{}", crate::output::clean(line));
+    }
+    eprintln!(
+        "step {} ({}) {} at {}",
+        log.step,
+        log.index,
+        log.status,
+        crate::output::time(log.ended_at)
+    );
     Ok(0)
 }

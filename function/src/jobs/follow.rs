@@ -63,6 +63,7 @@ impl JobManager {
             let req = pb::StreamJobEventsRequest {
                 job_id: job_id.to_string(),
                 from_seq,
+                step: String::new(),
             };
             let mut remote = fwd.stream_job_events(&record.server_id, who, req).await?;
             croupier_proto::task::spawn("job follower", async move {

@@ -24,12 +24,14 @@
 //! - `follow` — `StreamJobEvents`: replay, follow, gaps.
 //! - `sweep` — orphans, repeated cancels, retention.
 //! - `sink` — the tunnel's job frames (`JobSink`).
+//! - `steps` — pipeline step logs: gathered, stored when a step ends, read, followed.
 
 mod follow;
 mod persist;
 mod record;
 mod sink;
 mod state;
+mod steps;
 mod sweep;
 #[cfg(test)]
 mod tests;

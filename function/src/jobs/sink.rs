@@ -107,6 +107,9 @@ impl JobManager {
             }
             ev.received_at = now_ms();
             bound_event(&mut ev, self.cfg.max_event_bytes);
+            if let Some(log) = st.steps.observe(&job.id, &ev) {
+                self.store_step_log(log);
+            }
             let (added, mut dropped) = apply(&self.cfg, &mut st, ev);
             // The agent's jobs together keep at most max_agent_bytes.
             let retained = self.usage_of(agent_id).retained + added - dropped;

@@ -42,6 +42,8 @@ pub(super) struct JobState {
     pub(super) ended: Option<Instant>,
     /// The replica the job moved to (its agent did); followers here are told to resume there.
     pub(super) moved_to: Option<String>,
+    /// The log lines of its pipeline steps still running.
+    pub(super) steps: super::steps::StepLogs,
 }
 
 impl JobState {
@@ -60,6 +62,7 @@ impl JobState {
             orphan_since: None,
             ended: None,
             moved_to: None,
+            steps: Default::default(),
         }
     }
 

@@ -130,6 +130,9 @@ impl JobManager {
                 }
             }
             if drop_record {
+                for c in self.store.range(&keys::job_steps(&r.job_id)).await?.kvs {
+                    self.store.delete(&c.key).await?;
+                }
                 self.store
                     .compare_and_delete(&kv.key, kv.mod_revision)
                     .await?;

@@ -195,13 +195,45 @@ impl Client {
         job_id: &str,
         from_seq: i64,
     ) -> Result<Streaming<JobEvent>, Status> {
+        self.job_events_of_step(job_id, from_seq, "").await
+    }
+
+    /// Like [`Client::job_events`], only one pipeline step's events ("" for all): its status
+    /// events and log lines; the stream ends when the step does.
+    pub async fn job_events_of_step(
+        &self,
+        job_id: &str,
+        from_seq: i64,
+        step: &str,
+    ) -> Result<Streaming<JobEvent>, Status> {
         let req = StreamJobEventsRequest {
             job_id: job_id.to_string(),
             from_seq,
+            step: step.to_string(),
         };
         let mut svc = self.function.clone();
         self.once(async move { svc.stream_job_events(req).await })
             .await
+    }
+
+    /// The stored log of a pipeline step that completed or failed.
+    pub async fn step_log(
+        &self,
+        job_id: &str,
+        step: &str,
+    ) -> Result<croupier_proto::function::v1::GetStepLogResponse, Status> {
+        self.read("GetStepLog", |left| {
+            let req = timed(
+                croupier_proto::function::v1::GetStepLogRequest {
+                    job_id: job_id.into(),
+                    step: step.into(),
+                },
+                left,
+            );
+            let mut svc = self.function.clone();
+            async move { svc.get_step_log(req).await.map(Response::into_inner) }
+        })
+        .await
     }
 
     /// Asks for a job to be cancelled.

@@ -188,12 +188,14 @@ class InvokeJobResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., job_id: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
 
 class StreamJobEventsRequest(_message.Message):
-    __slots__ = ("job_id", "from_seq")
+    __slots__ = ("job_id", "from_seq", "step")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     from_seq: int
-    def __init__(self, job_id: _Optional[str] = ..., from_seq: _Optional[int] = ...) -> None: ...
+    step: str
+    def __init__(self, job_id: _Optional[str] = ..., from_seq: _Optional[int] = ..., step: _Optional[str] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("job_id", "type", "message", "progress", "timestamp", "data", "seq", "received_at")
@@ -268,6 +270,30 @@ class DeleteFunctionResponse(_message.Message):
     DELETED_FIELD_NUMBER: _ClassVar[int]
     deleted: bool
     def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+
+class GetStepLogRequest(_message.Message):
+    __slots__ = ("job_id", "step")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    step: str
+    def __init__(self, job_id: _Optional[str] = ..., step: _Optional[str] = ...) -> None: ...
+
+class GetStepLogResponse(_message.Message):
+    __slots__ = ("step", "index", "status", "lines", "dropped_lines", "ended_at")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_LINES_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    index: int
+    status: str
+    lines: _containers.RepeatedScalarFieldContainer[str]
+    dropped_lines: int
+    ended_at: int
+    def __init__(self, step: _Optional[str] = ..., index: _Optional[int] = ..., status: _Optional[str] = ..., lines: _Optional[_Iterable[str]] = ..., dropped_lines: _Optional[int] = ..., ended_at: _Optional[int] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -65,6 +65,11 @@ class FunctionServiceStub:
                 request_serializer=croupier_dot_function_dot_v1_dot_function__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.GetJobResponse.FromString,
                 _registered_method=True)
+        self.GetStepLog = channel.unary_unary(
+                '/croupier.function.v1.FunctionService/GetStepLog',
+                request_serializer=croupier_dot_function_dot_v1_dot_function__pb2.GetStepLogRequest.SerializeToString,
+                response_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.GetStepLogResponse.FromString,
+                _registered_method=True)
         self.ListJobs = channel.unary_unary(
                 '/croupier.function.v1.FunctionService/ListJobs',
                 request_serializer=croupier_dot_function_dot_v1_dot_function__pb2.ListJobsRequest.SerializeToString,
@@ -159,6 +164,13 @@ class FunctionServiceServicer:
 
     def GetJob(self, request, context):
         """Returns one job record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStepLog(self, request, context):
+        """Returns the stored log of a pipeline step that completed or failed (kept with the job).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -271,6 +283,11 @@ def add_FunctionServiceServicer_to_server(servicer, server):
                     servicer.GetJob,
                     request_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.GetJobRequest.FromString,
                     response_serializer=croupier_dot_function_dot_v1_dot_function__pb2.GetJobResponse.SerializeToString,
+            ),
+            'GetStepLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStepLog,
+                    request_deserializer=croupier_dot_function_dot_v1_dot_function__pb2.GetStepLogRequest.FromString,
+                    response_serializer=croupier_dot_function_dot_v1_dot_function__pb2.GetStepLogResponse.SerializeToString,
             ),
             'ListJobs': grpc.unary_unary_rpc_method_handler(
                     servicer.ListJobs,
@@ -486,6 +503,33 @@ class FunctionService:
             '/croupier.function.v1.FunctionService/GetJob',
             croupier_dot_function_dot_v1_dot_function__pb2.GetJobRequest.SerializeToString,
             croupier_dot_function_dot_v1_dot_function__pb2.GetJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStepLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.function.v1.FunctionService/GetStepLog',
+            croupier_dot_function_dot_v1_dot_function__pb2.GetStepLogRequest.SerializeToString,
+            croupier_dot_function_dot_v1_dot_function__pb2.GetStepLogResponse.FromString,
             options,
             channel_credentials,
             insecure,
