@@ -246,7 +246,7 @@ impl Provider {
                     state.send_modify(|s| s.assignments_version = r.version);
                 }
                 Err(s) => {
-                    tracing::warn!(code = ?s.code(), message = %s.message(), "fetching assignments failed")
+                    tracing::warn!(code = ?s.code(), message = %s.message(), "fetching assignments failed");
                 }
             }
         }
