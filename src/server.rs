@@ -310,6 +310,7 @@ async fn serve_on(
     // can connect (the listener is not serving yet).
     control.set_job_sink(jobs.clone());
     jobs.set_policy_source(view.clone());
+    jobs.set_node_events(control.events().clone());
     let pipelines =
         Arc::new(Pipelines::new(store.clone(), audit.clone()).with_policy(view.clone()));
     let invoker = Arc::new(

@@ -264,6 +264,19 @@ async fn pipelines_run_their_steps_in_order_and_cancel_stops_the_running_step() 
     let log = step_log(&client, job.id(), "breaks").await;
     assert_eq!(log.status, "FAILED");
     assert!(log.lines.contains(&"trying".to_string()), "{log:?}");
+    // The failed job is a node event of its agent.
+    let out = cli(&["events", "--json", "--type", "job.failed"], "client-c1");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let failed: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        failed.iter().any(|e| e["entity_id"] == job.id()
+            && e["node_id"] == "p1"
+            && e["data"]["function"] == "pipeline.start"),
+        "{text}"
+    );
     // A step that never ran (CANCELLED) has no stored log, and the error says what there is.
     let e = client.step_log(job.id(), "after").await.unwrap_err();
     assert_eq!(e.code(), Code::NotFound);

@@ -91,6 +91,8 @@ pub struct JobManager {
     stored: Notify,
     /// Where the admin policy comes from (unset: the built-in policy).
     policy: std::sync::OnceLock<Arc<croupier_registry::view::RegistryView>>,
+    /// Where a failed job is told as a node event (unset: nowhere).
+    node_events: std::sync::OnceLock<Arc<croupier_control::fleet::EventLog>>,
 }
 
 impl JobManager {
@@ -118,6 +120,7 @@ impl JobManager {
             usage: Mutex::new((HashMap::new(), AgentUsage::default())),
             stored: Notify::new(),
             policy: std::sync::OnceLock::new(),
+            node_events: std::sync::OnceLock::new(),
         });
         m.load().await?;
         croupier_proto::task::spawn_on(tasks, "job writer", m.clone().run_writer(shutdown.clone()));
@@ -246,6 +249,35 @@ impl JobManager {
     /// start; until then the built-in policy applies.
     pub fn set_policy_source(&self, view: Arc<croupier_registry::view::RegistryView>) {
         let _ = self.policy.set(view);
+    }
+
+    /// Tells every job that fails here as a `job.failed` node event of its agent in `log`.
+    /// Set once; later calls are ignored.
+    pub fn set_node_events(&self, log: Arc<croupier_control::fleet::EventLog>) {
+        let _ = self.node_events.set(log);
+    }
+
+    /// A `job.failed` node event for a job that just failed.
+    pub(super) fn tell_failed(&self, r: &JobRecord) {
+        let Some(log) = self.node_events.get() else {
+            return;
+        };
+        log.record(croupier_proto::control::v1::NodeEvent {
+            r#type: "job.failed".into(),
+            node_id: r.agent_id.clone(),
+            entity_id: r.job_id.clone(),
+            status: "failed".into(),
+            message: format!("job {} of {} failed: {}", r.job_id, r.function_id, r.error),
+            data: [
+                ("function".to_string(), r.function_id.clone()),
+                ("error_code".to_string(), r.error_code.clone()),
+            ]
+            .into_iter()
+            .collect(),
+            game_id: r.game_id.clone(),
+            env: r.env.clone(),
+            ..Default::default()
+        });
     }
 
     fn policy(&self) -> Arc<Policy> {
@@ -554,6 +586,9 @@ impl JobManager {
                 received_at: now,
             };
             let (added, dropped) = apply(&self.cfg, &mut st, ev);
+            if kind == EventType::Error {
+                self.tell_failed(&st.record);
+            }
             let agent = st.record.agent_id.clone();
             drop(st);
             self.account(&agent, added as isize - dropped as isize, added as isize);

@@ -110,7 +110,11 @@ impl JobManager {
             if let Some(log) = st.steps.observe(&job.id, &ev) {
                 self.store_step_log(log);
             }
+            let was_running = !st.record.status.is_terminal();
             let (added, mut dropped) = apply(&self.cfg, &mut st, ev);
+            if was_running && st.record.status == JobStatus::Failed {
+                self.tell_failed(&st.record);
+            }
             // The agent's jobs together keep at most max_agent_bytes.
             let retained = self.usage_of(agent_id).retained + added - dropped;
             let mut over = retained.saturating_sub(self.cfg.max_agent_bytes);
