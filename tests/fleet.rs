@@ -373,6 +373,71 @@ async fn metric_samples_have_a_history_and_thresholds_are_events() {
 }
 
 #[tokio::test]
+async fn running_containers_have_their_cpu_and_memory_in_the_samples() {
+    if !docker_ready() {
+        return;
+    }
+    let name = format!("croupier-e2e-{}-idle", std::process::id());
+    let _rm = Undo(vec!["rm".into(), "-f".into(), name.clone()]);
+    let (ok, _, err) = docker(&["run", "-d", "--name", &name, IMAGE, "sleep", "300"]);
+    assert!(ok, "docker run: {err}");
+    let mesh = Mesh::start(&["k1"], HB);
+    let _agent = mesh.agent_with(
+        "k1",
+        &[],
+        &[
+            "--packs",
+            "node",
+            "--metrics-interval",
+            "1s",
+            "--metrics-batch",
+            "1s",
+        ],
+    );
+    mesh.wait_online(&["k1"]).await;
+    let client = mesh.client("client-c1").await;
+    let memory = format!("container.{name}.memory_bytes");
+    let r = until(
+        "the container's memory",
+        Duration::from_secs(30),
+        || async {
+            let r = client
+                .node_metrics("k1", 0, &["container.".into()])
+                .await
+                .ok()?;
+            r.series
+                .iter()
+                .any(|s| s.name == memory && !s.points.is_empty())
+                .then_some(r)
+        },
+    )
+    .await;
+    let mem = r.series.iter().find(|s| s.name == memory).unwrap();
+    assert!(mem.points.iter().all(|p| p.value > 0.0), "{mem:?}");
+    let cpu = format!("container.{name}.cpu_percent");
+    assert!(r.series.iter().any(|s| s.name == cpu), "{:?}", r.series);
+    let running = client
+        .node_metrics("k1", 0, &["containers.running".into()])
+        .await
+        .unwrap();
+    assert!(running.series[0].points.last().unwrap().value >= 1.0);
+    // node.metrics carries the latest periodic sample.
+    let mut o = common::opts();
+    o.routing = "targeted".into();
+    o.target = "k1".into();
+    let m = client
+        .invoke("node.metrics", serde_json::json!({}), &o)
+        .await
+        .unwrap();
+    assert!(m.success, "{}", m.error);
+    let m = croupier_proto::json::opt_struct_to_json(m.result.as_ref());
+    assert!(
+        m["latest_sample"]["values"][&memory].as_f64().unwrap() > 0.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
 async fn bad_inventories_and_events_are_refused_and_told() {
     let mesh = Mesh::start(&["a1", "a2"], HB);
     let client = mesh.client("client-c1").await;

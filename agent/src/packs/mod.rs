@@ -220,6 +220,7 @@ pub(crate) fn install(
     let docker: Arc<dyn container::DockerApi> = Arc::new(container::LocalDocker::new());
     let mut status: Vec<StatusFn> = Vec::new();
     let mut background = Vec::new();
+    let latest = node::Latest::default();
     let mut provider = provider;
     for pack in packs.iter() {
         let (d, reporter) = (docker.clone(), provider.reporter());
@@ -232,11 +233,11 @@ pub(crate) fn install(
                         Box::pin(node::report_inventory(d2, r2, times, stop))
                     }),
                 });
-                let times = reports.metrics.clone();
+                let (times, l) = (reports.metrics.clone(), latest.clone());
                 background.push(Background {
                     name: "node metrics",
                     start: Box::new(move |stop| {
-                        Box::pin(node::report_metrics(d, reporter, times, stop))
+                        Box::pin(node::report_metrics(d, reporter, times, l, stop))
                     }),
                 });
             }
@@ -247,7 +248,7 @@ pub(crate) fn install(
             Pack::Pipeline => {}
         }
         provider = match pack {
-            Pack::Node => node::register(provider, &mut status, docker.clone()),
+            Pack::Node => node::register(provider, &mut status, docker.clone(), latest.clone()),
             Pack::Container => {
                 let unavailable = container::probe();
                 if let Some(reason) = &unavailable {

@@ -85,6 +85,9 @@ pub(crate) trait DockerApi: Send + Sync {
     /// Container events from `since_secs` (Unix seconds; None: from now) on, until the
     /// connection ends.
     async fn events(&self, since_secs: Option<i64>) -> Result<EventStream, DockerError>;
+    /// One container's CPU use (percent of one CPU, over Docker's ~1 s sample) and memory
+    /// use (bytes, page cache left out).
+    async fn usage(&self, id: &str) -> Result<(f64, u64), DockerError>;
 }
 
 /// The local Docker daemon (`DOCKER_HOST` when it names a `unix://` socket, else
@@ -367,6 +370,21 @@ impl DockerApi for LocalDocker {
         self.client().await?.version().await
     }
 
+    async fn usage(&self, id: &str) -> Result<(f64, u64), DockerError> {
+        let options = bollard::query_parameters::StatsOptions {
+            stream: false,
+            one_shot: false,
+        };
+        let mut stats = self.client().await?.stats(id, Some(options));
+        let s = stats
+            .next()
+            .await
+            .ok_or_else(|| DockerError::DockerStreamError {
+                error: format!("Docker sent no stats for container {id}"),
+            })??;
+        Ok(usage_of(&s))
+    }
+
     async fn events(&self, since_secs: Option<i64>) -> Result<EventStream, DockerError> {
         let mut options =
             EventsOptionsBuilder::new().filters(&HashMap::from([("type", vec!["container"])]));
@@ -438,4 +456,49 @@ mod tests {
         );
         assert_eq!(e.code, "NOT_FOUND", "{e:?}");
     }
+}
+
+/// CPU percent (of one CPU) and memory bytes from one stats answer, as `docker stats` computes
+/// them: the CPU time used between Docker's two readings over the host's, times the CPUs;
+/// memory without the page cache (`inactive_file`).
+pub(super) fn usage_of(s: &bollard::models::ContainerStatsResponse) -> (f64, u64) {
+    let total = |c: &Option<bollard::models::ContainerCpuStats>| {
+        let c = c.as_ref();
+        (
+            c.and_then(|c| c.cpu_usage.as_ref())
+                .and_then(|u| u.total_usage)
+                .unwrap_or(0),
+            c.and_then(|c| c.system_cpu_usage).unwrap_or(0),
+        )
+    };
+    let (cpu, system) = total(&s.cpu_stats);
+    let (pre_cpu, pre_system) = total(&s.precpu_stats);
+    let cpus = s
+        .cpu_stats
+        .as_ref()
+        .and_then(|c| c.online_cpus)
+        .unwrap_or(1)
+        .max(1);
+    let (d_cpu, d_system) = (
+        cpu.saturating_sub(pre_cpu),
+        system.saturating_sub(pre_system),
+    );
+    let percent = if d_system == 0 {
+        0.0
+    } else {
+        d_cpu as f64 / d_system as f64 * f64::from(cpus) * 100.0
+    };
+    let memory = s.memory_stats.as_ref().map_or(0, |m| {
+        let cache = m
+            .stats
+            .as_ref()
+            .and_then(|st| {
+                st.get("inactive_file")
+                    .or_else(|| st.get("total_inactive_file"))
+            })
+            .copied()
+            .unwrap_or(0);
+        m.usage.unwrap_or(0).saturating_sub(cache)
+    });
+    (percent, memory)
 }

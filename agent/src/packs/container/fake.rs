@@ -294,6 +294,11 @@ impl DockerApi for Fake {
         })
     }
 
+    async fn usage(&self, id: &str) -> Result<(f64, u64), DockerError> {
+        self.enter(format!("usage {id}"))?;
+        Ok((12.5, 1 << 20))
+    }
+
     async fn events(
         &self,
         _since_secs: Option<i64>,

@@ -44,7 +44,23 @@ pub(super) struct Metrics {
     pub(super) networks: Vec<NetworkUsage>,
     pub(super) uptime_secs: Option<u64>,
     pub(super) processes: usize,
+    /// The node pack's latest periodic sample: every metric the server's history keeps (disk
+    /// I/O, network errors and drops, temperatures, GPUs, containers, custom gauges…); null
+    /// until the first sample.
+    pub(super) latest_sample: Option<LatestSample>,
 }
+
+/// One periodic sample of the node's metrics.
+#[derive(Clone, Debug, Serialize, JsonSchema)]
+pub(crate) struct LatestSample {
+    /// When it was taken, Unix ms.
+    pub(crate) timestamp_ms: i64,
+    /// The values, by name (`cpu.percent`, `diskio.sda.read_iops`, `temp.<sensor>`, …).
+    pub(crate) values: std::collections::BTreeMap<String, f64>,
+}
+
+/// The latest periodic sample, shared by the metrics reports and `node.metrics`.
+pub(crate) type Latest = Arc<std::sync::Mutex<Option<LatestSample>>>;
 
 /// CPU usage over the sample window, in percent.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -230,6 +246,7 @@ impl Sampler {
             networks: w.networks.clone(),
             uptime_secs: System::uptime().ok(),
             processes: c.sys.processes().len(),
+            latest_sample: None,
         })
     }
 }

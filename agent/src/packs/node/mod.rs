@@ -35,6 +35,7 @@ mod telemetry;
 
 pub use inventory::InventoryTimes;
 pub(crate) use inventory::report as report_inventory;
+pub(crate) use metrics::Latest;
 pub(crate) use telemetry::report as report_metrics;
 pub use telemetry::{MetricsTimes, Thresholds};
 
@@ -65,17 +66,24 @@ const DOCKER_TIMEOUT: Duration = Duration::from_secs(1);
 const TIMEOUT_SECS: i32 = 10;
 
 /// Registers `node.metrics` and `node.resources`, and adds the heartbeat summary to `status`.
-/// `docker` is the agent's Docker client, asked for its version by `node.resources`.
+/// `docker` is the agent's Docker client, asked for its version by `node.resources`; `latest`
+/// is the periodic reports' latest sample, which `node.metrics` includes.
 pub(crate) fn register(
     provider: Provider,
     status: &mut Vec<StatusFn>,
     docker: Arc<dyn DockerApi>,
+    latest: Latest,
 ) -> Provider {
     let summary = Mutex::new(Summary::new());
     status.push(Box::new(move |out| lock(&summary).add_to(out)));
     let sampler = Arc::new(tokio::sync::Mutex::new(Sampler::default()));
     let provider = function(provider, metrics_descriptor(), move |call| {
-        metrics::metrics(sampler.clone(), call.cancel)
+        let (sampler, latest) = (sampler.clone(), latest.clone());
+        async move {
+            let mut m = metrics::metrics(sampler, call.cancel).await?;
+            m.latest_sample = lock(&latest).clone();
+            Ok(m)
+        }
     });
     function(provider, resources_descriptor(), move |_call| {
         let docker = docker.clone();

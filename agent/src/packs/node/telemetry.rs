@@ -12,7 +12,9 @@
 //!   tx_dropped}` (errors and drops counted over the interval; container veths left out);
 //! - `temp.<sensor>` in °C where the machine exposes sensors;
 //! - `gpu.<i>.{util_percent,memory_used_bytes}` when `nvidia-smi` answers;
-//! - `containers.<state>`: Docker's containers by state, when Docker answers;
+//! - `containers.<state>`: Docker's containers by state, and
+//!   `container.<name>.{cpu_percent,memory_bytes}` of (up to 32) running ones, when Docker
+//!   answers;
 //! - `custom.<name>`: gauges the provider set through [`Reporter::gauge`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -110,6 +112,7 @@ pub(crate) async fn report(
     docker: Arc<dyn DockerApi>,
     reporter: Reporter,
     times: MetricsTimes,
+    latest: super::Latest,
     stop: CancellationToken,
 ) {
     let sampler = Arc::new(tokio::sync::Mutex::new(Sampler::default()));
@@ -128,6 +131,10 @@ pub(crate) async fn report(
             continue;
         };
         let crossed = thresholds(&s, &times.thresholds, &mut above, &reporter);
+        *crate::lock(&latest) = Some(super::metrics::LatestSample {
+            timestamp_ms: s.timestamp,
+            values: s.values.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        });
         batch.push(s);
         if crossed || batch_started.elapsed() >= times.batch {
             reporter.metrics(std::mem::take(&mut batch));
@@ -224,13 +231,25 @@ async fn sample(
             .iter()
             .map(|s| ((*s).to_string(), 0.0))
             .collect();
+        let mut running = Vec::new();
         for c in containers {
             let state = c.state.map(|s| s.to_string()).unwrap_or_default();
+            if state == "running" {
+                let label = c
+                    .names
+                    .as_ref()
+                    .and_then(|n| n.first())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .or(c.id.clone())
+                    .unwrap_or_default();
+                running.push((c.id.unwrap_or_default(), label));
+            }
             *by_state.entry(name(&state)).or_default() += 1.0;
         }
         for (state, n) in by_state {
             v.insert(format!("containers.{state}"), n);
         }
+        v.extend(container_usage(docker, running).await);
     }
     for (k, value) in reporter.gauges() {
         v.insert(format!("custom.{}", name(&k)), value);
@@ -240,6 +259,33 @@ async fn sample(
         timestamp: unix_ms() as i64,
         values: v,
     })
+}
+
+/// Most running containers whose CPU and memory a sample reads (Docker's stats take ~1 s
+/// each, read in parallel).
+const MAX_CONTAINER_STATS: usize = 32;
+
+/// `container.<name>.cpu_percent` and `container.<name>.memory_bytes` of running containers.
+async fn container_usage(
+    docker: &dyn DockerApi,
+    running: Vec<(String, String)>,
+) -> Vec<(String, f64)> {
+    let reads = running
+        .into_iter()
+        .take(MAX_CONTAINER_STATS)
+        .map(|(id, label)| async move {
+            let got = tokio::time::timeout(Duration::from_secs(3), docker.usage(&id)).await;
+            (label, got)
+        });
+    let mut v = Vec::new();
+    for (label, got) in futures::future::join_all(reads).await {
+        if let Ok(Ok((cpu, memory))) = got {
+            let n = name(&label);
+            v.push((format!("container.{n}.cpu_percent"), super::round2(cpu)));
+            v.push((format!("container.{n}.memory_bytes"), memory as f64));
+        }
+    }
+    v
 }
 
 /// A name part as the server accepts it: `[A-Za-z0-9._/:-]`, other characters as `_`.
