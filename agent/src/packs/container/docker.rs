@@ -411,6 +411,51 @@ pub(super) async fn exec_exit_code(
     }
 }
 
+/// CPU percent (of one CPU) and memory bytes from one stats answer, as `docker stats` computes
+/// them: the CPU time used between Docker's two readings over the host's, times the CPUs;
+/// memory without the page cache (`inactive_file`).
+pub(super) fn usage_of(s: &bollard::models::ContainerStatsResponse) -> (f64, u64) {
+    let total = |c: &Option<bollard::models::ContainerCpuStats>| {
+        let c = c.as_ref();
+        (
+            c.and_then(|c| c.cpu_usage.as_ref())
+                .and_then(|u| u.total_usage)
+                .unwrap_or(0),
+            c.and_then(|c| c.system_cpu_usage).unwrap_or(0),
+        )
+    };
+    let (cpu, system) = total(&s.cpu_stats);
+    let (pre_cpu, pre_system) = total(&s.precpu_stats);
+    let cpus = s
+        .cpu_stats
+        .as_ref()
+        .and_then(|c| c.online_cpus)
+        .unwrap_or(1)
+        .max(1);
+    let (d_cpu, d_system) = (
+        cpu.saturating_sub(pre_cpu),
+        system.saturating_sub(pre_system),
+    );
+    let percent = if d_system == 0 {
+        0.0
+    } else {
+        d_cpu as f64 / d_system as f64 * f64::from(cpus) * 100.0
+    };
+    let memory = s.memory_stats.as_ref().map_or(0, |m| {
+        let cache = m
+            .stats
+            .as_ref()
+            .and_then(|st| {
+                st.get("inactive_file")
+                    .or_else(|| st.get("total_inactive_file"))
+            })
+            .copied()
+            .unwrap_or(0);
+        m.usage.unwrap_or(0).saturating_sub(cache)
+    });
+    (percent, memory)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,49 +501,17 @@ mod tests {
         );
         assert_eq!(e.code, "NOT_FOUND", "{e:?}");
     }
-}
 
-/// CPU percent (of one CPU) and memory bytes from one stats answer, as `docker stats` computes
-/// them: the CPU time used between Docker's two readings over the host's, times the CPUs;
-/// memory without the page cache (`inactive_file`).
-pub(super) fn usage_of(s: &bollard::models::ContainerStatsResponse) -> (f64, u64) {
-    let total = |c: &Option<bollard::models::ContainerCpuStats>| {
-        let c = c.as_ref();
-        (
-            c.and_then(|c| c.cpu_usage.as_ref())
-                .and_then(|u| u.total_usage)
-                .unwrap_or(0),
-            c.and_then(|c| c.system_cpu_usage).unwrap_or(0),
-        )
-    };
-    let (cpu, system) = total(&s.cpu_stats);
-    let (pre_cpu, pre_system) = total(&s.precpu_stats);
-    let cpus = s
-        .cpu_stats
-        .as_ref()
-        .and_then(|c| c.online_cpus)
-        .unwrap_or(1)
-        .max(1);
-    let (d_cpu, d_system) = (
-        cpu.saturating_sub(pre_cpu),
-        system.saturating_sub(pre_system),
-    );
-    let percent = if d_system == 0 {
-        0.0
-    } else {
-        d_cpu as f64 / d_system as f64 * f64::from(cpus) * 100.0
-    };
-    let memory = s.memory_stats.as_ref().map_or(0, |m| {
-        let cache = m
-            .stats
-            .as_ref()
-            .and_then(|st| {
-                st.get("inactive_file")
-                    .or_else(|| st.get("total_inactive_file"))
-            })
-            .copied()
-            .unwrap_or(0);
-        m.usage.unwrap_or(0).saturating_sub(cache)
-    });
-    (percent, memory)
+    #[test]
+    fn usage_is_computed_as_docker_stats_does() {
+        let s: bollard::models::ContainerStatsResponse = serde_json::from_value(serde_json::json!({
+            "cpu_stats": {"cpu_usage": {"total_usage": 300_000_000u64}, "system_cpu_usage": 2_000_000_000u64, "online_cpus": 2},
+            "precpu_stats": {"cpu_usage": {"total_usage": 100_000_000u64}, "system_cpu_usage": 1_000_000_000u64},
+            "memory_stats": {"usage": 10_000_000u64, "stats": {"inactive_file": 4_000_000u64}}
+        }))
+        .unwrap();
+        let (cpu, memory) = usage_of(&s);
+        assert!((cpu - 40.0).abs() < 1e-9, "{cpu}");
+        assert_eq!(memory, 6_000_000);
+    }
 }
