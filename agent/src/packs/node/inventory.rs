@@ -64,6 +64,8 @@ struct HostDetails {
     node_type: String,
     cache_bytes: u64,
     max_frequency_mhz: u64,
+    /// Memory type and speed (MT/s) from SMBIOS, where the firmware tells.
+    memory: (String, u64),
     os_name: String,
     os_version: String,
     gpus: Vec<GpuInfo>,
@@ -82,6 +84,7 @@ fn host_details() -> HostDetails {
         node_type: node_type().into(),
         cache_bytes: cpu_cache_bytes(),
         max_frequency_mhz: max_frequency_mhz(),
+        memory: memory_device(),
         os_name: field("NAME"),
         os_version: field("VERSION_ID"),
         gpus: gpus(),
@@ -104,7 +107,8 @@ fn build(r: Resources, extra: HostDetails, runtimes: RuntimeInfo) -> NodeInvento
         memory: Some(MemoryInfo {
             total_bytes: r.memory.total_bytes,
             swap_total_bytes: r.memory.swap_total_bytes,
-            ..Default::default()
+            memory_type: extra.memory.0,
+            frequency_mhz: extra.memory.1,
         }),
         gpus: extra.gpus,
         disks: hardware_disks(r.disks)
@@ -187,6 +191,54 @@ fn max_frequency_mhz() -> u64 {
         .and_then(|(_, f)| f.trim().strip_suffix("GHz"))
         .and_then(|g| g.trim().parse::<f64>().ok())
         .map_or(0, |g| (g * 1000.0).round() as u64)
+}
+
+/// The type and speed of the first installed memory module, from the SMBIOS type 17
+/// ("Memory Device") tables in `/sys/firmware/dmi/entries` (readable by root; absent in many
+/// virtual machines, which leaves them empty).
+fn memory_device() -> (String, u64) {
+    let Ok(dir) = std::fs::read_dir("/sys/firmware/dmi/entries") else {
+        return (String::new(), 0);
+    };
+    let mut entries: Vec<_> = dir
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("17-"))
+        .map(|e| e.path().join("raw"))
+        .collect();
+    entries.sort();
+    entries
+        .iter()
+        .filter_map(|p| std::fs::read(p).ok())
+        .find_map(|raw| smbios_memory(&raw))
+        .unwrap_or_default()
+}
+
+/// Type and speed of one SMBIOS type 17 structure; None for an empty slot.
+fn smbios_memory(raw: &[u8]) -> Option<(String, u64)> {
+    let word = |at: usize| {
+        raw.get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    if raw.first() != Some(&17) || matches!(word(0x0C), None | Some(0)) {
+        return None;
+    }
+    let kind = match raw.get(0x12)? {
+        0x12 => "DDR",
+        0x13 => "DDR2",
+        0x18 => "DDR3",
+        0x1A => "DDR4",
+        0x1B => "LPDDR",
+        0x1C => "LPDDR2",
+        0x1D => "LPDDR3",
+        0x1E => "LPDDR4",
+        0x22 => "DDR5",
+        0x23 => "LPDDR5",
+        0x07 => "RAM",
+        0x0F => "SDRAM",
+        _ => "",
+    };
+    let speed = word(0x15).filter(|s| *s != 0 && *s != 0xFFFF).unwrap_or(0);
+    Some((kind.to_string(), u64::from(speed)))
 }
 
 /// "6.1.0-18-amd64" → 6, 1, 0.
@@ -391,6 +443,19 @@ pub(crate) async fn report(
 mod tests {
     use super::*;
     use crate::packs::container::LocalDocker;
+
+    #[test]
+    fn smbios_memory_devices_parse() {
+        let mut raw = vec![0u8; 0x28];
+        raw[0] = 17;
+        raw[0x0C..0x0E].copy_from_slice(&16384u16.to_le_bytes());
+        raw[0x12] = 0x1A;
+        raw[0x15..0x17].copy_from_slice(&3200u16.to_le_bytes());
+        assert_eq!(smbios_memory(&raw), Some(("DDR4".to_string(), 3200)));
+        raw[0x0C..0x0E].copy_from_slice(&0u16.to_le_bytes());
+        assert_eq!(smbios_memory(&raw), None, "an empty slot");
+        assert_eq!(smbios_memory(&[4, 0, 0]), None);
+    }
 
     #[test]
     fn kernel_sizes_and_gpus_parse() {
