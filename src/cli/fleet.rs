@@ -57,7 +57,7 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<()> {
         .map_err(|s| status_error(&s))?;
     if !args.json {
         println!(
-            "{:<20} {:>6}  {:<16} {:<20} {:<12} {:<14} MESSAGE",
+            "{:<32} {:>6}  {:<16} {:<20} {:<12} {:<14} MESSAGE",
             "TIME", "SEQ", "NODE", "TYPE", "STATUS", "ENTITY"
         );
     }
@@ -92,7 +92,7 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<()> {
 fn event_line(e: &NodeEvent) -> String {
     let entity: String = e.entity_id.chars().take(12).collect();
     format!(
-        "{:<20} {:>6}  {:<16} {:<20} {:<12} {:<14} {}",
+        "{:<32} {:>6}  {:<16} {:<20} {:<12} {:<14} {}",
         time(e.timestamp),
         e.seq,
         clean(&e.node_id),
