@@ -3,7 +3,7 @@
 //! - the node pack's inventory arrives with the registration and matches `/proc`; a Docker
 //!   network created on the host adds a bridge NIC, which the agent notices and the server
 //!   stores as a new version with a diff naming the NIC (and again when it goes);
-//! - a container that exits produces a `container.die` event with its exit code, seen live by
+//! - a container killed in Docker produces a `container.die` event with its exit code, seen live by
 //!   a follower and replayed by `croupier events`; node state changes and agents coming and
 //!   going are events too;
 //! - the node pack's metric samples reach the server in batches, answer a range query (raw
@@ -185,7 +185,7 @@ async fn inventory_arrives_with_the_registration_and_changes_are_versioned() {
 }
 
 #[tokio::test]
-async fn a_container_that_exits_is_a_die_event_with_its_exit_code() {
+async fn a_container_killed_in_docker_is_a_die_event_with_its_exit_code() {
     if !docker_ready() {
         return;
     }
@@ -203,10 +203,13 @@ async fn a_container_that_exits_is_a_die_event_with_its_exit_code() {
         .await
         .unwrap();
 
-    let name = format!("croupier-e2e-{}-exit3", std::process::id());
+    let name = format!("croupier-e2e-{}-killed", std::process::id());
     let _rm = Undo(vec!["rm".into(), "-f".into(), name.clone()]);
-    let (ok, id, err) = docker(&["run", "-d", "--name", &name, IMAGE, "sh", "-c", "exit 3"]);
+    let (ok, id, err) = docker(&["run", "-d", "--name", &name, IMAGE, "sleep", "300"]);
     assert!(ok, "docker run: {err}");
+    // Killed in Docker: SIGKILL, exit code 137.
+    let (ok, _, err) = docker(&["kill", &name]);
+    assert!(ok, "docker kill: {err}");
     let die = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let item: StreamNodeEventsResponse = live.message().await.unwrap().unwrap();
@@ -218,7 +221,7 @@ async fn a_container_that_exits_is_a_die_event_with_its_exit_code() {
     })
     .await
     .expect("a container.die event within 30 s");
-    assert_eq!(die.data["exit_code"], "3");
+    assert_eq!(die.data["exit_code"], "137");
     assert_eq!(die.status, "exited");
     assert_eq!(die.node_id, "c1");
     assert_eq!((die.game_id.as_str(), die.env.as_str()), ("g", "e"));
@@ -274,7 +277,7 @@ async fn metric_samples_have_a_history_and_thresholds_are_events() {
     let mesh = Mesh::start(&["m1"], HB);
     let _agent = mesh.agent_with(
         "m1",
-        &[],
+        &["tier=test"],
         &[
             "--packs",
             "node",
@@ -282,9 +285,10 @@ async fn metric_samples_have_a_history_and_thresholds_are_events() {
             "500ms",
             "--metrics-batch",
             "1s",
-            // Any machine uses more than 1 % of its memory: crossed on the first sample.
+            // Any machine uses more than 1 % of its memory: crossed on the first sample (the
+            // others off, whatever this machine's CPU and disks are doing).
             "--thresholds",
-            "memory=1,cpu=0",
+            "memory=1,cpu=0,disk=0",
         ],
     );
     mesh.wait_online(&["m1"]).await;
@@ -353,6 +357,36 @@ async fn metric_samples_have_a_history_and_thresholds_are_events() {
     assert_eq!(crossed.len(), 1, "{crossed:?}");
     assert_eq!(crossed[0]["entity_id"], "memory.percent");
     assert_eq!(crossed[0]["data"]["threshold"], "1");
+
+    // Per label: an assignment's config of node.metrics raises the threshold; memory is
+    // below it now, which clears the crossing.
+    let (code, _, err) = mesh.cli(
+        "admin-ops",
+        &[
+            "assign",
+            "set",
+            "thresholds",
+            "--function",
+            "node.metrics",
+            "--game-id",
+            "g",
+            "--env",
+            "e",
+            "--selector",
+            "tier=test",
+            "--config",
+            "threshold.memory=99",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let cleared = until("threshold.cleared", Duration::from_secs(20), || async {
+        cli_events(&mesh, &["--node", "m1", "--type", "threshold.cleared"])
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(cleared["entity_id"], "memory.percent");
+    assert_eq!(cleared["data"]["threshold"], "99");
 
     // Prometheus: the latest value per node and metric.
     let text = common::scrape(mesh.metrics.as_deref().unwrap());

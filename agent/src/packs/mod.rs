@@ -234,10 +234,11 @@ pub(crate) fn install(
                     }),
                 });
                 let (times, l) = (reports.metrics.clone(), latest.clone());
+                let assigned = provider.assignments_handle();
                 background.push(Background {
                     name: "node metrics",
                     start: Box::new(move |stop| {
-                        Box::pin(node::report_metrics(d, reporter, times, l, stop))
+                        Box::pin(node::report_metrics(d, reporter, times, l, assigned, stop))
                     }),
                 });
             }

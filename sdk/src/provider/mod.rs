@@ -96,6 +96,17 @@ pub struct Provider {
     assignments: Arc<Mutex<HashMap<String, FunctionAssignment>>>,
 }
 
+/// This provider's assignments by function, as last fetched; clones share them.
+#[derive(Clone, Default)]
+pub struct Assignments(Arc<Mutex<HashMap<String, FunctionAssignment>>>);
+
+impl Assignments {
+    /// The assignment of `function_id`, if the server sent one.
+    pub fn get(&self, function_id: &str) -> Option<FunctionAssignment> {
+        self.0.lock().get(function_id).cloned()
+    }
+}
+
 /// How one session ended.
 enum Ended {
     Shutdown,
@@ -127,6 +138,12 @@ impl Provider {
     /// enabled here and its config (which handlers also get as [`Invocation::config`]).
     pub fn assignments(&self) -> HashMap<String, FunctionAssignment> {
         self.assignments.lock().clone()
+    }
+
+    /// A handle on the assignments that stays current while the provider runs (for tasks that
+    /// read a function's config, e.g. the node pack's thresholds).
+    pub fn assignments_handle(&self) -> Assignments {
+        Assignments(self.assignments.clone())
     }
 
     /// The handle through which this provider reports node events and its node's inventory

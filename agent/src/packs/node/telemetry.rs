@@ -99,6 +99,31 @@ impl std::str::FromStr for Thresholds {
     }
 }
 
+impl Thresholds {
+    /// These thresholds with those an assignment's config of `node.metrics` sets
+    /// (`threshold.cpu`, `threshold.memory`, `threshold.disk`: percentages), so that an admin
+    /// can set them per agent or label selector (`croupier assign set … --function
+    /// node.metrics --selector tier=db --config threshold.disk=80`). A value that is not a
+    /// percentage is ignored.
+    pub fn with_config(&self, config: &HashMap<String, String>) -> Thresholds {
+        let mut t = self.clone();
+        for (key, slot) in [
+            ("threshold.cpu", &mut t.cpu),
+            ("threshold.memory", &mut t.memory),
+            ("threshold.disk", &mut t.disk),
+        ] {
+            if let Some(v) = config
+                .get(key)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|v| (0.0..=100.0).contains(v))
+            {
+                *slot = v;
+            }
+        }
+        t
+    }
+}
+
 /// Counters kept between samples, for rates and counts over the interval.
 #[derive(Default)]
 struct Previous {
@@ -113,6 +138,7 @@ pub(crate) async fn report(
     reporter: Reporter,
     times: MetricsTimes,
     latest: super::Latest,
+    assignments: croupier_sdk::provider::Assignments,
     stop: CancellationToken,
 ) {
     let sampler = Arc::new(tokio::sync::Mutex::new(Sampler::default()));
@@ -130,7 +156,11 @@ pub(crate) async fn report(
         let Some(s) = sample(&sampler, &mut previous, docker.as_ref(), &reporter).await else {
             continue;
         };
-        let crossed = thresholds(&s, &times.thresholds, &mut above, &reporter);
+        let limits = match assignments.get("node.metrics") {
+            Some(a) => times.thresholds.with_config(&a.config),
+            None => times.thresholds.clone(),
+        };
+        let crossed = thresholds(&s, &limits, &mut above, &reporter);
         *crate::lock(&latest) = Some(super::metrics::LatestSample {
             timestamp_ms: s.timestamp,
             values: s.values.iter().map(|(k, v)| (k.clone(), *v)).collect(),
@@ -449,6 +479,22 @@ fn thresholds(
 mod tests {
     use super::*;
     use crate::packs::container::LocalDocker;
+
+    #[test]
+    fn an_assignments_config_overrides_thresholds() {
+        let t = Thresholds::default();
+        let config: HashMap<String, String> = [
+            ("threshold.disk", "80"),
+            ("threshold.cpu", "lots"),
+            ("threshold.memory", "150"),
+            ("other", "1"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect();
+        let o = t.with_config(&config);
+        assert_eq!((o.cpu, o.memory, o.disk), (90.0, 90.0, 80.0));
+    }
 
     #[test]
     fn thresholds_parse_and_cross_once_each_way() {
