@@ -431,6 +431,16 @@ impl ServerConfig {
         if self.jobs.max_events == 0 {
             bail!("jobs.max_events must be at least 1");
         }
+        if self.fleet.events_retained == 0 || self.fleet.inventory_versions == 0 {
+            bail!("fleet.events_retained and fleet.inventory_versions must be at least 1");
+        }
+        if self.fleet.metrics_step.as_secs() == 0
+            || self.fleet.metrics_keep < self.fleet.metrics_step
+        {
+            bail!(
+                "fleet.metrics_step must be at least 1s, and fleet.metrics_keep at least one step"
+            );
+        }
         if self.jobs.max_duration.is_zero() {
             bail!("jobs.max_duration must be > 0");
         }
@@ -540,6 +550,12 @@ mod tests {
             assert!(err.contains("lisen"), "{err}");
             std::fs::write(&file, "missed_heartbeats = 0\n").unwrap();
             assert!(ServerConfig::load(Some(&file), Flags::default()).is_err());
+            std::fs::write(&file, "[fleet]\nmetrics_step = \"0s\"\n").unwrap();
+            let err = format!(
+                "{:#}",
+                ServerConfig::load(Some(&file), Flags::default()).unwrap_err()
+            );
+            assert!(err.contains("fleet.metrics_step"), "{err}");
             Ok(())
         });
     }

@@ -44,6 +44,10 @@ pub fn describe() {
     );
     describe_counter!(AUDIT_WRITE_FAILURES, "Audit log writes that failed.");
     describe_counter!(AGENT_REGISTRATIONS, "Agent registrations accepted.");
+    describe_counter!(
+        NODE_EVENTS,
+        "Node events recorded in this server's event log."
+    );
     describe_counter!(AGENT_EXPIRATIONS, "Agent sessions that expired, by reason.");
     describe_histogram!(
         HEARTBEAT_DELAY,

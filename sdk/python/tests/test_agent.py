@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import subprocess
 import time
 
 import grpc
@@ -187,6 +189,48 @@ async def test_cancelled_when_the_node_is_disabled_and_state_changes_reach_the_a
         await admin.set_node_state(agent_id, croupier.NodeState.NORMAL, "done")
         await wait_until(lambda: agent.state.node_state == croupier.NodeState.NORMAL)
         assert await client.invoke_typed("svc.ping") == "pong"
+
+
+def cli(mesh: Mesh, identity: str, *args: str) -> str:
+    """Runs the croupier CLI against the mesh; its stdout (a failure fails the test)."""
+    out = subprocess.run(
+        [mesh.bin, *args, "--server", mesh.url, "--tls-dir", str(mesh.certs), "--identity", identity],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+async def test_reports_node_events_and_handlers_get_their_assignment_config(
+    mesh: Mesh, agent_id: str, env: str
+) -> None:
+    agent = make_agent(mesh, agent_id, env)
+
+    @agent.function("svc.cfg")
+    async def cfg(ctx: croupier.CallContext) -> dict[str, str]:
+        return dict(ctx.config)
+
+    # Reported before the tunnel opens: it waits, then goes out on it.
+    agent.report_event("match.crashed", entity_id="m7", message="match 7 crashed", data={"code": 3})
+    async with agent.running(), mesh.client(env=env) as client:
+        await agent.wait_connected()
+        assert await client.invoke_typed("svc.cfg") == {}
+        cli(
+            mesh, "admin-ops", "assign", "set", f"cfg-{agent_id}", "--function", "svc.cfg",
+            "--game-id", "default", "--env", env, "--agent", agent_id, "--config", "level=3",
+        )
+        assert await client.invoke_typed("svc.cfg") == {"level": "3"}
+
+        def crashed() -> list[dict[str, object]]:
+            text = cli(mesh, "client-c1", "events", "--json", "--node", agent_id, "--type", "match.crashed")
+            return [json.loads(line) for line in text.splitlines()]
+
+        await wait_until(lambda: len(crashed()) == 1)
+        [event] = crashed()
+        assert event["entity_id"] == "m7" and event["node_id"] == agent_id
+        assert event["data"] == {"code": "3"} and event["message"] == "match 7 crashed"
 
 
 @croupier.service("logic")

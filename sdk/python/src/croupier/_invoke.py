@@ -110,6 +110,7 @@ class Runner:
             deadline=time.monotonic() + timeout,
             payload=from_struct(inv.payload) if inv.HasField("payload") else {},
             traceparent=inv.traceparent,
+            config=dict(inv.config),
         )
 
     async def _call_handler(self, spec: FunctionSpec, ctx: CallContext) -> Any:

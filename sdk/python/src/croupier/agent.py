@@ -24,6 +24,7 @@ SIGTERM/SIGINT (or :meth:`Agent.stop`) says ``Goodbye``, lets running calls fini
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -46,6 +47,9 @@ from .outbox import Outbox
 from .pool import EOF, open_channel
 from .stats import StatsSnapshot
 from .tls import Tls
+
+#: Node events kept while no tunnel is open; past this the oldest are dropped.
+MAX_QUEUED_REPORTS = 1024
 
 log = logging.getLogger("croupier.agent")
 
@@ -125,6 +129,10 @@ class Agent:
         self._runner = Runner(self._specs, self._outbox, agent_id, cancel_grace)
         self._state = AgentState()
         self._state_changed: asyncio.Condition | None = None
+        # Node events waiting for a tunnel (oldest dropped past MAX_QUEUED_REPORTS).
+        self._reports: collections.deque[control_pb2.AgentFrame] = collections.deque()
+        self._reports_ready: asyncio.Event | None = None
+        self.reports_dropped = 0
         self._node_callbacks: list[Callable[[NodeStateRecord], Any]] = []
         self._stop: asyncio.Event | None = None
         self._running = False
@@ -429,6 +437,7 @@ class Agent:
         over = asyncio.Event()
         loop = asyncio.get_running_loop()
         heartbeat = loop.create_task(self._heartbeats(control, session_id, interval, over))
+        reports = loop.create_task(self._forward_reports(out))
         reader = loop.create_task(self._read_frames(call, out))
         stop = loop.create_task(self._stop.wait())
         lost = loop.create_task(over.wait())
@@ -437,6 +446,7 @@ class Agent:
         finally:
             over.set()
             heartbeat.cancel()
+            reports.cancel()
             stop.cancel()
             lost.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -455,6 +465,46 @@ class Agent:
                 await reader
             raise _SessionEnded(ended)
         await self._goodbye(call, out, generation, reader)
+
+    def report_event(
+        self,
+        type: str,
+        *,
+        entity_id: str = "",
+        status: str = "",
+        message: str = "",
+        data: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Reports a node event (``croupier events`` shows it): ``type`` is dotted lowercase,
+        e.g. ``"match.crashed"``; the server sets the node id and the sequence number. Events
+        wait while no tunnel is open (at most :data:`MAX_QUEUED_REPORTS`; past that the oldest
+        are dropped and counted in ``reports_dropped``)."""
+        event = control_pb2.NodeEvent(
+            type=type,
+            entity_id=entity_id,
+            status=status,
+            message=message,
+            timestamp=int(time.time() * 1000),
+            data={k: str(v) for k, v in (data or {}).items()},
+        )
+        self._reports.append(control_pb2.AgentFrame(node_event=event))
+        while len(self._reports) > MAX_QUEUED_REPORTS:
+            self._reports.popleft()
+            self.reports_dropped += 1
+        if self._reports_ready is not None:
+            self._reports_ready.set()
+
+    async def _forward_reports(self, out: asyncio.Queue[control_pb2.AgentFrame | None]) -> None:
+        """Sends queued reports down the open tunnel until the session ends."""
+        if self._reports_ready is None:
+            self._reports_ready = asyncio.Event()
+        while True:
+            while self._reports:
+                frame = self._reports[0]
+                await out.put(frame)
+                self._reports.popleft()
+            self._reports_ready.clear()
+            await self._reports_ready.wait()
 
     async def _read_frames(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .function.v1 import function_pb2
@@ -42,6 +42,9 @@ class CallContext:
     payload: dict[str, Any]
     #: W3C trace context of the call (``traceparent``; "" when the server sent none).
     traceparent: str = ""
+    #: The function's configuration on this agent, from the admins' assignments
+    #: (``croupier assign set … --config k=v``); empty when none applies.
+    config: dict[str, str] = field(default_factory=dict)
 
     def time_left(self) -> float:
         """Seconds until the deadline (0 when it has passed)."""
