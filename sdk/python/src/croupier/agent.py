@@ -39,7 +39,7 @@ import grpc.aio
 
 from ._invoke import Runner
 from .backoff import Backoff
-from .control.v1 import control_pb2, control_pb2_grpc
+from .control.v1 import control_pb2, control_pb2_grpc, fleet_pb2
 from .errors import ConfigError
 from .functions import FunctionSpec, Options, make_spec, service_specs
 from .models import NodeState, NodeStateRecord
@@ -479,7 +479,7 @@ class Agent:
         e.g. ``"match.crashed"``; the server sets the node id and the sequence number. Events
         wait while no tunnel is open (at most :data:`MAX_QUEUED_REPORTS`; past that the oldest
         are dropped and counted in ``reports_dropped``)."""
-        event = control_pb2.NodeEvent(
+        event = fleet_pb2.NodeEvent(
             type=type,
             entity_id=entity_id,
             status=status,
