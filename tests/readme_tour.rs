@@ -1,5 +1,5 @@
-//! The README runs as written: the `sh` blocks of the tour, the node pack, the container pack and
-//! pipelines sections are turned into one bash script and run against `croupier dev` with
+//! The README runs as written: the `sh` blocks of the tour, the node pack, the fleet, the
+//! container pack and pipelines sections are turned into one bash script and run against `croupier dev` with
 //! `HOME` in a temp dir (so `~/.croupier/dev` is the test's), Docker and `busybox:latest`
 //! (`scripts/busybox-image.sh`). TOML blocks whose first line is `# NAME.toml` are written as
 //! those files first.
@@ -22,6 +22,7 @@ use common::{bin, docker_ready};
 const SECTIONS: &[&str] = &[
     "## A five-minute tour",
     "## The node pack",
+    "## The fleet: inventory, metrics, events, state, assignments",
     "## The container pack",
     "## Pipelines",
 ];

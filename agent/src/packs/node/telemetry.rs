@@ -1,6 +1,6 @@
 //! The node's metrics, sampled every `sample` interval (default 15 s) and reported over the
-//! tunnel in batches every `batch` interval (default 1 min), at once when a threshold is
-//! crossed (CPU, memory, a disk; each crossing and clearing is also a node event).
+//! tunnel in batches every `batch` interval (default 1 min; the first sample at once), at once
+//! when a threshold is crossed (CPU, memory, a disk; each crossing and clearing is also a node event).
 //!
 //! One sample holds, by name:
 //! - `cpu.percent` (over the interval), `load.1`, `load.5`, `load.15`;
@@ -145,6 +145,8 @@ pub(crate) async fn report(
     let mut previous = Previous::default();
     let mut above: BTreeMap<String, bool> = BTreeMap::new();
     let mut batch = Vec::new();
+    // The first sample goes out at once, so a node that just started has figures.
+    let mut first = true;
     let mut batch_started = Instant::now();
     let mut tick = tokio::time::interval(times.sample);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -166,7 +168,8 @@ pub(crate) async fn report(
             values: s.values.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         });
         batch.push(s);
-        if crossed || batch_started.elapsed() >= times.batch {
+        if crossed || first || batch_started.elapsed() >= times.batch {
+            first = false;
             reporter.metrics(std::mem::take(&mut batch));
             batch_started = Instant::now();
         }
