@@ -3,7 +3,7 @@
 //! - a change to a connected agent is applied and acknowledged within the call (`applied_at`,
 //!   "applied", a `node.state.applied` event, no "(pending)" in `croupier agents`);
 //! - a change to an agent whose tunnel is down is pending, shown as such, and applied when the
-//!   agent comes back;
+//!   agent comes back, which then takes calls again once set back to normal;
 //! - disabling a node fails its synchronous calls in flight with `NODE_DISABLED` at once.
 
 mod common;
@@ -99,6 +99,16 @@ async fn a_change_to_an_agent_offline_applies_when_it_returns() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Back to normal, the agent that registered in maintenance takes calls again.
+    let r = set_state(&mesh, "a2", "normal");
+    assert_eq!(r["delivery"], "applied", "{r}");
+    let client = mesh.client("client-c1").await;
+    let answer = client
+        .invoke("agent.ping", json!({}), &common::opts())
+        .await
+        .unwrap();
+    assert!(answer.success, "{} {}", answer.error_code, answer.error);
+    assert_eq!(answer.agent_id, "a2");
 }
 
 #[tokio::test]

@@ -58,7 +58,13 @@ impl Provider {
             .assignments
             .lock()
             .get(&inv.function_id)
-            .filter(|a| !a.enabled)
+            // Disabled by an assignment (not only by the node state, which the server checks
+            // when it routes, and which the map may not reflect yet).
+            .filter(|a| !a.enabled && !a.assignment_ids.is_empty())
+            .filter(|_| {
+                self.state.borrow().node_state
+                    == croupier_proto::common::v1::NodeState::Normal as i32
+            })
         {
             // The server routes around a disabled function; a call sent before the change
             // reached it is refused here.

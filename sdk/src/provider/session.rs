@@ -159,6 +159,12 @@ impl Provider {
                 Some(server_frame::Frame::StateChange(sc)) => {
                     if let Some(r) = sc.record {
                         self.apply_state(&r, &out_tx);
+                        // Whether each function is enabled here depends on the node state
+                        // too: fetch the assignments as they are now.
+                        croupier_proto::task::spawn(
+                            "assignments",
+                            self.fetch_assignments(control.clone()),
+                        );
                     }
                 }
                 Some(server_frame::Frame::Goaway(g)) => {
