@@ -269,6 +269,32 @@ async fn calls_and_jobs_through_another_replica_reach_the_owner() {
         calls(&ra).as_u64().unwrap() + 1,
         "the keyed pair ran the handler once"
     );
+
+    // A node state set through b reaches the agent on a (a relays it), and b reports it
+    // applied from the acknowledgement a recorded.
+    let admin_b = croupier_sdk::Client::connect(
+        &b_url,
+        &croupier_sdk::TlsFiles::from_dir(&mesh.certs(), "admin-ops"),
+    )
+    .await
+    .unwrap();
+    let r = admin_b
+        .set_node_state(
+            "a1",
+            croupier_proto::common::v1::NodeState::Maintenance,
+            "via b",
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.delivery, "applied", "{r:?}");
+    assert!(r.record.unwrap().applied_at > 0);
+    // The events live on a, which holds the agent.
+    let (code, events, err) = mesh.cli(
+        "client-c1",
+        &["events", "--json", "--node", "a1", "--type", "node.state."],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(events.contains("node.state.applied"), "{events}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

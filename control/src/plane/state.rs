@@ -121,9 +121,31 @@ impl ControlPlane {
             ));
         }
         let mut pb_record = common::NodeStateRecord::from(&record);
-        let delivery = match acked {
-            None => "pending: agent offline; it applies the state when it reconnects".to_string(),
-            Some((_, rx)) => match tokio::time::timeout(ACK_WAIT, rx).await {
+        let elsewhere = agent
+            .as_deref()
+            .map(|a| a.owner.clone())
+            .filter(|o| !o.is_empty() && *o != self.cfg.server_id);
+        let delivery = match (acked, elsewhere) {
+            // Another replica holds the agent's tunnel: it relays the change (within a second)
+            // and records when the agent applied it, which the view shows here.
+            (None, Some(owner)) => match self
+                .applied_elsewhere(&req.agent_id, record.changed_at)
+                .await
+            {
+                Some(applied_at) => {
+                    pb_record.applied_at = applied_at;
+                    "applied".to_string()
+                }
+                None => format!(
+                    "pending: server {owner} holds the agent's tunnel and relays the change; \
+                     the agent did not acknowledge within {} s",
+                    ACK_WAIT.as_secs()
+                ),
+            },
+            (None, None) => {
+                "pending: agent offline; it applies the state when it reconnects".to_string()
+            }
+            (Some((_, rx)), _) => match tokio::time::timeout(ACK_WAIT, rx).await {
                 Ok(Ok(applied_at)) => {
                     pb_record.applied_at = applied_at;
                     "applied".to_string()
@@ -140,6 +162,22 @@ impl ControlPlane {
             record: Some(pb_record),
             delivery,
         })
+    }
+
+    /// Waits (up to [`ACK_WAIT`]) until the view shows that the agent applied the change made
+    /// at `changed_at` (the replica holding its tunnel records it); when.
+    async fn applied_elsewhere(&self, agent_id: &str, changed_at: i64) -> Option<i64> {
+        let deadline = Instant::now() + ACK_WAIT;
+        loop {
+            let node = self.view.node(agent_id);
+            if node.changed_at == changed_at && node.applied_at > 0 {
+                return Some(node.applied_at);
+            }
+            if node.changed_at != changed_at || Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Sends `record` down `session`'s tunnel; the receiver gets the time the agent applied
