@@ -118,7 +118,7 @@ impl ControlPlane {
         let mut rec = AssignmentRecord::from_request(a).map_err(ControlError::BadRequest)?;
         self.may_assign(who, &rec.function_id, &rec.game_id, &rec.env)?;
         // Replacing one in another scope needs that scope too.
-        if let Some(old) = self.view.assignments().into_iter().find(|o| o.id == rec.id) {
+        if let Some(old) = self.view.assignment_by_id(&rec.id) {
             self.may_assign(who, &old.function_id, &old.game_id, &old.env)?;
         }
         self.audit.admit().map_err(ControlError::AuditUnavailable)?;
@@ -159,7 +159,7 @@ impl ControlPlane {
         req: pb::DeleteAssignmentRequest,
     ) -> Result<pb::DeleteAssignmentResponse, ControlError> {
         check_id("id", &req.id).map_err(ControlError::BadRequest)?;
-        let Some(old) = self.view.assignments().into_iter().find(|o| o.id == req.id) else {
+        let Some(old) = self.view.assignment_by_id(&req.id) else {
             return Ok(pb::DeleteAssignmentResponse { deleted: false });
         };
         self.may_assign(who, &old.function_id, &old.game_id, &old.env)?;

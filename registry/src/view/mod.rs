@@ -200,6 +200,11 @@ impl RegistryView {
         self.read().assignments_revision
     }
 
+    /// The assignment with this id.
+    pub fn assignment_by_id(&self, id: &str) -> Option<Arc<AssignmentRecord>> {
+        self.read().assignments.get(id).cloned()
+    }
+
     /// Every assignment, sorted by id.
     pub fn assignments(&self) -> Vec<Arc<AssignmentRecord>> {
         let mut all: Vec<_> = self.read().assignments.values().cloned().collect();

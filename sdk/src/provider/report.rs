@@ -47,9 +47,7 @@ impl Reporter {
     /// from the last.
     pub fn inventory(&self, inventory: NodeInventory) {
         *self.inner.inventory.lock() = Some(inventory.clone());
-        let mut queue = self.inner.queue.lock();
-        queue.retain(|f| !matches!(f.frame, Some(agent_frame::Frame::Inventory(_))));
-        drop(queue);
+        self.drop_queued_inventory();
         self.push(agent_frame::Frame::Inventory(Box::new(inventory)));
     }
 
@@ -108,12 +106,17 @@ impl Reporter {
     pub(crate) fn for_registration(&self) -> Option<NodeInventory> {
         let inventory = self.inner.inventory.lock().clone();
         if inventory.is_some() {
-            self.inner
-                .queue
-                .lock()
-                .retain(|f| !matches!(f.frame, Some(agent_frame::Frame::Inventory(_))));
+            self.drop_queued_inventory();
         }
         inventory
+    }
+
+    /// Drops an inventory frame still queued: a newer one (or the registration) replaces it.
+    fn drop_queued_inventory(&self) {
+        self.inner
+            .queue
+            .lock()
+            .retain(|f| !matches!(f.frame, Some(agent_frame::Frame::Inventory(_))));
     }
 
     /// Sends queued reports down `tunnel` until `over`; what the tunnel did not take stays

@@ -83,11 +83,7 @@ impl std::str::FromStr for Thresholds {
             let (k, v) = part
                 .split_once('=')
                 .ok_or_else(|| format!("{part:?}: write NAME=PERCENT, e.g. cpu=90"))?;
-            let v: f64 = v
-                .parse()
-                .ok()
-                .filter(|v| (0.0..=100.0).contains(v))
-                .ok_or_else(|| format!("{part:?}: the percentage must be 0-100"))?;
+            let v = percent(v).ok_or_else(|| format!("{part:?}: the percentage must be 0-100"))?;
             match k {
                 "cpu" => t.cpu = v,
                 "memory" => t.memory = v,
@@ -112,16 +108,20 @@ impl Thresholds {
             ("threshold.memory", &mut t.memory),
             ("threshold.disk", &mut t.disk),
         ] {
-            if let Some(v) = config
-                .get(key)
-                .and_then(|v| v.trim().parse::<f64>().ok())
-                .filter(|v| (0.0..=100.0).contains(v))
-            {
+            if let Some(v) = config.get(key).and_then(|v| percent(v)) {
                 *slot = v;
             }
         }
         t
     }
+}
+
+/// A percentage, 0-100.
+fn percent(text: &str) -> Option<f64> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| (0.0..=100.0).contains(v))
 }
 
 /// Counters kept between samples, for rates and counts over the interval.
