@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "croupier/common/v1/common.proto",
     "croupier/control/v1/fleet.proto",
     "croupier/control/v1/assignment.proto",
+    "croupier/control/v1/users.proto",
     "croupier/control/v1/control.proto",
     "croupier/function/v1/function.proto",
     "croupier/registry/v1/registry.proto",

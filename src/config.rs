@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub audit: Audit,
     /// The plain-HTTP port for machines (`/metrics`, `/healthz`, `/readyz`).
     pub http: Http,
+    /// The operator console (HTTPS, for browsers).
+    pub console: Console,
     /// Print the "croupier server listening on URL" lines on stdout (off for a server embedded
     /// in another command, such as `bench invoke --in-process --json`). Not a config key.
     #[serde(skip)]
@@ -188,6 +190,42 @@ pub struct Http {
     /// taken. `""` turns the port off. Expose it beyond the host only to your scrapers and probes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+}
+
+/// The operator console: the browser app on its own HTTPS port.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Console {
+    /// Address of the console (HTTPS with the server's certificate; people sign in with
+    /// `croupier user` accounts, scripts with `croupier token` tokens). Unset or `""`: off
+    /// (`croupier dev` turns it on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// A session ends after this long without a request. Default `30m`.
+    #[serde(with = "humantime_serde")]
+    pub session_idle: Duration,
+    /// A session ends this long after sign-in. Default `12h`.
+    #[serde(with = "humantime_serde")]
+    pub session_max: Duration,
+    /// Failed sign-ins for one user name or from one address before sign-ins for it are
+    /// refused for `login_lockout`. Default 5.
+    pub max_login_failures: u32,
+    /// How long failed sign-ins count, and how long a locked name or address waits. Default `5m`.
+    #[serde(with = "humantime_serde")]
+    pub login_lockout: Duration,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        let d = croupier_console::ConsoleConfig::default();
+        Console {
+            listen: None,
+            session_idle: d.session_idle,
+            session_max: d.session_max,
+            max_login_failures: d.max_login_failures,
+            login_lockout: d.login_lockout,
+        }
+    }
 }
 
 /// Span export over OTLP.
@@ -344,6 +382,7 @@ impl Default for ServerConfig {
             audit_log: true,
             audit: Audit::default(),
             http: Http::default(),
+            console: Console::default(),
             announce: true,
             otlp: Otlp::default(),
             store: StoreKind::Embedded,
@@ -379,6 +418,8 @@ const ENV_KEYS: &[&str] = &[
     "audit_log",
     "audit",
     "http",
+    "console",
+    "fleet",
     "store",
     "store_fsync",
     "etcd_endpoints",
@@ -443,6 +484,15 @@ impl ServerConfig {
         }
         if self.jobs.max_duration.is_zero() {
             bail!("jobs.max_duration must be > 0");
+        }
+        if self.console.session_idle.is_zero()
+            || self.console.session_max < self.console.session_idle
+            || self.console.max_login_failures == 0
+        {
+            bail!(
+                "console.session_idle must be > 0 and at most console.session_max, and \
+                 console.max_login_failures at least 1"
+            );
         }
         if self.default_timeout.is_zero() || self.default_timeout > self.max_timeout {
             bail!("default_timeout must be > 0 and at most max_timeout");

@@ -72,6 +72,21 @@ pub async fn run(
         None => None,
     };
     cfg.http.listen = Some(metrics_at.clone().unwrap_or_default());
+    let console_at = match args.console_listen.as_deref() {
+        Some("") => None,
+        Some(addr) => Some(addr.to_string()),
+        None => Some(
+            match tokio::net::TcpListener::bind("127.0.0.1:8445").await {
+                Ok(l) => l.local_addr()?,
+                Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await?
+                    .local_addr()?,
+            }
+            .to_string(),
+        ),
+    };
+    cfg.console.listen = console_at.clone();
+    let console_password = crate::console::ensure_dev_user(&dir, &store).await?;
 
     let stop = CancellationToken::new();
     let server_stop = stop.clone();
@@ -115,10 +130,21 @@ pub async fn run(
         || "off".to_string(),
         |a| format!("http://{a}/metrics (also /healthz, /readyz)"),
     );
+    let console = console_at.map_or_else(
+        || "off".to_string(),
+        |a| {
+            format!(
+                "https://{a}/ (sign in as admin, password {console_password}; the browser \
+                 trusts it once you accept or import {}/ca.pem)",
+                certs.display()
+            )
+        },
+    );
     println!(
         "\nCroupier dev mesh is up.\n\
          \x20 server:       {url} (embedded store in {data})\n\
          \x20 metrics:      {metrics}\n\
+         \x20 console:      {console}\n\
          \x20 agent:        {agent}, serving {count} functions: {served}\n\
          \x20 certificates: {certs} (client-dev, admin-admin, agent-{agent})\n\n\
          Try, in another terminal:\n\

@@ -6,6 +6,7 @@
 //! - [`server`] — [`server::serve`], the control plane on one TLS listener.
 //! - [`gate`] — TLS accept with the limits that hold before authentication.
 //! - [`http`] — the plain-HTTP port for machines: `/metrics`, `/healthz`, `/readyz`.
+//! - [`console`] — starts the operator console beside the mTLS port; `croupier dev`'s user.
 //! - [`metrics`] — the server's metric names, the Prometheus recorder, scrape-time gauges.
 //! - [`rpc_metrics`] — the tower layer that counts and times every rpc.
 //! - [`otel`] — span export over OTLP (`--otlp-endpoint`).
@@ -25,6 +26,7 @@ pub mod certs;
 pub mod child;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod dev;
 pub mod gate;
 pub mod http;

@@ -89,6 +89,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(h) = &args.http_listen {
                 cfg.http.listen = Some(h.clone());
             }
+            if let Some(c) = &args.console_listen {
+                cfg.console.listen = Some(c.clone());
+            }
             if let Some(e) = &args.otlp_endpoint {
                 cfg.otlp.endpoint = Some(e.clone());
             }
@@ -183,6 +186,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Node(cmd) => cli::node::run(cmd).await?,
         Command::Events(args) => cli::fleet::events(args).await?,
         Command::Assign(cmd) => cli::assign::run(cmd).await?,
+        Command::User(cmd) => cli::user::run_user(cmd).await?,
+        Command::Token(cmd) => cli::user::run_token(cmd).await?,
         Command::Policy(cmd) => return cli::policy::run(cmd).await,
         Command::Approval(cmd) => cli::approval::run(cmd).await?,
         Command::Audit(cmd) => return cli::audit::run(cmd).await,

@@ -63,10 +63,18 @@ pub fn server_tls(dir: &std::path::Path) -> anyhow::Result<ServerTlsConfig> {
         .client_ca_root(Certificate::from_pem(read("ca.pem")?)))
 }
 
-/// The rustls configuration of the one port, from `ca.pem`, `server.pem` and `server.key` in
-/// `dir`: the server's certificate, a client certificate signed by the CA required, HTTP/2.
-pub fn rustls_config(dir: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let read = |name: &str| {
+/// The server's certificate chain and key from `server.pem` and `server.key` in `dir`, and a
+/// reader of the directory's other files that names the file and the fix when one is missing.
+#[allow(clippy::type_complexity)]
+pub fn server_cert(
+    dir: &std::path::Path,
+) -> anyhow::Result<(
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+    impl Fn(&str) -> anyhow::Result<Vec<u8>>,
+)> {
+    let dir = dir.to_path_buf();
+    let read = move |name: &str| {
         let p = dir.join(name);
         std::fs::read(&p).with_context(|| {
             format!(
@@ -82,6 +90,13 @@ pub fn rustls_config(dir: &std::path::Path) -> anyhow::Result<Arc<rustls::Server
     let key = rustls_pemfile::private_key(&mut read("server.key")?.as_slice())
         .context("parsing server.key")?
         .context("server.key holds no private key")?;
+    Ok((certs, key, read))
+}
+
+/// The rustls configuration of the one port, from `ca.pem`, `server.pem` and `server.key` in
+/// `dir`: the server's certificate, a client certificate signed by the CA required, HTTP/2.
+pub fn rustls_config(dir: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let (certs, key, read) = server_cert(dir)?;
     let mut roots = rustls::RootCertStore::empty();
     for ca in rustls_pemfile::certs(&mut read("ca.pem")?.as_slice()) {
         roots.add(ca.context("parsing ca.pem")?)?;
@@ -370,9 +385,9 @@ async fn serve_on(
     let ident = move |req| resolver.intercept(req);
     let max = cfg.limits.max_message_bytes;
     let watches = CancellationToken::new();
-    let control_svc = ControlServiceServer::new(
-        ControlServer::new(control.clone()).with_resolver(tunnels_resolver),
-    )
+    let control_server =
+        Arc::new(ControlServer::new(control.clone()).with_resolver(tunnels_resolver));
+    let control_svc = ControlServiceServer::from_arc(control_server.clone())
     .accept_compressed(GZIP)
     .send_compressed(GZIP)
     .max_decoding_message_size(max)
@@ -383,19 +398,21 @@ async fn serve_on(
         invoker.clone(),
         audit.clone(),
     ));
-    let function_svc = FunctionServiceServer::new(
+    let function_server = Arc::new(
         FunctionServer::new(invoker, jobs.clone(), pipelines, approvals)
             .with_server_id(&cfg.server_id),
-    )
+    );
+    let function_svc = FunctionServiceServer::from_arc(function_server.clone())
     .accept_compressed(GZIP)
     .send_compressed(GZIP)
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
-    let registry_svc = RegistryServiceServer::new(
+    let registry_server = Arc::new(
         RegistryServer::new(view.clone(), control.clone(), watches.clone())
             .with_max_message_bytes(max)
             .with_info(server_info(&cfg)),
-    )
+    );
+    let registry_svc = RegistryServiceServer::from_arc(registry_server.clone())
     .accept_compressed(GZIP)
     .send_compressed(GZIP)
     .max_decoding_message_size(max)
@@ -470,6 +487,18 @@ async fn serve_on(
             println!("croupier metrics on http://{at}/metrics");
         }
     }
+    crate::console::start(
+        &cfg,
+        croupier_console::Backend {
+            control: control_server,
+            function: function_server,
+            registry: registry_server,
+            store: store.clone(),
+            audit: audit.clone(),
+        },
+        background.child_token(),
+    )
+    .await?;
     tracing::info!(%addr, server_id = %cfg.server_id, %advertise, store = ?cfg.store, "croupier server listening");
     if cfg.announce {
         println!("croupier server listening on https://{addr}");

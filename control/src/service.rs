@@ -148,6 +148,62 @@ impl ControlService for ControlServer {
     }
 
     #[tracing::instrument(skip_all)]
+    async fn put_user(
+        &self,
+        request: Request<pb::PutUserRequest>,
+    ) -> Result<Response<pb::PutUserResponse>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            self.plane.put_user(&who, request.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::DeleteUserResponse>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            self.plane.delete_user(&who, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(self.plane.list_users(&who).await?))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            self.plane.create_token(&who, request.into_inner()).await?,
+        ))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(
+            self.plane.revoke_token(&who, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let who = caller(&request)?;
+        Ok(Response::new(self.plane.list_tokens(&who).await?))
+    }
+
     async fn put_policy(
         &self,
         request: Request<pb::PutPolicyRequest>,

@@ -12,6 +12,7 @@
 //! - [`policy`] — the admin policy: rules, roles and approvals, and the decisions they make.
 //! - [`service`] — the `RegistryService` handler.
 //! - [`metrics`] — the names of the watch metrics it records.
+//! - [`users`] — console users (argon2id password hashes) and API tokens as stored.
 
 // Library code handles its errors; tests may unwrap.
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -26,4 +27,5 @@ pub mod policy;
 pub mod schema;
 pub mod service;
 pub mod store;
+pub mod users;
 pub mod view;

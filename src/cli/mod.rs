@@ -16,6 +16,7 @@
 //! - `policy`, `approval`, `audit` — governance: the admin policy, two-person approvals, the
 //!   audit log.
 //! - `store` — `croupier store …`.
+//! - `user` — `croupier user …` and `croupier token …`: the console's users and API tokens.
 //! - `certs` — the arguments of `certs init`.
 //! - `exit` — the exit codes, one per class of outcome.
 //! - `tests` — the contract on the argument tree (`--json` everywhere).
@@ -37,6 +38,7 @@ pub mod registry;
 pub mod serve;
 pub mod stats;
 pub mod store;
+pub mod user;
 #[cfg(test)]
 mod tests;
 
@@ -143,6 +145,13 @@ pub enum Command {
     /// The audit log: list a server's records, verify a log's hash chain.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Console users (argon2id passwords): add, passwd, remove, list (admin certificate).
+    #[command(subcommand)]
+    User(user::UserCommand),
+    /// API tokens for scripts using the console's API: create, revoke, list (admin
+    /// certificate).
+    #[command(subcommand)]
+    Token(user::TokenCommand),
     /// Certificates.
     #[command(subcommand)]
     Certs(CertsCommand),

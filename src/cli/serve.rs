@@ -21,6 +21,11 @@ pub struct ServerArgs {
     #[arg(long)]
     #[serde(skip)]
     pub http_listen: Option<String>,
+    /// HTTPS address of the operator console (config `[console] listen`; off unless given).
+    /// People sign in with `croupier user add` accounts, scripts with `croupier token create`.
+    #[arg(long)]
+    #[serde(skip)]
+    pub console_listen: Option<String>,
     /// OTLP gRPC receiver to export spans to, http://HOST:PORT (config `[otlp] endpoint`;
     /// off unless given).
     #[arg(long, env = "CROUPIER_OTLP_ENDPOINT")]
@@ -162,4 +167,8 @@ pub struct DevArgs {
     /// when that is taken; "" turns it off).
     #[arg(long)]
     pub http_listen: Option<String>,
+    /// HTTPS address of the operator console (default 127.0.0.1:8445, a free port when that
+    /// is taken; "" turns it off).
+    #[arg(long)]
+    pub console_listen: Option<String>,
 }

@@ -213,7 +213,7 @@ impl ControlPlane {
     }
 }
 
-fn require_admin(who: &Identity, what: &str) -> Result<(), ControlError> {
+pub(super) fn require_admin(who: &Identity, what: &str) -> Result<(), ControlError> {
     if who.role == Role::Admin {
         Ok(())
     } else {

@@ -16,6 +16,8 @@
 //!   `ListAssignments`, and telling agents theirs changed.
 //! - `fleet` — node events and inventories: recorded, read, followed, compared.
 //! - `governance` — `GetPolicy`, `PutPolicy`, `TestPolicy` and `ListAudit`.
+//! - `users` — console users and API tokens: `PutUser`, `DeleteUser`, `ListUsers`,
+//!   `CreateToken`, `RevokeToken`, `ListTokens`.
 
 mod assign;
 mod fleet;
@@ -25,6 +27,7 @@ mod register;
 mod session;
 mod state;
 mod tunnel;
+mod users;
 
 pub use register::check_descriptor;
 pub use session::Frames;
