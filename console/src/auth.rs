@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use croupier_control::audit::AuditRecord;
@@ -240,13 +240,21 @@ async fn token_principal(console: &Console, bearer: &str) -> Result<Principal, R
     })
 }
 
-fn same_origin(headers: &HeaderMap) -> bool {
+/// True unless the request names an `Origin` other than the host it was sent to (the
+/// `Host` header in HTTP/1.1, the `:authority` in HTTP/2).
+fn same_origin(headers: &HeaderMap, uri: &Uri) -> bool {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return true;
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
+    let host = uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
         .unwrap_or_default();
     origin == format!("https://{host}")
 }
@@ -315,7 +323,7 @@ pub async fn authenticate(
             .get(CSRF_HEADER)
             .map(HeaderValue::as_bytes)
             .unwrap_or_default();
-        if !bool::from(sent.ct_eq(csrf.as_bytes())) || !same_origin(headers) {
+        if !bool::from(sent.ct_eq(csrf.as_bytes())) || !same_origin(headers, req.uri()) {
             return error(
                 StatusCode::FORBIDDEN,
                 "CSRF",
@@ -363,10 +371,11 @@ pub struct Login {
 pub async fn login(
     State(console): State<Arc<Console>>,
     axum::Extension(peer): axum::Extension<Peer>,
+    uri: Uri,
     headers: HeaderMap,
     Json(body): Json<Login>,
 ) -> Response {
-    if !same_origin(&headers) {
+    if !same_origin(&headers, &uri) {
         return error(StatusCode::FORBIDDEN, "CSRF", "sign-in from a foreign origin");
     }
     let via_code = !body.code.is_empty();

@@ -7,8 +7,9 @@
 //! scopes, approvals and the audit apply exactly as they do to a certificate. Only the rpcs in
 //! [`METHODS`] are reachable; agents' rpcs (`RegisterAgent`, `Connect`…) are not.
 //!
-//! A failed rpc answers `{"code", "message", "reason"}` with an HTTP status for its gRPC code;
-//! `reason` is the `ErrorInfo` reason the handler attached (`APPROVAL_REQUIRED`…).
+//! A failed rpc answers `{"code", "message", "reason", "details"}` with an HTTP status for its gRPC code;
+//! `reason` and `details` are the `ErrorInfo` the handler attached (`APPROVAL_REQUIRED` with
+//! the approval id…).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -99,19 +100,31 @@ pub fn status_response(status: &tonic::Status) -> Response {
         Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    let reason = status
-        .get_details_error_info()
-        .map(|i| i.reason)
-        .unwrap_or_default();
+    let info = status.get_details_error_info();
+    let reason = info.as_ref().map(|i| i.reason.clone()).unwrap_or_default();
+    let details = info.map(|i| i.metadata).unwrap_or_default();
     (
         http,
         Json(json!({
-            "code": format!("{:?}", status.code()),
+            "code": crate::rpc::code_name(status.code()),
             "message": status.message(),
             "reason": reason,
+            "details": details,
         })),
     )
         .into_response()
+}
+
+/// A gRPC code as its canonical name: `NOT_FOUND`, `INVALID_ARGUMENT`…
+pub fn code_name(code: tonic::Code) -> String {
+    let mut out = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
 }
 
 impl Transcoder {
@@ -343,5 +356,7 @@ mod tests {
         assert_eq!(err.0.status(), StatusCode::BAD_REQUEST);
         assert!(Transcoder::decode::<fpb::GetJobRequest>(m.input(), b"{").is_err());
         assert!(t.method("RegisterAgent").is_none());
+        assert_eq!(code_name(tonic::Code::InvalidArgument), "INVALID_ARGUMENT");
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
     }
 }

@@ -32,7 +32,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/api/rpc/{method}", post(rpc::call))
         .route("/api/stream/{method}", get(stream::stream))
         .route("/api/audit/verify", get(rpc::verify_audit))
-        .layer(axum::middleware::from_fn_with_state(
+        .route_layer(axum::middleware::from_fn_with_state(
             console.clone(),
             auth::authenticate,
         ));

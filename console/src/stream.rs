@@ -60,7 +60,7 @@ where
             Err(status) => {
                 *failed = true;
                 Event::default().event("error").data(
-                    json!({"code": format!("{:?}", status.code()), "message": status.message()})
+                    json!({"code": crate::rpc::code_name(status.code()), "message": status.message()})
                         .to_string(),
                 )
             }
