@@ -12,9 +12,11 @@
 #   6. checks that the Rust build needs no system protoc (scripts/check-no-protoc.sh), runs
 #      cargo fmt --check, cargo clippy -D warnings and cargo test --workspace with
 #      CROUPIER_REQUIRE_DOCKER=1, CROUPIER_REQUIRE_ETCD=1, CROUPIER_REQUIRE_PROMETHEUS=1 and
-#      CROUPIER_REQUIRE_NATS=1
-#      (tests fail instead of skipping),
-#   7. runs scripts/python-test.sh (the Python asyncio SDK: wheel, mypy --strict, pytest against
+#      CROUPIER_REQUIRE_NATS=1 and CROUPIER_REQUIRE_TESTBED=1 (tests fail instead of skipping;
+#      the last covers the test bed: deploy/compose run with docker-compose on a locally built
+#      image, and network faults in namespaces, see scripts/testbed.sh),
+#   7. runs scripts/deploy-check.sh (systemd-analyze verify, offline Kubernetes schema
+#      validation), scripts/python-test.sh (the Python asyncio SDK: wheel, mypy --strict, pytest against
 #      real servers) and scripts/clients-test.sh (the Go, C++ and Python clients and the Python
 #      provider against a live server and agent); skipped when extra cargo args are given.
 #
@@ -74,6 +76,11 @@ needs=(
     "nats-server:nats-server"
     "g++:g++"
     "ca-certificates:/etc/ssl/certs/ca-certificates.crt"
+    # The distributed test bed (tests/testbed_compose.rs, tests/netfaults.rs, deploy-check.sh).
+    "debootstrap:debootstrap"
+    "docker-compose:docker-compose"
+    "iptables:iptables"
+    "systemd:systemd-analyze"
 )
 # Go comes with the machine (/usr/local/go); Debian's golang-go is only a last resort (old).
 command -v go >/dev/null 2>&1 || needs+=("golang-go:go")
@@ -243,6 +250,7 @@ export CROUPIER_REQUIRE_DOCKER=1
 export CROUPIER_REQUIRE_ETCD=1
 export CROUPIER_REQUIRE_PROMETHEUS=1
 export CROUPIER_REQUIRE_NATS=1
+export CROUPIER_REQUIRE_TESTBED=1
 
 section "the Rust build needs no system protoc"
 # The protoc every build script runs (.cargo/config.toml's PROTOC): the vendored one.
@@ -265,6 +273,8 @@ if [[ $# -gt 0 ]]; then
     exit 0
 fi
 cargo build --bin croupier
+# deploy/systemd and deploy/k8s, checked offline (the compose file runs in cargo test).
+"$ROOT/scripts/deploy-check.sh" --bin "$ROOT/target/debug/croupier"
 CROUPIER_BIN="$ROOT/target/debug/croupier" "$ROOT/scripts/python-test.sh"
 CROUPIER_BIN="$ROOT/target/debug/croupier" "$ROOT/scripts/clients-test.sh"
 echo

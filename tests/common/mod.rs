@@ -4,7 +4,9 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod netns;
 pub mod otlp;
+pub mod testbed;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
