@@ -17,7 +17,8 @@
 #      image, and network faults in namespaces, see scripts/testbed.sh),
 #   7. runs scripts/deploy-check.sh (systemd-analyze verify, offline Kubernetes schema
 #      validation), scripts/python-test.sh (the Python asyncio SDK: wheel, mypy --strict, pytest against
-#      real servers) and scripts/clients-test.sh (the Go, C++ and Python clients and the Python
+#      real servers), scripts/console-test.sh (the operator console in headless Chromium) and
+#      scripts/clients-test.sh (the Go, C++ and Python clients and the Python
 #      provider against a live server and agent); skipped when extra cargo args are given.
 #
 # Usage: scripts/test.sh [extra args passed to `cargo test --workspace`]
@@ -74,6 +75,8 @@ needs=(
     "iproute2:ip"
     "prometheus:prometheus"
     "nats-server:nats-server"
+    "chromium:chromium"
+    "chromium-driver:chromedriver"
     "g++:g++"
     "ca-certificates:/etc/ssl/certs/ca-certificates.crt"
     # The distributed test bed (tests/testbed_compose.rs, tests/netfaults.rs, deploy-check.sh).
@@ -276,6 +279,7 @@ cargo build --bin croupier
 # deploy/systemd and deploy/k8s, checked offline (the compose file runs in cargo test).
 "$ROOT/scripts/deploy-check.sh" --bin "$ROOT/target/debug/croupier"
 CROUPIER_BIN="$ROOT/target/debug/croupier" "$ROOT/scripts/python-test.sh"
+CROUPIER_BIN="$ROOT/target/debug/croupier" "$ROOT/scripts/console-test.sh"
 CROUPIER_BIN="$ROOT/target/debug/croupier" "$ROOT/scripts/clients-test.sh"
 echo
 echo "all done in $((SECONDS - START_TS)) s"

@@ -72,9 +72,16 @@ pub async fn run(
         None => None,
     };
     cfg.http.listen = Some(metrics_at.clone().unwrap_or_default());
+    // Bound here to learn the port (also of ":0"), so the banner can say where it is.
     let console_at = match args.console_listen.as_deref() {
         Some("") => None,
-        Some(addr) => Some(addr.to_string()),
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the console's address {addr}"))?
+                .local_addr()?
+                .to_string(),
+        ),
         None => Some(
             match tokio::net::TcpListener::bind("127.0.0.1:8445").await {
                 Ok(l) => l.local_addr()?,

@@ -254,3 +254,31 @@ def test_api_tokens_work_until_revoked(mesh: Mesh) -> None:
     mesh.cli("admin-admin", "token", "revoke", token_id)
     status, _, body = api.request("POST", "/api/rpc/ListAgents", {}, {"Authorization": f"Bearer {secret}"})
     assert status == 401, body
+
+
+def test_croupier_dev_opens_a_working_console(browser: WebDriver, tmp_path: Path) -> None:
+    """`croupier dev` prints the console's URL and credentials, and they work as printed."""
+    import re
+    import subprocess
+
+    from conftest import BIN
+
+    p = subprocess.Popen(
+        [BIN, "dev", "--dir", str(tmp_path), "--listen", "127.0.0.1:0", "--http-listen", "",
+         "--console-listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        banner = Mesh.read_until(p, "Press Ctrl-C")
+        m = re.search(r"console:\s+(https://\S+)/ \(sign in as (\S+), password (\S+);", banner)
+        assert m, banner
+        url, user, password = m.groups()
+        browser.get(url + "/")
+        wait(browser).until(ec.visibility_of_element_located((By.ID, "login-user"))).send_keys(user)
+        browser.find_element(By.ID, "login-password").send_keys(password)
+        browser.find_element(By.ID, "login-submit").click()
+        row = wait(browser, 30).until(ec.presence_of_element_located((By.CSS_SELECTOR, "tr[data-agent=dev-agent]")))
+        assert "online" in row.text
+    finally:
+        p.terminate()
+        p.wait(timeout=20)
