@@ -3,6 +3,7 @@ from croupier.common.v1 import common_pb2 as _common_pb2
 from croupier.function.v1 import function_pb2 as _function_pb2
 from croupier.control.v1 import fleet_pb2 as _fleet_pb2
 from croupier.control.v1 import assignment_pb2 as _assignment_pb2
+from croupier.control.v1 import users_pb2 as _users_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message

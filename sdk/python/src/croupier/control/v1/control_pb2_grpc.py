@@ -6,6 +6,7 @@ import warnings
 from croupier.control.v1 import assignment_pb2 as croupier_dot_control_dot_v1_dot_assignment__pb2
 from croupier.control.v1 import control_pb2 as croupier_dot_control_dot_v1_dot_control__pb2
 from croupier.control.v1 import fleet_pb2 as croupier_dot_control_dot_v1_dot_fleet__pb2
+from croupier.control.v1 import users_pb2 as croupier_dot_control_dot_v1_dot_users__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -111,6 +112,36 @@ class ControlServiceStub:
                 '/croupier.control.v1.ControlService/QueryNodeMetrics',
                 request_serializer=croupier_dot_control_dot_v1_dot_fleet__pb2.QueryNodeMetricsRequest.SerializeToString,
                 response_deserializer=croupier_dot_control_dot_v1_dot_fleet__pb2.QueryNodeMetricsResponse.FromString,
+                _registered_method=True)
+        self.PutUser = channel.unary_unary(
+                '/croupier.control.v1.ControlService/PutUser',
+                request_serializer=croupier_dot_control_dot_v1_dot_users__pb2.PutUserRequest.SerializeToString,
+                response_deserializer=croupier_dot_control_dot_v1_dot_users__pb2.PutUserResponse.FromString,
+                _registered_method=True)
+        self.DeleteUser = channel.unary_unary(
+                '/croupier.control.v1.ControlService/DeleteUser',
+                request_serializer=croupier_dot_control_dot_v1_dot_users__pb2.DeleteUserRequest.SerializeToString,
+                response_deserializer=croupier_dot_control_dot_v1_dot_users__pb2.DeleteUserResponse.FromString,
+                _registered_method=True)
+        self.ListUsers = channel.unary_unary(
+                '/croupier.control.v1.ControlService/ListUsers',
+                request_serializer=croupier_dot_control_dot_v1_dot_users__pb2.ListUsersRequest.SerializeToString,
+                response_deserializer=croupier_dot_control_dot_v1_dot_users__pb2.ListUsersResponse.FromString,
+                _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/croupier.control.v1.ControlService/CreateToken',
+                request_serializer=croupier_dot_control_dot_v1_dot_users__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=croupier_dot_control_dot_v1_dot_users__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/croupier.control.v1.ControlService/RevokeToken',
+                request_serializer=croupier_dot_control_dot_v1_dot_users__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=croupier_dot_control_dot_v1_dot_users__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/croupier.control.v1.ControlService/ListTokens',
+                request_serializer=croupier_dot_control_dot_v1_dot_users__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=croupier_dot_control_dot_v1_dot_users__pb2.ListTokensResponse.FromString,
                 _registered_method=True)
 
 
@@ -230,6 +261,48 @@ class ControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutUser(self, request, context):
+        """Creates or updates a console user (admins; audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUser(self, request, context):
+        """Removes a console user (admins; audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUsers(self, request, context):
+        """Lists console users (admins).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateToken(self, request, context):
+        """Creates an API token and returns its secret once (admins; audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Revokes an API token (admins; audited).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Lists API tokens without their secrets (admins).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -307,6 +380,36 @@ def add_ControlServiceServicer_to_server(servicer, server):
                     servicer.QueryNodeMetrics,
                     request_deserializer=croupier_dot_control_dot_v1_dot_fleet__pb2.QueryNodeMetricsRequest.FromString,
                     response_serializer=croupier_dot_control_dot_v1_dot_fleet__pb2.QueryNodeMetricsResponse.SerializeToString,
+            ),
+            'PutUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutUser,
+                    request_deserializer=croupier_dot_control_dot_v1_dot_users__pb2.PutUserRequest.FromString,
+                    response_serializer=croupier_dot_control_dot_v1_dot_users__pb2.PutUserResponse.SerializeToString,
+            ),
+            'DeleteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUser,
+                    request_deserializer=croupier_dot_control_dot_v1_dot_users__pb2.DeleteUserRequest.FromString,
+                    response_serializer=croupier_dot_control_dot_v1_dot_users__pb2.DeleteUserResponse.SerializeToString,
+            ),
+            'ListUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUsers,
+                    request_deserializer=croupier_dot_control_dot_v1_dot_users__pb2.ListUsersRequest.FromString,
+                    response_serializer=croupier_dot_control_dot_v1_dot_users__pb2.ListUsersResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=croupier_dot_control_dot_v1_dot_users__pb2.CreateTokenRequest.FromString,
+                    response_serializer=croupier_dot_control_dot_v1_dot_users__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=croupier_dot_control_dot_v1_dot_users__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=croupier_dot_control_dot_v1_dot_users__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=croupier_dot_control_dot_v1_dot_users__pb2.ListTokensRequest.FromString,
+                    response_serializer=croupier_dot_control_dot_v1_dot_users__pb2.ListTokensResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -715,6 +818,168 @@ class ControlService:
             '/croupier.control.v1.ControlService/QueryNodeMetrics',
             croupier_dot_control_dot_v1_dot_fleet__pb2.QueryNodeMetricsRequest.SerializeToString,
             croupier_dot_control_dot_v1_dot_fleet__pb2.QueryNodeMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.control.v1.ControlService/PutUser',
+            croupier_dot_control_dot_v1_dot_users__pb2.PutUserRequest.SerializeToString,
+            croupier_dot_control_dot_v1_dot_users__pb2.PutUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.control.v1.ControlService/DeleteUser',
+            croupier_dot_control_dot_v1_dot_users__pb2.DeleteUserRequest.SerializeToString,
+            croupier_dot_control_dot_v1_dot_users__pb2.DeleteUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.control.v1.ControlService/ListUsers',
+            croupier_dot_control_dot_v1_dot_users__pb2.ListUsersRequest.SerializeToString,
+            croupier_dot_control_dot_v1_dot_users__pb2.ListUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.control.v1.ControlService/CreateToken',
+            croupier_dot_control_dot_v1_dot_users__pb2.CreateTokenRequest.SerializeToString,
+            croupier_dot_control_dot_v1_dot_users__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.control.v1.ControlService/RevokeToken',
+            croupier_dot_control_dot_v1_dot_users__pb2.RevokeTokenRequest.SerializeToString,
+            croupier_dot_control_dot_v1_dot_users__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/croupier.control.v1.ControlService/ListTokens',
+            croupier_dot_control_dot_v1_dot_users__pb2.ListTokensRequest.SerializeToString,
+            croupier_dot_control_dot_v1_dot_users__pb2.ListTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,
