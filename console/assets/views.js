@@ -369,6 +369,8 @@ async function job(main, id) {
   const logs = h('pre', { 'data-testid': 'job-log' });
   const steps = h('tbody', {});
   const stepRows = new Map();
+  const stepBox = h('div', { hidden: true }, h('h2', {}, 'Steps'),
+    h('table', { 'data-testid': 'job-steps' }, h('thead', {}, h('tr', {}, h('th', {}, 'Step'), h('th', {}, 'Status'), h('th', {}, 'Message'))), steps));
   const result = h('div', { 'data-testid': 'job-result' });
   const reason = h('input', { id: 'cancel-reason', placeholder: 'why', 'aria-label': 'Cancel reason' });
   const cancel = h('button', { type: 'button', class: 'danger', id: 'cancel-job' }, 'Cancel job');
@@ -384,7 +386,7 @@ async function job(main, id) {
     h('p', {}, `${rec.function_id} on ${rec.agent_id} · ${rec.game_id}/${rec.env} · started by ${rec.caller} at ${when(rec.created_at)} · `, status),
     h('div', { class: 'progress', role: 'progressbar', 'aria-label': 'Progress' }, bar), pct,
     h('div', { class: 'filters' }, reason, cancel),
-    h('h2', {}, 'Steps'), h('table', { 'data-testid': 'job-steps' }, h('thead', {}, h('tr', {}, h('th', {}, 'Step'), h('th', {}, 'Status'), h('th', {}, 'Message'))), steps),
+    stepBox,
     h('h2', {}, 'Log'), logs, h('h2', {}, 'Result'), result);
   const show = (ev) => {
     const type = ev.type || 'START';
@@ -396,7 +398,7 @@ async function job(main, id) {
     }
     if (data.step !== undefined && (data.status || data.step_status)) {
       const key = String(data.step);
-      if (!stepRows.has(key)) { const row = h('tr', {}); stepRows.set(key, row); steps.append(row); }
+      if (!stepRows.has(key)) { const row = h('tr', {}); stepRows.set(key, row); steps.append(row); stepBox.hidden = false; }
       stepRows.get(key).replaceChildren(h('td', {}, key), h('td', {}, data.status || data.step_status), h('td', {}, ev.message || ''));
     }
     if (ev.message) logs.append(`${when(ev.timestamp)} ${type} ${ev.message}\n`);

@@ -121,7 +121,10 @@ impl AuthState {
         let mut wait = None;
         for key in keys {
             if let Some(q) = failures.get_mut(key) {
-                while q.front().is_some_and(|t| now.duration_since(*t) >= self.lockout) {
+                while q
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= self.lockout)
+                {
                     q.pop_front();
                 }
                 if q.len() >= self.max_failures
@@ -139,7 +142,10 @@ impl AuthState {
     fn fail(&self, keys: &[String]) {
         let mut failures = self.failures.lock();
         for key in keys {
-            failures.entry(key.clone()).or_default().push_back(Instant::now());
+            failures
+                .entry(key.clone())
+                .or_default()
+                .push_back(Instant::now());
         }
     }
 
@@ -376,7 +382,11 @@ pub async fn login(
     Json(body): Json<Login>,
 ) -> Response {
     if !same_origin(&headers, &uri) {
-        return error(StatusCode::FORBIDDEN, "CSRF", "sign-in from a foreign origin");
+        return error(
+            StatusCode::FORBIDDEN,
+            "CSRF",
+            "sign-in from a foreign origin",
+        );
     }
     let via_code = !body.code.is_empty();
     let code_user = if via_code {
@@ -388,7 +398,10 @@ pub async fn login(
         None
     };
     let name = code_user.clone().unwrap_or_else(|| body.user.clone());
-    let keys = [format!("user:{name}"), format!("ip:{}", ip_key(peer.0.ip()))];
+    let keys = [
+        format!("user:{name}"),
+        format!("ip:{}", ip_key(peer.0.ip())),
+    ];
     let outcome = if let Some(wait) = console.auth.locked_for(&keys) {
         Err((
             error(
@@ -410,12 +423,13 @@ pub async fn login(
         .backend
         .audit
         .record(
-            AuditRecord::new(format!("console:{name}"), "login", name.clone()).details(json!({
-                "from": peer.0.ip().to_string(),
-                "via": if via_code { "link" } else { "password" },
-                "outcome": audit_outcome,
-            }))
-            .outcome(audit_outcome),
+            AuditRecord::new(format!("console:{name}"), "login", name.clone())
+                .details(json!({
+                    "from": peer.0.ip().to_string(),
+                    "via": if via_code { "link" } else { "password" },
+                    "outcome": audit_outcome,
+                }))
+                .outcome(audit_outcome),
         )
         .await;
     match outcome {

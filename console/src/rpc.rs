@@ -68,18 +68,26 @@ pub struct Transcoder {
     pool: DescriptorPool,
 }
 
-/// A failed rpc or a body that does not decode, as an HTTP answer.
-pub struct ApiError(pub Response);
+/// A failed rpc or a body that does not decode, as an HTTP answer (boxed: an error path
+/// need not make every `Result` large).
+#[derive(Debug)]
+pub struct ApiError(pub Box<Response>);
+
+impl From<Response> for ApiError {
+    fn from(resp: Response) -> Self {
+        ApiError(Box::new(resp))
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        self.0
+        *self.0
     }
 }
 
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
-        ApiError(status_response(&status))
+        ApiError::from(status_response(&status))
     }
 }
 
@@ -157,7 +165,7 @@ impl Transcoder {
         body: &[u8],
     ) -> Result<T, ApiError> {
         let bad = |e: String| {
-            ApiError(error(
+            ApiError::from(error(
                 StatusCode::BAD_REQUEST,
                 "INVALID_ARGUMENT",
                 format!("the body is not a valid {}: {e}", desc.full_name()),
@@ -229,17 +237,21 @@ pub async fn call(
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Some(m) = console.rpc.method(&name) else {
-        return Err(ApiError(error(
+        return Err(ApiError::from(error(
             StatusCode::NOT_FOUND,
             "UNKNOWN_RPC",
             format!(
                 "the console does not forward {name:?}; it forwards: {}",
-                METHODS.iter().map(|(_, m)| *m).collect::<Vec<_>>().join(", ")
+                METHODS
+                    .iter()
+                    .map(|(_, m)| *m)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )));
     };
     if m.is_server_streaming() {
-        return Err(ApiError(error(
+        return Err(ApiError::from(error(
             StatusCode::BAD_REQUEST,
             "STREAMING_RPC",
             format!("{name} streams: read it with GET /api/stream/{name}"),
@@ -275,7 +287,7 @@ pub async fn call(
         "GetRegistrations" => unary(&m, &body, who, |q| r.get_registrations(q)).await,
         "ListAgents" => unary(&m, &body, who, |q| r.list_agents(q)).await,
         "GetServerInfo" => unary(&m, &body, who, |q| r.get_server_info(q)).await,
-        _ => Err(ApiError(error(
+        _ => Err(ApiError::from(error(
             StatusCode::NOT_FOUND,
             "UNKNOWN_RPC",
             format!("{name} is listed but not dispatched"),
@@ -303,7 +315,12 @@ pub async fn verify_audit(
         ))
         .await?
         .into_inner();
-    let Some(path) = console.backend.audit.path().map(std::path::Path::to_path_buf) else {
+    let Some(path) = console
+        .backend
+        .audit
+        .path()
+        .map(std::path::Path::to_path_buf)
+    else {
         return Ok(Json(json!({"enabled": false})));
     };
     let checkpoint = (head.checkpoint_seq > 0).then(|| chain::Head {
@@ -314,7 +331,13 @@ pub async fn verify_audit(
         chain::verify(&chain::log_files(&path), checkpoint.as_ref())
     })
     .await
-    .map_err(|e| ApiError(error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string())))?;
+    .map_err(|e| {
+        ApiError::from(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            e.to_string(),
+        ))
+    })?;
     Ok(Json(match outcome {
         Ok(v) => json!({
             "enabled": true, "ok": true, "records": v.records, "first_seq": v.first_seq,

@@ -20,7 +20,7 @@ use croupier_proto::control::v1::control_service_server::ControlService;
 use croupier_proto::function::v1::function_service_server::FunctionService;
 use croupier_proto::registry::v1::registry_service_server::RegistryService;
 use futures::{Stream, StreamExt};
-use prost_reflect::MessageDescriptor;
+use prost_reflect::{MessageDescriptor, MethodDescriptor};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -76,8 +76,12 @@ pub async fn stream(
     Query(q): Query<StreamQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let Some(m) = console.rpc.method(&name).filter(|m| m.is_server_streaming()) else {
-        return Err(ApiError(error(
+    let Some(m) = console
+        .rpc
+        .method(&name)
+        .filter(MethodDescriptor::is_server_streaming)
+    else {
+        return Err(ApiError::from(error(
             StatusCode::NOT_FOUND,
             "UNKNOWN_STREAM",
             format!(
@@ -125,7 +129,7 @@ pub async fn stream(
             })
         }
         _ => {
-            return Err(ApiError(error(
+            return Err(ApiError::from(error(
                 StatusCode::NOT_FOUND,
                 "UNKNOWN_STREAM",
                 format!("{name} is listed but not served"),
