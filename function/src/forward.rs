@@ -196,12 +196,16 @@ impl Forwarder {
         req: pb::InvokeJobRequest,
     ) -> Result<pb::InvokeJobResponse, Status> {
         let mut client = self.client(owner)?;
+        let (started, timeout) = (std::time::Instant::now(), Duration::from_secs(30));
         let call = async {
             client
-                .invoke_job(Self::request(who, req, Some(Duration::from_secs(30))))
+                .invoke_job(Self::request(who, req, Some(timeout)))
                 .await
         };
-        Ok(forward_span(owner).run(call).await?.into_inner())
+        match forward_span(owner).run(call).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(timed_out(s, started, timeout)),
+        }
     }
 
     /// Follows a job's events on `owner`.
@@ -226,9 +230,11 @@ impl Forwarder {
         req: pb::CancelJobRequest,
     ) -> Result<pb::CancelJobResponse, Status> {
         let mut client = self.client(owner)?;
+        let (started, timeout) = (std::time::Instant::now(), Duration::from_secs(10));
         Ok(client
-            .cancel_job(Self::request(who, req, Some(Duration::from_secs(10))))
-            .await?
+            .cancel_job(Self::request(who, req, Some(timeout)))
+            .await
+            .map_err(|s| timed_out(s, started, timeout))?
             .into_inner())
     }
 
@@ -240,20 +246,41 @@ impl Forwarder {
         job_id: &str,
     ) -> Result<pb::JobRecord, Status> {
         let mut client = self.client(owner)?;
+        let (started, timeout) = (std::time::Instant::now(), Duration::from_secs(10));
         client
             .get_job(Self::request(
                 who,
                 pb::GetJobRequest {
                     job_id: job_id.to_string(),
                 },
-                Some(Duration::from_secs(10)),
+                Some(timeout),
             ))
-            .await?
+            .await
+            .map_err(|s| timed_out(s, started, timeout))?
             .into_inner()
             .job
             .ok_or_else(|| {
                 Status::internal(format!("server {owner} answered GetJob without a job"))
             })
+    }
+}
+
+/// The status of a forwarded request the owner did not answer within `timeout`: whether it ran
+/// there is unknown.
+pub fn no_answer(timeout: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "no answer within {timeout:?} (the server is unreachable or overloaded); whether it ran \
+         the request is unknown"
+    ))
+}
+
+/// tonic ends a request whose own timeout ran out with `CANCELLED` "Timeout expired"; for a
+/// forward that is [`no_answer`].
+fn timed_out(s: Status, started: std::time::Instant, timeout: Duration) -> Status {
+    if s.code() == tonic::Code::Cancelled && started.elapsed() >= timeout {
+        no_answer(timeout)
+    } else {
+        s
     }
 }
 

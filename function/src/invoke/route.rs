@@ -332,6 +332,12 @@ impl Invoker {
                     error_code: r.error_code,
                 }),
                 Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(Sent::DeadlinePassed),
+                // tonic ends a request whose own timeout ran out with CANCELLED "Timeout
+                // expired": the owner did not answer in time (unreachable, partitioned or
+                // overloaded), and whether the call ran there is unknown.
+                Err(s) if s.code() == tonic::Code::Cancelled && Instant::now() >= call.deadline => {
+                    Err(Sent::Remote(owner, crate::forward::no_answer(call.timeout)))
+                }
                 Err(s) => Err(Sent::Remote(owner, s)),
             };
         }
