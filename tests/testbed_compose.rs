@@ -131,7 +131,7 @@ async fn online(client: &Client) -> BTreeSet<String> {
 }
 
 fn set(ids: &[&str]) -> BTreeSet<String> {
-    ids.iter().map(|s| s.to_string()).collect()
+    ids.iter().map(ToString::to_string).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
