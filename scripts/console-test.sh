@@ -46,3 +46,6 @@ export CROUPIER_BIN CHROMIUM CHROMEDRIVER
 export CONSOLE_SCREENSHOTS="${CONSOLE_SCREENSHOTS:-$ROOT/target/console-screenshots}"
 cd tests/console
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider --timeout 300 "$@"
+# The fleet page at a few hundred real agent sessions (the figure for 10,000 comes from the same
+# script run by hand: python tests/console/bench_fleet.py --agents 10000).
+"$VENV/bin/python" bench_fleet.py --agents 500 --rounds 2

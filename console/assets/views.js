@@ -69,6 +69,7 @@ async function allRegistrations(req) {
 // ---- fleet -----------------------------------------------------------------------------------
 
 async function fleet(main) {
+  const started = performance.now();
   let agents = await allAgents();
   let page = 0;
   const f = {
@@ -118,6 +119,8 @@ async function fleet(main) {
       .map((t, i) => h('th', { class: i >= 4 && i <= 6 ? 'hide-narrow' : '' }, t)))), body),
     pages);
   render();
+  // How long the page took to fetch and show the fleet (bench_fleet.py reads it).
+  main.querySelector('[data-testid=fleet]').dataset.renderMs = String(Math.round(performance.now() - started));
   // Live: a registry change reloads the list (at most once a second), no polling.
   let timer = null;
   const es = stream('WatchRegistrations', {}, () => {

@@ -343,7 +343,11 @@ async fn hold(a: &ServerProc, stats: &LoadStats, hold: Duration) -> anyhow::Resu
 }
 
 /// Waits until `stats` counts `n` registrations.
-async fn wait_registered(stats: &LoadStats, n: u64, limit: Duration) -> anyhow::Result<()> {
+pub(super) async fn wait_registered(
+    stats: &LoadStats,
+    n: u64,
+    limit: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     while stats.registrations.load(Ordering::Relaxed) < n {
         if Instant::now() > deadline {

@@ -10,8 +10,11 @@
 //! - `agents` — `bench agents`: many agents against servers on etcd.
 //! - `load_agent` — the lightweight agents `bench agents` runs.
 //! - `gateway` — `bench gateway`: the game gateway under load.
+//! - `console` — `bench console`: a server with its console holding many agents, for the
+//!   browser's measurement of the fleet page.
 
 pub mod agents;
+pub mod console;
 mod deployed;
 pub mod gateway;
 pub mod invoke;

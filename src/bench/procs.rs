@@ -64,7 +64,7 @@ impl Proc {
 }
 
 /// The `croupier` binary (this one).
-fn exe() -> anyhow::Result<Command> {
+pub(super) fn exe() -> anyhow::Result<Command> {
     Ok(Command::new(
         std::env::current_exe().context("finding the croupier binary")?,
     ))

@@ -38,9 +38,9 @@ pub mod registry;
 pub mod serve;
 pub mod stats;
 pub mod store;
-pub mod user;
 #[cfg(test)]
 mod tests;
+pub mod user;
 
 pub use certs::CertsCommand;
 pub use function::{FunctionCommand, function};
@@ -341,6 +341,9 @@ pub enum BenchCommand {
     /// registration time, server CPU and memory while they heartbeat, watch latency, invoke via
     /// the owner vs another replica.
     Agents(crate::bench::AgentsBenchArgs),
+    /// A server with its console on, holding N lightweight agents and a console user; prints
+    /// the sign-in as JSON and holds the fleet for a browser to measure the console.
+    Console(crate::bench::console::ConsoleBenchArgs),
     /// Game gateway: N client sessions, request latency through gateway + mesh, memory per
     /// session, broadcast fan-out.
     Gateway(crate::bench::gateway::GatewayBenchArgs),

@@ -171,6 +171,25 @@ class Api:
         except urllib.error.HTTPError as e:
             return e.code, dict(e.headers), json.loads(e.read() or b"null")
 
+    def events(self, path: str, headers: dict[str, str] | None = None) -> list[tuple[str, Any]]:
+        """Reads a Server-Sent Events stream to its end: (id, data) per event."""
+        req = urllib.request.Request(self.base + path)
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        out: list[tuple[str, Any]] = []
+        event_id, data = "", ""
+        with self.opener.open(req, timeout=30) as resp:
+            for raw in resp:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("id:"):
+                    event_id = line[3:].strip()
+                elif line.startswith("data:"):
+                    data += line[5:].strip()
+                elif not line and data:
+                    out.append((event_id, json.loads(data)))
+                    event_id, data = "", ""
+        return out
+
     def login(self, user: str, password: str = PASSWORD) -> tuple[int, dict[str, Any], Any]:
         status, headers, body = self.request("POST", "/api/login", {"user": user, "password": password})
         if status == 200:

@@ -241,6 +241,29 @@ def test_failed_logins_are_rate_limited_and_audited(strict_mesh: Mesh) -> None:
     assert outcomes.count("bad_credentials") == 3 and "rate_limited" in outcomes, outcomes
 
 
+def test_job_events_resume_after_the_last_event_id(mesh: Mesh) -> None:
+    """What a reconnecting EventSource gets: the events after its Last-Event-ID, each once."""
+    import urllib.parse
+
+    api = Api(mesh.console)
+    assert api.login("alice")[0] == 200
+    status, out = api.rpc("InvokeJob", {"game_id": "default", "env": "dev", "function_id": "agent.countdown",
+                                        "payload": {"steps": 4, "ms": 20}})
+    assert status == 200, out
+    job_id = out["job_id"]
+    deadline = time.time() + 30
+    while api.rpc("GetJob", {"job_id": job_id})[1]["job"]["status"] != "completed":
+        assert time.time() < deadline, "the countdown did not complete"
+        time.sleep(0.2)
+    path = "/api/stream/StreamJobEvents?request=" + urllib.parse.quote(json.dumps({"job_id": job_id}))
+    everything = api.events(path)
+    seqs = [int(i) for i, _ in everything]
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 6, seqs
+    assert everything[-1][1]["type"] == "DONE"
+    resumed = api.events(path, {"Last-Event-ID": str(seqs[2])})
+    assert [int(i) for i, _ in resumed] == seqs[3:]
+
+
 def test_api_tokens_work_until_revoked(mesh: Mesh) -> None:
     out = json.loads(mesh.cli("admin-admin", "token", "create", "ci-bot", "--role", "client",
                               "--ttl", "1h", "--json"))
