@@ -75,9 +75,9 @@ pub async fn ensure_dev_user(dir: &Path, store: &Arc<dyn Store>) -> anyhow::Resu
         .get(&key)
         .await?
         .and_then(|kv| serde_json::from_slice(&kv.value).ok());
-    let fits = current.as_ref().is_some_and(|u| {
-        u.role == "admin" && users::verify_password(&password, &u.password_hash)
-    });
+    let fits = current
+        .as_ref()
+        .is_some_and(|u| u.role == "admin" && users::verify_password(&password, &u.password_hash));
     if !fits {
         let hash = {
             let password = password.clone();

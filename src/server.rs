@@ -388,10 +388,10 @@ async fn serve_on(
     let control_server =
         Arc::new(ControlServer::new(control.clone()).with_resolver(tunnels_resolver));
     let control_svc = ControlServiceServer::from_arc(control_server.clone())
-    .accept_compressed(GZIP)
-    .send_compressed(GZIP)
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+        .accept_compressed(GZIP)
+        .send_compressed(GZIP)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let approvals = Arc::new(Approvals::new(
         store.clone(),
         view.clone(),
@@ -403,20 +403,20 @@ async fn serve_on(
             .with_server_id(&cfg.server_id),
     );
     let function_svc = FunctionServiceServer::from_arc(function_server.clone())
-    .accept_compressed(GZIP)
-    .send_compressed(GZIP)
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+        .accept_compressed(GZIP)
+        .send_compressed(GZIP)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let registry_server = Arc::new(
         RegistryServer::new(view.clone(), control.clone(), watches.clone())
             .with_max_message_bytes(max)
             .with_info(server_info(&cfg)),
     );
     let registry_svc = RegistryServiceServer::from_arc(registry_server.clone())
-    .accept_compressed(GZIP)
-    .send_compressed(GZIP)
-    .max_decoding_message_size(max)
-    .max_encoding_message_size(max);
+        .accept_compressed(GZIP)
+        .send_compressed(GZIP)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // The recorder is installed before the first rpc is counted.

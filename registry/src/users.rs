@@ -7,8 +7,8 @@
 //! They live outside the registry watch's prefix (`/croupier-users/`, `/croupier-tokens/`), so
 //! no server's view carries password hashes; the console reads them when someone signs in.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -183,7 +183,10 @@ impl TokenRecord {
     /// True when `secret` is this token's, compared in constant time.
     pub fn secret_matches(&self, secret: &str) -> bool {
         let digest = secret_digest(secret);
-        digest.as_bytes().ct_eq(self.secret_sha256.as_bytes()).into()
+        digest
+            .as_bytes()
+            .ct_eq(self.secret_sha256.as_bytes())
+            .into()
     }
 }
 

@@ -145,8 +145,14 @@ impl ControlPlane {
             })
         }
         .await;
-        self.audit_account(who, "delete_user", &req.name, serde_json::json!({}), &result)
-            .await;
+        self.audit_account(
+            who,
+            "delete_user",
+            &req.name,
+            serde_json::json!({}),
+            &result,
+        )
+        .await;
         result
     }
 
