@@ -106,8 +106,8 @@ async function fleet(main) {
         h('td', { class: 'hide-narrow' }, a.owner),
         h('td', { class: 'hide-narrow' }, a.version),
         h('td', { class: 'hide-narrow' }, Object.entries(a.labels || {}).map(([k, v]) => `${k}=${v}`).join(' ')),
-        h('td', {}, [s.cpu, s.memory].filter(Boolean).join(' / ') || '—'),
-        h('td', {}, String(a.in_flight)),
+        h('td', {}, s.cpu_percent || s.memory_percent ? `${s.cpu_percent || '—'}% / ${s.memory_percent || '—'}%` : '—'),
+        h('td', {}, `${a.in_flight} / ${s.running_jobs || 0}`),
         h('td', {}, when(a.last_heartbeat)));
     }));
     pages.replaceChildren(pager(shown.length, page, (p) => { page = p; render(); }));
@@ -115,7 +115,7 @@ async function fleet(main) {
   for (const el of Object.values(f)) el.addEventListener('input', () => { page = 0; render(); });
   main.replaceChildren(h('h1', {}, 'Fleet'),
     h('div', { class: 'filters' }, Object.values(f), count),
-    h('table', { 'data-testid': 'fleet' }, h('thead', {}, h('tr', {}, ['Agent', 'Game/env', 'State', 'Tunnel', 'Server', 'Version', 'Labels', 'CPU / memory', 'In flight', 'Last heartbeat']
+    h('table', { 'data-testid': 'fleet' }, h('thead', {}, h('tr', {}, ['Agent', 'Game/env', 'State', 'Tunnel', 'Server', 'Version', 'Labels', 'CPU / memory', 'Calls / jobs', 'Last heartbeat']
       .map((t, i) => h('th', { class: i >= 4 && i <= 6 ? 'hide-narrow' : '' }, t)))), body),
     pages);
   render();
@@ -417,26 +417,75 @@ async function job(main, id) {
 
 // ---- pipelines -------------------------------------------------------------------------------
 
+async function sendText(path, text) {
+  const resp = await fetch(path, { method: 'POST', headers: { 'Content-Type': 'text/plain', 'X-CSRF-Token': session.csrf }, body: text, credentials: 'same-origin' });
+  const data = await resp.json();
+  if (!resp.ok) throw new ApiError(resp.status, data);
+  return data;
+}
+
+const NEW_TEMPLATE = `id = "hello"
+description = "Says hello in a container"
+
+[[args]]
+name = "who"
+required = true
+
+[[steps]]
+name = "greet"
+function = "container.run"
+timeout = 60
+args = { image = "busybox:latest", cmd = ["echo", "hello \${args.who}"] }
+`;
+
 async function pipelines(main, id) {
   const list = (await rpc('ListPipelines', {})).templates;
-  const editor = h('textarea', { id: 'pipeline-json', rows: 18, cols: 80, 'aria-label': 'Pipeline template (JSON)' });
-  const out = h('p', { 'data-testid': 'pipeline-result' });
   const current = list.find((t) => t.id === id);
-  editor.value = JSON.stringify(current || { id: 'new-pipeline', description: '', args: [], envs: [], steps: [] }, null, 2);
+  const editor = h('textarea', { id: 'pipeline-toml', rows: 18, cols: 90, spellcheck: 'false', 'aria-label': 'Pipeline template (TOML)' });
+  const out = h('p', { 'data-testid': 'pipeline-result', role: 'status' });
+  editor.value = NEW_TEMPLATE;
+  if (current) {
+    const r = await fetch(`/api/pipeline-toml/${encodeURIComponent(current.id)}`, { credentials: 'same-origin' }).then((x) => x.json());
+    editor.value = r.toml || JSON.stringify(current, null, 2);
+  }
   const save = h('button', { type: 'button', id: 'pipeline-save', hidden: !isAdmin() }, 'Validate and save');
   save.addEventListener('click', async () => {
     try {
-      const template = JSON.parse(editor.value);
-      const r = await rpc('PutPipeline', { template });
-      out.textContent = `saved (revision ${r.revision})`;
-    } catch (ex) { out.textContent = `${ex.code || 'JSON'}: ${ex.message}`; }
+      const r = await sendText('/api/pipeline-toml', editor.value);
+      out.textContent = `saved ${r.id} (revision ${r.revision})`;
+      if (r.id !== id) location.hash = `#/pipelines/${encodeURIComponent(r.id)}`;
+    } catch (ex) { out.textContent = `${ex.code}: ${ex.message}`; }
   });
-  main.replaceChildren(h('h1', {}, 'Pipelines'),
-    h('table', {}, h('thead', {}, h('tr', {}, ['Template', 'Description', 'Arguments', 'Steps', ''].map((t) => h('th', {}, t)))),
+  const sections = [h('h1', {}, 'Pipelines'),
+    h('table', { 'data-testid': 'pipelines' }, h('thead', {}, h('tr', {}, ['Template', 'Description', 'Arguments', 'Steps'].map((t) => h('th', {}, t)))),
       h('tbody', {}, list.map((t) => h('tr', {}, h('td', {}, link(`#/pipelines/${encodeURIComponent(t.id)}`, t.id)), h('td', {}, t.description),
-        h('td', {}, t.args.map((a) => a.name).join(', ')), h('td', {}, String(t.steps.length)),
-        h('td', {}, link(fnHref('default', 'dev', 'pipeline.start'), 'run (pipeline.start)')))))),
-    h('h2', {}, current ? `Template ${current.id}` : 'New template'), editor, h('div', {}, save), out);
+        h('td', {}, t.args.map((a) => a.name + (a.required ? '*' : '')).join(', ')), h('td', {}, t.steps.map((x) => x.name).join(' → ')))))),
+    link('#/pipelines', 'New template')];
+  if (current) sections.push(runForm(current));
+  sections.push(h('h2', {}, current ? `Template ${current.id} (TOML)` : 'New template (TOML)'), editor, h('div', {}, save), out);
+  main.replaceChildren(...sections);
+}
+
+/** Starts `pipeline.start` for a template with its arguments and environment variables. */
+function runForm(t) {
+  const inputs = t.args.map((a) => h('label', {}, `${a.name}${a.required ? ' (required)' : ''}`,
+    h('input', { name: a.name, value: a.default_value || '', required: a.required, title: a.description || '' })));
+  const envs = t.envs.map((e) => h('label', {}, `env ${e}`, h('input', { name: e, 'data-env': 'true' })));
+  const out = h('p', { role: 'status' });
+  const form = h('form', { class: 'filters', 'aria-label': `Run ${t.id}` }, inputs, envs, h('button', { type: 'submit' }, 'Run'), out);
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const args = {};
+    const env = {};
+    for (const el of form.querySelectorAll('input')) (el.dataset.env ? env : args)[el.name] = el.value;
+    try {
+      const [reg] = await allRegistrations({ function_id: 'pipeline.start' });
+      if (!reg) throw new Error('no agent serves pipeline.start');
+      const r = await rpc('InvokeJob', { game_id: reg.game_id, env: reg.env, function_id: 'pipeline.start', payload: { template_id: t.id, args, envs: env } });
+      location.hash = `#/job/${encodeURIComponent(r.job_id)}`;
+    } catch (ex) { out.textContent = `${ex.code || 'Error'}: ${ex.message}`; }
+  });
+  return h('div', {}, h('h2', {}, `Run ${t.id}`), form);
 }
 
 // ---- approvals -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@
 //! - [`rpc`] — `POST /api/rpc/{Method}`: protobuf JSON in and out for the rpcs the app uses.
 //! - [`stream`] — Server-Sent Events for the streaming rpcs (registry watch, job events, node
 //!   events), resuming from `Last-Event-ID`.
+//! - [`pipeline`] — pipeline templates shown and stored in their TOML form.
 //! - [`assets`] — the app's files, compiled into the binary, and the security headers.
 //! - [`serve`] — the HTTPS listener (rustls, HTTP/1.1 and HTTP/2).
 
@@ -19,6 +20,7 @@
 
 pub mod assets;
 pub mod auth;
+pub mod pipeline;
 pub mod rpc;
 pub mod serve;
 pub mod stream;

@@ -32,6 +32,8 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/api/rpc/{method}", post(rpc::call))
         .route("/api/stream/{method}", get(stream::stream))
         .route("/api/audit/verify", get(rpc::verify_audit))
+        .route("/api/pipeline-toml", post(crate::pipeline::put))
+        .route("/api/pipeline-toml/{id}", get(crate::pipeline::get))
         .route_layer(axum::middleware::from_fn_with_state(
             console.clone(),
             auth::authenticate,

@@ -5,6 +5,8 @@
 //! the filled args and the caller's `envs`, unfilled. The agent's `pipeline` pack merges the
 //! envs with its own environment, fills the placeholders and runs the steps.
 
+pub mod file;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -108,9 +108,11 @@ pub async fn console(args: ConsoleBenchArgs) -> anyhow::Result<()> {
             "agents": args.agents, "register_s": register_s,
         })
     );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         () = tokio::time::sleep(args.hold) => {}
         _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
     stop.cancel();
     drop(server);

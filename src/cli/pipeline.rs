@@ -25,12 +25,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
+use croupier_function::pipeline::file::{parse_template, template_json};
 use croupier_proto::function::v1::{
-    DeletePipelineRequest, GetPipelineRequest, ListPipelinesRequest, PipelineArg, PipelineStep,
-    PipelineTemplate, PutPipelineRequest,
+    DeletePipelineRequest, GetPipelineRequest, ListPipelinesRequest, PipelineTemplate,
+    PutPipelineRequest,
 };
-use croupier_proto::json::{json_to_struct, opt_struct_to_json};
-use serde::Deserialize;
 
 use crate::cli::{Conn, status_error};
 
@@ -82,98 +81,14 @@ pub enum PipelineCommand {
 }
 
 /// A template file.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TemplateFile {
-    id: String,
-    #[serde(default)]
-    description: String,
-    #[serde(default)]
-    envs: Vec<String>,
-    #[serde(default)]
-    args: Vec<ArgFile>,
-    steps: Vec<StepFile>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ArgFile {
-    name: String,
-    #[serde(default)]
-    required: bool,
-    #[serde(default)]
-    default: String,
-    #[serde(default)]
-    description: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StepFile {
-    name: String,
-    function: String,
-    #[serde(default)]
-    args: serde_json::Map<String, serde_json::Value>,
-    #[serde(default)]
-    timeout: i32,
-    #[serde(default)]
-    continue_on_failure: bool,
-}
-
 /// Reads a template file (TOML, or JSON for `.json`).
 pub fn read_template(file: &std::path::Path) -> anyhow::Result<PipelineTemplate> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let t: TemplateFile = if file.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a template", file.display()))?
-    } else {
-        toml::from_str(&text).with_context(|| format!("{} is not a template", file.display()))?
-    };
-    Ok(PipelineTemplate {
-        id: t.id,
-        description: t.description,
-        envs: t.envs,
-        args: t
-            .args
-            .into_iter()
-            .map(|a| PipelineArg {
-                name: a.name,
-                required: a.required,
-                default_value: a.default,
-                description: a.description,
-            })
-            .collect(),
-        steps: t
-            .steps
-            .into_iter()
-            .map(|s| PipelineStep {
-                name: s.name,
-                function_id: s.function,
-                args: Some(json_to_struct(&serde_json::Value::Object(s.args))),
-                timeout: s.timeout,
-                continue_on_failure: s.continue_on_failure,
-            })
-            .collect(),
-    })
-}
-
-/// The template as the JSON `get` prints.
-fn template_json(t: &PipelineTemplate) -> serde_json::Value {
-    serde_json::json!({
-        "id": t.id,
-        "description": t.description,
-        "envs": t.envs,
-        "args": t.args.iter().map(|a| serde_json::json!({
-            "name": a.name, "required": a.required, "default": a.default_value,
-            "description": a.description,
-        })).collect::<Vec<_>>(),
-        "steps": t.steps.iter().map(|s| serde_json::json!({
-            "name": s.name, "function": s.function_id,
-            "args": opt_struct_to_json(s.args.as_ref()),
-            "timeout": s.timeout, "continue_on_failure": s.continue_on_failure,
-        })).collect::<Vec<_>>(),
-    })
+    let json = file.extension().is_some_and(|e| e == "json");
+    parse_template(&text, json)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("{} is not a template", file.display()))
 }
 
 /// Runs a `croupier pipeline` command.

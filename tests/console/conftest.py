@@ -83,7 +83,7 @@ class Mesh:
             self.spawn(
                 "agent",
                 [BIN, "agent", "--server", self.url, "--id", "a1", "--tls-dir",
-                 str(self.certs), "--packs", "none"],
+                 str(self.certs), "--packs", "pipeline"],
                 None,
             )
             self.wait_online("a1")

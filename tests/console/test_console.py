@@ -305,3 +305,27 @@ def test_croupier_dev_opens_a_working_console(browser: WebDriver, tmp_path: Path
     finally:
         p.terminate()
         p.wait(timeout=20)
+
+
+def test_a_pipeline_is_edited_as_toml_validated_and_run_with_its_args(browser: WebDriver, mesh: Mesh) -> None:
+    sign_in(browser, mesh, "alice")
+    browser.get(mesh.console + "/#/pipelines")
+    editor = wait(browser).until(ec.presence_of_element_located((By.ID, "pipeline-toml")))
+    editor.clear()
+    editor.send_keys('id = "bad"\nstep = []\n')
+    browser.find_element(By.ID, "pipeline-save").click()
+    wait(browser).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "[data-testid=pipeline-result]"), "INVALID_ARGUMENT"))
+    assert "step" in text_of(browser, "[data-testid=pipeline-result]")
+    editor.clear()
+    editor.send_keys('id = "pings"\ndescription = "two pings"\n\n[[args]]\nname = "who"\nrequired = true\n\n'
+                     '[[steps]]\nname = "first"\nfunction = "agent.ping"\nargs = { to = "${args.who}" }\n\n'
+                     '[[steps]]\nname = "second"\nfunction = "agent.ping"\n')
+    browser.find_element(By.ID, "pipeline-save").click()
+    wait(browser).until(lambda d: "#/pipelines/pings" in d.current_url)
+    form = wait(browser).until(ec.presence_of_element_located((By.CSS_SELECTOR, "form[aria-label='Run pings']")))
+    form.find_element(By.CSS_SELECTOR, "input[name=who]").send_keys("carol")
+    form.find_element(By.CSS_SELECTOR, "button").click()
+    wait(browser).until(lambda d: "#/job/" in d.current_url)
+    wait(browser, 30).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "[data-testid=job-status]"), "completed"))
+    steps = text_of(browser, "[data-testid=job-steps]")
+    assert "first" in steps and "second" in steps, steps
