@@ -13,9 +13,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::netns::{Cluster, DelayRelay};
-use common::testbed::{poll, ready, report};
-use croupier_proto::function::v1::{EventType, JobEvent};
-use croupier_sdk::{CallOptions, Client, RetryPolicy};
+use common::testbed::{
+    assert_once_in_order, events, job_refused, kind, online, ping, poll, ready, report, to,
+    wait_online,
+};
+use croupier_proto::function::v1::EventType;
+use croupier_sdk::{CallOptions, Client};
 use serde_json::json;
 use tonic::Code;
 
@@ -30,103 +33,6 @@ fn usable() -> bool {
         "network namespaces (ip netns, iptables, etcd)",
         common::netns::tools(),
     )
-}
-
-fn to(agent: &str) -> CallOptions {
-    CallOptions::new()
-        .game("g")
-        .env("e")
-        .target(agent)
-        .timeout(Duration::from_secs(5))
-}
-
-/// `agent.ping` on `agent`: Ok(the agent's count of pings served) or the status.
-async fn ping(client: &Client, agent: &str, opts: CallOptions) -> Result<i64, tonic::Status> {
-    let r = client.invoke("agent.ping", json!({}), &opts).await?;
-    assert!(r.success, "ping {agent}: {r:?}");
-    let out = croupier_proto::json::opt_struct_to_json(r.result.as_ref());
-    assert_eq!(out["agent_id"], agent, "{out}");
-    Ok(out["calls"].as_i64().unwrap())
-}
-
-/// Agents listed online by `client`.
-async fn online(client: &Client) -> Vec<String> {
-    client
-        .agents("g", "e")
-        .await
-        .map(|a| {
-            a.into_iter()
-                .filter(|a| a.online)
-                .map(|a| a.agent_id)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-async fn wait_online(client: &Client, agents: &[&str], timeout: Duration) -> Duration {
-    let found = poll(timeout, || async {
-        let on = online(client).await;
-        agents
-            .iter()
-            .all(|a| on.iter().any(|o| o == a))
-            .then_some(())
-    })
-    .await;
-    let Some(((), took)) = found else {
-        panic!(
-            "{agents:?} not online after {timeout:?}: {:?}",
-            online(client).await
-        );
-    };
-    took
-}
-
-/// Every event of a finished job, from the store.
-async fn events(client: &Client, job: &str) -> Vec<JobEvent> {
-    let mut stream = client.job_events(job, 0).await.unwrap();
-    let mut out = Vec::new();
-    while let Some(e) = stream.message().await.unwrap() {
-        out.push(e);
-    }
-    out
-}
-
-fn kind(e: &JobEvent) -> EventType {
-    EventType::try_from(e.r#type).unwrap()
-}
-
-fn terminal(e: &JobEvent) -> bool {
-    matches!(
-        kind(e),
-        EventType::Done | EventType::Error | EventType::Cancelled
-    )
-}
-
-/// Starts `agent.countdown` on `agent` without the SDK's retries, expecting a refusal: how long
-/// the server took to answer, and its status.
-async fn job_refused(client: &Client, agent: &str) -> (Duration, tonic::Status) {
-    let once = client.clone().with_retry_policy(RetryPolicy::none());
-    let t = Instant::now();
-    let r = once
-        .start_job("agent.countdown", json!({"steps": 1}), &to(agent))
-        .await;
-    match r {
-        Ok(job) => panic!("job {} started", job.id()),
-        Err(e) => (t.elapsed(), e),
-    }
-}
-
-/// Asserts seqs 1, 2, 3… each once, START first and exactly one terminal event, last.
-fn assert_once_in_order(evs: &[JobEvent]) {
-    let seqs: Vec<i64> = evs.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=evs.len() as i64).collect::<Vec<_>>(), "seqs");
-    assert_eq!(evs.first().map(kind), Some(EventType::Start));
-    let ends: Vec<usize> = (0..evs.len()).filter(|&i| terminal(&evs[i])).collect();
-    assert_eq!(
-        ends,
-        vec![evs.len() - 1],
-        "one terminal event, last: {evs:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,6 +163,7 @@ async fn an_agent_cut_from_its_server_resumes_after_a_blip_and_is_lost_after_a_l
         .await
         .unwrap();
     assert_eq!(jobs.jobs.len(), 2, "no job duplicated: {:?}", jobs.jobs);
+    c.close();
 }
 
 /// Two replicas on one etcd member, a1 held by sa and a2 by sb, with one ping of a2 through sa
@@ -345,6 +252,7 @@ async fn replicas_cut_from_each_other_fail_forwards_clearly_and_run_nothing_twic
     eprintln!("the call that failed in the cut ran {late} time(s) after the heal");
     assert!((0..=1).contains(&late), "ran {late} times");
     assert_eq!(ping(&via_a, "a2", to("a2")).await.unwrap(), n + 1);
+    c.close();
 }
 
 /// Known bug (docs/ARCHITECTURE.md §15): a keyed call forwarded through a cut between replicas
@@ -469,6 +377,7 @@ async fn a_server_cut_from_etcd_serves_its_agents_refuses_writes_and_rejoins() {
         c.log("a1").matches("tunnel open").count() == 1,
         "a1 kept its session"
     );
+    c.close();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -578,6 +487,7 @@ async fn etcd_members_die_one_then_quorum_then_come_back() {
     assert_eq!(r.unwrap().wait().await.unwrap().status, "completed");
     report("etcd-members", "job start, 3 of 3 members again", took);
     assert_eq!(ping(&client, "a1", to("a1")).await.unwrap(), 3);
+    c.close();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -695,4 +605,5 @@ async fn latency_and_loss_between_agents_and_servers_keep_deadlines_events_and_p
     assert_eq!(evs.len(), 42);
     assert!(!c.log("sa").contains("expired"), "{}", c.log("sa"));
     drop(relays);
+    c.close();
 }

@@ -567,6 +567,22 @@ impl Drop for DelayRelay {
     }
 }
 
+impl Cluster {
+    /// Stops everything and checks that no namespace or link of this cluster is left.
+    pub fn close(self) {
+        let (prefix, link) = (
+            self.sw.trim_end_matches("sw").to_string(),
+            self.root_link.clone(),
+        );
+        drop(self);
+        let (_, list, _) = run("ip", &["netns", "list"]);
+        let left: Vec<&str> = list.lines().filter(|l| l.starts_with(&prefix)).collect();
+        assert!(left.is_empty(), "namespaces left: {left:?}");
+        let (exists, _, _) = run("ip", &["link", "show", &link]);
+        assert!(!exists, "link {link} left");
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.procs.clear();

@@ -1,8 +1,13 @@
 //! Shared pieces of the distributed test bed (`tests/testbed_compose.rs`, `tests/netfaults.rs`):
-//! the `CROUPIER_REQUIRE_TESTBED` switch, running commands, free ports and timing.
+//! the `CROUPIER_REQUIRE_TESTBED` switch, running commands, free ports, timing, and what the
+//! fault scenarios check (pings counted by the agent, job event sequences).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use croupier_proto::function::v1::{EventType, JobEvent};
+use croupier_sdk::{CallOptions, Client, RetryPolicy};
+use serde_json::json;
 
 /// True when `CROUPIER_REQUIRE_TESTBED=1`: a missing tool (docker-compose, debootstrap,
 /// `ip netns`, `tc`) fails the test instead of skipping it.
@@ -16,7 +21,7 @@ pub fn ready(what: &str, ok: Result<(), String>) -> bool {
     match ok {
         Ok(()) => true,
         Err(why) if required() => {
-            panic!("{what} is required (CROUPIER_REQUIRE_TESTBED=1) but not usable: {why}")
+            panic!("{what}: required (CROUPIER_REQUIRE_TESTBED=1) but not usable: {why}")
         }
         Err(why) => {
             eprintln!(
@@ -79,5 +84,103 @@ pub fn report(scenario: &str, what: &str, took: Duration) {
     eprintln!(
         "TESTBED-TIMING {scenario}: {what} {:.2} s",
         took.as_secs_f64()
+    );
+}
+
+/// Options targeting `agent` in game g, env e, with a 5 s deadline.
+pub fn to(agent: &str) -> CallOptions {
+    CallOptions::new()
+        .game("g")
+        .env("e")
+        .target(agent)
+        .timeout(Duration::from_secs(5))
+}
+
+/// `agent.ping` on `agent`: Ok(the agent's count of pings served) or the status.
+pub async fn ping(client: &Client, agent: &str, opts: CallOptions) -> Result<i64, tonic::Status> {
+    let r = client.invoke("agent.ping", json!({}), &opts).await?;
+    assert!(r.success, "ping {agent}: {r:?}");
+    let out = croupier_proto::json::opt_struct_to_json(r.result.as_ref());
+    assert_eq!(out["agent_id"], agent, "{out}");
+    Ok(out["calls"].as_i64().unwrap())
+}
+
+/// Agents listed online by `client`.
+pub async fn online(client: &Client) -> Vec<String> {
+    client
+        .agents("g", "e")
+        .await
+        .map(|a| {
+            a.into_iter()
+                .filter(|a| a.online)
+                .map(|a| a.agent_id)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub async fn wait_online(client: &Client, agents: &[&str], timeout: Duration) -> Duration {
+    let found = poll(timeout, || async {
+        let on = online(client).await;
+        agents
+            .iter()
+            .all(|a| on.iter().any(|o| o == a))
+            .then_some(())
+    })
+    .await;
+    let Some(((), took)) = found else {
+        panic!(
+            "{agents:?} not online after {timeout:?}: {:?}",
+            online(client).await
+        );
+    };
+    took
+}
+
+/// Every event of a finished job, from the store.
+pub async fn events(client: &Client, job: &str) -> Vec<JobEvent> {
+    let mut stream = client.job_events(job, 0).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(e) = stream.message().await.unwrap() {
+        out.push(e);
+    }
+    out
+}
+
+pub fn kind(e: &JobEvent) -> EventType {
+    EventType::try_from(e.r#type).unwrap()
+}
+
+pub fn terminal(e: &JobEvent) -> bool {
+    matches!(
+        kind(e),
+        EventType::Done | EventType::Error | EventType::Cancelled
+    )
+}
+
+/// Starts `agent.countdown` on `agent` without the SDK's retries, expecting a refusal: how long
+/// the server took to answer, and its status.
+pub async fn job_refused(client: &Client, agent: &str) -> (Duration, tonic::Status) {
+    let once = client.clone().with_retry_policy(RetryPolicy::none());
+    let t = Instant::now();
+    let r = once
+        .start_job("agent.countdown", json!({"steps": 1}), &to(agent))
+        .await;
+    match r {
+        Ok(job) => panic!("job {} started", job.id()),
+        Err(e) => (t.elapsed(), e),
+    }
+}
+
+/// Asserts seqs 1, 2, 3… each once, START first and exactly one terminal event, last.
+pub fn assert_once_in_order(evs: &[JobEvent]) {
+    let seqs: Vec<i64> = evs.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=evs.len() as i64).collect::<Vec<_>>(), "seqs");
+    assert_eq!(evs.first().map(kind), Some(EventType::Start));
+    let ends: Vec<usize> = (0..evs.len()).filter(|&i| terminal(&evs[i])).collect();
+    assert_eq!(
+        ends,
+        vec![evs.len() - 1],
+        "one terminal event, last: {evs:?}"
     );
 }
