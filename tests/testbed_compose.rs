@@ -1,6 +1,6 @@
 //! The deploy files run: `deploy/compose/compose.yaml` brought up with Debian's `docker-compose`
 //! on the image `scripts/testbed-image.sh` builds without a registry (Croupier, etcd and
-//! Prometheus from one local Debian base): 3 etcd members, 2 servers, 3 agents, the gateway and
+//! Prometheus from one local Debian base): 3 etcd members, 2 servers, 3 agents, 2 gateways and
 //! Prometheus. Calls go through each server to every agent (forwarded when the other server
 //! holds it), a job runs, an agent is scaled to 0 and back, Prometheus scrapes both servers, and
 //! `docker-compose down -v` leaves no container, network or volume behind.
@@ -157,13 +157,15 @@ async fn the_compose_file_runs_serves_scales_and_leaves_nothing_behind() {
         "init",
         &[
             "--agent", "node-1", "--agent", "node-2", "--agent", "node-3", "--agent", "gw-1",
-            "--client", "ops", "--admin", "ops", "--host", "server-a", "--host", "server-b",
+            "--agent", "gw-2", "--client", "ops", "--admin", "ops", "--host", "server-a", "--host",
+            "server-b",
         ],
     );
     // The containers run as uid 65532: the bind-mounted files must be readable by it.
     common::testbed::must("chmod", &["-R", "a+rX", certs_s]);
 
     let (port_a, port_b, port_prom) = (free_port(), free_port(), free_port());
+    let (gw1_metrics, gw2_metrics) = (free_port(), free_port());
     let mut env: Vec<(String, String)> = vec![
         ("CROUPIER_IMAGE", IMAGE.to_string()),
         ("CROUPIER_ETCD_IMAGE", IMAGE.to_string()),
@@ -173,8 +175,11 @@ async fn the_compose_file_runs_serves_scales_and_leaves_nothing_behind() {
         ("CROUPIER_PORT_B", port_b.to_string()),
         ("CROUPIER_PORT_PROMETHEUS", port_prom.to_string()),
         ("CROUPIER_PORT_GATEWAY", free_port().to_string()),
-        ("CROUPIER_PORT_GATEWAY_METRICS", free_port().to_string()),
+        ("CROUPIER_PORT_GATEWAY_METRICS", gw1_metrics.to_string()),
         ("CROUPIER_PORT_GATEWAY_PUSH", free_port().to_string()),
+        ("CROUPIER_PORT_GATEWAY2", free_port().to_string()),
+        ("CROUPIER_PORT_GATEWAY2_METRICS", gw2_metrics.to_string()),
+        ("CROUPIER_PORT_GATEWAY2_PUSH", free_port().to_string()),
         (
             "CROUPIER_GATEWAY_AUTH__HMAC_KEY",
             "dGVzdGJlZC1rZXktdGVzdGJlZC1rZXktdGVzdGJlZC0=".into(),
@@ -211,6 +216,7 @@ async fn the_compose_file_runs_serves_scales_and_leaves_nothing_behind() {
             "node-2",
             "node-3",
             "gw-1",
+            "gw-2",
             "prometheus"
         ])
     );
@@ -218,7 +224,7 @@ async fn the_compose_file_runs_serves_scales_and_leaves_nothing_behind() {
     let tls = TlsFiles::from_dir(&certs, "client-ops");
     let url_a = format!("https://127.0.0.1:{port_a}");
     let url_b = format!("https://127.0.0.1:{port_b}");
-    let all = set(&["gw-1", "node-1", "node-2", "node-3"]);
+    let all = set(&["gw-1", "gw-2", "node-1", "node-2", "node-3"]);
     let mut clients = Vec::new();
     for url in [&url_a, &url_b] {
         let got = poll(Duration::from_secs(120), || async {
@@ -277,7 +283,7 @@ async fn the_compose_file_runs_serves_scales_and_leaves_nothing_behind() {
     // Scale node-3 down: it says goodbye and leaves at once; calls to it fail UNAVAILABLE.
     let t_down = Instant::now();
     project.must(&["up", "-d", "--scale", "node-3=0", "--no-recreate"]);
-    let left = set(&["gw-1", "node-1", "node-2"]);
+    let left = set(&["gw-1", "gw-2", "node-1", "node-2"]);
     for client in &clients {
         let gone = poll(Duration::from_secs(30), || async {
             (online(client).await == left).then_some(())
@@ -325,6 +331,28 @@ async fn the_compose_file_runs_serves_scales_and_leaves_nothing_behind() {
         .await
         .unwrap();
     assert!(r.success, "{r:?}");
+
+    // Both gateways are ready (their /readyz on the published metrics ports).
+    for port in [gw1_metrics, gw2_metrics] {
+        let addr = format!("127.0.0.1:{port}");
+        let ready = poll(Duration::from_secs(30), || {
+            let addr = addr.clone();
+            async move {
+                let (status, _) = tokio::task::spawn_blocking(move || {
+                    common::gateway::http(&addr, "GET", "/readyz", None, "")
+                })
+                .await
+                .ok()?;
+                (status == 200).then_some(())
+            }
+        })
+        .await;
+        assert!(
+            ready.is_some(),
+            "gateway on {addr} not ready\n{}",
+            project.logs()
+        );
+    }
 
     // Prometheus (Debian's, from the same image) scrapes both servers.
     let prom = format!("127.0.0.1:{port_prom}");

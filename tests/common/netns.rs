@@ -132,7 +132,11 @@ impl Cluster {
         c.sw(&["ip", "link", "set", "lo", "up"]);
         // Bridged packets go through the switch's iptables FORWARD chain: that is where links
         // are cut or made lossy.
-        c.sw(&["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=1"]);
+        c.sw(&[
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables",
+        ]);
         // The root namespace's link: the test process talks to every node through it.
         let peer = format!("cb{pid}{k}r");
         must(

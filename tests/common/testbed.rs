@@ -161,7 +161,12 @@ pub fn terminal(e: &JobEvent) -> bool {
 /// Starts `agent.countdown` on `agent` without the SDK's retries, expecting a refusal: how long
 /// the server took to answer, and its status.
 pub async fn job_refused(client: &Client, agent: &str) -> (Duration, tonic::Status) {
-    let once = client.clone().with_retry_policy(RetryPolicy::none());
+    // A deadline well past the store's slowest refusal (about 19 s), so the server's answer
+    // arrives first.
+    let once = client
+        .clone()
+        .with_retry_policy(RetryPolicy::none())
+        .with_default_timeout(Duration::from_secs(60));
     let t = Instant::now();
     let r = once
         .start_job("agent.countdown", json!({"steps": 1}), &to(agent))
