@@ -256,19 +256,43 @@ def new_browser() -> webdriver.Chrome:
     return driver
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    if rep.when == "call":
+        item.failed_call = rep.failed
+
+
+def keep_evidence(d: webdriver.Chrome, request: Any, shots: Path, name: str) -> None:
+    """After a failed test: the page's screenshot, its HTML and the browser's log."""
+    if not getattr(request.node, "failed_call", False):
+        return
+    stem = shots / f"failed-{request.node.name}-{name}"
+    try:
+        d.save_screenshot(f"{stem}.png")
+        Path(f"{stem}.html").write_text(d.page_source)
+        Path(f"{stem}.log").write_text("\n".join(json.dumps(e) for e in d.get_log("browser")))
+        print(f"evidence of the failure: {stem}.png/.html/.log")
+    except Exception as e:  # the browser may be what failed
+        print(f"no evidence from the browser: {e}")
+
+
 @pytest.fixture()
-def browser() -> Iterator[webdriver.Chrome]:
+def browser(request: Any, shots: Path) -> Iterator[webdriver.Chrome]:
     d = new_browser()
     try:
         yield d
     finally:
+        keep_evidence(d, request, shots, "browser")
         d.quit()
 
 
 @pytest.fixture()
-def browser2() -> Iterator[webdriver.Chrome]:
+def browser2(request: Any, shots: Path) -> Iterator[webdriver.Chrome]:
     d = new_browser()
     try:
         yield d
     finally:
+        keep_evidence(d, request, shots, "browser2")
         d.quit()

@@ -16,7 +16,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from conftest import PASSWORD, Api, Mesh
 
 
-def wait(d: WebDriver, timeout: float = 20) -> WebDriverWait:  # type: ignore[type-arg]
+def wait(d: WebDriver, timeout: float = 30) -> WebDriverWait:  # type: ignore[type-arg]
     return WebDriverWait(d, timeout)
 
 
