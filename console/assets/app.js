@@ -131,6 +131,8 @@ async function route() {
   main.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
   try {
     await view(main, ...args);
+    // Keyboard and screen-reader users land on the new page's content, as after a page load.
+    if (!main.contains(document.activeElement)) main.focus({ preventScroll: true });
   } catch (ex) {
     if (ex instanceof ApiError && ex.status === 401) return;
     main.replaceChildren(h('p', { class: 'errors', role: 'alert' }, `${ex.code || 'Error'}: ${ex.message}`));

@@ -329,3 +329,29 @@ def test_a_pipeline_is_edited_as_toml_validated_and_run_with_its_args(browser: W
     wait(browser, 30).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "[data-testid=job-status]"), "completed"))
     steps = text_of(browser, "[data-testid=job-steps]")
     assert "first" in steps and "second" in steps, steps
+
+
+def test_signing_in_and_moving_around_work_from_the_keyboard(browser: WebDriver, mesh: Mesh) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(mesh.console + "/")
+    wait(browser).until(ec.visibility_of_element_located((By.ID, "login-user")))
+    # The user field has the focus; Tab moves to the password, Enter signs in.
+    ActionChains(browser).send_keys("alice", Keys.TAB, PASSWORD, Keys.ENTER).perform()
+    wait(browser).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "[data-testid=who]"), "alice"))
+    wait(browser).until(ec.presence_of_element_located((By.CSS_SELECTOR, "tr[data-agent=a1]")))
+    # A page's content has the focus once it is shown: Tab reaches its first field, and
+    # Shift+Tab goes back through the header (Sign out, then the sections from the last).
+    browser.get(mesh.console + "/#/fleet")
+    wait(browser).until(ec.presence_of_element_located((By.CSS_SELECTOR, "tr[data-agent=a1]")))
+    focused = lambda: browser.switch_to.active_element.get_attribute("textContent")  # noqa: E731
+    assert browser.switch_to.active_element.get_attribute("id") == "main"
+    ActionChains(browser).send_keys(Keys.TAB).perform()
+    assert browser.switch_to.active_element.get_attribute("id") == "f-text"
+    ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.TAB).key_up(Keys.SHIFT).perform()
+    assert focused() == "Sign out"
+    ActionChains(browser).key_down(Keys.SHIFT).send_keys(*[Keys.TAB] * 5).key_up(Keys.SHIFT).perform()
+    assert focused() == "Functions"
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    wait(browser).until(ec.presence_of_element_located((By.CSS_SELECTOR, "tr[data-function='agent.ping']")))
