@@ -255,11 +255,11 @@ async fn replicas_cut_from_each_other_fail_forwards_clearly_and_run_nothing_twic
     c.close();
 }
 
-/// Known bug (docs/ARCHITECTURE.md §15): a keyed call forwarded through a cut between replicas
-/// fails DEADLINE_EXCEEDED, its request runs on the owner when the link heals, and the caller's
-/// repeat with the same key runs it again: sa frees the key when a forward gets no answer.
+/// A keyed call forwarded through a cut between replicas fails DEADLINE_EXCEEDED and its request
+/// runs on the owner when the link heals; the caller's repeat with the same key gets that run's
+/// outcome instead of running it again (the first server hands the key to the owner). Keyed job
+/// starts forwarded to the owner give one job whichever server they go through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: a keyed call forwarded through a replica cut can run twice"]
 async fn a_keyed_call_forwarded_through_a_replica_cut_runs_once() {
     if !usable() {
         return;
@@ -283,6 +283,39 @@ async fn a_keyed_call_forwarded_through_a_replica_cut_runs_once() {
         "the keyed call ran {} times (repeat: {again:?})",
         n - 2
     );
+    assert_eq!(
+        again.unwrap(),
+        2,
+        "the repeat answers the late run's outcome"
+    );
+    assert_eq!(
+        ping(&via_b, "a2", keyed).await.unwrap(),
+        2,
+        "through sb too"
+    );
+
+    let keyed_job = CallOptions {
+        idempotency_key: "netfaults-job".into(),
+        ..to("a2")
+    };
+    let mut ids = Vec::new();
+    for client in [&via_a, &via_a, &via_b] {
+        let job = client
+            .start_job("agent.countdown", json!({"steps": 1}), &keyed_job)
+            .await
+            .unwrap();
+        ids.push(job.id().to_string());
+    }
+    assert!(ids.iter().all(|id| *id == ids[0]), "one job: {ids:?}");
+    let jobs = via_b
+        .list_jobs(croupier_proto::function::v1::ListJobsRequest {
+            agent_id: "a2".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(jobs.jobs.len(), 1, "{:?}", jobs.jobs);
+    c.close();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,7 +120,7 @@ impl Invoker {
         .min(max);
         let started = Instant::now();
         let outcome = if p.opts.idempotency_key.is_empty() {
-            self.dispatch_job(who, &req, &p, timeout, &jobs).await
+            self.dispatch_job(who, &req, &p, timeout, &jobs, None).await
         } else {
             // Scoped apart from InvokeFunction's keys: a job and a call of the same function may
             // use the same key without meeting.
@@ -162,8 +162,15 @@ impl Invoker {
                     });
                 }
                 Begin::Execute(ticket) => {
-                    match self.dispatch_job(who, &req, &p, timeout, &jobs).await {
-                        Ok((job_id, agent)) => {
+                    let claim = Mutex::new(Some(ticket));
+                    let outcome = self
+                        .dispatch_job(who, &req, &p, timeout, &jobs, Some(&claim))
+                        .await;
+                    // None: the job was forwarded with its key, and the owner keeps the outcome.
+                    let held = claim.lock().take();
+                    match (held, outcome) {
+                        (None, outcome) => outcome,
+                        (Some(ticket), Ok((job_id, agent))) => {
                             // Stored as an InvokeFunctionResponse whose result holds the job id.
                             let resp = InvokeFunctionResponse {
                                 success: true,
@@ -176,7 +183,7 @@ impl Invoker {
                             self.idem.finish(ticket, &resp).await;
                             Ok((job_id, agent))
                         }
-                        Err(e) => {
+                        (Some(ticket), Err(e)) => {
                             self.idem.abandon(ticket).await;
                             Err(e)
                         }
@@ -229,6 +236,7 @@ impl Invoker {
         p: &Prepared,
         timeout: Duration,
         jobs: &JobManager,
+        claim: Option<&Mutex<Option<crate::idempotency::Ticket>>>,
     ) -> Result<(String, String), FunctionError> {
         let all = self.view.candidates(&p.key);
         let usable: Vec<Candidate> = all
@@ -269,7 +277,13 @@ impl Invoker {
                 let mut opts = p.opts.clone();
                 opts.routing_mode = "targeted".into();
                 opts.target_agent = agent.clone();
-                opts.idempotency_key.clear(); // claimed here
+                let handed = match claim {
+                    Some(claim) => self.hand_over(claim).await,
+                    None => false,
+                };
+                if !handed {
+                    opts.idempotency_key.clear();
+                }
                 opts.timeout = timeout.as_secs().max(1) as i32;
                 let forwarded = pb_job_request(req, opts);
                 return match fwd.invoke_job(&owner, who, forwarded).await {

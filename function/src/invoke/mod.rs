@@ -21,7 +21,7 @@ use route::*;
 use crate::approval::Approved;
 use crate::error::FunctionError;
 use crate::forward::Forwarder;
-use crate::idempotency::{Begin, Idempotency, payload_hash};
+use crate::idempotency::{Begin, Idempotency, Ticket, payload_hash};
 use crate::jobs::JobManager;
 use crate::pipeline::Pipelines;
 use crate::router::{Mode, Rotation};
@@ -132,6 +132,9 @@ struct Call<'a> {
     keyed: bool,
     /// Set by [`Invoker::send`] when the deadline passed while the agent still ran the call.
     late: Mutex<Option<LateAnswer>>,
+    /// The claim of the call's idempotency key while this server holds it; taken when the call
+    /// is forwarded, which hands the key to the owner (see `Invoker::hand_over`).
+    claim: Mutex<Option<Ticket>>,
 }
 
 impl Invoker {
@@ -506,6 +509,7 @@ impl Invoker {
             timeout,
             keyed: idem_key.is_some() && mode != Mode::Broadcast,
             late: Mutex::new(None),
+            claim: Mutex::new(None),
         };
         let Some(idem_key) = idem_key else {
             return self.route(&call, mode, &opts).await;
@@ -515,20 +519,29 @@ impl Invoker {
         let hold = timeout + self.cfg.late_answer_grace;
         match self.idem.begin(record, hash, timeout, hold).await? {
             Begin::Replay(resp) => Ok(resp),
-            Begin::Execute(ticket) => match self.route(&call, mode, &opts).await {
-                Ok(resp) => {
-                    self.idem.finish(ticket, &resp).await;
-                    Ok(resp)
-                }
-                Err(e) => {
-                    let late = call.late.lock().take();
-                    match late {
-                        Some(late) => self.await_late_answer(ticket, late),
-                        None => self.idem.abandon(ticket).await,
+            Begin::Execute(ticket) => {
+                *call.claim.lock() = Some(ticket);
+                let result = self.route(&call, mode, &opts).await;
+                // None: the call was forwarded with its key, and the owner keeps the outcome.
+                let held = call.claim.lock().take();
+                let Some(ticket) = held else {
+                    return result;
+                };
+                match result {
+                    Ok(resp) => {
+                        self.idem.finish(ticket, &resp).await;
+                        Ok(resp)
                     }
-                    Err(e)
+                    Err(e) => {
+                        let late = call.late.lock().take();
+                        match late {
+                            Some(late) => self.await_late_answer(ticket, late),
+                            None => self.idem.abandon(ticket).await,
+                        }
+                        Err(e)
+                    }
                 }
-            },
+            }
         }
     }
 

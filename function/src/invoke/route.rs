@@ -313,8 +313,10 @@ impl Invoker {
             let mut opts = call.req.options.clone().unwrap_or_default();
             opts.routing_mode = "targeted".into();
             opts.target_agent = agent.to_string();
-            // The key was claimed here; the owner must not claim it again.
-            opts.idempotency_key.clear();
+            // A broadcast's key stays with this server (it stores the whole broadcast's outcome).
+            if !(call.keyed && self.hand_over(&call.claim).await) {
+                opts.idempotency_key.clear();
+            }
             opts.timeout = remaining.as_secs_f64().ceil().max(1.0) as i32;
             let req = InvokeFunctionRequest {
                 game_id: call.key.game_id.clone(),
@@ -402,6 +404,26 @@ impl Invoker {
             }
             Ok(Err(e)) => Err(Sent::Link(e)),
             Err(_) => Err(Sent::DeadlinePassed),
+        }
+    }
+
+    /// A keyed call about to be forwarded hands its idempotency key to the owner: this server
+    /// frees its claim and the forward carries the key, so the owner claims it, runs the call
+    /// once and stores the outcome. That holds when the request reaches the owner late (a
+    /// partition between the replicas delays it past the caller's deadline) and when the caller
+    /// repeats the call through either server. True when the claim was handed over (the
+    /// forward keeps the key); false when this server held none (the key is not sent on).
+    pub(super) async fn hand_over(
+        &self,
+        claim: &Mutex<Option<crate::idempotency::Ticket>>,
+    ) -> bool {
+        let ticket = claim.lock().take();
+        match ticket {
+            Some(ticket) => {
+                self.idem.abandon(ticket).await;
+                true
+            }
+            None => false,
         }
     }
 
