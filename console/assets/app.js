@@ -108,7 +108,7 @@ function signedIn(me) {
   session.csrf = me.csrf || '';
   document.getElementById('top').hidden = false;
   document.getElementById('who').textContent = `${me.name} (${me.role})`;
-  if (location.hash.startsWith('#signin=') || !location.hash || location.hash === '#/') location.hash = '#/fleet';
+  if (!location.hash || location.hash === '#/') location.hash = '#/fleet';
   else route();
 }
 
@@ -145,16 +145,6 @@ async function start() {
     await send('/api/logout', {}).catch(() => {});
     showLogin('Signed out.');
   });
-  const link = location.hash.match(/^#signin=([0-9a-f]+)/);
-  if (link) {
-    try {
-      signedIn(await send('/api/login', { code: link[1] }));
-      return;
-    } catch (ex) {
-      showLogin(ex.message);
-      return;
-    }
-  }
   const resp = await fetch('/api/me', { credentials: 'same-origin' });
   if (resp.ok) signedIn(await resp.json());
   else showLogin('');

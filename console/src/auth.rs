@@ -1,7 +1,7 @@
 //! Who is calling the console.
 //!
 //! - **Sessions.** `POST /api/login` with a user's name and password (checked against the
-//!   argon2id hash in the store) or a one-time code sets the cookie `__Host-croupier_session`
+//!   argon2id hash in the store) sets the cookie `__Host-croupier_session`
 //!   (HttpOnly, Secure, SameSite=Strict) and answers a CSRF token. A session ends after
 //!   `session_idle` without a request, `session_max` after sign-in, at sign-out, and as soon
 //!   as its user is removed or their password changes (each request reads the user record).
@@ -48,7 +48,7 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 pub struct Principal {
     /// The identity the rpc handlers see.
     pub identity: Identity,
-    /// `password`, `token` or `link`.
+    /// `password` or `token`.
     pub via: &'static str,
 }
 
@@ -62,16 +62,10 @@ struct Session {
     password_set_at_ms: i64,
 }
 
-struct OneTime {
-    user: String,
-    expires: Instant,
-}
-
-/// Sessions, one-time codes and recent login failures. In memory: a session belongs to the
+/// Sessions and recent login failures. In memory: a session belongs to the
 /// server that signed it in.
 pub struct AuthState {
     sessions: Mutex<HashMap<String, Session>>,
-    codes: Mutex<HashMap<String, OneTime>>,
     failures: Mutex<HashMap<String, VecDeque<Instant>>>,
     idle: Duration,
     max: Duration,
@@ -93,25 +87,12 @@ impl AuthState {
     pub(crate) fn new(config: &crate::ConsoleConfig) -> AuthState {
         AuthState {
             sessions: Mutex::default(),
-            codes: Mutex::default(),
             failures: Mutex::default(),
             idle: config.session_idle,
             max: config.session_max,
             max_failures: config.max_login_failures.max(1) as usize,
             lockout: config.login_lockout,
         }
-    }
-
-    pub(crate) fn one_time_code(&self, user: &str, ttl: Duration) -> String {
-        let code = random_hex(24);
-        self.codes.lock().insert(
-            digest(&code),
-            OneTime {
-                user: user.to_string(),
-                expires: Instant::now() + ttl,
-            },
-        );
-        code
     }
 
     /// Seconds until `keys` may try again, when one of them is locked.
@@ -362,15 +343,12 @@ pub async fn authenticate(
 /// `POST /api/login` body.
 #[derive(Deserialize)]
 pub struct Login {
-    /// The user name (with `password`).
+    /// The user name.
     #[serde(default)]
     pub user: String,
     /// The password.
     #[serde(default)]
     pub password: String,
-    /// A one-time code instead of a name and password.
-    #[serde(default)]
-    pub code: String,
 }
 
 /// `POST /api/login`.
@@ -388,16 +366,7 @@ pub async fn login(
             "sign-in from a foreign origin",
         );
     }
-    let via_code = !body.code.is_empty();
-    let code_user = if via_code {
-        let now = Instant::now();
-        let mut codes = console.auth.codes.lock();
-        codes.retain(|_, c| c.expires > now);
-        codes.remove(&digest(&body.code)).map(|c| c.user)
-    } else {
-        None
-    };
-    let name = code_user.clone().unwrap_or_else(|| body.user.clone());
+    let name = body.user.clone();
     let keys = [
         format!("user:{name}"),
         format!("ip:{}", ip_key(peer.0.ip())),
@@ -413,7 +382,7 @@ pub async fn login(
             Some(wait),
         ))
     } else {
-        check_login(&console, &body, via_code, code_user.as_deref()).await
+        check_login(&console, &body).await
     };
     let audit_outcome = match &outcome {
         Ok(_) => "ok",
@@ -426,8 +395,7 @@ pub async fn login(
             AuditRecord::new(format!("console:{name}"), "login", name.clone())
                 .details(json!({
                     "from": peer.0.ip().to_string(),
-                    "via": if via_code { "link" } else { "password" },
-                    "outcome": audit_outcome,
+                        "outcome": audit_outcome,
                 }))
                 .outcome(audit_outcome),
         )
@@ -461,32 +429,22 @@ type LoginFailure = (Response, &'static str, Option<u64>);
 async fn check_login(
     console: &Console,
     body: &Login,
-    via_code: bool,
-    code_user: Option<&str>,
 ) -> Result<(UserRecord, Identity), LoginFailure> {
     let bad = || {
         (
             error(
                 StatusCode::UNAUTHORIZED,
                 "BAD_CREDENTIALS",
-                if via_code {
-                    "the sign-in link was used already or expired"
-                } else {
-                    "wrong user name or password"
-                },
+                "wrong user name or password",
             ),
             "bad_credentials",
             None,
         )
     };
-    let name = code_user.unwrap_or(&body.user);
-    if via_code && code_user.is_none() {
-        return Err(bad());
-    }
-    let user = read_user(console, name)
+    let user = read_user(console, &body.user)
         .await
         .map_err(|r| (r, "unavailable", None))?;
-    if !via_code {
+    {
         // The hash is checked even for an unknown user, so timing does not tell names apart.
         let hash = user.as_ref().map(|u| u.password_hash.clone());
         let password = body.password.clone();

@@ -90,10 +90,4 @@ impl Console {
             rpc: rpc::Transcoder::new()?,
         }))
     }
-
-    /// A sign-in code for `user` that works once within `ttl`, for a link such as
-    /// `https://HOST/#signin=CODE` (`croupier dev` prints one).
-    pub fn one_time_code(&self, user: &str, ttl: Duration) -> String {
-        self.auth.one_time_code(user, ttl)
-    }
 }
