@@ -16,10 +16,24 @@ export class ApiError extends Error {
   }
 }
 
+/** Requests that change nothing (sign-in aside, which may be repeated) are sent again when the
+ *  network fails under them, e.g. the browser's "network changed" abort. */
+const repeatable = (path) => path === '/api/login' || /^\/api\/rpc\/(Get|List|Query|Test)/.test(path);
+
 async function send(path, body) {
   const headers = { 'Content-Type': 'application/json' };
   if (session.csrf) headers['X-CSRF-Token'] = session.csrf;
-  const resp = await fetch(path, { method: 'POST', headers, body: JSON.stringify(body || {}), credentials: 'same-origin' });
+  const init = { method: 'POST', headers, body: JSON.stringify(body || {}), credentials: 'same-origin' };
+  let resp;
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      resp = await fetch(path, init);
+      break;
+    } catch (ex) {
+      if (!repeatable(path) || attempt >= 3) throw ex;
+      await new Promise((resolve) => { setTimeout(resolve, 300 * attempt); });
+    }
+  }
   const data = await resp.json().catch(() => ({ message: `HTTP ${resp.status}` }));
   if (!resp.ok) {
     if (resp.status === 401 && path !== '/api/login') showLogin(data.message);
