@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -69,7 +70,8 @@ def test_invoke_ping_through_its_generated_form(browser: WebDriver, mesh: Mesh, 
 def set_field(d: WebDriver, name: str, value: str) -> None:
     field = d.find_element(By.CSS_SELECTOR, f"[data-testid=payload-form] input[name='root[{name}]']")
     field.clear()
-    field.send_keys(value)
+    # Tab commits the value (the form takes it on "change") before anything else is clicked.
+    field.send_keys(value, Keys.TAB)
 
 
 def jobs_of(api: Api) -> int:
@@ -333,7 +335,6 @@ def test_a_pipeline_is_edited_as_toml_validated_and_run_with_its_args(browser: W
 
 def test_signing_in_and_moving_around_work_from_the_keyboard(browser: WebDriver, mesh: Mesh) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.keys import Keys
 
     browser.get(mesh.console + "/")
     wait(browser).until(ec.visibility_of_element_located((By.ID, "login-user")))
