@@ -400,6 +400,20 @@ async fn a_server_cut_from_etcd_serves_its_agents_refuses_writes_and_rejoins() {
         "heal until sb lists a1 again",
         healed.elapsed().max(back),
     );
+    // sb lists a1 as soon as sa wrote its record again, but forwards to it only once sa's own
+    // server record is back (refreshed every 3 s): until then a call is refused UNAVAILABLE
+    // "not connected". Polled with agent.sleep, which counts nothing.
+    let (_, routable) = poll(Duration::from_secs(30), || async {
+        let o = to("a1").timeout(Duration::from_secs(2));
+        via_b.invoke("agent.sleep", json!({"ms": 0}), &o).await.ok()
+    })
+    .await
+    .expect("sb never forwarded to a1 again");
+    report(
+        "server-etcd-cut",
+        "heal until sb forwards to a1",
+        healed.elapsed().max(routable),
+    );
     pings += 1;
     assert_eq!(
         ping(&via_b, "a1", to("a1")).await.unwrap(),

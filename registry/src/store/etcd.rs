@@ -56,6 +56,9 @@ pub struct EtcdOptions {
 pub struct EtcdStore {
     client: Client,
     namespace: String,
+    /// No retry starts past this long after a request's first attempt (twice the request
+    /// timeout: one member that does not answer is skipped, an unreachable etcd fails soon).
+    retry_budget: Duration,
 }
 
 /// An error another attempt (on another member, after an election) may not meet.
@@ -124,6 +127,7 @@ impl EtcdStore {
         let store = EtcdStore {
             client,
             namespace: opts.namespace.trim_end_matches('/').to_string(),
+            retry_budget: timeout * 2,
         };
         // Fail now, not at the first request, when etcd does not answer.
         store.current_revision().await.map_err(|e| {
@@ -135,9 +139,9 @@ impl EtcdStore {
         Ok(store)
     }
 
-    /// Runs `op` on a client, again (up to 3 more times, 100 ms → 800 ms apart) when it failed
-    /// in a way another member may not: a dead member's connection, a timeout, a leader
-    /// election. Returns the result and whether it was a retry.
+    /// Runs `op` on a client, again (up to 4 more times, 100 ms → 800 ms apart, none starting
+    /// past the retry budget) when it failed in a way another member may not: a dead member's
+    /// connection, a timeout, a leader election. Returns the result and whether it was a retry.
     async fn call<T, F, Fut>(&self, op: F) -> Result<(T, bool), etcd_client::Error>
     where
         F: Fn(Client) -> Fut,
@@ -145,10 +149,15 @@ impl EtcdStore {
     {
         let mut delay = Duration::from_millis(100);
         let mut attempt = 0;
+        let started = tokio::time::Instant::now();
         loop {
             match op(self.client.clone()).await {
                 Ok(v) => return Ok((v, attempt > 0)),
-                Err(e) if attempt < 4 && transient(&e) => {
+                Err(e)
+                    if attempt < 4
+                        && transient(&e)
+                        && started.elapsed() + delay < self.retry_budget =>
+                {
                     tracing::debug!(error = %e, attempt, "etcd request failed; retrying");
                     attempt += 1;
                     tokio::time::sleep(delay).await;
