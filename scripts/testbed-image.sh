@@ -73,10 +73,14 @@ trap 'rm -rf "$ctx"' EXIT
 # Stripped: the debug binary cargo test builds is mostly debug info.
 if command -v strip >/dev/null 2>&1; then strip -o "$ctx/croupier" "$BIN"; else cp "$BIN" "$ctx/croupier"; fi
 cp "$ROOT/deploy/Dockerfile.local" "$ctx/Dockerfile"
+before="$(docker image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)"
 DOCKER_BUILDKIT=0 docker build -q --build-arg "BASE=$BASE" -t "$TAG" "$ctx" >/dev/null 2>"$ctx/build.err" || {
     cat "$ctx/build.err" >&2
     die "docker build failed"
 }
+# The image of an earlier binary, now untagged, is not kept.
+after="$(docker image inspect --format '{{.Id}}' "$TAG")"
+if [[ -n "$before" && "$before" != "$after" ]]; then docker rmi "$before" >/dev/null 2>&1 || true; fi
 docker run --rm "$TAG" --version >/dev/null || die "$TAG does not run croupier --version"
 docker run --rm --entrypoint etcd "$TAG" --version >/dev/null || die "$TAG has no working etcd"
 echo "$TAG: built from $BIN ($(docker run --rm "$TAG" --version | head -n1))"
