@@ -196,7 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench(BenchCommand::Jobs(args)) => croupier::bench::jobs(args).await?,
         Command::Bench(BenchCommand::Agents(args)) => croupier::bench::agents(args).await?,
         Command::Bench(BenchCommand::Console(args)) => {
-            croupier::bench::console::console(args).await?
+            croupier::bench::console::console(args).await?;
         }
         Command::Gateway(args) => {
             return Ok(croupier_gateway::cmd::run(*args, shutdown_signal()).await?);
