@@ -270,7 +270,8 @@ section "cargo clippy --workspace --all-targets --all-features -- -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 section "cargo test --workspace --all-features $*"
-cargo test --workspace --all-features "$@"
+# --no-fail-fast: one run reports every failing test binary, not only the first.
+cargo test --workspace --all-features --no-fail-fast "$@"
 
 # ---------------------------------------------------------------------------------------------
 section "7/7 Python SDK and clients: Go, C++, Python against a live server"

@@ -16,6 +16,7 @@ const NOT_RESULTS: &[&str] = &[
     "croupier bench gateway",
     "croupier bench direct-server",
     "croupier bench nats-responder",
+    "croupier bench console",
 ];
 
 fn leaves(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Command)>) {
