@@ -175,6 +175,15 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
         .map(|(_, v)| v.to_string())
 }
 
+/// The answer when users or tokens cannot be read.
+fn store_unavailable(e: &croupier_registry::store::StoreError) -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "UNAVAILABLE",
+        format!("the store cannot be read: {e}"),
+    )
+}
+
 async fn read_user(console: &Console, name: &str) -> Result<Option<UserRecord>, Response> {
     if croupier_registry::ids::check_id("user", name).is_err() {
         return Ok(None);
@@ -182,11 +191,7 @@ async fn read_user(console: &Console, name: &str) -> Result<Option<UserRecord>, 
     match console.backend.store.get(&users::user_key(name)).await {
         Ok(Some(kv)) => Ok(serde_json::from_slice(&kv.value).ok()),
         Ok(None) => Ok(None),
-        Err(e) => Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE",
-            format!("the store cannot be read: {e}"),
-        )),
+        Err(e) => Err(store_unavailable(&e)),
     }
 }
 
@@ -205,13 +210,7 @@ async fn token_principal(console: &Console, bearer: &str) -> Result<Principal, R
         Ok(Some(kv)) => serde_json::from_slice(&kv.value)
             .map_err(|_| unauthorized("the token's record is unreadable"))?,
         Ok(None) => return Err(unauthorized("the token is unknown or revoked")),
-        Err(e) => {
-            return Err(error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "UNAVAILABLE",
-                format!("the store cannot be read: {e}"),
-            ));
-        }
+        Err(e) => return Err(store_unavailable(&e)),
     };
     if !record.secret_matches(secret) {
         return Err(unauthorized("the token is unknown or revoked"));

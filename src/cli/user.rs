@@ -120,6 +120,33 @@ fn read_password(from_stdin: bool) -> anyhow::Result<String> {
     Ok(password)
 }
 
+type Control = croupier_proto::control::v1::control_service_client::ControlServiceClient<
+    tonic::transport::Channel,
+>;
+
+/// The control service as the admin certificate (unless `--identity` names another).
+async fn admin(conn: &Conn) -> anyhow::Result<Control> {
+    Ok(conn.client("admin-admin").await?.control_service())
+}
+
+/// Prints `items` as `{"<key>": [...]}` with `--json`, else as a table.
+fn print_list<T>(
+    json: bool,
+    key: &str,
+    items: &[T],
+    to_json: fn(&T) -> serde_json::Value,
+    headers: &[&str],
+    row: fn(&T) -> Vec<String>,
+) {
+    if json {
+        let items: Vec<_> = items.iter().map(to_json).collect();
+        println!("{}", serde_json::json!({ key: items }));
+    } else {
+        let rows: Vec<_> = items.iter().map(row).collect();
+        print!("{}", table(headers, &rows));
+    }
+}
+
 fn user_json(u: &pb::User) -> serde_json::Value {
     serde_json::json!({
         "name": u.name, "role": u.role, "scopes": u.scopes, "created_at_ms": u.created_at_ms,
@@ -136,7 +163,7 @@ fn token_json(t: &pb::ApiToken) -> serde_json::Value {
 }
 
 async fn put_user(args: UserArgs, create_only: bool) -> anyhow::Result<()> {
-    let mut control = args.conn.client("admin-admin").await?.control_service();
+    let mut control = admin(&args.conn).await?;
     let role = match (&args.role, create_only) {
         (Some(r), _) => r.clone(),
         (None, true) => "client".into(),
@@ -165,9 +192,7 @@ async fn put_user(args: UserArgs, create_only: bool) -> anyhow::Result<()> {
 }
 
 async fn put(
-    control: &mut croupier_proto::control::v1::control_service_client::ControlServiceClient<
-        tonic::transport::Channel,
-    >,
+    control: &mut Control,
     args: &UserArgs,
     role: String,
     scopes: Vec<String>,
@@ -210,7 +235,7 @@ pub async fn run_user(cmd: UserCommand) -> anyhow::Result<()> {
         UserCommand::Add(args) => put_user(args, true).await,
         UserCommand::Passwd(args) => put_user(args, false).await,
         UserCommand::Remove { name, json, conn } => {
-            let mut control = conn.client("admin-admin").await?.control_service();
+            let mut control = admin(&conn).await?;
             let deleted = control
                 .delete_user(pb::DeleteUserRequest { name: name.clone() })
                 .await
@@ -227,34 +252,29 @@ pub async fn run_user(cmd: UserCommand) -> anyhow::Result<()> {
             Ok(())
         }
         UserCommand::List { json, conn } => {
-            let mut control = conn.client("admin-admin").await?.control_service();
+            let mut control = admin(&conn).await?;
             let users = control
                 .list_users(pb::ListUsersRequest {})
                 .await
                 .map_err(|s| status_error(&s))?
                 .into_inner()
                 .users;
-            if json {
-                let users: Vec<_> = users.iter().map(user_json).collect();
-                println!("{}", serde_json::json!({ "users": users }));
-            } else {
-                let rows = users
-                    .iter()
-                    .map(|u| {
-                        vec![
-                            clean(&u.name),
-                            u.role.clone(),
-                            u.scopes.join(","),
-                            time(u.password_set_at_ms),
-                            clean(&u.changed_by),
-                        ]
-                    })
-                    .collect::<Vec<_>>();
-                print!(
-                    "{}",
-                    table(&["NAME", "ROLE", "SCOPES", "PASSWORD SET", "BY"], &rows)
-                );
-            }
+            print_list(
+                json,
+                "users",
+                &users,
+                user_json,
+                &["NAME", "ROLE", "SCOPES", "PASSWORD SET", "BY"],
+                |u| {
+                    vec![
+                        clean(&u.name),
+                        u.role.clone(),
+                        u.scopes.join(","),
+                        time(u.password_set_at_ms),
+                        clean(&u.changed_by),
+                    ]
+                },
+            );
             Ok(())
         }
     }
@@ -271,7 +291,7 @@ pub async fn run_token(cmd: TokenCommand) -> anyhow::Result<()> {
             json,
             conn,
         } => {
-            let mut control = conn.client("admin-admin").await?.control_service();
+            let mut control = admin(&conn).await?;
             let resp = control
                 .create_token(pb::CreateTokenRequest {
                     name,
@@ -301,7 +321,7 @@ pub async fn run_token(cmd: TokenCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TokenCommand::Revoke { id, json, conn } => {
-            let mut control = conn.client("admin-admin").await?.control_service();
+            let mut control = admin(&conn).await?;
             let revoked = control
                 .revoke_token(pb::RevokeTokenRequest { id: id.clone() })
                 .await
@@ -318,35 +338,30 @@ pub async fn run_token(cmd: TokenCommand) -> anyhow::Result<()> {
             Ok(())
         }
         TokenCommand::List { json, conn } => {
-            let mut control = conn.client("admin-admin").await?.control_service();
+            let mut control = admin(&conn).await?;
             let tokens = control
                 .list_tokens(pb::ListTokensRequest {})
                 .await
                 .map_err(|s| status_error(&s))?
                 .into_inner()
                 .tokens;
-            if json {
-                let tokens: Vec<_> = tokens.iter().map(token_json).collect();
-                println!("{}", serde_json::json!({ "tokens": tokens }));
-            } else {
-                let rows = tokens
-                    .iter()
-                    .map(|t| {
-                        vec![
-                            t.id.clone(),
-                            clean(&t.name),
-                            t.role.clone(),
-                            t.scopes.join(","),
-                            time(t.expires_at_ms),
-                            clean(&t.created_by),
-                        ]
-                    })
-                    .collect::<Vec<_>>();
-                print!(
-                    "{}",
-                    table(&["ID", "NAME", "ROLE", "SCOPES", "EXPIRES", "BY"], &rows)
-                );
-            }
+            print_list(
+                json,
+                "tokens",
+                &tokens,
+                token_json,
+                &["ID", "NAME", "ROLE", "SCOPES", "EXPIRES", "BY"],
+                |t| {
+                    vec![
+                        t.id.clone(),
+                        clean(&t.name),
+                        t.role.clone(),
+                        t.scopes.join(","),
+                        time(t.expires_at_ms),
+                        clean(&t.created_by),
+                    ]
+                },
+            );
             Ok(())
         }
     }
